@@ -1,0 +1,136 @@
+"""The backend protocol: how the engine loads, runs and closes one instance of a model.
+
+Lifecycle of an instance: the engine calls the backend's ``load(context)`` once per instance
+(in a worker thread, since loading is blocking), then ``execute`` any number of times — never
+concurrently on the same instance — then ``close()`` once. ``execute`` receives a batch: the
+list of requests the scheduler grouped, each still with its own batch dimension, and returns one
+result per request, in order: a mapping of output tensors, or an exception for that request
+alone (other requests of the batch still succeed).
+
+``mode`` tells the engine how to call ``execute``:
+
+* ``"thread"``: a blocking call, run in a worker thread behind the model's capacity limiter;
+* ``"inline"``: a short non-blocking call, run directly on the event loop (no thread hop);
+* ``"async"``: ``execute`` is a coroutine function, awaited on the event loop.
+
+Backends import no engine code; what they may ask of the server (BLS calls) goes through the
+:class:`ModelContext` the engine hands them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..repository.config import ModelConfig
+from ..types import InferRequest, InferResponse
+
+__all__ = [
+    "Backend",
+    "ExecuteMode",
+    "ModelContext",
+    "ModelInstance",
+    "Outputs",
+    "concat_requests",
+    "split_outputs",
+]
+
+Outputs = Mapping[str, np.ndarray]
+ExecuteMode = Literal["thread", "inline", "async"]
+InferCallback = Callable[[str, str, InferRequest], Awaitable[InferResponse]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelContext:
+    """What a backend instance knows of its model and may ask of the server.
+
+    ``infer(model, version, request)`` is an async call into the server (used for BLS); it
+    must be awaited on the server's event loop. ``run_sync`` runs such a coroutine from a
+    worker thread and blocks until it is done.
+    """
+
+    name: str
+    version: int
+    config: ModelConfig
+    model_dir: Path
+    version_dir: Path
+    repository: Path
+    instance_name: str
+    instance_kind: str = "CPU"
+    device_id: int = 0
+    infer: InferCallback | None = None
+    run_sync: Callable[..., Any] | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelInstance(Protocol):
+    """One loaded, executable instance of a model version."""
+
+    mode: ExecuteMode
+
+    def execute(self, requests: Sequence[InferRequest]) -> Any:
+        """Run a batch; return ``list[Outputs | BaseException]`` (awaitable when mode is async)."""
+        ...
+
+    def close(self) -> None:
+        """Release the instance's resources. Called once; never concurrently with execute."""
+        ...
+
+
+class Backend(Protocol):
+    """A backend module: a ``load`` function creating instances of one kind of model."""
+
+    def load(self, context: ModelContext) -> ModelInstance: ...
+
+
+def concat_requests(requests: Sequence[InferRequest], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Concatenate the named inputs of a batch of requests along the batch dimension.
+
+    Returns the merged inputs and each request's batch size, for :func:`split_outputs`.
+
+    Raises:
+        InvalidInputError: requests disagree on the non-batch dimensions of an input.
+    """
+    if len(requests) == 1:
+        only = requests[0]
+        sizes = [_batch_size(only, names)]
+        return {n: only.inputs[n] for n in names if n in only.inputs}, sizes
+    sizes = [_batch_size(r, names) for r in requests]
+    merged: dict[str, np.ndarray] = {}
+    for n in names:
+        parts = [r.inputs[n] for r in requests if n in r.inputs]
+        if not parts:
+            continue
+        if len(parts) != len(requests):
+            raise InvalidInputError(f"optional input '{n}' is given in only some requests of a batch")
+        try:
+            merged[n] = np.concatenate(parts, axis=0)
+        except ValueError as exc:
+            raise InvalidInputError(f"input '{n}': cannot batch tensors of different shapes ({exc})") from None
+    return merged, sizes
+
+
+def split_outputs(outputs: Outputs, sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Split batched outputs back into one mapping per request (views, no copies)."""
+    if len(sizes) == 1:
+        return [dict(outputs)]
+    bounds = np.cumsum(sizes)[:-1]
+    per_request: list[dict[str, np.ndarray]] = [{} for _ in sizes]
+    for name, tensor in outputs.items():
+        for i, part in enumerate(np.split(np.asarray(tensor), bounds, axis=0)):
+            per_request[i][name] = part
+    return per_request
+
+
+def _batch_size(request: InferRequest, names: Sequence[str]) -> int:
+    for n in names:
+        if n in request.inputs:
+            shape = request.inputs[n].shape
+            return shape[0] if shape else 1
+    return 1

@@ -1,0 +1,427 @@
+"""``triton_python_backend_utils`` for models written for Triton's Python backend.
+
+The Python backend registers this module under that name in ``sys.modules`` before it imports a
+model, so ``import triton_python_backend_utils as pb_utils`` in an unmodified ``model.py`` finds
+it. It is a thin layer over dagserve's own objects: tensors are numpy arrays, and BLS calls
+(``InferenceRequest(...).exec()`` / ``await ....async_exec()``) go straight to the server in
+process through the :class:`~dagserve.backends.base.ModelContext` of the calling model — no stub
+process, no shared memory.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..types import DataType, InferRequest as _EngineRequest, RequestedOutput
+from .base import ModelContext
+
+# Flags, with Triton's values.
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+TRITONSERVER_MEMORY_CPU = 0
+TRITONSERVER_MEMORY_CPU_PINNED = 1
+TRITONSERVER_MEMORY_GPU = 2
+
+current_context: contextvars.ContextVar[ModelContext | None] = contextvars.ContextVar(
+    "dagserve_pb_utils_context", default=None
+)
+"""The model whose ``execute`` is running: BLS requests are sent on its behalf."""
+
+
+class TritonError(Exception):
+    """An error with a Triton error code, returned in an :class:`InferenceResponse`."""
+
+    UNKNOWN = 0
+    INTERNAL = 1
+    NOT_FOUND = 2
+    INVALID_ARG = 3
+    UNAVAILABLE = 4
+    UNSUPPORTED = 5
+    ALREADY_EXISTS = 6
+    CANCELLED = 7
+
+    def __init__(self, message: str, code: int = INTERNAL) -> None:
+        super().__init__(message)
+        self._message = message
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(Exception):
+    """Raised by BLS helpers; a model may also raise it from ``execute``."""
+
+
+_CODE_TO_ERROR: dict[int, type[errors.DagserveError]] = {
+    TritonError.NOT_FOUND: errors.ModelNotFoundError,
+    TritonError.INVALID_ARG: errors.InvalidInputError,
+    TritonError.UNAVAILABLE: errors.ModelNotReadyError,
+    TritonError.UNSUPPORTED: errors.UnsupportedError,
+    TritonError.ALREADY_EXISTS: errors.AlreadyExistsError,
+    TritonError.CANCELLED: errors.CancelledError,
+}
+_ERROR_TO_CODE = {v: k for k, v in _CODE_TO_ERROR.items()}
+
+
+def to_dagserve_error(error: TritonError) -> errors.DagserveError:
+    """The dagserve error a model's ``TritonError`` becomes (its message shown as is)."""
+    cls = _CODE_TO_ERROR.get(error.code(), errors.ModelExecutionError)
+    return cls(error.message())
+
+
+class Tensor:
+    """A named tensor over a numpy array (BYTES tensors are object arrays of ``bytes``)."""
+
+    __slots__ = ("_name", "_array", "_datatype")
+
+    def __init__(self, name: str, array: Any, datatype: DataType | None = None) -> None:
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        if array.dtype.kind in "SU":
+            array = array.astype(np.object_)
+        self._name = name
+        self._array = array
+        self._datatype = datatype
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> int:
+        return _TRITON_DTYPE_CODES[self.datatype()]
+
+    def datatype(self) -> DataType:
+        return self._datatype or DataType.from_numpy(self._array.dtype)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        return self._array.__dlpack__()
+
+    def __dlpack__(self, stream: Any = None) -> Any:
+        return self._array.__dlpack__()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._array.__dlpack_device__()
+
+    @classmethod
+    def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
+        # A torch/cupy tensor on the GPU stays there; anything else becomes numpy.
+        if hasattr(capsule, "__dlpack_device__") and capsule.__dlpack_device__()[0] != 1:
+            return cls(name, capsule)  # type: ignore[arg-type]
+        return cls(name, np.from_dlpack(capsule))
+
+    def __repr__(self) -> str:
+        return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
+
+
+class InferenceResponse:
+    """A model's answer to one request: output tensors, or an error."""
+
+    def __init__(
+        self,
+        output_tensors: Sequence[Tensor] = (),
+        error: TritonError | None = None,
+        parameters: dict[str, Any] | str | None = None,
+    ) -> None:
+        self._outputs = list(output_tensors)
+        self._error = error
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters) if parameters else {}
+        self._parameters = dict(parameters or {})
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+
+class InferenceRequest:
+    """A request: either one a model's ``execute`` received, or a BLS request it builds.
+
+    As a BLS request, ``exec()`` blocks until the called model (or pipeline) answers and
+    ``await async_exec()`` does the same without blocking; errors come back in the response
+    (``has_error()``), as on Triton.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "",
+        requested_output_names: Sequence[str] = (),
+        inputs: Sequence[Tensor] = (),
+        request_id: str = "",
+        correlation_id: int | str = 0,
+        model_version: int = -1,
+        flags: int = 0,
+        timeout: int = 0,
+        preferred_memory: Any = None,
+        trace: Any = None,
+        parameters: dict[str, Any] | str | None = None,
+        *,
+        _engine_request: _EngineRequest | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self._inputs = list(inputs)
+        self._requested = list(requested_output_names)
+        self._id = request_id
+        self._correlation_id = correlation_id
+        self._flags = flags
+        self._timeout = timeout
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters) if parameters else {}
+        self._parameters = dict(parameters or {})
+        self._engine_request = _engine_request
+
+    @classmethod
+    def _received(cls, request: _EngineRequest) -> InferenceRequest:
+        """Wrap a request the engine delivers to a model's ``execute``."""
+        params = dict(request.parameters)
+        inputs = [Tensor(n, a, request.datatypes.get(n)) for n, a in request.inputs.items()]
+        return cls(
+            inputs=inputs,
+            requested_output_names=request.output_names() or (),
+            request_id=request.id,
+            correlation_id=params.get("sequence_id", 0),
+            parameters=params,
+            _engine_request=request,
+        )
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def request_id(self) -> str:
+        return self._id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        self._flags = flags
+
+    def timeout(self) -> int:
+        return self._timeout
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def trace(self) -> None:
+        return None
+
+    # -- BLS ---------------------------------------------------------------------------------
+    def _to_engine(self) -> tuple[str, str, _EngineRequest]:
+        version = "" if self.model_version in (-1, None) else str(self.model_version)
+        params = dict(self._parameters)
+        if self._timeout:
+            params.setdefault("timeout", self._timeout)
+        request = _EngineRequest(
+            inputs={t.name(): t.as_numpy() for t in self._inputs},
+            datatypes={t.name(): t.datatype() for t in self._inputs if t._datatype is not None},
+            id=self._id,
+            parameters=params,
+            outputs=tuple(RequestedOutput(name=n) for n in self._requested) or None,
+        )
+        return self.model_name, version, request
+
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        ctx = _bls_context()
+        if ctx.run_sync is None:
+            raise TritonModelException("BLS exec() is not available here")
+        return ctx.run_sync(self._call, ctx)
+
+    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
+        return await self._call(_bls_context())
+
+    async def _call(self, ctx: ModelContext) -> InferenceResponse:
+        assert ctx.infer is not None
+        name, version, request = self._to_engine()
+        try:
+            response = await ctx.infer(name, version, request)
+        except errors.DagserveError as exc:
+            code = _ERROR_TO_CODE.get(type(exc), TritonError.INTERNAL)
+            return InferenceResponse(error=TritonError(str(exc), code))
+        tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
+        return InferenceResponse(tensors, parameters=dict(response.parameters))
+
+
+def _bls_context() -> ModelContext:
+    ctx = current_context.get()
+    if ctx is None or ctx.infer is None:
+        raise TritonModelException("BLS requests can only be sent from inside a model's execute()")
+    return ctx
+
+
+# -- helpers with Triton's names ------------------------------------------------------------
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    for t in request.inputs():
+        if t.name() == name:
+            return t
+    return None
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    for t in response.output_tensors():
+        if t.name() == name:
+            return t
+    return None
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for t in model_config.get("input", ()):
+        if t["name"] == name:
+            return dict(t)
+    return None
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for t in model_config.get("output", ()):
+        if t["name"] == name:
+            return dict(t)
+    return None
+
+
+def triton_string_to_numpy(triton_type: str) -> type:
+    """The numpy type for a config type name, e.g. ``TYPE_FP32`` -> ``numpy.float32``."""
+    return DataType.parse(triton_type).numpy_dtype.type
+
+
+_TRITON_DTYPE_CODES = {
+    DataType.BOOL: 1, DataType.UINT8: 2, DataType.UINT16: 3, DataType.UINT32: 4,
+    DataType.UINT64: 5, DataType.INT8: 6, DataType.INT16: 7, DataType.INT32: 8,
+    DataType.INT64: 9, DataType.FP16: 10, DataType.FP32: 11, DataType.FP64: 12,
+    DataType.BYTES: 13, DataType.BF16: 14,
+}
+_CODE_TO_DTYPE = {v: k for k, v in _TRITON_DTYPE_CODES.items()}
+
+
+def numpy_to_triton_type(dtype: Any) -> int | None:
+    try:
+        return _TRITON_DTYPE_CODES[DataType.from_numpy(np.dtype(dtype))]
+    except (ValueError, TypeError):
+        return None
+
+
+def triton_to_numpy_type(code: int) -> type | None:
+    datatype = _CODE_TO_DTYPE.get(code)
+    return None if datatype is None else datatype.numpy_dtype.type
+
+
+def serialize_byte_tensor(array: np.ndarray) -> np.ndarray:
+    """Length-prefix each element (4-byte little-endian), as Triton lays out BYTES tensors."""
+    if array.size == 0:
+        return np.empty([0], dtype=np.object_)
+    chunks = []
+    for item in array.reshape(-1, order="C"):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        chunks.append(struct.pack("<I", len(b)))
+        chunks.append(b)
+    return np.asarray(b"".join(chunks), dtype=np.object_)
+
+
+def deserialize_bytes_tensor(encoded: bytes) -> np.ndarray:
+    """The inverse of :func:`serialize_byte_tensor`: a flat object array of ``bytes``."""
+    out, offset = [], 0
+    while offset < len(encoded):
+        (length,) = struct.unpack_from("<I", encoded, offset)
+        offset += 4
+        out.append(encoded[offset : offset + length])
+        offset += length
+    return np.array(out, dtype=np.object_)
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+class Logger:
+    """Model logging into the server's log, with Triton's method names."""
+
+    _log = logging.getLogger("dagserve.model")
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls._log.info(message)
+
+    @classmethod
+    def log_warn(cls, message: str) -> None:
+        cls._log.warning(message)
+
+    @classmethod
+    def log_error(cls, message: str) -> None:
+        cls._log.error(message)
+
+    @classmethod
+    def log_verbose(cls, message: str) -> None:
+        cls._log.debug(message)
+
+    @classmethod
+    def log(cls, message: str, level: int = 0) -> None:
+        cls._log.info(message)
+
+
+class ModelConfig:
+    """The config handed to ``auto_complete_config``: a dict with Triton's helper methods."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
+        self._config["model_transaction_policy"] = dict(policy)
+
+    def add_input(self, input: dict[str, Any]) -> None:  # noqa: A002 - Triton's name
+        self._add("input", input)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add("output", output)
+
+    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
+        tensors = self._config.setdefault(kind, [])
+        if any(t["name"] == tensor["name"] for t in tensors):
+            raise ValueError(f"{kind} '{tensor['name']}' already exists in the config")
+        tensors.append(dict(tensor))

@@ -1,0 +1,254 @@
+"""The Python backend: models written as Python code, run in the server's own process.
+
+Two forms are accepted in ``<model>/<version>/model.py`` (or ``default_model_filename``):
+
+* **Triton form** — a ``TritonPythonModel`` class with ``initialize(args)``,
+  ``execute(requests)`` (sync or ``async def``) and ``finalize()``, using
+  ``triton_python_backend_utils``. It answers exactly as on Triton, BLS included.
+* **Native form** — a ``Model`` class with ``infer(inputs) -> outputs`` (sync or async) over
+  dicts of numpy arrays, or a module-level ``infer`` function. ``Model(context)`` gets the
+  :class:`~dagserve.backends.base.ModelContext` when its ``__init__`` takes an argument. For
+  a batching model (``max_batch_size > 0``) the requests of a batch are concatenated along the
+  first dimension, so ``infer`` sees one batch and its outputs are split back per request.
+
+Sync code runs in a worker thread (``mode = "thread"``). A model whose code is quick and never
+blocks can set the config parameter ``execution: inline`` to run on the event loop instead,
+which saves the thread hop; ``async def`` code always runs on the loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..types import InferRequest
+from . import pb_utils
+from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
+
+__all__ = ["load"]
+
+log = logging.getLogger("dagserve.backends.python")
+
+
+def load(context: ModelContext) -> TritonModel | NativeModel:
+    """Import the model's Python file and create one instance of it.
+
+    Raises:
+        ConfigError: no model file, or it defines neither form.
+    """
+    filename = context.config.default_model_filename or "model.py"
+    path = context.version_dir / filename
+    if not path.is_file():
+        raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
+    module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
+    mode = _mode(context)
+    if hasattr(module, "TritonPythonModel"):
+        return TritonModel(module.TritonPythonModel, context, mode)
+    if hasattr(module, "Model") or hasattr(module, "infer"):
+        return NativeModel(module, context, mode)
+    raise errors.ConfigError(
+        f"{path}: defines neither a TritonPythonModel class, a Model class nor an infer function"
+    )
+
+
+def _import(path: Path, module_name: str) -> ModuleType:
+    # Unmodified Triton models import this name; it must resolve before their code runs.
+    sys.modules.setdefault("triton_python_backend_utils", pb_utils)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Let the model import helper modules that sit beside it in its version directory.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _mode(context: ModelContext) -> ExecuteMode:
+    execution = context.config.parameters.get("execution", "thread")
+    if execution not in ("thread", "inline"):
+        raise errors.ConfigError(
+            f"model '{context.name}': parameter execution must be 'thread' or 'inline', not {execution!r}"
+        )
+    return "inline" if execution == "inline" else "thread"
+
+
+def _failure(context: ModelContext, exc: BaseException) -> errors.ModelExecutionError:
+    """A client-safe error for an exception raised by model code; the traceback goes to the log."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("model '%s' version %s raised (error id %s)", context.name, context.version, error_id, exc_info=exc)
+    return errors.ModelExecutionError(
+        f"model '{context.name}' version {context.version} failed to execute the request: "
+        f"{type(exc).__name__} (error id {error_id}; details in the server log)"
+    )
+
+
+class TritonModel:
+    """A ``TritonPythonModel`` instance."""
+
+    def __init__(self, cls: type, context: ModelContext, mode: ExecuteMode) -> None:
+        self._context = context
+        self._model = cls()
+        self._execute = self._model.execute
+        self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._execute) else mode
+        config_json = json.dumps(context.config.to_triton_json() | {"name": context.name})
+        self._config_json = config_json
+        if hasattr(self._model, "initialize"):
+            args = {
+                "model_config": config_json,
+                "model_instance_kind": context.instance_kind,
+                "model_instance_name": context.instance_name,
+                "model_instance_device_id": str(context.device_id),
+                "model_repository": str(context.model_dir),
+                "model_version": str(context.version),
+                "model_name": context.name,
+            }
+            token = pb_utils.current_context.set(context)
+            try:
+                result = self._model.initialize(args)
+                if inspect.isawaitable(result):
+                    raise errors.ConfigError(
+                        f"model '{context.name}': initialize() must not be async in dagserve yet"
+                    )
+            finally:
+                pb_utils.current_context.reset(token)
+
+    def execute(self, requests: Sequence[InferRequest]) -> Any:
+        if self.mode == "async":
+            return self._execute_async(requests)
+        token = pb_utils.current_context.set(self._context)
+        try:
+            wrapped = [pb_utils.InferenceRequest._received(r) for r in requests]
+            try:
+                responses = self._execute(wrapped)
+            except Exception as exc:  # noqa: BLE001 - model code may raise anything
+                return self._all_failed(requests, exc)
+            return self._convert(requests, responses)
+        finally:
+            pb_utils.current_context.reset(token)
+
+    async def _execute_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
+        token = pb_utils.current_context.set(self._context)
+        try:
+            wrapped = [pb_utils.InferenceRequest._received(r) for r in requests]
+            try:
+                responses = await self._execute(wrapped)
+            except Exception as exc:  # noqa: BLE001
+                return self._all_failed(requests, exc)
+            return self._convert(requests, responses)
+        finally:
+            pb_utils.current_context.reset(token)
+
+    def _all_failed(self, requests: Sequence[InferRequest], exc: Exception) -> list[Outputs | BaseException]:
+        if isinstance(exc, pb_utils.TritonModelException):
+            error: BaseException = errors.ModelExecutionError(f"model '{self._context.name}': {exc}")
+        else:
+            error = _failure(self._context, exc)
+        return [error] * len(requests)
+
+    def _convert(self, requests: Sequence[InferRequest], responses: Any) -> list[Outputs | BaseException]:
+        name = self._context.name
+        if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
+            got = len(responses) if isinstance(responses, (list, tuple)) else type(responses).__name__
+            error = errors.ModelExecutionError(
+                f"model '{name}' returned {got} responses for {len(requests)} requests"
+            )
+            return [error] * len(requests)
+        results: list[Outputs | BaseException] = []
+        for response in responses:
+            if not isinstance(response, pb_utils.InferenceResponse):
+                results.append(errors.ModelExecutionError(
+                    f"model '{name}' returned a {type(response).__name__}, not an InferenceResponse"
+                ))
+            elif response.has_error():
+                results.append(pb_utils.to_dagserve_error(response.error()))  # type: ignore[arg-type]
+            else:
+                results.append({t.name(): t.as_numpy() for t in response.output_tensors()})
+        return results
+
+    def close(self) -> None:
+        if hasattr(self._model, "finalize"):
+            self._model.finalize()
+
+
+class NativeModel:
+    """A native ``Model`` class or ``infer`` function over dicts of numpy arrays."""
+
+    def __init__(self, module: ModuleType, context: ModelContext, mode: ExecuteMode) -> None:
+        self._context = context
+        self._input_names = [t.name for t in context.config.input]
+        self._batching = context.config.batching
+        self._instance: Any = None
+        if hasattr(module, "Model"):
+            cls = module.Model
+            takes_context = len(inspect.signature(cls).parameters) > 0
+            token = pb_utils.current_context.set(context)
+            try:
+                self._instance = cls(context) if takes_context else cls()
+            finally:
+                pb_utils.current_context.reset(token)
+            self._infer: Callable[..., Any] = self._instance.infer
+        else:
+            self._infer = module.infer
+        self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._infer) else mode
+
+    def _calls(self, requests: Sequence[InferRequest]) -> list[tuple[dict[str, np.ndarray], list[int]]]:
+        if self._batching:
+            return [concat_requests(requests, self._input_names)]
+        return [(dict(r.inputs), [1]) for r in requests]
+
+    def execute(self, requests: Sequence[InferRequest]) -> Any:
+        if self.mode == "async":
+            return self._execute_async(requests)
+        results: list[Outputs | BaseException] = []
+        for inputs, sizes in self._calls(requests):
+            try:
+                outputs = self._infer(inputs)
+            except errors.DagserveError as exc:
+                results.extend([exc] * len(sizes))
+            except Exception as exc:  # noqa: BLE001
+                results.extend([_failure(self._context, exc)] * len(sizes))
+            else:
+                results.extend(self._split(outputs, sizes))
+        return results
+
+    async def _execute_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
+        results: list[Outputs | BaseException] = []
+        for inputs, sizes in self._calls(requests):
+            try:
+                outputs = await self._infer(inputs)
+            except errors.DagserveError as exc:
+                results.extend([exc] * len(sizes))
+            except Exception as exc:  # noqa: BLE001
+                results.extend([_failure(self._context, exc)] * len(sizes))
+            else:
+                results.extend(self._split(outputs, sizes))
+        return results
+
+    def _split(self, outputs: Any, sizes: list[int]) -> list[Outputs | BaseException]:
+        if not isinstance(outputs, dict):
+            error = errors.ModelExecutionError(
+                f"model '{self._context.name}' returned a {type(outputs).__name__}, not a dict of arrays"
+            )
+            return [error] * len(sizes)
+        if len(sizes) == 1:
+            return [outputs]
+        return list(split_outputs({k: np.asarray(v) for k, v in outputs.items()}, sizes))
+
+    def close(self) -> None:
+        close = getattr(self._instance, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,70 @@
+"""The pool of loaded instances of one model version, and how a batch runs on one.
+
+Instances run concurrently with each other, one batch at a time each. Blocking backends run in
+worker threads behind a capacity limiter sized by the instance count (not anyio's shared default
+pool), so one slow model cannot starve the threads of another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import anyio
+
+from ..backends.base import ModelInstance, Outputs
+from ..errors import ModelExecutionError
+from ..types import InferRequest
+from .stats import ModelStatistics
+
+__all__ = ["InstancePool"]
+
+
+class InstancePool:
+    """Free instances of one model version, handed out one at a time."""
+
+    def __init__(self, instances: Sequence[ModelInstance], stats: ModelStatistics) -> None:
+        if not instances:
+            raise ValueError("a pool needs at least one instance")
+        self.instances = tuple(instances)
+        self._free = list(instances)
+        self._available = anyio.Semaphore(len(instances))
+        self._threads = anyio.CapacityLimiter(len(instances))
+        self._stats = stats
+
+    async def acquire(self) -> ModelInstance:
+        """Wait for a free instance and take it; give it back with :meth:`release`."""
+        await self._available.acquire()
+        return self._free.pop()
+
+    def release(self, instance: ModelInstance) -> None:
+        self._free.append(instance)
+        self._available.release()
+
+    async def run(self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int) -> Sequence[Outputs | BaseException]:
+        """Execute one batch on ``instance``: one result (outputs or error) per request.
+
+        Raises:
+            ModelExecutionError: the backend broke its contract (wrong number of results).
+        """
+        start = time.perf_counter_ns()
+        if instance.mode == "thread":
+            results = await anyio.to_thread.run_sync(instance.execute, requests, limiter=self._threads)
+        elif instance.mode == "async":
+            results = await instance.execute(requests)
+        else:
+            results = instance.execute(requests)
+        infer_ns = time.perf_counter_ns() - start
+        if len(results) != len(requests):
+            raise ModelExecutionError(
+                f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
+            )
+        self._stats.record_execution(
+            batch_size=batch_size, requests=len(requests), input_ns=0, infer_ns=infer_ns, output_ns=0
+        )
+        return results
+
+    def close(self) -> None:
+        """Close every instance (blocking; call from a worker thread)."""
+        for instance in self.instances:
+            instance.close()

@@ -1,0 +1,289 @@
+"""One served version of a model: its lifecycle, its scheduler, and request validation.
+
+A :class:`ModelVersion` checks every request against the config *before* it is queued (names,
+datatypes, shapes, batch size), and every backend answer after it runs (outputs declared,
+produced, of the declared type and shape), so a client always learns which tensor is wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+import numpy as np
+from anyio.abc import TaskStatus
+
+from ..backends.base import ModelContext, ModelInstance, Outputs
+from ..errors import (
+    DagserveError,
+    InvalidInputError,
+    ModelExecutionError,
+    ModelNotReadyError,
+)
+from ..repository.config import ModelConfig
+from ..types import DataType, InferRequest, InferResponse, TensorSpec, bytes_array, shape_matches
+from .instances import InstancePool
+from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
+from .stats import ModelStatistics
+
+__all__ = ["ModelState", "ModelVersion", "Runner"]
+
+log = logging.getLogger("dagserve.engine")
+
+
+class ModelState(enum.Enum):
+    """Where a model version is in its lifecycle."""
+
+    UNLOADED = "UNLOADED"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    FAILED = "FAILED"
+
+    @property
+    def triton_name(self) -> str:
+        """The state as Triton's repository index reports it."""
+        return self.value if self in (ModelState.READY, ModelState.LOADING, ModelState.UNLOADING) else "UNAVAILABLE"
+
+
+class Runner(Protocol):
+    """What answers a validated request: a scheduler in front of instances, or a pipeline."""
+
+    async def submit(self, request: InferRequest, batch_size: int) -> Outputs: ...
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
+
+
+InstanceLoader = Callable[[ModelContext], ModelInstance]
+
+
+class ModelVersion:
+    """A model version the server serves, from loading to unloading."""
+
+    def __init__(self, *, name: str, version: int, config: ModelConfig, platform: str) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.config = config
+        self.platform = platform
+        self.state = ModelState.UNLOADED
+        self.reason = ""
+        self.stats = ModelStatistics(name, self.version_str)
+        self._owner = f"model '{name}'"
+        self._inputs: dict[str, TensorSpec] = config.input_specs()
+        self._outputs: dict[str, TensorSpec] = config.output_specs()
+        self._output_names = tuple(self._outputs)
+        self._batching = config.batching
+        self._max_batch = config.max_batch_size
+        self._runner: Runner | None = None
+        self._pool: InstancePool | None = None
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._unload = anyio.Event()
+        self._closed = anyio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _transition(self, new: ModelState, *allowed: ModelState) -> None:
+        if self.state not in allowed:
+            raise RuntimeError(f"{self._owner} version {self.version}: cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    async def serve(
+        self,
+        load: Callable[[], Any],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Load, serve until :meth:`unload` is called, then drain and close.
+
+        ``load`` is an async callable returning either a list of backend instances or a ready
+        :class:`Runner` (pipelines). Signals ``task_status`` once READY or FAILED; a failed load
+        is recorded in ``state``/``reason``, never raised.
+        """
+        self._transition(ModelState.LOADING, ModelState.UNLOADED, ModelState.FAILED)
+        try:
+            loaded = await load()
+            self._runner = self._make_runner(loaded)
+        except Exception as exc:  # noqa: BLE001 - any load failure makes this version FAILED
+            self.state = ModelState.FAILED
+            self.reason = str(exc) if isinstance(exc, DagserveError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s version %s failed to load: %s", self._owner, self.version, self.reason,
+                      exc_info=None if isinstance(exc, DagserveError) else exc)
+            self._closed.set()
+            task_status.started()
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._runner.run)
+                self._transition(ModelState.READY, ModelState.LOADING)
+                self.reason = ""
+                log.info("%s version %s is ready", self._owner, self.version)
+                task_status.started()
+                await self._unload.wait()
+                self.state = ModelState.UNLOADING
+                if self._in_flight:
+                    await self._idle.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._pool is not None:
+                    await anyio.to_thread.run_sync(self._pool.close)
+            self.state = ModelState.UNLOADED
+            self.reason = "unloaded"
+            self._closed.set()
+
+    def _make_runner(self, loaded: Any) -> Runner:
+        if not isinstance(loaded, list):
+            return loaded  # a pipeline executor, already a Runner
+        self._pool = InstancePool(loaded, self.stats)
+        batching = self.config.dynamic_batching
+        if batching is None or not self._batching:
+            return DirectScheduler(self._pool, self.stats)
+        policy = BatchPolicy(
+            max_batch_size=self._max_batch,
+            preferred_batch_sizes=batching.preferred_batch_size,
+            max_queue_delay=batching.max_queue_delay_microseconds / 1e6,
+            max_queue_size=batching.default_queue_policy.max_queue_size if batching.default_queue_policy else 0,
+        )
+        return DynamicBatcher(self._pool, self.stats, policy)
+
+    def unload(self) -> None:
+        """Ask :meth:`serve` to stop taking requests, finish those in flight, and close."""
+        self._unload.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the version is unloaded (or failed to load)."""
+        await self._closed.wait()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    # -- requests -----------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate ``request``, run it, and check what the model answered.
+
+        Raises:
+            ModelNotReadyError: the version is not READY.
+            InvalidInputError: the request does not fit the model's inputs or outputs.
+            ModelExecutionError: the model failed, or answered with wrong outputs.
+        """
+        if self.state is not ModelState.READY or self._runner is None:
+            raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready ({self.state.value.lower()})")
+        batch_size = self.validate(request)
+        self._in_flight += 1
+        try:
+            outputs = await self._runner.submit(request, batch_size)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self.state is ModelState.UNLOADING:
+                self._idle.set()
+        return InferResponse(
+            model_name=self.name,
+            model_version=self.version_str,
+            outputs=self.check_outputs(outputs, request.output_names()),
+            datatypes={n: s.datatype for n, s in self._outputs.items()},
+            id=request.id,
+        )
+
+    def validate(self, request: InferRequest) -> int:
+        """Check the request's tensors against the config; return its batch size (1 when the
+        model does not batch).
+
+        Raises:
+            InvalidInputError: naming the model and the offending tensor.
+        """
+        inputs = request.inputs
+        specs = self._inputs
+        for name in inputs:
+            if name not in specs:
+                raise InvalidInputError(
+                    f"{self._owner} has no input '{name}' (its inputs: {', '.join(specs) or 'none'})"
+                )
+        batch = 0
+        for name, spec in specs.items():
+            array = inputs.get(name)
+            if array is None:
+                if spec.optional:
+                    continue
+                raise InvalidInputError(f"{self._owner} expects input '{name}', which the request does not have")
+            spec.check(array, request.datatype(name), batching=self._batching, owner=self._owner)
+            if self._batching:
+                size = array.shape[0]
+                if batch and size != batch:
+                    raise InvalidInputError(
+                        f"{self._owner}: inputs disagree on the batch size ({batch} and {size} for '{name}')"
+                    )
+                batch = size
+        if self._batching and batch > self._max_batch:
+            raise InvalidInputError(
+                f"{self._owner}: batch size {batch} exceeds the model's max_batch_size {self._max_batch}"
+            )
+        wanted = request.output_names()
+        if wanted:
+            for name in wanted:
+                if name not in self._outputs:
+                    raise InvalidInputError(
+                        f"{self._owner} has no output '{name}' (its outputs: {', '.join(self._outputs) or 'none'})"
+                    )
+        return batch or 1
+
+    def check_outputs(self, outputs: Outputs, wanted: tuple[str, ...] | None) -> dict[str, np.ndarray]:
+        """The requested outputs, each checked against its declaration.
+
+        Raises:
+            ModelExecutionError: an output is undeclared, missing, or of the wrong type or shape.
+        """
+        for name in outputs:
+            if name not in self._outputs:
+                raise ModelExecutionError(f"{self._owner} returned output '{name}', which its config does not declare")
+        result: dict[str, np.ndarray] = {}
+        for name in wanted or self._output_names:
+            array = outputs.get(name)
+            if array is None:
+                raise ModelExecutionError(f"{self._owner} did not return its output '{name}'")
+            spec = self._outputs[name]
+            array = _as_array(array, spec.datatype)
+            if spec.datatype is not DataType.BF16:
+                try:
+                    actual = DataType.from_numpy(array.dtype)
+                except ValueError:
+                    actual = None
+                if actual is not spec.datatype:
+                    got = actual.value if actual else str(array.dtype)
+                    raise ModelExecutionError(
+                        f"{self._owner} returned output '{name}' as {got}, but its config declares {spec.datatype.value}"
+                    )
+            expected = spec.full_shape(self._batching)
+            if not shape_matches(array.shape, expected):
+                raise ModelExecutionError(
+                    f"{self._owner} returned output '{name}' with shape {list(array.shape)}, "
+                    f"but its config declares {list(expected)}"
+                )
+            result[name] = array
+        return result
+
+    def metadata(self, versions: list[str]) -> dict[str, Any]:
+        """KServe v2 model metadata."""
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": self.platform,
+            "inputs": [_tensor_metadata(s, self._batching) for s in self._inputs.values()],
+            "outputs": [_tensor_metadata(s, self._batching) for s in self._outputs.values()],
+        }
+
+
+def _tensor_metadata(spec: TensorSpec, batching: bool) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype.value, "shape": list(spec.full_shape(batching))}
+
+
+def _as_array(value: Any, datatype: DataType) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if datatype is DataType.BYTES and array.dtype.kind in "SU":
+        array = bytes_array(array)
+    return array
+

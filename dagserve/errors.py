@@ -1,0 +1,78 @@
+"""The one error tree of dagserve.
+
+Every failure a client can cause or see is a :class:`DagserveError` subclass named by the
+condition, never by a transport code. The frontends own the single table that maps each class
+to an HTTP status and a gRPC code (``dagserve.frontends.status``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "CancelledError",
+    "ConfigError",
+    "DagserveError",
+    "InternalError",
+    "InvalidInputError",
+    "ModelExecutionError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "OverloadedError",
+    "TimeoutError",
+    "UnsupportedError",
+]
+
+
+class DagserveError(Exception):
+    """Base of every error dagserve reports to a client.
+
+    ``str(error)`` is the message the client sees, so it names the problem (model, tensor,
+    field) and carries no traceback.
+    """
+
+
+class InvalidInputError(DagserveError):
+    """The request is malformed or does not match the model's inputs."""
+
+
+class ModelNotFoundError(DagserveError):
+    """No model (or no such version of it) is in the repository."""
+
+
+class ModelNotReadyError(DagserveError):
+    """The model exists but is not ready (loading, unloading or failed)."""
+
+
+class OverloadedError(DagserveError):
+    """The request was refused because a queue is full or the server is shutting down."""
+
+
+class TimeoutError(DagserveError):  # noqa: A001 - deliberately the domain's own timeout
+    """The request did not complete within its deadline."""
+
+
+class CancelledError(DagserveError):
+    """The request was cancelled by its client."""
+
+
+class UnsupportedError(DagserveError):
+    """The request asks for something this server does not support."""
+
+
+class AlreadyExistsError(DagserveError):
+    """Something with that name already exists."""
+
+
+class ConfigError(DagserveError):
+    """A model or pipeline configuration is invalid.
+
+    The message names the file and the field at fault.
+    """
+
+
+class ModelExecutionError(DagserveError):
+    """A model's own code reported an error for a request (its message is shown as is)."""
+
+
+class InternalError(DagserveError):
+    """An unexpected failure; the client sees a generic message and the log has the details."""

@@ -1,0 +1,256 @@
+"""The model configuration schema: Triton's ``model_config.proto`` fields as pydantic v2 models.
+
+One schema serves both forms a model may be configured in:
+
+* ``config.pbtxt`` (Triton's protobuf text) is parsed by protobuf into a dict with Triton's
+  field names, then validated here;
+* ``config.yaml`` (native) uses the same field names, plus friendlier spellings: ``inputs`` /
+  ``outputs`` for ``input`` / ``output``, ``datatype`` for ``data_type`` with or without the
+  ``TYPE_`` prefix, ``shape`` for ``dims``, and plain ``key: value`` parameters.
+
+Every object is frozen; unknown keys are errors (``extra="forbid"``), so a typo is reported with
+the file and the field path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..types import DataType, TensorSpec
+
+__all__ = [
+    "DynamicBatching",
+    "EnsembleScheduling",
+    "EnsembleStep",
+    "InstanceGroup",
+    "InstanceKind",
+    "ModelConfig",
+    "QueuePolicy",
+    "TensorConfig",
+    "VersionPolicy",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _parse_datatype(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return DataType.parse(value)
+        except ValueError:
+            raise ValueError(f"unknown datatype {value!r} (expected e.g. FP32, INT64, BYTES)") from None
+    return value
+
+
+class Reshape(_Frozen):
+    shape: tuple[int, ...] = ()
+
+
+class TensorConfig(_Frozen):
+    """One ``input`` or ``output`` entry."""
+
+    name: str
+    data_type: DataType = Field(validation_alias=AliasChoices("data_type", "datatype"))
+    dims: tuple[int, ...] = Field(default=(), validation_alias=AliasChoices("dims", "shape"))
+    reshape: Reshape | None = None
+    optional: bool = False
+    allow_ragged_batch: bool = False
+    is_shape_tensor: bool = False
+    label_filename: str = ""
+    format: str = "FORMAT_NONE"
+
+    _datatype = field_validator("data_type", mode="before")(_parse_datatype)
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_valid(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
+        for d in dims:
+            if d < -1 or d == 0:
+                raise ValueError(f"dimension {d} is invalid (use a positive size or -1 for any size)")
+        return dims
+
+    def spec(self) -> TensorSpec:
+        """The engine's view of this tensor."""
+        return TensorSpec(
+            name=self.name,
+            datatype=self.data_type,
+            shape=self.dims,
+            optional=self.optional,
+            allow_ragged_batch=self.allow_ragged_batch,
+            reshape=self.reshape.shape if self.reshape else None,
+        )
+
+
+class VersionPolicy(_Frozen):
+    """Which version directories are served: exactly one of latest, all, specific."""
+
+    latest: dict[str, int] | None = None
+    all: dict[str, Any] | None = None
+    specific: dict[str, tuple[int, ...]] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set only one of latest, all, specific (got {', '.join(chosen)})")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of ``available`` (sorted ascending)."""
+        available = sorted(available)
+        if self.all is not None:
+            return available
+        if self.specific is not None:
+            wanted = set(self.specific.get("versions", ()))
+            return [v for v in available if v in wanted]
+        n = (self.latest or {}).get("num_versions", 1)
+        return available[-n:] if n > 0 else []
+
+
+class InstanceKind(str, enum.Enum):
+    KIND_AUTO = "KIND_AUTO"
+    KIND_GPU = "KIND_GPU"
+    KIND_CPU = "KIND_CPU"
+    KIND_MODEL = "KIND_MODEL"
+
+
+class InstanceGroup(_Frozen):
+    name: str = ""
+    count: int = Field(default=1, ge=1)
+    kind: InstanceKind = InstanceKind.KIND_AUTO
+    gpus: tuple[int, ...] = ()
+
+
+class QueuePolicy(_Frozen):
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: int = Field(default=0, ge=0)
+    allow_timeout_override: bool = False
+    max_queue_size: int = Field(default=0, ge=0)
+
+
+class DynamicBatching(_Frozen):
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preserve_ordering: bool = False
+    priority_levels: int = Field(default=0, ge=0)
+    default_priority_level: int = Field(default=0, ge=0)
+    default_queue_policy: QueuePolicy | None = None
+    priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict)
+
+
+class EnsembleStep(_Frozen):
+    model_name: str
+    model_version: int = -1
+    input_map: dict[str, str] = Field(default_factory=dict)
+    output_map: dict[str, str] = Field(default_factory=dict)
+    model_namespace: str = ""
+
+
+class EnsembleScheduling(_Frozen):
+    step: tuple[EnsembleStep, ...] = ()
+
+
+class TransactionPolicy(_Frozen):
+    decoupled: bool = False
+
+
+class ResponseCache(_Frozen):
+    enable: bool = False
+
+
+class ModelConfig(_Frozen):
+    """A model's configuration, with Triton's field names and defaults."""
+
+    name: str = ""
+    platform: str = ""
+    backend: str = ""
+    max_batch_size: int = Field(default=0, ge=0)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    input: tuple[TensorConfig, ...] = Field(default=(), validation_alias=AliasChoices("input", "inputs"))
+    output: tuple[TensorConfig, ...] = Field(default=(), validation_alias=AliasChoices("output", "outputs"))
+    instance_group: tuple[InstanceGroup, ...] = ()
+    default_model_filename: str = ""
+    dynamic_batching: DynamicBatching | None = None
+    sequence_batching: dict[str, Any] | None = None
+    ensemble_scheduling: EnsembleScheduling | None = None
+    parameters: dict[str, str] = Field(default_factory=dict)
+    model_transaction_policy: TransactionPolicy = Field(default_factory=TransactionPolicy)
+    response_cache: ResponseCache | None = None
+    model_warmup: tuple[dict[str, Any], ...] = ()
+    optimization: dict[str, Any] | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _flatten_parameters(cls, value: Any) -> Any:
+        # Triton writes parameters as {key: {string_value: "..."}}; YAML users write key: value.
+        if isinstance(value, Mapping):
+            out = {}
+            for key, v in value.items():
+                if isinstance(v, Mapping) and set(v) == {"string_value"}:
+                    v = v["string_value"]
+                if isinstance(v, bool):
+                    v = "true" if v else "false"
+                out[key] = v if isinstance(v, str) else str(v) if isinstance(v, (int, float)) else v
+            return out
+        return value
+
+    @model_validator(mode="after")
+    def _unique_tensor_names(self) -> ModelConfig:
+        for kind, tensors in (("input", self.input), ("output", self.output)):
+            seen: set[str] = set()
+            for t in tensors:
+                if t.name in seen:
+                    raise ValueError(f"{kind} '{t.name}' is declared twice")
+                seen.add(t.name)
+        return self
+
+    @property
+    def batching(self) -> bool:
+        """True when the first dimension of every tensor is the batch (``max_batch_size > 0``)."""
+        return self.max_batch_size > 0
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that runs this model: ``backend`` if set, else one implied by ``platform``."""
+        if self.backend:
+            return self.backend
+        return _PLATFORM_BACKENDS.get(self.platform, self.platform)
+
+    def input_specs(self) -> dict[str, TensorSpec]:
+        return {t.name: t.spec() for t in self.input}
+
+    def output_specs(self) -> dict[str, TensorSpec]:
+        return {t.name: t.spec() for t in self.output}
+
+    def to_triton_json(self) -> dict[str, Any]:
+        """This config in the JSON shape Triton's ``/config`` endpoint returns."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for kind in ("input", "output"):
+            for t in data.get(kind, ()):
+                t["data_type"] = DataType(t["data_type"]).config_name
+                if t.get("reshape") is None:
+                    t.pop("reshape", None)
+        data["parameters"] = {k: {"string_value": v} for k, v in self.parameters.items()}
+        if self.dynamic_batching is not None:
+            data["dynamic_batching"]["priority_queue_policy"] = {
+                str(k): v for k, v in data["dynamic_batching"]["priority_queue_policy"].items()
+            }
+        vp = data.get("version_policy", {})
+        if not vp:
+            data["version_policy"] = {"latest": {"num_versions": 1}}
+        return data
+
+
+_PLATFORM_BACKENDS = {
+    "pytorch_libtorch": "pytorch",
+    "onnxruntime_onnx": "onnxruntime",
+    "tensorrt_plan": "tensorrt",
+    "ensemble": "ensemble",
+    "pipeline": "pipeline",
+}
