@@ -132,9 +132,12 @@ class Server:
                 if unknown:
                     raise ConfigError(f"--load-model names unknown models: {', '.join(sorted(unknown))}")
                 sources = {n: s for n, s in sources.items() if n in wanted}
-        async with anyio.create_task_group() as tg:
-            for source in sources.values():
-                tg.start_soon(self._load_source, source)
+        # Models load concurrently; pipelines after them, since they check their members.
+        for wave in (False, True):
+            async with anyio.create_task_group() as tg:
+                for source in sources.values():
+                    if _is_pipeline(source) == wave:
+                        tg.start_soon(self._load_source, source)
 
     async def _load_source(self, source: ModelSource) -> None:
         entry = _Model(source.name, source)
@@ -148,7 +151,10 @@ class Server:
         for number in source.versions:
             version = ModelVersion(name=source.name, version=number, config=config, platform=platform)
             entry.versions[number] = version
-            load = functools.partial(self._load_instances, source, config, number)
+            if _is_pipeline(source):
+                load = functools.partial(self._load_pipeline, source, config)
+            else:
+                load = functools.partial(self._load_instances, source, config, number)
             await self._tg.start(version.serve, load)
 
     async def _load_instances(self, source: ModelSource, config: ModelConfig, number: int) -> list[ModelInstance]:
@@ -181,6 +187,11 @@ class Server:
                 await anyio.to_thread.run_sync(instance.close)
             raise
         return instances
+
+    async def _load_pipeline(self, source: ModelSource, config: ModelConfig) -> Any:
+        from .pipeline import load_pipeline
+
+        return await load_pipeline(self, source, config)
 
     # -- health and metadata ------------------------------------------------------------------
     def is_live(self) -> bool:
@@ -338,3 +349,7 @@ class Server:
                 f"cannot {action} models: the server runs with model control mode "
                 f"'{self.options.model_control_mode}' (start it with --model-control-mode explicit)"
             )
+
+
+def _is_pipeline(source: ModelSource) -> bool:
+    return source.config is not None and source.config.backend_name in ("ensemble", "pipeline")
