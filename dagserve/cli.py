@@ -1,0 +1,153 @@
+"""The ``dagserve`` command line: options -> frozen config -> server. Nothing more.
+
+Flag names follow ``tritonserver`` so scripts carry over; every flag also reads an environment
+variable ``DAGSERVE_<FLAG>`` (e.g. ``DAGSERVE_HTTP_PORT``), the flag winning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from ._version import __version__
+from .engine import ServerOptions
+from .errors import ConfigError
+from .frontends.runner import DEFAULT_GRPC_MAX_MESSAGE_SIZE, DEFAULT_HTTP_MAX_BODY_SIZE, ServeOptions, serve
+
+__all__ = ["main"]
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("DAGSERVE_" + name.upper().replace("-", "_"), default)
+
+
+def _port(value: str) -> int | None:
+    port = int(value)
+    if port < -1 or port > 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535, 0 picks one, -1 disables)")
+    return None if port == -1 else port
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dagserve", description="Serve model pipelines over KServe v2 (HTTP and gRPC).")
+    parser.add_argument("--version", action="version", version=f"dagserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    s = commands.add_parser("serve", help="serve a model repository")
+    s.add_argument("--model-repository", type=Path, default=_env("model-repository"), required=_env("model-repository") is None,
+                   help="the model repository directory (env DAGSERVE_MODEL_REPOSITORY)")
+    s.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--http-port", type=_port, default=_port(_env("http-port", "8000") or "8000"),
+                   help="HTTP port (default 8000; 0 picks a free port; -1 disables)")
+    s.add_argument("--grpc-port", type=_port, default=_port(_env("grpc-port", "8001") or "8001"),
+                   help="gRPC port (default 8001; 0 picks a free port; -1 disables)")
+    s.add_argument("--metrics-port", type=_port, default=_port(_env("metrics-port", "8002") or "8002"),
+                   help="Prometheus metrics port (default 8002; 0 picks a free port; -1 disables)")
+    s.add_argument("--model-control-mode", choices=("none", "explicit"), default=_env("model-control-mode", "none"),
+                   help="none: load all models at start; explicit: load --load-model ones, allow load/unload")
+    s.add_argument("--load-model", action="append", default=[], help="with explicit mode: a model to load at start ('*' for all)")
+    s.add_argument("--strict-readiness", type=_bool, default=_bool(_env("strict-readiness", "true") or "true"),
+                   help="ready only when every model is ready (default true)")
+    s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
+                   help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
+    s.add_argument("--grpc-max-message-size", type=int,
+                   default=int(_env("grpc-max-message-size", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE)) or 0),
+                   help=f"largest gRPC message in bytes (default {DEFAULT_GRPC_MAX_MESSAGE_SIZE})")
+    s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"))
+
+    v = commands.add_parser("validate", help="check every model and pipeline of a repository; non-zero exit on errors")
+    v.add_argument("repository", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "validate":
+        return _validate(args.repository)
+    raise AssertionError(args.command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServeOptions(
+        server=ServerOptions(
+            model_repository=args.model_repository,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            strict_readiness=args.strict_readiness,
+        ),
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        http_max_body_size=args.http_max_body_size,
+        grpc_max_message_size=args.grpc_max_message_size,
+    )
+    try:
+        anyio.run(_serve_until_signalled, options)
+    except ConfigError as exc:
+        print(f"dagserve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"dagserve: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve_until_signalled(options: ServeOptions) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            server, addresses = await tg.start(serve, options)
+            for model in server.repository_index():
+                state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
+                print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
+            if addresses.http:
+                print(f"HTTP service listening on http://{addresses.http}", flush=True)
+            if addresses.grpc:
+                print(f"gRPC service listening on {addresses.grpc}", flush=True)
+            if addresses.metrics:
+                print(f"metrics served at http://{addresses.metrics}/metrics", flush=True)
+            async for signum in signals:
+                print(f"dagserve: {signal.Signals(signum).name} received, stopping", flush=True)
+                tg.cancel_scope.cancel()
+                break
+
+
+def _validate(repository: Path) -> int:
+    from .repository.loader import scan
+
+    try:
+        sources = scan(repository)
+    except ConfigError as exc:
+        print(f"error: {exc}")
+        return 1
+    failed = 0
+    for name, source in sources.items():
+        if source.error:
+            failed += 1
+            print(f"error: {name}: {source.error}")
+        else:
+            print(f"ok: {name} (versions {', '.join(map(str, source.versions))})")
+    print(f"{len(sources) - failed} ok, {failed} with errors")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
