@@ -1,0 +1,371 @@
+"""The gRPC frontend: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``.
+
+It runs on grpc.aio inside the server's own asyncio event loop (the anyio asyncio backend),
+beside the HTTP frontend, and stays thin: decode the message (``grpc_codec``), call the
+:class:`~dagserve.engine.Server`, encode the answer. Errors become gRPC statuses through the
+one table in :mod:`dagserve.frontends.status`.
+
+Entry point: :func:`serve_grpc`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import anyio
+import grpc
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .._proto import grpc_service_pb2 as pb
+from .._proto import grpc_service_pb2_grpc as pb_grpc
+from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
+from ..errors import ModelNotFoundError, UnsupportedError
+from .grpc_codec import decode_infer_request, encode_infer_response
+from .status import status_for
+
+if TYPE_CHECKING:
+    from ..engine import Server
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "serve_grpc"]
+
+log = logging.getLogger("dagserve.frontends.grpc")
+
+DEFAULT_MAX_MESSAGE_SIZE = 2**31 - 1
+"""Largest gRPC message accepted or sent (bytes): gRPC's own ceiling, as Triton sets it, so
+any tensor that fits one message is served. Larger messages get RESOURCE_EXHAUSTED."""
+
+STREAM_MAX_IN_FLIGHT = 1024
+"""Requests of one ModelStreamInfer stream being processed at once. Past this the stream stops
+reading, so gRPC flow control pushes back on the client instead of the server queueing
+without bound."""
+
+_GRACE_SECONDS = 2.0
+_HEALTH_WATCH_PERIOD = 1.0
+
+# Request parameters the frontend consumes itself rather than passing to the engine.
+_ENABLE_EMPTY_FINAL = "triton_enable_empty_final_response"
+_FINAL_RESPONSE = "triton_final_response"
+
+_M = TypeVar("_M", bound=Message)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, request_id: str = "") -> NoReturn:
+    """End the RPC with the status the error table gives ``exc``."""
+    status = status_for(exc, request_id=request_id)
+    await context.abort(status.grpc, status.message)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+_S = TypeVar("_S")
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+_Handler = Callable[[_S, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
+
+
+def _rpc(method: _Handler[_S, _Req, _Resp]) -> _Handler[_S, _Req, _Resp]:
+    """Make ``method`` an RPC boundary: any exception it raises ends the call with the status
+    :func:`~dagserve.frontends.status.status_for` gives it (bugs become a generic INTERNAL)."""
+
+    @functools.wraps(method)
+    async def handler(self: _S, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes a status
+            await _abort(context, exc, getattr(request, "id", ""))
+
+    return handler
+
+
+def _from_json(data: Mapping[str, Any], message: _M) -> _M:
+    """Fill ``message`` from the engine's JSON shape (snake_case names, enums by name)."""
+    return json_format.ParseDict(data, message, ignore_unknown_fields=True)
+
+
+def _repository_parameters(params: Mapping[str, pb.ModelRepositoryParameter]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is not None:
+            out[key] = getattr(param, choice)
+    return out
+
+
+def _unimplemented(feature: str) -> Callable[..., Any]:
+    """An RPC handler that always answers UNIMPLEMENTED, naming ``feature``."""
+
+    async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> NoReturn:
+        await _abort(context, UnsupportedError(f"{feature} is not supported by dagserve"))
+
+    handler.__doc__ = f"Always UNIMPLEMENTED: {feature} is not supported by dagserve."
+    return handler
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over one :class:`~dagserve.engine.Server`.
+
+    Each RPC either returns its response or aborts with a status from the error table; an
+    unexpected exception reaches the client as INTERNAL with a generic message (details in
+    the log).
+    """
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    # -- health and metadata ----------------------------------------------------------------
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._server.is_live())
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._server.is_ready())
+
+    @_rpc
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._server.model_ready(request.name, request.version))
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        server = self._server
+        return pb.ServerMetadataResponse(
+            name=server.name, version=server.version, extensions=server.extensions
+        )
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        data = self._server.model_metadata(request.name, request.version)
+        return _from_json(data, pb.ModelMetadataResponse())
+
+    @_rpc
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        data = self._server.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(config=_from_json(data, model_config_pb2.ModelConfig()))
+
+    @_rpc
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        data = self._server.statistics(request.name, request.version)
+        return _from_json(data, pb.ModelStatisticsResponse())
+
+    # -- inference --------------------------------------------------------------------------
+    @_rpc
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, target: pb.ModelInferResponse | None = None
+    ) -> pb.ModelInferResponse:
+        """Decode, run and encode one request; raises what the codec or the engine raise."""
+        decoded = decode_infer_request(request, drop_parameters=(_ENABLE_EMPTY_FINAL,))
+        response = await self._server.infer(request.model_name, request.model_version, decoded)
+        return encode_infer_response(response, request_id=request.id, target=target)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Serve a bidirectional stream: every request is processed as soon as it arrives,
+        concurrently with the others (up to :data:`STREAM_MAX_IN_FLIGHT`), and its response is
+        written when ready, so responses may come out of request order.
+
+        A failed request is answered in-stream with ``error_message`` (and its id) and the
+        stream stays open. Every response carries ``triton_final_response``; dagserve models
+        answer each request exactly once, so it is always true and an empty final response
+        (``triton_enable_empty_final_response``) is never needed.
+
+        Returns when the client has closed its side and every response is written; if the
+        client cancels, the pending requests are cancelled with it.
+        """
+        send, receive = anyio.create_memory_object_stream[pb.ModelStreamInferResponse]()
+        limiter = anyio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write_stream, receive, context)
+            async with send:
+                async for request in request_iterator:
+                    await limiter.acquire()
+                    tg.start_soon(self._stream_one, request, send.clone(), limiter)
+
+    async def _stream_one(
+        self,
+        request: pb.ModelInferRequest,
+        send: MemoryObjectSendStream[pb.ModelStreamInferResponse],
+        limiter: anyio.Semaphore,
+    ) -> None:
+        message = pb.ModelStreamInferResponse()
+        async with send:
+            try:
+                await self._infer(request, target=message.infer_response)
+            except Exception as exc:  # noqa: BLE001 - reported in-stream, the stream goes on
+                message.Clear()
+                message.error_message = status_for(exc, request_id=request.id).message
+                # Name the request the error belongs to, as Triton does, so a client with many
+                # requests in flight can tell which one failed.
+                failed = message.infer_response
+                failed.id, failed.model_name = request.id, request.model_name
+                failed.model_version = request.model_version
+            finally:
+                limiter.release()
+            message.infer_response.parameters[_FINAL_RESPONSE].bool_param = True
+            await send.send(message)
+
+    @staticmethod
+    async def _write_stream(
+        receive: MemoryObjectReceiveStream[pb.ModelStreamInferResponse], context: grpc.aio.ServicerContext
+    ) -> None:
+        # The only writer of this stream: grpc.aio allows one write in flight at a time.
+        async with receive:
+            async for message in receive:
+                await context.write(message)
+
+    # -- repository -------------------------------------------------------------------------
+    @_rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        models = self._server.repository_index(ready_only=request.ready)
+        return _from_json({"models": models}, pb.RepositoryIndexResponse())
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        params = _repository_parameters(request.parameters)
+        await self._server.load_model(request.model_name, params or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        params = _repository_parameters(request.parameters)
+        dependents = bool(params.get("unload_dependents", False))
+        await self._server.unload_model(request.model_name, unload_dependents=dependents)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- extensions dagserve does not offer -------------------------------------------------
+    SystemSharedMemoryStatus = _unimplemented("system shared memory")
+    SystemSharedMemoryRegister = _unimplemented("system shared memory")
+    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
+    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    TraceSetting = _unimplemented("the trace extension (use the Prometheus metrics)")
+    LogSettings = _unimplemented("the logging extension (set log levels at startup)")
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health``: service ``""`` (or the inference service's name) is the
+    server's readiness; any other service name is a model name and reports that model's."""
+
+    _SERVER_NAMES = ("", "inference.GRPCInferenceService")
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def _status(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus:
+        """SERVING / NOT_SERVING. Raises ModelNotFoundError for an unknown model name."""
+        Status = health_pb2.HealthCheckResponse
+        if service in self._SERVER_NAMES:
+            ready = self._server.is_ready()
+        else:
+            ready = self._server.model_ready(service)
+        return Status.SERVING if ready else Status.NOT_SERVING
+
+    @_rpc
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        """The status now; NOT_FOUND for an unknown service, as the health protocol asks."""
+        return health_pb2.HealthCheckResponse(status=self._status(request.service))
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        """Send the status now and again whenever it changes, until the client leaves.
+
+        The engine has no change notification, so the status is sampled every second. An
+        unknown service is reported as SERVICE_UNKNOWN rather than failing the call, as the
+        health protocol asks, so a client may watch for a model that is not loaded yet.
+        """
+        last = None
+        while True:
+            try:
+                status = self._status(request.service)
+            except ModelNotFoundError:
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            await anyio.sleep(_HEALTH_WATCH_PERIOD)
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 address
+    return f"{host}:{port}"
+
+
+async def serve_grpc(
+    server: Server,
+    *,
+    host: str,
+    port: int,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``server`` over gRPC on ``host:port`` until cancelled.
+
+    Port 0 binds a free port. Once listening, ``task_status.started(port)`` reports the bound
+    port, so ``port = await tg.start(functools.partial(serve_grpc, server, ...))`` waits for
+    readiness. Messages larger than ``max_message_size`` bytes, either way, are refused by
+    gRPC with RESOURCE_EXHAUSTED.
+
+    Must run on the asyncio backend (grpc.aio). On cancellation it stops accepting calls,
+    gives those in flight a short grace period, then cancels them, and returns only once the
+    port is released.
+
+    Raises:
+        OSError: the address could not be bound (e.g. the port is in use).
+        ValueError: ``max_message_size`` is not within 1 .. 2**31-1 (gRPC's limit).
+    """
+    if not 0 < max_message_size <= DEFAULT_MAX_MESSAGE_SIZE:
+        raise ValueError(f"max_message_size must be 1..{DEFAULT_MAX_MESSAGE_SIZE}, got {max_message_size}")
+    options = [
+        ("grpc.max_receive_message_length", max_message_size),
+        ("grpc.max_send_message_length", max_message_size),
+        # Fail on a port that is in use instead of silently sharing it with another process.
+        ("grpc.so_reuseport", 0),
+    ]
+    grpc_server = grpc.aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server), grpc_server)
+    address = _address(host, port)
+    try:
+        bound = grpc_server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
+        raise OSError(f"gRPC cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"gRPC cannot listen on {address}")
+    await grpc_server.start()
+    log.info("gRPC listening on %s", _address(host, bound))
+    try:
+        task_status.started(bound)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await grpc_server.stop(_GRACE_SECONDS)

@@ -1,0 +1,346 @@
+"""Pure conversions between KServe v2 gRPC messages and dagserve's request/response objects.
+
+Decoding never trusts a declared shape to size an allocation: a tensor's element count is
+compared with the data actually received before any array is shaped, so a request claiming
+``[2147483648]`` elements is refused as invalid, not allocated. Fixed-size tensors in
+``raw_input_contents`` are wrapped with ``numpy.frombuffer`` without copying; such arrays are
+read-only views of the request's bytes, which is why backends must not write into inputs.
+
+Every tensor leaves in ``raw_output_contents`` (as Triton answers), little-endian, BYTES
+elements each prefixed with their 4-byte little-endian length.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._proto import grpc_service_pb2 as pb
+from ..errors import InternalError, InvalidInputError, UnsupportedError
+from ..types import DataType, InferRequest, InferResponse, RequestedOutput
+
+__all__ = [
+    "decode_bytes_tensor",
+    "decode_infer_request",
+    "decode_parameters",
+    "encode_bytes_tensor",
+    "encode_infer_response",
+    "encode_parameters",
+    "tensor_to_raw",
+]
+
+_INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
+_LENGTH = struct.Struct("<I")
+
+# The InferTensorContents list that carries each datatype. The narrow integer types travel
+# widened in the 32-bit lists; FP16 and BF16 have no list and must come as raw bytes.
+_CONTENTS_FIELD: dict[DataType, str] = {
+    DataType.BOOL: "bool_contents",
+    DataType.INT8: "int_contents",
+    DataType.INT16: "int_contents",
+    DataType.INT32: "int_contents",
+    DataType.INT64: "int64_contents",
+    DataType.UINT8: "uint_contents",
+    DataType.UINT16: "uint_contents",
+    DataType.UINT32: "uint_contents",
+    DataType.UINT64: "uint64_contents",
+    DataType.FP32: "fp32_contents",
+    DataType.FP64: "fp64_contents",
+    DataType.BYTES: "bytes_contents",
+}
+_ALL_CONTENTS_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
+
+# Parameter names reserved by Triton's shared-memory extension, which dagserve does not offer.
+_SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """Turn a protobuf parameter map into plain Python values (bool, int, str or float).
+
+    Parameters whose value is unset are left out.
+    """
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is not None:
+            out[key] = getattr(param, choice)
+    return out
+
+
+def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
+    """Write plain Python parameter values into the protobuf map ``target``.
+
+    bool, int (int64, or uint64 above the int64 range), float, str and bytes (as UTF-8 text)
+    are accepted.
+
+    Raises:
+        InternalError: a value has some other type, or an int outside both integer ranges.
+    """
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, (bool, np.bool_)):
+            param.bool_param = bool(value)
+        elif isinstance(value, (int, np.integer)):
+            number = int(value)
+            if -(2**63) <= number <= _INT64_MAX:
+                param.int64_param = number
+            elif 0 <= number <= _UINT64_MAX:
+                param.uint64_param = number
+            else:
+                raise InternalError(f"parameter '{key}' is an integer out of the 64-bit range")
+        elif isinstance(value, (float, np.floating)):
+            param.double_param = float(value)
+        elif isinstance(value, str):
+            param.string_param = value
+        elif isinstance(value, bytes):
+            param.string_param = value.decode("utf-8", errors="replace")
+        else:
+            raise InternalError(f"parameter '{key}' has unsupported type {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors
+
+
+def decode_bytes_tensor(raw: bytes | memoryview, *, name: str, expected: int) -> np.ndarray:
+    """Split length-prefixed BYTES data into a flat object array of ``bytes``.
+
+    Raises:
+        InvalidInputError: the data is truncated, or holds a different number of elements
+            than ``expected``.
+    """
+    view = memoryview(raw)
+    end = len(view)
+    # Each element costs at least its 4-byte prefix: a larger claim cannot be satisfied, and
+    # refusing it first bounds the loop below by the bytes actually received.
+    if expected * _LENGTH.size > end:
+        raise InvalidInputError(
+            f"input '{name}': raw BYTES data of {end} bytes cannot hold {expected} elements"
+        )
+    items: list[bytes] = []
+    offset = 0
+    while offset < end:
+        if offset + _LENGTH.size > end:
+            raise InvalidInputError(f"input '{name}': raw BYTES data ends inside a length prefix")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += _LENGTH.size
+        if offset + length > end:
+            raise InvalidInputError(
+                f"input '{name}': raw BYTES element {len(items)} claims {length} bytes, "
+                f"only {end - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != expected:
+        raise InvalidInputError(
+            f"input '{name}': raw BYTES data holds {len(items)} elements, its shape needs {expected}"
+        )
+    return np.fromiter(items, dtype=np.object_, count=len(items))
+
+
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
+    """Serialize a BYTES tensor (row-major) as 4-byte little-endian length + bytes per element.
+
+    ``str`` elements are UTF-8 encoded; other non-bytes elements are encoded via ``str()``.
+    """
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        if isinstance(item, bytes):
+            data = item
+        elif isinstance(item, str):
+            data = item.encode("utf-8")
+        else:
+            data = str(item).encode("utf-8")
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def tensor_to_raw(array: np.ndarray, datatype: DataType, *, name: str) -> bytes:
+    """The wire bytes of an output tensor of ``datatype``.
+
+    Raises:
+        InternalError: the array's dtype is not the one ``datatype`` is held in (the model
+            produced something its config does not declare).
+    """
+    if datatype is DataType.BYTES:
+        return encode_bytes_tensor(array)
+    expected = datatype.numpy_dtype
+    if array.dtype.newbyteorder("=") != expected:
+        raise InternalError(
+            f"output '{name}' is declared {datatype.value} but the model produced numpy {array.dtype}"
+        )
+    little = expected.newbyteorder("<")
+    return np.ascontiguousarray(array, dtype=little).tobytes()
+
+
+def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[tuple[int, ...], int]:
+    """The declared shape and its element count, refusing negative dimensions."""
+    shape = tuple(int(d) for d in tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(f"input '{tensor.name}': shape {list(shape)} has a negative dimension")
+    return shape, math.prod(shape)
+
+
+def _from_raw(raw: bytes, datatype: DataType, shape: tuple[int, ...], count: int, name: str) -> np.ndarray:
+    if datatype is DataType.BYTES:
+        return decode_bytes_tensor(raw, name=name, expected=count).reshape(shape)
+    needed = count * datatype.itemsize
+    if len(raw) != needed:
+        raise InvalidInputError(
+            f"input '{name}': raw data is {len(raw)} bytes, but shape {list(shape)} of "
+            f"{datatype.value} needs {needed} bytes"
+        )
+    return np.frombuffer(raw, dtype=datatype.numpy_dtype.newbyteorder("<")).reshape(shape)
+
+
+def _from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    datatype: DataType,
+    shape: tuple[int, ...],
+    count: int,
+) -> np.ndarray:
+    name = tensor.name
+    field_name = _CONTENTS_FIELD.get(datatype)
+    if field_name is None:
+        raise InvalidInputError(f"input '{name}': {datatype.value} data must be sent in raw_input_contents")
+    values = getattr(tensor.contents, field_name)
+    if len(values) != count:
+        others = [f for f in _ALL_CONTENTS_FIELDS if f != field_name and len(getattr(tensor.contents, f))]
+        hint = f" (data was sent in {others[0]}, {datatype.value} uses {field_name})" if others else ""
+        raise InvalidInputError(
+            f"input '{name}': contents hold {len(values)} elements, shape {list(shape)} needs {count}{hint}"
+        )
+    if datatype is DataType.BYTES:
+        return np.fromiter(values, dtype=np.object_, count=count).reshape(shape)
+    wide = np.fromiter(values, dtype=_wide_dtype(field_name), count=count)
+    target = datatype.numpy_dtype
+    if target != wide.dtype and count:
+        info = np.iinfo(target)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInputError(f"input '{name}': a value is out of range for {datatype.value}")
+    return wide.astype(target, copy=False).reshape(shape)
+
+
+def _wide_dtype(field_name: str) -> np.dtype[Any]:
+    return np.dtype(
+        {
+            "bool_contents": np.bool_,
+            "int_contents": np.int32,
+            "int64_contents": np.int64,
+            "uint_contents": np.uint32,
+            "uint64_contents": np.uint64,
+            "fp32_contents": np.float32,
+            "fp64_contents": np.float64,
+        }[field_name]
+    )
+
+
+def _has_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
+    return tensor.HasField("contents") and any(len(getattr(tensor.contents, f)) for f in _ALL_CONTENTS_FIELDS)
+
+
+def _refuse_shared_memory(where: str, params: Iterable[str]) -> None:
+    for key in params:
+        if key in _SHARED_MEMORY_PARAMS:
+            raise UnsupportedError(f"{where}: shared memory ('{key}') is not supported by dagserve")
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and responses
+
+
+def decode_infer_request(msg: pb.ModelInferRequest, *, drop_parameters: Sequence[str] = ()) -> InferRequest:
+    """Decode a ``ModelInferRequest`` into an :class:`InferRequest` of numpy arrays.
+
+    Every input's wire datatype is recorded in ``InferRequest.datatypes``. Request parameters
+    named in ``drop_parameters`` (ones the frontend itself consumes) are left out.
+
+    Raises:
+        InvalidInputError: unknown datatype, duplicate input, negative dimension, element count
+            or byte size not matching the shape, raw and typed contents mixed, or the number of
+            raw_input_contents entries not matching the inputs.
+        UnsupportedError: the request uses shared memory.
+    """
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} inputs"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, DataType] = {}
+    for index, tensor in enumerate(msg.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInputError(f"input '{name}' appears more than once")
+        _refuse_shared_memory(f"input '{name}'", tensor.parameters)
+        try:
+            datatype = DataType(tensor.datatype)
+        except ValueError:
+            raise InvalidInputError(f"input '{name}': unknown datatype '{tensor.datatype}'") from None
+        shape, count = _shape_of(tensor)
+        if raw:
+            if _has_contents(tensor):
+                raise InvalidInputError(
+                    f"input '{name}': has typed contents while the request uses raw_input_contents; "
+                    "send every input one way"
+                )
+            array = _from_raw(raw[index], datatype, shape, count, name)
+        elif _has_contents(tensor):
+            array = _from_contents(tensor, datatype, shape, count)
+        elif count == 0:
+            array = np.empty(shape, dtype=datatype.numpy_dtype)
+        else:
+            raise InvalidInputError(f"input '{name}': no data (neither contents nor raw_input_contents)")
+        inputs[name] = array
+        datatypes[name] = datatype
+
+    outputs: tuple[RequestedOutput, ...] | None = None
+    if msg.outputs:
+        for out in msg.outputs:
+            _refuse_shared_memory(f"output '{out.name}'", out.parameters)
+        outputs = tuple(
+            RequestedOutput(name=o.name, parameters=decode_parameters(o.parameters)) for o in msg.outputs
+        )
+    parameters = decode_parameters(msg.parameters)
+    for key in drop_parameters:
+        parameters.pop(key, None)
+    return InferRequest(inputs=inputs, id=msg.id, datatypes=datatypes, parameters=parameters, outputs=outputs)
+
+
+def encode_infer_response(
+    response: InferResponse, *, request_id: str = "", target: pb.ModelInferResponse | None = None
+) -> pb.ModelInferResponse:
+    """Encode an :class:`InferResponse` as a ``ModelInferResponse`` with raw output contents.
+
+    The response id falls back to ``request_id`` when the engine left it empty. ``target``
+    (e.g. the ``infer_response`` of a stream message) is filled in place when given.
+
+    Raises:
+        InternalError: an output's dtype contradicts its declared datatype, or a parameter
+            value cannot be encoded.
+    """
+    msg = target if target is not None else pb.ModelInferResponse()
+    msg.model_name = response.model_name
+    msg.model_version = response.model_version
+    msg.id = response.id or request_id
+    encode_parameters(response.parameters, msg.parameters)
+    for name, array in response.outputs.items():
+        datatype = response.datatypes.get(name)
+        if datatype is None:
+            try:
+                datatype = DataType.from_numpy(array.dtype)
+            except ValueError as exc:
+                raise InternalError(f"output '{name}': {exc}") from None
+        msg.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
+        msg.raw_output_contents.append(tensor_to_raw(array, datatype, name=name))
+    return msg
