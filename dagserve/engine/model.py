@@ -26,6 +26,7 @@ from ..errors import (
 from ..repository.config import ModelConfig
 from ..types import DataType, InferRequest, InferResponse, TensorSpec, bytes_array, shape_matches
 from .instances import InstancePool
+from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
 from .stats import ModelStatistics
 
@@ -146,9 +147,10 @@ class ModelVersion:
             max_batch_size=self._max_batch,
             preferred_batch_sizes=batching.preferred_batch_size,
             max_queue_delay=batching.max_queue_delay_microseconds / 1e6,
-            max_queue_size=batching.default_queue_policy.max_queue_size if batching.default_queue_policy else 0,
         )
-        return DynamicBatcher(self._pool, self.stats, policy)
+        return DynamicBatcher(
+            self._pool, self.stats, policy, RequestQueue(batching), preserve_ordering=batching.preserve_ordering
+        )
 
     def unload(self) -> None:
         """Ask :meth:`serve` to stop taking requests, finish those in flight, and close."""

@@ -9,13 +9,13 @@
 Both record per-request statistics (success, failure, queue time); the pool records the
 per-execution ones. A caller cancelled while its request is queued removes it from the queue;
 one cancelled during execution only discards its result: the batch loop never breaks.
+Priorities, queue policies and timeouts live in :mod:`.queue`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +24,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..backends.base import ModelInstance, Outputs
-from ..errors import OverloadedError
+from ..errors import OverloadedError, TimeoutError
 from ..types import InferRequest
 from .instances import InstancePool
+from .queue import QueuedRequest, RequestQueue
 from .stats import ModelStatistics
 
 __all__ = ["BatchPolicy", "DirectScheduler", "DynamicBatcher", "Flush", "Wait", "decide"]
@@ -53,7 +54,6 @@ class BatchPolicy:
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay: float = 0.0
-    max_queue_size: int = 0
 
 
 def decide(sizes: Sequence[int], *, oldest_age: float, policy: BatchPolicy) -> Flush | Wait:
@@ -90,20 +90,6 @@ def decide(sizes: Sequence[int], *, oldest_age: float, policy: BatchPolicy) -> F
     return Wait(policy.max_queue_delay - oldest_age)
 
 
-class _Item:
-    __slots__ = ("request", "size", "key", "enqueued", "done", "result", "cancelled", "queue_ns")
-
-    def __init__(self, request: InferRequest, size: int, key: Any, enqueued: float) -> None:
-        self.request = request
-        self.size = size
-        self.key = key
-        self.enqueued = enqueued
-        self.done = anyio.Event()
-        self.result: Outputs | BaseException | None = None
-        self.cancelled = False
-        self.queue_ns = 0
-
-
 class DirectScheduler:
     """Run each request alone on the next free instance."""
 
@@ -131,14 +117,30 @@ class DirectScheduler:
 
 
 class DynamicBatcher:
-    """Queue requests and send them to instances in batches."""
+    """Queue requests and send them to instances in batches.
 
-    def __init__(self, pool: InstancePool, stats: ModelStatistics, policy: BatchPolicy) -> None:
+    With ``preserve_ordering`` responses are released in the order the requests were taken
+    from the queue, even when a later batch finishes first on another instance.
+    """
+
+    def __init__(
+        self,
+        pool: InstancePool,
+        stats: ModelStatistics,
+        policy: BatchPolicy,
+        queue: RequestQueue,
+        *,
+        preserve_ordering: bool = False,
+    ) -> None:
         self._pool = pool
         self._stats = stats
         self._policy = policy
-        self._queue: deque[_Item] = deque()
+        self._queue = queue
         self._arrived = anyio.Event()
+        self._ordered = preserve_ordering
+        self._sequence = 0  # batches taken so far
+        self._released = 0  # batches whose responses went out, with preserve_ordering
+        self._finished: dict[int, list[QueuedRequest]] = {}
 
     def statistics(self) -> dict[str, int]:
         return {"queued": len(self._queue)}
@@ -147,17 +149,32 @@ class DynamicBatcher:
         """Queue ``request`` and wait for its outputs.
 
         Raises:
-            OverloadedError: the queue already holds ``max_queue_size`` requests.
+            OverloadedError: the request's priority level already holds ``max_queue_size``.
+            TimeoutError: its queue policy rejects it after its timeout while still queued.
+            InvalidInputError: a bad ``priority`` parameter.
         """
-        if self._policy.max_queue_size and len(self._queue) >= self._policy.max_queue_size:
-            raise OverloadedError(
-                f"model '{self._stats.name}': queue is full ({self._policy.max_queue_size} requests)"
-            )
+        level = self._queue.level_of(request)
+        policy = self._queue.policies[level]
+        timeout = policy.timeout_for(request)
+        now = anyio.current_time()
+        deadline = now + timeout if timeout else math.inf
         start = time.perf_counter_ns()
-        item = _Item(request, batch_size, _shape_key(request), start)
-        self._queue.append(item)
+        item = QueuedRequest(request, batch_size, _shape_key(request), level, start, deadline)
+        try:
+            self._queue.push(item)
+        except OverloadedError as exc:
+            raise OverloadedError(f"model '{self._stats.name}': {exc}") from None
         self._arrived.set()
         try:
+            if timeout and not policy.delay_on_timeout:
+                with anyio.move_on_after(timeout):
+                    await item.done.wait()
+                if not item.done.is_set() and not item.started:
+                    item.cancelled = True
+                    self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+                    raise TimeoutError(
+                        f"model '{self._stats.name}': request timed out after {timeout * 1e6:.0f} µs in the queue"
+                    )
             await item.done.wait()
         except BaseException:
             item.cancelled = True
@@ -176,40 +193,32 @@ class DynamicBatcher:
                 except BaseException:
                     self._pool.release(instance)
                     raise
-                tg.start_soon(self._execute, instance, batch)
+                tg.start_soon(self._execute, instance, batch, self._sequence)
+                self._sequence += 1
 
-    async def _next_batch(self) -> list[_Item]:
+    async def _next_batch(self) -> list[QueuedRequest]:
         while True:
-            while self._queue and self._queue[0].cancelled:
-                self._queue.popleft()
-            if not self._queue:
+            now = anyio.current_time()
+            candidates: list[QueuedRequest] = []
+            for item in self._queue.ordered(now):
+                if candidates and item.key != candidates[0].key:
+                    break
+                candidates.append(item)
+            if not candidates:
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
                 continue
-            head = self._queue[0]
-            sizes = []
-            for item in self._queue:
-                if item.key != head.key:
-                    break
-                if not item.cancelled:
-                    sizes.append(item.size)
-            age = (time.perf_counter_ns() - head.enqueued) / 1e9
-            decision = decide(sizes, oldest_age=age, policy=self._policy)
+            age = (time.perf_counter_ns() - candidates[0].enqueued) / 1e9
+            decision = decide([i.size for i in candidates], oldest_age=age, policy=self._policy)
             if isinstance(decision, Flush):
-                return self._take(decision.count)
+                batch = candidates[: decision.count]
+                self._queue.take(batch)
+                return batch
             self._arrived = anyio.Event()
             with anyio.move_on_after(decision.seconds):
                 await self._arrived.wait()
 
-    def _take(self, count: int) -> list[_Item]:
-        batch: list[_Item] = []
-        while len(batch) < count and self._queue:
-            item = self._queue.popleft()
-            if not item.cancelled:
-                batch.append(item)
-        return batch
-
-    async def _execute(self, instance: ModelInstance, batch: list[_Item]) -> None:
+    async def _execute(self, instance: ModelInstance, batch: list[QueuedRequest], sequence: int) -> None:
         started = time.perf_counter_ns()
         results: Sequence[Outputs | BaseException]
         try:
@@ -221,7 +230,16 @@ class DynamicBatcher:
         for item, result in zip(batch, results):
             item.result = result
             item.queue_ns = started - item.enqueued
-            item.done.set()
+        if not self._ordered:
+            for item in batch:
+                item.done.set()
+            return
+        # Release this batch only after every batch taken before it.
+        self._finished[sequence] = batch
+        while self._released in self._finished:
+            for item in self._finished.pop(self._released):
+                item.done.set()
+            self._released += 1
 
 
 def _settle(result: Outputs | BaseException, stats: ModelStatistics, start: int, queue_ns: int) -> Outputs:
