@@ -43,6 +43,14 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _cache_config(value: str) -> int:
+    kind, _, setting = value.partition(",")
+    key, _, size = setting.partition("=")
+    if kind != "local" or key != "size" or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected local,size=BYTES, got {value!r}")
+    return int(size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dagserve", description="Serve model pipelines over KServe v2 (HTTP and gRPC).")
     parser.add_argument("--version", action="version", version=f"dagserve {__version__}")
@@ -68,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-max-message-size", type=int,
                    default=int(_env("grpc-max-message-size", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE)) or 0),
                    help=f"largest gRPC message in bytes (default {DEFAULT_GRPC_MAX_MESSAGE_SIZE})")
+    s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
+                   help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
     s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"))
 
     v = commands.add_parser("validate", help="check every model and pipeline of a repository; non-zero exit on errors")
@@ -92,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             model_control_mode=args.model_control_mode,
             load_models=tuple(args.load_model),
             strict_readiness=args.strict_readiness,
+            response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
         ),
         host=args.host,
         http_port=args.http_port,

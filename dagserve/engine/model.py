@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -25,6 +26,7 @@ from ..errors import (
 )
 from ..repository.config import ModelConfig
 from ..types import DataType, InferRequest, InferResponse, TensorSpec, bytes_array, shape_matches
+from .cache import ResponseCache, request_key
 from .instances import InstancePool
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
@@ -64,7 +66,9 @@ InstanceLoader = Callable[[ModelContext], ModelInstance]
 class ModelVersion:
     """A model version the server serves, from loading to unloading."""
 
-    def __init__(self, *, name: str, version: int, config: ModelConfig, platform: str) -> None:
+    def __init__(
+        self, *, name: str, version: int, config: ModelConfig, platform: str, cache: ResponseCache | None = None
+    ) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -77,9 +81,11 @@ class ModelVersion:
         self._inputs: dict[str, TensorSpec] = config.input_specs()
         self._outputs: dict[str, TensorSpec] = config.output_specs()
         self._output_names = tuple(self._outputs)
+        self._datatypes = {n: spec.datatype for n, spec in self._outputs.items()}
         self._batching = config.batching
         self._max_batch = config.max_batch_size
         self._runner: Runner | None = None
+        self._cache = cache if cache is not None and _cacheable(config) else None
         self._pool: InstancePool | None = None
         self._in_flight = 0
         self._idle = anyio.Event()
@@ -176,18 +182,32 @@ class ModelVersion:
         if self.state is not ModelState.READY or self._runner is None:
             raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready ({self.state.value.lower()})")
         batch_size = self.validate(request)
+        key = None
+        if self._cache is not None:
+            start = time.perf_counter_ns()
+            key = request_key(self.name, self.version_str, request)
+            cached = self._cache.get(key)
+            self.stats.record_cache(hit=cached is not None, lookup_ns=time.perf_counter_ns() - start)
+            if cached is not None:
+                return self._response(request, cached)
         self._in_flight += 1
         try:
-            outputs = await self._runner.submit(request, batch_size)
+            raw = await self._runner.submit(request, batch_size)
         finally:
             self._in_flight -= 1
             if not self._in_flight and self.state is ModelState.UNLOADING:
                 self._idle.set()
+        outputs = self.check_outputs(raw, request.output_names())
+        if key is not None and self._cache is not None:
+            self._cache.put(key, outputs)
+        return self._response(request, outputs)
+
+    def _response(self, request: InferRequest, outputs: Mapping[str, np.ndarray]) -> InferResponse:
         return InferResponse(
             model_name=self.name,
             model_version=self.version_str,
-            outputs=self.check_outputs(outputs, request.output_names()),
-            datatypes={n: s.datatype for n, s in self._outputs.items()},
+            outputs=outputs,
+            datatypes=self._datatypes,
             id=request.id,
         )
 
@@ -277,6 +297,15 @@ class ModelVersion:
             "inputs": [_tensor_metadata(s, self._batching) for s in self._inputs.values()],
             "outputs": [_tensor_metadata(s, self._batching) for s in self._outputs.values()],
         }
+
+
+def _cacheable(config: ModelConfig) -> bool:
+    """Triton never caches decoupled or stateful (sequence) models."""
+    enabled = config.response_cache is not None and config.response_cache.enable
+    if enabled and (config.model_transaction_policy.decoupled or config.sequence_batching is not None):
+        log.warning("model '%s': response_cache is ignored for decoupled and sequence models", config.name)
+        return False
+    return enabled
 
 
 def _tensor_metadata(spec: TensorSpec, batching: bool) -> dict[str, Any]:

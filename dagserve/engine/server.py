@@ -35,6 +35,7 @@ from ..errors import (
 from ..repository.config import InstanceKind, ModelConfig
 from ..repository.loader import ModelSource, parse_config, read_model, scan
 from ..types import InferRequest, InferResponse
+from .cache import ResponseCache
 from .model import ModelState, ModelVersion
 
 __all__ = ["Server", "ServerOptions"]
@@ -58,12 +59,15 @@ class ServerOptions:
     ``model_control_mode``: ``none`` loads every model at start and refuses load/unload;
     ``explicit`` loads only ``load_models`` (``"*"`` for all) and allows load/unload.
     ``strict_readiness``: the server is ready only when every model is.
+    ``response_cache_bytes``: size of the response cache shared by models that enable it
+    (0 = no cache, as Triton without ``--cache-config``).
     """
 
     model_repository: Path | None = None
     model_control_mode: Literal["none", "explicit"] = "none"
     load_models: tuple[str, ...] = ()
     strict_readiness: bool = True
+    response_cache_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +102,8 @@ class Server:
         self._tg: TaskGroup | None = None
         self._started = False
         self._stopping = False
+        size = self.options.response_cache_bytes
+        self.cache = ResponseCache(size) if size > 0 else None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Server:
@@ -149,7 +155,9 @@ class Server:
         platform = config.platform or config.backend_name
         assert self._tg is not None
         for number in source.versions:
-            version = ModelVersion(name=source.name, version=number, config=config, platform=platform)
+            version = ModelVersion(
+                name=source.name, version=number, config=config, platform=platform, cache=self.cache
+            )
             entry.versions[number] = version
             if _is_pipeline(source):
                 load = functools.partial(self._load_pipeline, source, config)

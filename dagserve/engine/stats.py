@@ -51,6 +51,13 @@ class ModelStatistics:
         self.requests["queue"].add(queue_ns)
         self.last_inference_ms = int(time.time() * 1000)
 
+    def record_cache(self, *, hit: bool, lookup_ns: int) -> None:
+        """One response-cache lookup (a hit also counts as a successful request)."""
+        self.requests["cache_hit" if hit else "cache_miss"].add(lookup_ns)
+        if hit:
+            self.requests["success"].add(lookup_ns)
+            self.last_inference_ms = int(time.time() * 1000)
+
     def record_failure(self, *, total_ns: int) -> None:
         self.requests["fail"].add(total_ns)
         self.last_inference_ms = int(time.time() * 1000)

@@ -43,6 +43,14 @@ _COUNTERS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
      ("inference_stats", "compute_infer", "ns"), 1e-3),
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
      ("inference_stats", "compute_output", "ns"), 1e-3),
+    ("nv_cache_num_hits_per_model", "Number of response cache hits per model",
+     ("inference_stats", "cache_hit", "count"), 1),
+    ("nv_cache_num_misses_per_model", "Number of response cache misses per model",
+     ("inference_stats", "cache_miss", "count"), 1),
+    ("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds",
+     ("inference_stats", "cache_hit", "ns"), 1e-3),
+    ("nv_cache_miss_duration_per_model", "Total cache miss (lookup) duration per model, in microseconds",
+     ("inference_stats", "cache_miss", "ns"), 1e-3),
 )
 
 
