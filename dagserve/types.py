@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,6 +21,7 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "RequestedOutput",
+    "ResponseSender",
     "TensorSpec",
     "Parameters",
 ]
@@ -160,6 +161,19 @@ class RequestedOutput:
     parameters: Parameters = field(default_factory=dict)
 
 
+class ResponseSender(Protocol):
+    """Where a decoupled model sends its 0..N responses to one request.
+
+    ``send`` may be called from any thread, also after ``execute`` has returned; the last call
+    has ``final=True`` (its ``outputs`` may be ``None``: "no more responses"). An exception as
+    ``outputs`` fails the request. Sends after the client went away are dropped.
+    """
+
+    def send(self, outputs: Mapping[str, Any] | BaseException | None, *, final: bool) -> None: ...
+
+    def is_cancelled(self) -> bool: ...
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InferRequest:
     """One inference request as the engine sees it, whatever transport brought it.
@@ -174,6 +188,7 @@ class InferRequest:
     datatypes: Mapping[str, DataType] = field(default_factory=dict)
     parameters: Parameters = field(default_factory=dict)
     outputs: tuple[RequestedOutput, ...] | None = None
+    sender: ResponseSender | None = field(default=None, repr=False, compare=False)
 
     def datatype(self, name: str) -> DataType:
         """The datatype of input ``name``.
@@ -199,6 +214,8 @@ class InferResponse:
     """The answer to one :class:`InferRequest`.
 
     ``datatypes`` gives each output's declared datatype (BF16 is not visible in numpy).
+    ``final`` is false on all but the last response of a decoupled model's stream; a final
+    response of a decoupled model may have no outputs ("the stream is over").
     """
 
     model_name: str
@@ -207,6 +224,7 @@ class InferResponse:
     datatypes: Mapping[str, DataType]
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
+    final: bool = True
 
 
 def bytes_array(values: Any) -> np.ndarray:

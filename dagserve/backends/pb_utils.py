@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..types import DataType, InferRequest as _EngineRequest, RequestedOutput
+from ..types import DataType, RequestedOutput, ResponseSender
+from ..types import InferRequest as _EngineRequest
 from .base import ModelContext
 
 # Flags, with Triton's values.
@@ -240,7 +241,21 @@ class InferenceRequest:
         return self._requested
 
     def is_cancelled(self) -> bool:
-        return False
+        sender = self._engine_request.sender if self._engine_request else None
+        return sender.is_cancelled() if sender is not None else False
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        """The sender of a decoupled model's responses to this request.
+
+        Raises:
+            TritonModelException: the model is not decoupled.
+        """
+        sender = self._engine_request.sender if self._engine_request else None
+        if sender is None:
+            raise TritonModelException(
+                "get_response_sender() needs model_transaction_policy { decoupled: true } in the config"
+            )
+        return InferenceResponseSender(sender)
 
     def trace(self) -> None:
         return None
@@ -279,6 +294,27 @@ class InferenceRequest:
             return InferenceResponse(error=TritonError(str(exc), code))
         tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
         return InferenceResponse(tensors, parameters=dict(response.parameters))
+
+
+class InferenceResponseSender:
+    """Sends a decoupled model's responses to one request, from any thread."""
+
+    def __init__(self, sender: ResponseSender) -> None:
+        self._sender = sender
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if response is None:
+            if not final:
+                raise TritonModelException("send() without a response must set TRITONSERVER_RESPONSE_COMPLETE_FINAL")
+            self._sender.send(None, final=True)
+        elif response.has_error():
+            self._sender.send(to_dagserve_error(response.error()), final=True)  # type: ignore[arg-type]
+        else:
+            self._sender.send({t.name(): t.as_numpy() for t in response.output_tensors()}, final=final)
+
+    def is_cancelled(self) -> bool:
+        return self._sender.is_cancelled()
 
 
 def _bls_context() -> ModelContext:

@@ -103,6 +103,7 @@ class TritonModel:
         self._context = context
         self._model = cls()
         self._execute = self._model.execute
+        self._decoupled = context.config.model_transaction_policy.decoupled
         self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._execute) else mode
         config_json = json.dumps(context.config.to_triton_json() | {"name": context.name})
         self._config_json = config_json
@@ -161,6 +162,9 @@ class TritonModel:
 
     def _convert(self, requests: Sequence[InferRequest], responses: Any) -> list[Outputs | BaseException]:
         name = self._context.name
+        if self._decoupled:
+            # Responses went through each request's sender; execute returns None (Triton's rule).
+            return [{} for _ in requests]
         if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
             got = len(responses) if isinstance(responses, (list, tuple)) else type(responses).__name__
             error = errors.ModelExecutionError(
@@ -203,14 +207,22 @@ class NativeModel:
             self._infer: Callable[..., Any] = self._instance.infer
         else:
             self._infer = module.infer
-        self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._infer) else mode
+        self._decoupled = context.config.model_transaction_policy.decoupled
+        is_async = inspect.iscoroutinefunction(self._infer) or inspect.isasyncgenfunction(self._infer)
+        self.mode: ExecuteMode = "async" if is_async else mode
+        if self._decoupled and not (inspect.isasyncgenfunction(self._infer) or inspect.isgeneratorfunction(self._infer)):
+            raise errors.ConfigError(
+                f"model '{context.name}' is decoupled: its infer must be a generator that yields each response"
+            )
 
     def _calls(self, requests: Sequence[InferRequest]) -> list[tuple[dict[str, np.ndarray], list[int]]]:
-        if self._batching:
+        if self._batching and not self._decoupled:
             return [concat_requests(requests, self._input_names)]
         return [(dict(r.inputs), [1]) for r in requests]
 
     def execute(self, requests: Sequence[InferRequest]) -> Any:
+        if self._decoupled:
+            return self._stream_async(requests) if self.mode == "async" else self._stream(requests)
         if self.mode == "async":
             return self._execute_async(requests)
         results: list[Outputs | BaseException] = []
@@ -236,6 +248,40 @@ class NativeModel:
                 results.extend([_failure(self._context, exc)] * len(sizes))
             else:
                 results.extend(self._split(outputs, sizes))
+        return results
+
+    def _stream(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
+        """Decoupled, sync generator: each yielded dict is one response."""
+        results: list[Outputs | BaseException] = []
+        for request in requests:
+            sender = request.sender
+            assert sender is not None
+            try:
+                for outputs in self._infer(dict(request.inputs)):
+                    if sender.is_cancelled():
+                        break
+                    sender.send(outputs, final=False)
+                sender.send(None, final=True)
+                results.append({})
+            except Exception as exc:  # noqa: BLE001
+                results.append(exc if isinstance(exc, errors.DagserveError) else _failure(self._context, exc))
+        return results
+
+    async def _stream_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
+        """Decoupled, async generator: each yielded dict is one response."""
+        results: list[Outputs | BaseException] = []
+        for request in requests:
+            sender = request.sender
+            assert sender is not None
+            try:
+                async for outputs in self._infer(dict(request.inputs)):
+                    if sender.is_cancelled():
+                        break
+                    sender.send(outputs, final=False)
+                sender.send(None, final=True)
+                results.append({})
+            except Exception as exc:  # noqa: BLE001
+                results.append(exc if isinstance(exc, errors.DagserveError) else _failure(self._context, exc))
         return results
 
     def _split(self, outputs: Any, sizes: list[int]) -> list[Outputs | BaseException]:

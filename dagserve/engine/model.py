@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import anyio
@@ -23,6 +24,7 @@ from ..errors import (
     InvalidInputError,
     ModelExecutionError,
     ModelNotReadyError,
+    UnsupportedError,
 )
 from ..repository.config import ModelConfig
 from ..types import DataType, InferRequest, InferResponse, TensorSpec, bytes_array, shape_matches
@@ -31,6 +33,7 @@ from .instances import InstancePool
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
 from .stats import ModelStatistics
+from .stream import ChannelSender
 
 __all__ = ["ModelState", "ModelVersion", "Runner"]
 
@@ -179,8 +182,12 @@ class ModelVersion:
             InvalidInputError: the request does not fit the model's inputs or outputs.
             ModelExecutionError: the model failed, or answered with wrong outputs.
         """
-        if self.state is not ModelState.READY or self._runner is None:
-            raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready ({self.state.value.lower()})")
+        self._check_ready()
+        if self.decoupled:
+            raise UnsupportedError(
+                f"{self._owner} is decoupled (0..N responses per request): call it through gRPC "
+                "ModelStreamInfer or HTTP /generate_stream"
+            )
         batch_size = self.validate(request)
         key = None
         if self._cache is not None:
@@ -202,14 +209,73 @@ class ModelVersion:
             self._cache.put(key, outputs)
         return self._response(request, outputs)
 
-    def _response(self, request: InferRequest, outputs: Mapping[str, np.ndarray]) -> InferResponse:
+    def _check_ready(self) -> None:
+        if self.state is not ModelState.READY or self._runner is None:
+            raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready ({self.state.value.lower()})")
+
+    def _response(self, request: InferRequest, outputs: Mapping[str, np.ndarray], final: bool = True) -> InferResponse:
         return InferResponse(
             model_name=self.name,
             model_version=self.version_str,
             outputs=outputs,
             datatypes=self._datatypes,
             id=request.id,
+            final=final,
         )
+
+    async def infer_stream(self, request: InferRequest, emit: Callable[[InferResponse], Awaitable[None]]) -> None:
+        """Run ``request`` and ``await emit(response)`` for each response, in order.
+
+        A model that is not decoupled emits exactly one (final) response. A decoupled model
+        emits each response it sends; the last has ``final=True`` and may have no outputs.
+        Returns after the final response. Cancelling the caller cancels the request; the
+        model's later sends are dropped and its sender reports ``is_cancelled()``.
+
+        Raises:
+            DagserveError: as :meth:`infer`; a failure after some responses were emitted is
+                raised after them.
+        """
+        if not self.decoupled:
+            await emit(await self.infer(request))
+            return
+        self._check_ready()
+        batch_size = self.validate(request)
+        sender = ChannelSender()
+        wanted = request.output_names()
+        self._in_flight += 1
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._submit_decoupled, replace(request, sender=sender), batch_size, sender)
+                async with sender.receive:
+                    async for outputs, final in sender.receive:
+                        if isinstance(outputs, BaseException):
+                            failure = outputs
+                            break
+                        checked = self.check_outputs(outputs, wanted) if outputs is not None else {}
+                        await emit(self._response(request, checked, final))
+                        if final:
+                            break
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One request, one error: report it as itself, not wrapped in a group.
+            raise group.exceptions[0] if len(group.exceptions) == 1 else group from None
+        finally:
+            sender.cancel()
+            self._in_flight -= 1
+            if not self._in_flight and self.state is ModelState.UNLOADING:
+                self._idle.set()
+        if failure is not None:
+            raise failure
+
+    async def _submit_decoupled(self, request: InferRequest, batch_size: int, sender: ChannelSender) -> None:
+        # The model answers through the sender; execute's own result only reports a failure
+        # of the whole call, which ends the stream.
+        assert self._runner is not None
+        try:
+            await self._runner.submit(request, batch_size)
+        except Exception as exc:  # noqa: BLE001 - delivered to the reader, in order
+            sender.send(exc, final=True)
 
     def validate(self, request: InferRequest) -> int:
         """Check the request's tensors against the config; return its batch size (1 when the
@@ -252,6 +318,10 @@ class ModelVersion:
                         f"{self._owner} has no output '{name}' (its outputs: {', '.join(self._outputs) or 'none'})"
                     )
         return batch or 1
+
+    @property
+    def decoupled(self) -> bool:
+        return self.config.model_transaction_policy.decoupled
 
     def check_outputs(self, outputs: Outputs, wanted: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         """The requested outputs, each checked against its declaration.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -267,6 +268,18 @@ class Server:
                 not ready, model failure); anything else is a bug in dagserve.
         """
         return await self.get_version(name, version).infer(request)
+
+    async def infer_stream(
+        self, name: str, version: str, request: InferRequest, emit: Callable[[InferResponse], Awaitable[None]]
+    ) -> None:
+        """Run ``request`` and ``await emit(response)`` for each of its responses: one for an
+        ordinary model, 0..N then a final one for a decoupled model (see
+        :meth:`ModelVersion.infer_stream`).
+
+        Raises:
+            DagserveError: as :meth:`infer`.
+        """
+        await self.get_version(name, version).infer_stream(request, emit)
 
     # -- statistics and repository -------------------------------------------------------------
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .._proto import grpc_service_pb2 as pb
 from .._proto import grpc_service_pb2_grpc as pb_grpc
 from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
 from ..errors import ModelNotFoundError, UnsupportedError
+from ..types import InferResponse
 from .grpc_codec import decode_infer_request, encode_infer_response
 from .status import status_for
 
@@ -186,9 +187,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         written when ready, so responses may come out of request order.
 
         A failed request is answered in-stream with ``error_message`` (and its id) and the
-        stream stays open. Every response carries ``triton_final_response``; dagserve models
-        answer each request exactly once, so it is always true and an empty final response
-        (``triton_enable_empty_final_response``) is never needed.
+        stream stays open. Every response carries ``triton_final_response``: true on the last
+        response to a request. A decoupled model answers 0..N times; its bare end-of-stream
+        marker is sent as an empty final response only when the request sets
+        ``triton_enable_empty_final_response``, as Triton does.
 
         Returns when the client has closed its side and every response is written; if the
         client cancels, the pending requests are cancelled with it.
@@ -208,22 +210,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         send: MemoryObjectSendStream[pb.ModelStreamInferResponse],
         limiter: anyio.Semaphore,
     ) -> None:
-        message = pb.ModelStreamInferResponse()
+        param = request.parameters.get(_ENABLE_EMPTY_FINAL)
+        empty_final_wanted = param is not None and param.bool_param
+
+        async def emit(response: InferResponse) -> None:
+            # A decoupled model's bare "no more responses" goes out only if the client asked.
+            if response.final and not response.outputs and not empty_final_wanted:
+                return
+            message = pb.ModelStreamInferResponse()
+            encode_infer_response(response, request_id=request.id, target=message.infer_response)
+            message.infer_response.parameters[_FINAL_RESPONSE].bool_param = response.final
+            await send.send(message)
+
         async with send:
             try:
-                await self._infer(request, target=message.infer_response)
+                decoded = decode_infer_request(request, drop_parameters=(_ENABLE_EMPTY_FINAL,))
+                await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
             except Exception as exc:  # noqa: BLE001 - reported in-stream, the stream goes on
-                message.Clear()
+                message = pb.ModelStreamInferResponse()
                 message.error_message = status_for(exc, request_id=request.id).message
                 # Name the request the error belongs to, as Triton does, so a client with many
                 # requests in flight can tell which one failed.
                 failed = message.infer_response
                 failed.id, failed.model_name = request.id, request.model_name
                 failed.model_version = request.model_version
+                failed.parameters[_FINAL_RESPONSE].bool_param = True
+                await send.send(message)
             finally:
                 limiter.release()
-            message.infer_response.parameters[_FINAL_RESPONSE].bool_param = True
-            await send.send(message)
 
     @staticmethod
     async def _write_stream(
