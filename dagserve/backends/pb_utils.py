@@ -103,6 +103,10 @@ class Tensor:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        # Inputs are read-only views over the request body; Triton models may write into the
+        # array they get, so they get a private copy of a read-only one (once).
+        if not self._array.flags.writeable:
+            self._array = self._array.copy()
         return self._array
 
     def shape(self) -> list[int]:

@@ -1,0 +1,412 @@
+"""The HTTP/REST frontend: KServe v2 plus the Triton extensions ``tritonclient.http`` uses.
+
+Thin by design: each route decodes, calls one :class:`dagserve.engine.Server` method and
+encodes. Tensor (de)serialization lives in :mod:`dagserve.frontends.http_codec`; the error to
+status mapping in :mod:`dagserve.frontends.status`.
+
+The ``/infer`` routes are plain ASGI callables rather than ``Request``/``Response`` handlers:
+the body is read incrementally against the size limit, tensors are numpy views on it, and the
+response is sent as one ``bytes`` body with no framework objects in between. Everything else
+is ordinary starlette.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ..errors import InvalidInputError
+from .http_codec import (
+    BodyTooLargeError,
+    decode_infer_request,
+    decode_raw_request,
+    decompress_body,
+    encode_infer_response,
+)
+from .asgi import serve_asgi
+from .status import status_for
+
+if TYPE_CHECKING:
+    from ..engine import Server
+
+__all__ = ["create_app", "serve_http"]
+
+
+_INFER_HEADER = b"inference-header-content-length"
+_JSON = b"application/json"
+_OCTETS = b"application/octet-stream"
+# Below this size compressing a response costs more than it saves (starlette's GZip default).
+_MIN_COMPRESS = 500
+_EMPTY = memoryview(b"")
+
+
+class _ClientDisconnected(Exception):
+    """The client went away before its request body arrived; nothing is sent back."""
+
+
+# ------------------------------------------------------------------------------- /infer
+
+
+async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The request body, read chunk by chunk; stops reading as soon as it passes ``limit``.
+
+    Raises:
+        BodyTooLargeError: ``Content-Length`` or the bytes received exceed ``limit``.
+        _ClientDisconnected: the client hung up first.
+    """
+    if declared is not None and declared > limit:
+        raise BodyTooLargeError(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if len(chunks) == 1:
+        return chunks[0]  # the usual case: no copy
+    return b"".join(chunks)
+
+
+def _accepted_encoding(value: bytes) -> bytes | None:
+    """``b"gzip"`` or ``b"deflate"`` when ``Accept-Encoding`` allows one, else ``None``."""
+    found: list[bytes] = []
+    for item in value.lower().split(b","):
+        token, _, params = item.strip().partition(b";")
+        if params.replace(b" ", b"") in (b"q=0", b"q=0.0", b"q=0.00", b"q=0.000"):
+            continue
+        found.append(token.strip())
+    for choice in (b"gzip", b"deflate"):
+        if choice in found:
+            return choice
+    return None
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, status: int, message: str, *, close: bool = False) -> None:
+    headers = [(b"content-type", _JSON)]
+    if close:
+        headers.append((b"connection", b"close"))
+    await _send(send, status, json.dumps({"error": message}).encode(), headers)
+
+
+class _InferEndpoint:
+    """ASGI app for ``POST /v2/models/{model}[/versions/{version}]/infer``."""
+
+    __slots__ = ("_limit", "_server")
+
+    def __init__(self, server: Server, max_body_size: int) -> None:
+        self._server = server
+        self._limit = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path_params = scope["path_params"]
+        model = path_params["model"]
+        version = path_params.get("version", "")
+        content_length: bytes | None = None
+        content_encoding: bytes | None = None
+        header_length: bytes | None = None
+        accept_encoding: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                content_length = value
+            elif key == _INFER_HEADER:
+                header_length = value
+            elif key == b"content-encoding":
+                content_encoding = value
+            elif key == b"accept-encoding":
+                accept_encoding = value
+
+        declared: int | None = None
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                status = status_for(InvalidInputError("Content-Length is not an integer"))
+                await _send_error(send, status.http, status.message, close=True)
+                return
+        request_id = ""
+        try:
+            body = await _read_body(receive, self._limit, declared)
+            if content_encoding is not None:
+                body = decompress_body(body, content_encoding.decode("latin-1"), self._limit)
+            if header_length is None:
+                request = decode_infer_request(body, _EMPTY)
+            else:
+                json_size = _parse_header_length(header_length, len(body))
+                view = memoryview(body)
+                if json_size == 0:
+                    request = decode_raw_request(view, self._server.model_metadata(model, version))
+                else:
+                    # json.loads wants bytes: the header is copied, the tensor bytes are not.
+                    request = decode_infer_request(body[:json_size], view[json_size:])
+            request_id = request.id
+            response = await self._server.infer(model, version, request)
+            out, json_size_out = encode_infer_response(response, request)
+        except _ClientDisconnected:
+            return
+        except BodyTooLargeError as exc:
+            # Closing the connection is what stops the client sending the rest of the body.
+            await _send_error(send, 413, str(exc), close=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes a status
+            status = status_for(exc, request_id=request_id)
+            await _send_error(send, status.http, status.message)
+            return
+
+        headers = [(b"content-type", _JSON if json_size_out is None else _OCTETS)]
+        if json_size_out is not None:
+            headers.append((_INFER_HEADER, str(json_size_out).encode()))
+        if accept_encoding is not None and len(out) >= _MIN_COMPRESS:
+            encoding = _accepted_encoding(accept_encoding)
+            if encoding == b"gzip":
+                out = gzip.compress(out, compresslevel=6)
+                headers.append((b"content-encoding", encoding))
+            elif encoding == b"deflate":
+                out = zlib.compress(out, 6)
+                headers.append((b"content-encoding", encoding))
+        await _send(send, 200, out, headers)
+
+
+def _parse_header_length(value: bytes, body_size: int) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise InvalidInputError(
+            f"Inference-Header-Content-Length {value.decode('latin-1')!r} is not an integer"
+        ) from None
+    if size < 0 or size > body_size:
+        raise InvalidInputError(
+            f"Inference-Header-Content-Length {size} does not fit a request body of {body_size} bytes"
+        )
+    return size
+
+
+# ------------------------------------------------------------------------- other routes
+
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json_response(content: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(content, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def _error_response(exc: BaseException) -> Response:
+    status = status_for(exc)
+    return _json_response({"error": status.message}, status.http)
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """Wrap a route handler so any exception becomes ``{"error": ...}`` with its status."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BodyTooLargeError as exc:
+            response = _json_response({"error": str(exc)}, 413)
+            response.headers["connection"] = "close"
+            return response
+        except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes a status
+            return _error_response(exc)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object body, ``{}`` when empty.
+
+    Raises:
+        BodyTooLargeError: over ``limit``.
+        InvalidInputError: not a JSON object.
+    """
+    declared = request.headers.get("content-length")
+    try:
+        size = int(declared) if declared else None
+    except ValueError:
+        raise InvalidInputError("Content-Length is not an integer") from None
+    try:
+        body = await _read_body(request.receive, limit, size)
+    except _ClientDisconnected:
+        body = b""
+    encoding = request.headers.get("content-encoding")
+    if encoding:
+        body = decompress_body(body, encoding, limit)
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInputError(f"malformed JSON in request body: {exc}") from None
+    if type(doc) is not dict:
+        raise InvalidInputError("request body must be a JSON object")
+    return doc
+
+
+def _routes(server: Server, max_body_size: int) -> list[Route]:
+    infer = _InferEndpoint(server, max_body_size)
+
+    async def health_live(request: Request) -> Response:
+        """200 when the server is live, else 400 (as Triton); empty body either way."""
+        return Response(status_code=200 if server.is_live() else 400)
+
+    async def health_ready(request: Request) -> Response:
+        """200 when the server is ready, else 400 (as Triton); empty body either way."""
+        return Response(status_code=200 if server.is_ready() else 400)
+
+    async def server_metadata(request: Request) -> Response:
+        return _json_response(
+            {"name": server.name, "version": server.version, "extensions": list(server.extensions)}
+        )
+
+    async def model_metadata(request: Request) -> Response:
+        p = request.path_params
+        return _json_response(server.model_metadata(p["model"], p.get("version", "")))
+
+    async def model_ready(request: Request) -> Response:
+        """200 when ready; 400 when known but not ready (as Triton); unknown model: 404."""
+        p = request.path_params
+        if server.model_ready(p["model"], p.get("version", "")):
+            return Response(status_code=200)
+        return _json_response({"error": f"model '{p['model']}' is not ready"}, 400)
+
+    async def model_config(request: Request) -> Response:
+        p = request.path_params
+        return _json_response(server.model_config(p["model"], p.get("version", "")))
+
+    async def model_stats(request: Request) -> Response:
+        p = request.path_params
+        return _json_response(server.statistics(p.get("model", ""), p.get("version", "")))
+
+    async def repository_index(request: Request) -> Response:
+        body = await _json_body(request, max_body_size)
+        ready = body.get("ready", False)
+        if type(ready) is not bool:
+            raise InvalidInputError("repository index 'ready' must be true or false")
+        return _json_response(server.repository_index(ready_only=ready))
+
+    async def repository_load(request: Request) -> Response:
+        body = await _json_body(request, max_body_size)
+        parameters = body.get("parameters")
+        if parameters is not None and type(parameters) is not dict:
+            raise InvalidInputError("load request 'parameters' must be a JSON object")
+        await server.load_model(request.path_params["model"], parameters or None)
+        return _json_response({})
+
+    async def repository_unload(request: Request) -> Response:
+        body = await _json_body(request, max_body_size)
+        parameters = body.get("parameters") or {}
+        if type(parameters) is not dict:
+            raise InvalidInputError("unload request 'parameters' must be a JSON object")
+        dependents = parameters.get("unload_dependents", False)
+        if type(dependents) is not bool:
+            raise InvalidInputError("unload_dependents must be true or false")
+        await server.unload_model(request.path_params["model"], unload_dependents=dependents)
+        return _json_response({})
+
+    model = "/v2/models/{model}"
+    version = "/v2/models/{model}/versions/{version}"
+    get = ["GET"]
+    post = ["POST"]
+    # Order matters twice: /infer first, so the hot path costs one regex match, and the
+    # literal /v2/models/stats before /v2/models/{model} would swallow it.
+    return [
+        Route(model + "/infer", infer, methods=post),
+        Route(version + "/infer", infer, methods=post),
+        Route("/v2/health/live", _guarded(health_live), methods=get),
+        Route("/v2/health/ready", _guarded(health_ready), methods=get),
+        Route("/v2", _guarded(server_metadata), methods=get),
+        Route("/v2/models/stats", _guarded(model_stats), methods=get),
+        Route(model, _guarded(model_metadata), methods=get),
+        Route(version, _guarded(model_metadata), methods=get),
+        Route(model + "/ready", _guarded(model_ready), methods=get),
+        Route(version + "/ready", _guarded(model_ready), methods=get),
+        Route(model + "/config", _guarded(model_config), methods=get),
+        Route(version + "/config", _guarded(model_config), methods=get),
+        Route(model + "/stats", _guarded(model_stats), methods=get),
+        Route(version + "/stats", _guarded(model_stats), methods=get),
+        Route("/v2/repository/index", _guarded(repository_index), methods=post),
+        Route("/v2/repository/models/{model}/load", _guarded(repository_load), methods=post),
+        Route("/v2/repository/models/{model}/unload", _guarded(repository_unload), methods=post),
+    ]
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Unknown route / wrong method: the protocol's ``{"error": ...}`` body, not plain text."""
+    assert isinstance(exc, HTTPException)
+    return _json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+
+
+def create_app(server: Server, *, max_body_size: int) -> Starlette:
+    """The ASGI application serving ``server`` over KServe v2 / Triton HTTP.
+
+    ``max_body_size`` bounds every request body in bytes, both as sent and once
+    decompressed; a larger one is answered 413 and its connection closed.
+    """
+    if max_body_size <= 0:
+        raise ValueError(f"max_body_size must be positive, got {max_body_size}")
+    return Starlette(
+        routes=_routes(server, max_body_size),
+        exception_handlers={HTTPException: _http_exception},
+    )
+
+
+# --------------------------------------------------------------------------------- serve
+
+
+async def serve_http(
+    server: Server,
+    *,
+    host: str,
+    port: int,
+    max_body_size: int,
+    shutdown_timeout: int = 30,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``server`` over HTTP on ``host:port`` until cancelled.
+
+    Runs uvicorn inside the current event loop on a socket bound first, so ``port=0`` works:
+    ``task_status.started(port)`` reports the port actually bound (connections queue from
+    then on). uvicorn installs no signal handlers (the CLI owns signals) and leaves logging
+    configuration alone. On cancellation it stops accepting, lets in-flight requests finish
+    (for at most ``shutdown_timeout`` seconds), then the cancellation propagates.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    await serve_asgi(
+        create_app(server, max_body_size=max_body_size),
+        host=host,
+        port=port,
+        shutdown_timeout=shutdown_timeout,
+        task_status=task_status,
+    )

@@ -1,0 +1,530 @@
+"""The KServe v2 HTTP tensor codec: JSON and the binary tensor data extension.
+
+Decoding turns a request body (a JSON header, optionally followed by raw tensor bytes as the
+``Inference-Header-Content-Length`` extension describes) into an :class:`InferRequest`;
+encoding turns an :class:`InferResponse` into a body the same way. No HTTP framework is
+imported here, so the codec is tested and reused (e.g. by the remote backend) without a server.
+
+Wire facts this module follows (Triton's ``http_server.cc`` and ``tritonclient.http``):
+
+* binary inputs carry ``parameters.binary_data_size`` and their bytes follow the JSON header in
+  input order; BYTES elements are a 4-byte little-endian length then the bytes; BOOL is one byte;
+* JSON ``data`` is a flat or nested row-major list; FP16/BF16 have no JSON form on input;
+* an output is binary when its requested ``parameters.binary_data`` is true, or, absent that,
+  when the request's ``parameters.binary_data_output`` is true; a binary output gets
+  ``parameters.binary_data_size`` instead of ``data`` and the body gains the binary section.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import InternalError, InvalidInputError, UnsupportedError
+from ..types import DataType, InferRequest, InferResponse, RequestedOutput
+
+__all__ = [
+    "BodyTooLargeError",
+    "decode_infer_request",
+    "decode_raw_request",
+    "decompress_body",
+    "encode_infer_response",
+]
+
+# Every wire value is little-endian; on a little-endian host these are the native dtypes and
+# ``frombuffer`` is a plain view.
+_WIRE_DTYPE: dict[DataType, np.dtype[Any]] = {
+    dt: dt.numpy_dtype.newbyteorder("<") for dt in DataType if dt is not DataType.BYTES
+}
+# Keyed by wire name: the decoder looks types up by the string it parsed, and hashing a str
+# is cheaper than hashing an Enum member (a Python-level __hash__).
+_BY_NAME: dict[str, DataType] = {dt.value: dt for dt in DataType}
+_WIRE_BY_NAME: dict[str, np.dtype[Any]] = {dt.value: d for dt, d in _WIRE_DTYPE.items()}
+_INT_LIMITS: dict[DataType, tuple[int, int]] = {
+    dt: (int(np.iinfo(dt.numpy_dtype).min), int(np.iinfo(dt.numpy_dtype).max))
+    for dt in DataType
+    if dt.numpy_dtype.kind in "iu" and dt is not DataType.BF16
+}
+_FLOAT_TYPES = frozenset({DataType.FP32, DataType.FP64})
+_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_LEN = struct.Struct("<I")
+_NO_PARAMETERS: Mapping[str, Any] = {}  # shared, never mutated
+
+
+class BodyTooLargeError(Exception):
+    """A request body (as sent, or once decompressed) is larger than the server accepts.
+
+    Transport-level, not a :class:`~dagserve.errors.DagserveError`: the HTTP frontend answers
+    it with 413 and closes the connection.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the server's limit of {limit} bytes")
+        self.limit = limit
+
+
+# --------------------------------------------------------------------------- request side
+
+
+def decompress_body(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo a request ``Content-Encoding`` (``gzip``, ``deflate`` or ``identity``).
+
+    Decompression stops once more than ``limit`` bytes come out, so a small compressed body
+    cannot expand into a huge allocation.
+
+    Raises:
+        BodyTooLargeError: the decompressed body exceeds ``limit``.
+        InvalidInputError: the body is not valid for its encoding.
+        UnsupportedError: an encoding other than those three.
+    """
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        wbits_options: tuple[int, ...] = (31,)
+    elif encoding == "deflate":
+        # HTTP's "deflate" is the zlib format (what tritonclient sends); some clients send a
+        # bare deflate stream, so that is tried second.
+        wbits_options = (15, -15)
+    else:
+        raise UnsupportedError(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
+    last_error: zlib.error | None = None
+    for wbits in wbits_options:
+        decompressor = zlib.decompressobj(wbits=wbits)
+        try:
+            out = decompressor.decompress(body, limit + 1)
+        except zlib.error as exc:
+            last_error = exc
+            continue
+        if len(out) > limit or decompressor.unconsumed_tail:
+            raise BodyTooLargeError(limit)
+        if not decompressor.eof:
+            raise InvalidInputError(f"request body is a truncated {encoding} stream")
+        return out
+    raise InvalidInputError(f"request body is not valid {encoding} data: {last_error}")
+
+
+def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
+    """Decode an inference request from its JSON ``header`` and the ``binary`` bytes after it.
+
+    Every input array is read-only: binary inputs are views into ``binary`` (no copy); JSON
+    inputs are built from their ``data`` only after the element count is checked against the
+    shape, so a forged shape never causes a large allocation.
+
+    Raises:
+        InvalidInputError: malformed JSON, wrong field types, counts or sizes that don't add up;
+            the message names the field or input at fault.
+        UnsupportedError: the request uses shared memory.
+    """
+    try:
+        doc = json.loads(header)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidInputError(f"malformed JSON in inference request: {exc}") from None
+    if type(doc) is not dict:
+        raise InvalidInputError("inference request must be a JSON object")
+
+    request_id = doc.get("id", "")
+    if type(request_id) is not str:
+        raise InvalidInputError("inference request 'id' must be a string")
+    parameters = _parameters(doc.get("parameters"), "inference request")
+    raw_inputs = doc.get("inputs")
+    if type(raw_inputs) is not list:
+        raise InvalidInputError("inference request must have an 'inputs' list")
+
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, DataType] = {}
+    offset = 0
+    for position, raw in enumerate(raw_inputs):
+        if type(raw) is not dict:
+            raise InvalidInputError(f"inference request input #{position} must be a JSON object")
+        name = raw.get("name")
+        if type(name) is not str:
+            raise InvalidInputError(f"inference request input #{position} must have a string 'name'")
+        if name in inputs:
+            raise InvalidInputError(f"input '{name}' appears more than once")
+        dt = _datatype(raw.get("datatype"), name)
+        shape, count = _shape(raw.get("shape"), name)
+        input_params = raw.get("parameters")
+        if input_params is None:
+            input_params = _NO_PARAMETERS
+        elif type(input_params) is not dict:
+            raise InvalidInputError(f"input '{name}': 'parameters' must be a JSON object")
+        size = input_params.get("binary_data_size")
+        if len(input_params) > (size is not None) and any(key in input_params for key in _SHM_KEYS):
+            raise UnsupportedError(f"input '{name}': shared memory is not supported")
+        if size is not None:
+            if "data" in raw:
+                raise InvalidInputError(f"input '{name}' has both 'data' and binary_data_size")
+            if type(size) is not int or size < 0:
+                raise InvalidInputError(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidInputError(
+                    f"input '{name}': binary_data_size {size} runs past the end of the request body "
+                    f"({len(binary) - offset} binary bytes left)"
+                )
+            array = _from_binary(name, dt, shape, count, binary[offset : offset + size])
+            offset += size
+        elif "data" in raw:
+            array = _from_json(name, dt, shape, count, raw["data"])
+            # Read-only like the binary views, so a model that writes to its inputs fails the
+            # same way whichever encoding the client picked.
+            array.flags.writeable = False
+        else:
+            raise InvalidInputError(f"input '{name}' has neither 'data' nor binary_data_size")
+        inputs[name] = array
+        if dt is DataType.BF16:
+            datatypes[name] = dt
+    if offset != len(binary):
+        raise InvalidInputError(
+            f"request body has {len(binary) - offset} bytes of binary data that no input's "
+            "binary_data_size accounts for"
+        )
+
+    outputs = _requested_outputs(doc.get("outputs"))
+    return InferRequest(
+        inputs=inputs, id=request_id, datatypes=datatypes, parameters=parameters, outputs=outputs
+    )
+
+
+def decode_raw_request(body: memoryview, metadata: Mapping[str, Any]) -> InferRequest:
+    """Decode a "raw binary request" (``Inference-Header-Content-Length: 0``).
+
+    The whole body is the one input of a single-input model; its name, datatype and shape come
+    from the model's KServe ``metadata``. At most one dimension may be variable (``-1``): it is
+    worked out from the body size. Every output is returned, as JSON.
+
+    Raises:
+        InvalidInputError: the model has more than one input, or the body does not fit the
+            input's shape.
+    """
+    model_inputs = metadata.get("inputs") or []
+    if len(model_inputs) != 1:
+        raise InvalidInputError(
+            "a raw binary request (Inference-Header-Content-Length 0) needs a model with exactly "
+            f"one input; model '{metadata.get('name', '')}' has {len(model_inputs)}"
+        )
+    spec = model_inputs[0]
+    name = str(spec["name"])
+    dt = _datatype(spec["datatype"], name)
+    dims = [int(d) for d in spec["shape"]]
+    if dims.count(-1) > 1:
+        raise InvalidInputError(
+            f"input '{name}' has shape {dims}: a raw binary request needs at most one variable dimension"
+        )
+    fixed = 1
+    for d in dims:
+        if d != -1:
+            fixed *= d
+    if dt is DataType.BYTES:
+        total = _count_bytes_elements(name, body)
+    else:
+        if len(body) % dt.itemsize:
+            raise InvalidInputError(
+                f"input '{name}': raw body of {len(body)} bytes is not a whole number of {dt.value} elements"
+            )
+        total = len(body) // dt.itemsize
+    if -1 in dims:
+        if fixed == 0 or total % fixed:
+            raise InvalidInputError(f"input '{name}': {total} elements do not fit shape {dims}")
+        dims[dims.index(-1)] = total // fixed
+    shape = tuple(dims)
+    array = _from_binary(name, dt, shape, total, body)
+    return InferRequest(
+        inputs={name: array}, datatypes={name: dt} if dt is DataType.BF16 else {}, outputs=None
+    )
+
+
+def _parameters(value: Any, owner: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise InvalidInputError(f"{owner}: 'parameters' must be a JSON object")
+    return value
+
+
+def _datatype(value: Any, name: str) -> DataType:
+    dt = _BY_NAME.get(value) if type(value) is str else None
+    if dt is None:
+        raise InvalidInputError(f"input '{name}' has unknown datatype {value!r}")
+    return dt
+
+
+def _shape(value: Any, name: str) -> tuple[tuple[int, ...], int]:
+    if type(value) is not list:
+        raise InvalidInputError(f"input '{name}' must have a 'shape' list")
+    count = 1
+    for d in value:
+        # bool is an int subclass; a shape of [true] is a client bug, not a dimension of 1.
+        if type(d) is not int or d < 0:
+            raise InvalidInputError(
+                f"input '{name}' has invalid shape {value}: dimensions must be integers >= 0"
+            )
+        count *= d
+    return tuple(value), count
+
+
+def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise InvalidInputError("inference request 'outputs' must be a list")
+    outputs: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for position, raw in enumerate(value):
+        if type(raw) is not dict or type(raw.get("name")) is not str:
+            raise InvalidInputError(f"requested output #{position} must be an object with a string 'name'")
+        name = raw["name"]
+        if name in seen:
+            raise InvalidInputError(f"output '{name}' is requested more than once")
+        seen.add(name)
+        params = raw.get("parameters")
+        if params is None:
+            params = {}
+        elif type(params) is not dict:
+            raise InvalidInputError(f"output '{name}': 'parameters' must be a JSON object")
+        if params and any(key in params for key in _SHM_KEYS):
+            raise UnsupportedError(f"output '{name}': shared memory is not supported")
+        if "classification" in params:
+            raise UnsupportedError(f"output '{name}': the classification extension is not supported")
+        binary = params.get("binary_data")
+        if binary is not None and type(binary) is not bool:
+            raise InvalidInputError(f"output '{name}': binary_data must be true or false")
+        outputs.append(RequestedOutput(name=name, parameters=params))
+    return tuple(outputs)
+
+
+def _from_binary(name: str, dt: DataType, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+    if dt is DataType.BYTES:
+        return _bytes_from_binary(name, shape, count, data)
+    wire = _WIRE_BY_NAME[dt.value]
+    expected = count * wire.itemsize
+    if expected != len(data):
+        raise InvalidInputError(
+            f"input '{name}': shape {list(shape)} of {dt.value} needs {expected} bytes, "
+            f"binary_data_size is {len(data)}"
+        )
+    return np.frombuffer(data, dtype=wire, count=count).reshape(shape)
+
+
+def _count_bytes_elements(name: str, data: memoryview) -> int:
+    count = offset = 0
+    end = len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInputError(f"input '{name}': BYTES data ends inside an element's length prefix")
+        offset += 4 + _LEN.unpack_from(data, offset)[0]
+        count += 1
+    if offset != end:
+        raise InvalidInputError(f"input '{name}': BYTES element length runs past the end of its data")
+    return count
+
+
+def _bytes_from_binary(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+    end = len(data)
+    # Every element needs at least its 4-byte length: checked before allocating ``count`` slots.
+    if count * 4 > end:
+        raise InvalidInputError(
+            f"input '{name}': shape {list(shape)} needs {count} BYTES elements, binary data has {end} bytes"
+        )
+    out = np.empty(count, dtype=np.object_)
+    offset = 0
+    unpack = _LEN.unpack_from
+    for i in range(count):
+        if offset + 4 > end:
+            raise InvalidInputError(
+                f"input '{name}': BYTES data holds fewer than the {count} elements its shape needs"
+            )
+        length = unpack(data, offset)[0]
+        offset += 4
+        if offset + length > end:
+            raise InvalidInputError(f"input '{name}': BYTES element {i} runs past the end of its data")
+        out[i] = bytes(data[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise InvalidInputError(
+            f"input '{name}': BYTES data holds more than the {count} elements its shape needs"
+        )
+    return out.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    """Row-major flattening of nested JSON lists, without recursion (depth is client-chosen)."""
+    if type(data) is not list:
+        return [data]
+    if not data or type(data[0]) is not list:
+        return data  # the common flat case; a stray nested list later fails the type checks
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _from_json(name: str, dt: DataType, shape: tuple[int, ...], count: int, data: Any) -> np.ndarray:
+    if dt is DataType.FP16 or dt is DataType.BF16:
+        raise InvalidInputError(
+            f"input '{name}': {dt.value} data cannot be sent as JSON; use the binary tensor data extension"
+        )
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise InvalidInputError(
+            f"input '{name}' has {len(flat)} data elements, shape {list(shape)} needs {count}"
+        )
+    if dt is DataType.BYTES:
+        out = np.empty(count, dtype=np.object_)
+        for i, value in enumerate(flat):
+            if type(value) is not str:
+                raise InvalidInputError(
+                    f"input '{name}': BYTES data must be strings, element {i} is {type(value).__name__}"
+                )
+            out[i] = value.encode()
+        return out.reshape(shape)
+    target = dt.numpy_dtype
+    if count == 0:
+        return np.empty(shape, dtype=target)
+    try:
+        # Let numpy infer the element type first, so strings or nulls are caught instead of
+        # being parsed ("1.5" -> 1.5) or cast by ``np.array(flat, dtype=target)``.
+        inferred = np.array(flat)
+    except (ValueError, TypeError, OverflowError):
+        inferred = None
+    kind = inferred.dtype.kind if inferred is not None else "O"
+    if dt is DataType.BOOL:
+        ok = kind == "b"
+        expected = "true/false"
+    elif dt in _FLOAT_TYPES:
+        ok = kind in "fiu"
+        expected = "numbers"
+    else:
+        ok = kind in "iu"
+        expected = "integers"
+        if ok:
+            assert inferred is not None
+            low, high = _INT_LIMITS[dt]
+            if int(inferred.min()) < low or int(inferred.max()) > high:
+                raise InvalidInputError(f"input '{name}': a value is out of range for {dt.value}")
+    if not ok:
+        raise InvalidInputError(f"input '{name}': {dt.value} data must be {expected}")
+    assert inferred is not None
+    return inferred.astype(target, copy=False).reshape(shape)
+
+
+# -------------------------------------------------------------------------- response side
+
+
+def encode_infer_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+    """Encode ``response`` to a body for the client that sent ``request``.
+
+    Returns the body and, when any output went binary, the JSON header's length (the value
+    of the ``Inference-Header-Content-Length`` response header); ``None`` for a pure JSON body.
+    Outputs come in the order the client asked for them (all outputs, in the response's
+    order, when it asked for none). A BYTES output that is not valid UTF-8 cannot be a JSON
+    string, so it is sent binary even if JSON was asked for; ``tritonclient`` reads either.
+
+    Raises:
+        InvalidInputError: a requested output is not in the response.
+        InternalError: an output array does not match its declared datatype.
+    """
+    default_binary = request.parameters.get("binary_data_output", False) is True
+    if request.outputs is None:
+        wanted: list[tuple[str, bool]] = [(name, default_binary) for name in response.outputs]
+    else:
+        wanted = []
+        for requested in request.outputs:
+            flag = requested.parameters.get("binary_data")
+            wanted.append((requested.name, default_binary if flag is None else flag is True))
+
+    out_json: list[dict[str, Any]] = []
+    buffers: list[Any] = []
+    for name, binary in wanted:
+        array = response.outputs.get(name)
+        if array is None:
+            raise InvalidInputError(
+                f"model '{response.model_name}' has no output '{name}' (it returned: "
+                f"{', '.join(response.outputs) or 'none'})"
+            )
+        dt = response.datatypes.get(name) or DataType.from_numpy(array.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": dt.value, "shape": list(array.shape)}
+        data: list[Any] | None = None
+        if not binary:
+            data = _json_data(name, dt, array)
+        if data is None:
+            raw = _binary_data(name, dt, array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            buffers.append(raw)
+        else:
+            entry["data"] = data
+        out_json.append(entry)
+
+    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    response_id = response.id or request.id
+    if response_id:
+        doc["id"] = response_id
+    if response.parameters:
+        doc["parameters"] = dict(response.parameters)
+    doc["outputs"] = out_json
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not buffers:
+        return header, None
+    return b"".join([header, *buffers]), len(header)
+
+
+def _json_data(name: str, dt: DataType, array: np.ndarray) -> list[Any] | None:
+    """The flat JSON ``data`` list, or ``None`` when the output has no JSON form."""
+    flat = array.reshape(-1)
+    if dt is DataType.BYTES:
+        out: list[Any] = []
+        for value in flat:
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                try:
+                    out.append(bytes(value).decode("utf-8"))
+                except UnicodeDecodeError:
+                    return None
+            elif isinstance(value, str):
+                out.append(value)
+            else:
+                out.append(str(value))
+        return out
+    if dt is DataType.BF16:
+        # BF16 travels as the upper 16 bits of a float32; JSON clients want the number.
+        return (flat.astype(np.uint32) << 16).view(np.float32).tolist()
+    _check_dtype(name, dt, array)
+    return flat.tolist()
+
+
+def _binary_data(name: str, dt: DataType, array: np.ndarray) -> bytes | memoryview:
+    if dt is DataType.BYTES:
+        parts: list[bytes] = []
+        pack = _LEN.pack
+        for value in array.reshape(-1):
+            if isinstance(value, str):
+                value = value.encode()
+            elif not isinstance(value, (bytes, bytearray)):
+                value = bytes(value) if isinstance(value, memoryview) else str(value).encode()
+            parts.append(pack(len(value)))
+            parts.append(value)
+        return b"".join(parts)
+    _check_dtype(name, dt, array)
+    wire = _WIRE_DTYPE[dt]
+    if array.dtype != wire:
+        array = array.astype(wire)  # only for big-endian arrays; same kind and size
+    array = np.ascontiguousarray(array)
+    # A memoryview over the array; the caller's single join is the only copy.
+    return memoryview(array).cast("B") if array.size else b""  # type: ignore[arg-type]
+
+
+def _check_dtype(name: str, dt: DataType, array: np.ndarray) -> None:
+    expected = dt.numpy_dtype
+    if array.dtype.kind != expected.kind or array.dtype.itemsize != expected.itemsize:
+        raise InternalError(f"output '{name}' is declared {dt.value} but the model produced {array.dtype}")
