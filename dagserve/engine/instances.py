@@ -7,6 +7,7 @@ pool), so one slow model cannot starve the threads of another.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -17,7 +18,13 @@ from ..errors import ModelExecutionError
 from ..types import InferRequest
 from .stats import ModelStatistics
 
-__all__ = ["InstancePool"]
+__all__ = ["INLINE_BUDGET_NS", "InstancePool"]
+
+log = logging.getLogger("dagserve.engine")
+
+INLINE_BUDGET_NS = 5_000_000
+"""Longest an adaptive instance may hold the event loop in one call before it is moved to a
+worker thread (5 ms)."""
 
 
 class InstancePool:
@@ -55,6 +62,12 @@ class InstancePool:
         else:
             results = instance.execute(requests)
         infer_ns = time.perf_counter_ns() - start
+        if instance.mode == "inline" and infer_ns > INLINE_BUDGET_NS and getattr(instance, "adaptive", False):
+            # This call held the event loop (and every other request) too long: from now on
+            # the instance runs in a worker thread.
+            instance.mode = "thread"
+            log.info("model '%s': execute took %.1f ms on the event loop; moving it to a worker thread",
+                     self._stats.name, infer_ns / 1e6)
         if len(results) != len(requests):
             raise ModelExecutionError(
                 f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
