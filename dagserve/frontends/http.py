@@ -35,7 +35,9 @@ from .http_codec import (
     decompress_body,
     encode_infer_response,
 )
+from ..types import InferResponse
 from .asgi import serve_asgi
+from .generate import SSEResponse, generate_request, generate_response
 from .status import status_for
 
 if TYPE_CHECKING:
@@ -333,6 +335,31 @@ def _routes(server: Server, max_body_size: int) -> list[Route]:
         await server.unload_model(request.path_params["model"], unload_dependents=dependents)
         return _json_response({})
 
+    async def generate(request: Request) -> Response:
+        """Triton's generate extension: one request, one JSON answer."""
+        p = request.path_params
+        body = await _json_body(request, max_body_size)
+        engine_request = generate_request(server, p["model"], p.get("version", ""), body)
+        answers: list[InferResponse] = []
+
+        async def collect(response: InferResponse) -> None:
+            if response.outputs or not response.final:
+                answers.append(response)
+
+        await server.infer_stream(p["model"], p.get("version", ""), engine_request, collect)
+        if len(answers) != 1:
+            raise InvalidInputError(
+                f"model '{p['model']}' sent {len(answers)} responses; use /generate_stream for 0 or many"
+            )
+        return _json_response(generate_response(answers[0]))
+
+    async def generate_stream(request: Request) -> Response | SSEResponse:
+        """Triton's generate extension: every response as a server-sent event."""
+        p = request.path_params
+        body = await _json_body(request, max_body_size)
+        engine_request = generate_request(server, p["model"], p.get("version", ""), body)
+        return SSEResponse(server, p["model"], p.get("version", ""), engine_request)
+
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
     get = ["GET"]
@@ -354,6 +381,10 @@ def _routes(server: Server, max_body_size: int) -> list[Route]:
         Route(version + "/config", _guarded(model_config), methods=get),
         Route(model + "/stats", _guarded(model_stats), methods=get),
         Route(version + "/stats", _guarded(model_stats), methods=get),
+        Route(model + "/generate", _guarded(generate), methods=post),
+        Route(version + "/generate", _guarded(generate), methods=post),
+        Route(model + "/generate_stream", _guarded(generate_stream), methods=post),  # type: ignore[arg-type]
+        Route(version + "/generate_stream", _guarded(generate_stream), methods=post),  # type: ignore[arg-type]
         Route("/v2/repository/index", _guarded(repository_index), methods=post),
         Route("/v2/repository/models/{model}/load", _guarded(repository_load), methods=post),
         Route("/v2/repository/models/{model}/unload", _guarded(repository_unload), methods=post),
