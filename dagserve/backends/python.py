@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .. import errors
+from ..repository.config import ModelConfig
 from ..types import InferRequest
 from . import pb_utils
 from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
@@ -112,6 +113,14 @@ def _calls_blocking_bls(path: Path) -> bool:
         isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "exec"
         for node in ast.walk(tree)
     )
+
+
+def _sequence_inputs(config: ModelConfig) -> list[str]:
+    """Inputs a sequence batcher adds to each request (controls and implicit states)."""
+    seq = config.sequence_batching
+    if seq is None:
+        return []
+    return [c.name for c in seq.control_input] + [s.input_name for s in seq.state]
 
 
 def _failure(context: ModelContext, exc: BaseException) -> errors.ModelExecutionError:
@@ -222,7 +231,7 @@ class NativeModel:
 
     def __init__(self, module: ModuleType, context: ModelContext, mode: ExecuteMode) -> None:
         self._context = context
-        self._input_names = [t.name for t in context.config.input]
+        self._input_names = [t.name for t in context.config.input] + _sequence_inputs(context.config)
         self._batching = context.config.batching
         self._instance: Any = None
         if hasattr(module, "Model"):

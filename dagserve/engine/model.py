@@ -26,12 +26,23 @@ from ..errors import (
     ModelNotReadyError,
     UnsupportedError,
 )
-from ..repository.config import ModelConfig
-from ..types import DataType, InferRequest, InferResponse, TensorSpec, bytes_array, shape_matches
+from ..repository.config import DynamicBatching, ModelConfig
+from ..types import (
+    DataType,
+    InferRequest,
+    InferResponse,
+    TensorSpec,
+    bytes_array,
+    datatype_of,
+    is_device_tensor,
+    shape_matches,
+    to_host,
+)
 from .cache import ResponseCache, request_key
 from .instances import InstancePool
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
+from .sequence import SequenceBatcher
 from .stats import ModelStatistics
 from .stream import ChannelSender
 
@@ -149,7 +160,20 @@ class ModelVersion:
         if not isinstance(loaded, list):
             return loaded  # a pipeline executor, already a Runner
         self._pool = InstancePool(loaded, self.stats)
-        batching = self.config.dynamic_batching
+        sequence = self.config.sequence_batching
+        if sequence is not None:
+            # Requests of different sequences batch like dynamic batching (``direct`` with no
+            # delay unless configured, ``oldest`` with its delay and preferred sizes).
+            strategy = sequence.oldest or sequence.direct
+            batching = DynamicBatching(
+                max_queue_delay_microseconds=strategy.max_queue_delay_microseconds if strategy else 0,
+                preferred_batch_size=sequence.oldest.preferred_batch_size if sequence.oldest else (),
+            )
+            return SequenceBatcher(self._batcher(batching), self.config)
+        return self._batcher(self.config.dynamic_batching)
+
+    def _batcher(self, batching: DynamicBatching | None) -> Runner:
+        assert self._pool is not None
         if batching is None or not self._batching:
             return DirectScheduler(self._pool, self.stats)
         policy = BatchPolicy(
@@ -339,9 +363,9 @@ class ModelVersion:
                 raise ModelExecutionError(f"{self._owner} did not return its output '{name}'")
             spec = self._outputs[name]
             array = _as_array(array, spec.datatype)
-            if spec.datatype is not DataType.BF16:
+            if spec.datatype is not DataType.BF16 or not isinstance(array, np.ndarray):
                 try:
-                    actual = DataType.from_numpy(array.dtype)
+                    actual: DataType | None = datatype_of(array)
                 except ValueError:
                     actual = None
                 if actual is not spec.datatype:
@@ -383,7 +407,16 @@ def _tensor_metadata(spec: TensorSpec, batching: bool) -> dict[str, Any]:
 
 
 def _as_array(value: Any, datatype: DataType) -> np.ndarray:
-    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    """An output as the engine passes it on: a numpy array, or a GPU tensor left on its device
+    (a torch CUDA tensor or CuPy array, which the next GPU step takes as is and a frontend
+    copies to host with ``to_host`` only at the edge). A CPU torch tensor becomes a numpy view.
+    """
+    if isinstance(value, np.ndarray):
+        array = value
+    elif is_device_tensor(value):
+        return value  # type: ignore[no-any-return]
+    else:
+        array = to_host(value)
     if datatype is DataType.BYTES and array.dtype.kind in "SU":
         array = bytes_array(array)
     return array

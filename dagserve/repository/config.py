@@ -144,6 +144,64 @@ class DynamicBatching(_Frozen):
     priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict)
 
 
+class ControlKind(str, enum.Enum):
+    CONTROL_SEQUENCE_START = "CONTROL_SEQUENCE_START"
+    CONTROL_SEQUENCE_READY = "CONTROL_SEQUENCE_READY"
+    CONTROL_SEQUENCE_END = "CONTROL_SEQUENCE_END"
+    CONTROL_SEQUENCE_CORRID = "CONTROL_SEQUENCE_CORRID"
+
+
+class Control(_Frozen):
+    """How one control signal is given to the model (Triton's ``Control``)."""
+
+    kind: ControlKind = ControlKind.CONTROL_SEQUENCE_START  # protobuf omits the zero enum value
+    int32_false_true: tuple[int, ...] = ()
+    fp32_false_true: tuple[float, ...] = ()
+    bool_false_true: tuple[bool, ...] = ()
+    data_type: DataType | None = None
+
+    _datatype = field_validator("data_type", mode="before")(_parse_datatype)
+
+
+class ControlInput(_Frozen):
+    name: str
+    control: tuple[Control, ...]
+
+
+class SequenceState(_Frozen):
+    """An implicit state tensor: fed to ``input_name``, updated from ``output_name``."""
+
+    input_name: str
+    output_name: str
+    data_type: DataType
+    dims: tuple[int, ...]
+    initial_state: tuple[dict[str, Any], ...] = ()
+
+    _datatype = field_validator("data_type", mode="before")(_parse_datatype)
+
+
+class OldestStrategy(_Frozen):
+    max_candidate_sequences: int = Field(default=0, ge=0)
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preserve_ordering: bool = False
+
+
+class DirectStrategy(_Frozen):
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    minimum_slot_utilization: float = 0.0
+
+
+class SequenceBatching(_Frozen):
+    """Triton's ``ModelSequenceBatching``: stateful models fed one request per sequence."""
+
+    max_sequence_idle_microseconds: int = Field(default=1_000_000, ge=0)
+    control_input: tuple[ControlInput, ...] = ()
+    direct: DirectStrategy | None = None
+    oldest: OldestStrategy | None = None
+    state: tuple[SequenceState, ...] = ()
+
+
 class EnsembleStep(_Frozen):
     model_name: str
     model_version: int = -1
@@ -154,6 +212,7 @@ class EnsembleStep(_Frozen):
 
 class EnsembleScheduling(_Frozen):
     step: tuple[EnsembleStep, ...] = ()
+    max_inflight_requests: int = Field(default=0, ge=0)
 
 
 class TransactionPolicy(_Frozen):
@@ -177,8 +236,12 @@ class ModelConfig(_Frozen):
     instance_group: tuple[InstanceGroup, ...] = ()
     default_model_filename: str = ""
     dynamic_batching: DynamicBatching | None = None
-    sequence_batching: dict[str, Any] | None = None
+    sequence_batching: SequenceBatching | None = None
     ensemble_scheduling: EnsembleScheduling | None = None
+    # Native pipelines (backend: pipeline): the steps in YAML (checked by dagserve.dsl), or a
+    # Python file in the model directory that builds the pipeline with the DSL.
+    pipeline: dict[str, Any] | None = None
+    pipeline_file: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     model_transaction_policy: TransactionPolicy = Field(default_factory=TransactionPolicy)
     response_cache: ResponseCache | None = None
