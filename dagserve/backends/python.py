@@ -19,6 +19,7 @@ Where sync code runs is the config parameter ``execution``:
   loop longer than a few milliseconds (see ``InstancePool``).
 * ``thread``: always in a worker thread — for code that blocks (I/O, sleeps, long compute).
 * ``inline``: always on the event loop.
+* ``process``: in a worker process of its own, for GIL-bound code (see :mod:`.process`).
 
 ``async def`` code always runs on the loop.
 """
@@ -44,13 +45,14 @@ from ..repository.config import ModelConfig
 from ..types import InferRequest
 from . import pb_utils
 from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
+from .process import ProcessModel
 
 __all__ = ["load"]
 
 log = logging.getLogger("dagserve.backends.python")
 
 
-def load(context: ModelContext) -> TritonModel | NativeModel:
+def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
     """Import the model's Python file and create one instance of it.
 
     Raises:
@@ -60,6 +62,8 @@ def load(context: ModelContext) -> TritonModel | NativeModel:
     path = context.version_dir / filename
     if not path.is_file():
         raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
+    if context.config.parameters.get("execution") == "process":
+        return ProcessModel(context)
     module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
     mode, adaptive = _mode(context, path)
     instance: TritonModel | NativeModel
@@ -101,7 +105,8 @@ def _mode(context: ModelContext, path: Path) -> tuple[ExecuteMode, bool]:
     if execution == "auto":
         return ("thread", False) if _calls_blocking_bls(path) else ("inline", True)
     raise errors.ConfigError(
-        f"model '{context.name}': parameter execution must be 'auto', 'thread' or 'inline', not {execution!r}"
+        f"model '{context.name}': parameter execution must be 'auto', 'thread', 'inline' or 'process', "
+        f"not {execution!r}"
     )
 
 
