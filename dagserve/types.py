@@ -1,13 +1,17 @@
 """Tensor datatypes, tensor signatures and the request/response value objects.
 
-A tensor inside dagserve is a numpy array (BYTES tensors are object arrays of ``bytes``).
+A tensor inside dagserve is a numpy array (BYTES tensors are object arrays of ``bytes``), or,
+between two GPU steps, a device tensor (a torch CUDA tensor or a CuPy array) that stays on the
+GPU: :func:`datatype_of` reads any of them without copying, and :func:`to_host` is the one
+place a device tensor is copied to host memory, at the edge (a frontend encoding a response).
 ``DataType`` is the one place that knows every name a datatype goes by: the KServe v2 wire
-name (``FP32``), Triton's config name (``TYPE_FP32``) and the numpy dtype.
+name (``FP32``), Triton's config name (``TYPE_FP32``), the numpy dtype and the torch dtype.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,10 +24,13 @@ __all__ = [
     "DataType",
     "InferRequest",
     "InferResponse",
+    "Parameters",
     "RequestedOutput",
     "ResponseSender",
     "TensorSpec",
-    "Parameters",
+    "datatype_of",
+    "is_device_tensor",
+    "to_host",
 ]
 
 Parameters = Mapping[str, Any]
@@ -95,6 +102,32 @@ class DataType(enum.Enum):
         except KeyError:
             raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype") from None
 
+    @classmethod
+    def from_torch(cls, dtype: Any) -> DataType:
+        """The datatype for a ``torch.dtype`` (read by name, so torch is not imported).
+
+        Raises:
+            ValueError: torch type with no KServe equivalent (e.g. complex64).
+        """
+        try:
+            return _FROM_TORCH[str(dtype)]
+        except KeyError:
+            raise ValueError(f"torch dtype {dtype} has no KServe v2 datatype") from None
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The ``torch.dtype`` of this type (imports torch).
+
+        Raises:
+            ValueError: BYTES, which torch tensors cannot hold.
+        """
+        import torch
+
+        for name, datatype in _FROM_TORCH.items():
+            if datatype is self:
+                return getattr(torch, name.removeprefix("torch."))
+        raise ValueError(f"datatype {self.value} has no torch dtype")
+
 
 _NUMPY: dict[DataType, np.dtype[Any]] = {
     DataType.BOOL: np.dtype(np.bool_),
@@ -113,6 +146,100 @@ _NUMPY: dict[DataType, np.dtype[Any]] = {
     DataType.BF16: np.dtype(np.uint16),
 }
 _FROM_NUMPY = {v: k for k, v in _NUMPY.items() if k not in (DataType.BYTES, DataType.BF16)}
+_FROM_TORCH = {
+    "torch.bool": DataType.BOOL,
+    "torch.uint8": DataType.UINT8,
+    "torch.uint16": DataType.UINT16,
+    "torch.uint32": DataType.UINT32,
+    "torch.uint64": DataType.UINT64,
+    "torch.int8": DataType.INT8,
+    "torch.int16": DataType.INT16,
+    "torch.int32": DataType.INT32,
+    "torch.int64": DataType.INT64,
+    "torch.float16": DataType.FP16,
+    "torch.float32": DataType.FP32,
+    "torch.float64": DataType.FP64,
+    "torch.bfloat16": DataType.BF16,
+}
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    # Only a program that created a tensor has torch imported; never import it here.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _is_cupy_array(value: Any) -> bool:
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(value, cupy.ndarray)
+
+
+def is_device_tensor(value: Any) -> bool:
+    """True for a tensor in GPU memory (a torch tensor not on the CPU, or a CuPy array)."""
+    if _is_torch_tensor(value):
+        return bool(value.device.type != "cpu")
+    return _is_cupy_array(value)
+
+
+def datatype_of(array: Any) -> DataType:
+    """The datatype of a numpy array, a torch tensor or a CuPy array, read off its dtype
+    (nothing is copied or moved off the device). A numpy uint16 array reads as UINT16: BF16
+    data in numpy must be declared separately.
+
+    Raises:
+        ValueError: the element type has no KServe v2 datatype.
+    """
+    if isinstance(array, np.ndarray):
+        return DataType.from_numpy(array.dtype)
+    if _is_torch_tensor(array):
+        return DataType.from_torch(array.dtype)
+    return DataType.from_numpy(np.dtype(array.dtype))
+
+
+def to_host(array: Any) -> np.ndarray:
+    """The tensor as a numpy array in host memory: the only place device data is copied.
+
+    A numpy array is returned as is; a CPU torch tensor is viewed without a copy. A torch CUDA
+    tensor is copied into page-locked (pinned) host memory, taken from torch's caching host
+    allocator, so the copy runs at full bus speed and the buffer is reused; the returned array
+    keeps that buffer alive. A CuPy array is copied likewise into pinned memory. BF16 tensors
+    come back as their uint16 bit patterns, dagserve's host form of BF16. Anything else is
+    converted with ``np.asarray``.
+
+    Blocks until the copy is done (it synchronizes with the device), so a caller on the event
+    loop should hand large device tensors to a worker thread.
+    """
+    if isinstance(array, np.ndarray):
+        return array
+    if _is_torch_tensor(array):
+        return _torch_to_host(array)
+    if _is_cupy_array(array):
+        return _cupy_to_host(array)
+    return np.asarray(array)
+
+
+def _torch_to_host(tensor: Any) -> np.ndarray:
+    import torch
+
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.uint16)  # numpy has no bfloat16: ship the bit patterns
+    if tensor.device.type != "cpu":
+        # Pinned memory makes the copy a single DMA; the caching host allocator reuses it.
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        pinned.copy_(tensor)
+        tensor = pinned
+    return tensor.resolve_conj().numpy()
+
+
+def _cupy_to_host(array: Any) -> np.ndarray:
+    import cupy
+    import cupyx
+
+    array = cupy.ascontiguousarray(array)
+    out = cupyx.empty_pinned(array.shape, dtype=array.dtype)
+    array.get(out=out)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -200,7 +327,7 @@ class InferRequest:
         if declared is not None:
             return declared
         try:
-            return DataType.from_numpy(self.inputs[name].dtype)
+            return datatype_of(self.inputs[name])
         except ValueError as exc:
             raise InvalidInputError(f"input '{name}': {exc}") from None
 

@@ -1,20 +1,31 @@
 """Backends: one module per kind of model, each behind the protocol in :mod:`.base`.
 
 Framework backends (torch, onnxruntime, tensorrt, fil) are imported only when a model asks for
-them, so a server of Python models never imports a framework.
+them, and each imports its framework only inside ``load()``, so a server of Python models never
+imports a framework and a missing framework fails only the models that need it.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DagserveError
+from ..repository.config import ModelConfig
 from .base import Backend, ModelContext, ModelInstance
 
-__all__ = ["Backend", "ModelContext", "ModelInstance", "get_backend"]
+__all__ = ["Backend", "ModelContext", "ModelInstance", "complete_config", "get_backend"]
+
+log = logging.getLogger("dagserve.backends")
 
 _MODULES = {
     "python": "dagserve.backends.python",
+    "pytorch": "dagserve.backends.torch",  # platform pytorch_libtorch
+    "onnxruntime": "dagserve.backends.onnx",  # platform onnxruntime_onnx
+    "tensorrt": "dagserve.backends.tensorrt",  # platform tensorrt_plan
+    "fil": "dagserve.backends.fil",
 }
 
 
@@ -29,3 +40,29 @@ def get_backend(name: str) -> Backend:
         known = ", ".join(sorted(_MODULES))
         raise ConfigError(f"unknown backend {name!r} (dagserve has: {known})")
     return importlib.import_module(module)  # type: ignore[return-value]
+
+
+def complete_config(config: ModelConfig, model_dir: Path, versions: Sequence[int]) -> ModelConfig:
+    """``config`` with what its backend can read from the model file filled in (Triton's
+    auto-complete), from the newest served version; ``config`` itself when the backend has no
+    ``complete_config`` hook or there is no version.
+
+    Blocking (it may open the model): call it from a worker thread. Never raises: when the
+    model cannot be read, the config is returned as is and the backend's ``load()``, which
+    checks the same things, reports why the model cannot load.
+    """
+    module_name = _MODULES.get(config.backend_name)
+    if module_name is None or not versions:
+        return config
+    hook = getattr(importlib.import_module(module_name), "complete_config", None)
+    if hook is None:
+        return config
+    try:
+        completed: ModelConfig = hook(config, model_dir / str(max(versions)))
+    except DagserveError as exc:
+        log.debug("model '%s': config auto-complete skipped: %s", config.name, exc)
+        return config
+    except Exception:  # a broken model file must not stop the other models
+        log.warning("model '%s': config auto-complete failed", config.name, exc_info=True)
+        return config
+    return completed

@@ -1,0 +1,231 @@
+"""GPU behaviour: models on CUDA devices, tensors kept on the GPU between steps (torch and CuPy
+handing over by DLPack) and copied to host, through pinned memory, only at the edge.
+
+Every test is marked ``gpu`` and skipped where CUDA is absent (see conftest.py); they ran on the
+device machine through ``bench/gpu_check.sh`` (results in docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dagserve import InferRequest, Server
+from dagserve.types import DataType, datatype_of, is_device_tensor, to_host
+
+pytestmark = [pytest.mark.anyio, pytest.mark.gpu]
+
+ModelWriter = Callable[..., Path]
+
+EMBED = b'''
+import torch
+
+
+def create_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+'''
+
+EMBED_CONFIG = """
+backend: "pytorch"
+max_batch_size: 32
+input [{ name: "x" data_type: TYPE_FP32 dims: [16] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [8] }]
+instance_group [{ kind: KIND_GPU gpus: [0] count: 2 }]
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+model_warmup [{ name: "w" batch_size: 4 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [16] random_data: true } } }]
+"""
+
+# A Python step computing with CuPy on whatever GPU tensor it is given, by DLPack; it refuses
+# host arrays, so a test passing through it proves the tensor stayed on the device.
+CUPY_STEP = b'''
+import cupy
+import numpy as np
+
+
+def infer(inputs):
+    x = inputs["y"]
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
+        raise TypeError(f"expected a GPU tensor, got {type(x).__name__}")
+    y = cupy.from_dlpack(x)
+    return {"z": cupy.tanh(y) * 2}
+'''
+
+CUPY_CONFIG = """
+backend: "python"
+max_batch_size: 32
+input [{ name: "y" data_type: TYPE_FP32 dims: [8] }]
+output [{ name: "z" data_type: TYPE_FP32 dims: [8] }]
+"""
+
+ENSEMBLE = """
+platform: "ensemble"
+max_batch_size: 32
+input [{ name: "x" data_type: TYPE_FP32 dims: [16] }]
+output [{ name: "z" data_type: TYPE_FP32 dims: [8] }]
+ensemble_scheduling { step [
+  { model_name: "embed" model_version: -1 input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } },
+  { model_name: "cupy_step" model_version: -1 input_map { key: "y" value: "y" } output_map { key: "z" value: "z" } }
+] }
+"""
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def rows(n: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+
+
+async def test_gpu_model_outputs_stay_on_device(repo: Path, add_model: ModelWriter) -> None:
+    """A KIND_GPU torch model answers CUDA tensors (no host copy), equal after to_host to the
+    module on the CPU; to_host copies into pinned memory."""
+    import torch
+
+    add_model("embed", EMBED_CONFIG, {"1/model.py": EMBED})
+    x = rows(5)
+    async with Server(model_repository=repo) as server:
+        response = await server.infer("embed", "", InferRequest(inputs={"x": x}))
+    y: Any = response.outputs["y"]  # a torch CUDA tensor, not the numpy array the type says
+    assert is_device_tensor(y) and y.device.type == "cuda"
+    assert datatype_of(y) is DataType.FP32
+    host = to_host(y)
+    assert torch.from_numpy(host).is_pinned()
+    np.testing.assert_allclose(host, reference(x), rtol=1e-4, atol=1e-5)
+
+
+async def test_host_output_memory_answers_pinned_numpy(repo: Path, add_model: ModelWriter) -> None:
+    """With output_memory host, a GPU model copies each batch's outputs to pinned host memory
+    itself and answers numpy arrays, batched requests each getting their own rows."""
+    import anyio
+    import torch
+
+    config = EMBED_CONFIG + 'parameters { key: "output_memory" value: { string_value: "host" } }\n'
+    add_model("embed", config, {"1/model.py": EMBED})
+    inputs = [rows(1 + i % 3) * (i + 1) for i in range(12)]
+    answers: dict[int, np.ndarray] = {}
+    async with Server(model_repository=repo) as server:
+
+        async def one(i: int) -> None:
+            answers[i] = (await server.infer("embed", "", InferRequest(inputs={"x": inputs[i]}))).outputs["y"]
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(inputs)):
+                tg.start_soon(one, i)
+    for i, x in enumerate(inputs):
+        assert isinstance(answers[i], np.ndarray) and torch.from_numpy(answers[i]).is_pinned()
+        np.testing.assert_allclose(answers[i], reference(x), rtol=1e-4, atol=1e-4)
+
+
+async def test_half_precision_on_gpu(repo: Path, add_model: ModelWriter) -> None:
+    """precision fp16 computes in half on the GPU and still answers FP32 close to fp32."""
+    config = EMBED_CONFIG + 'parameters { key: "precision" value: { string_value: "fp16" } }\n'
+    add_model("embed", config, {"1/model.py": EMBED})
+    x = rows(8)
+    async with Server(model_repository=repo) as server:
+        y = (await server.infer("embed", "", InferRequest(inputs={"x": x}))).outputs["y"]
+    assert datatype_of(y) is DataType.FP32
+    np.testing.assert_allclose(to_host(y), reference(x), rtol=2e-2, atol=2e-2)
+
+
+async def test_torch_to_cupy_chain_by_dlpack(repo: Path, add_model: ModelWriter) -> None:
+    """The torch model's CUDA output goes as is to a CuPy step (DLPack, no host copy), whose
+    CuPy output comes back to host only at the end."""
+    add_model("embed", EMBED_CONFIG, {"1/model.py": EMBED})
+    add_model("cupy_step", CUPY_CONFIG, {"1/model.py": CUPY_STEP})
+    x = rows(6)
+    async with Server(model_repository=repo) as server:
+        y = (await server.infer("embed", "", InferRequest(inputs={"x": x}))).outputs["y"]
+        z = (await server.infer("cupy_step", "", InferRequest(inputs={"y": y}))).outputs["z"]
+    assert is_device_tensor(z) and type(z).__module__.startswith("cupy")
+    np.testing.assert_allclose(to_host(z), np.tanh(reference(x)) * 2, rtol=1e-4, atol=1e-5)
+
+
+async def test_gpu_resident_ensemble(repo: Path, add_model: ModelWriter) -> None:
+    """As a Triton ensemble (torch on GPU -> CuPy step), concurrent requests keep every
+    intermediate tensor on the GPU and answer as the steps by hand."""
+    import anyio
+
+    add_model("embed", EMBED_CONFIG, {"1/model.py": EMBED})
+    add_model("cupy_step", CUPY_CONFIG, {"1/model.py": CUPY_STEP})
+    add_model("chain", ENSEMBLE)
+    inputs = [rows(1 + i % 4) for i in range(16)]
+    answers: dict[int, np.ndarray] = {}
+    async with Server(model_repository=repo) as server:
+
+        async def one(i: int) -> None:
+            response = await server.infer("chain", "", InferRequest(inputs={"x": inputs[i]}))
+            answers[i] = to_host(response.outputs["z"])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(inputs)):
+                tg.start_soon(one, i)
+    for i, x in enumerate(inputs):
+        np.testing.assert_allclose(answers[i], np.tanh(reference(x)) * 2, rtol=1e-4, atol=1e-5)
+
+
+async def test_fil_on_gpu_instance_without_cuml_falls_back_to_cpu(
+    repo: Path, add_model: ModelWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without cuML a KIND_GPU FIL model warns and runs on the CPU, taking a GPU tensor from an
+    earlier step, with XGBoost's own results."""
+    if importlib.util.find_spec("xgboost") is None:
+        pytest.skip("xgboost is not installed")
+    if importlib.util.find_spec("cuml") is not None:
+        pytest.skip("cuML is installed: the GPU path runs instead")
+    import torch
+    import xgboost as xgb
+
+    x = rows(200)
+    labels = (x[:, 0] + x[:, 1] > 0).astype(int)
+    clf = xgb.XGBClassifier(n_estimators=10, max_depth=3).fit(x, labels)
+    add_model("trees", """
+backend: "fil"
+max_batch_size: 1024
+input [{ name: "input__0" data_type: TYPE_FP32 dims: [16] }]
+output [{ name: "output__0" data_type: TYPE_FP32 dims: [2] }]
+instance_group [{ kind: KIND_GPU }]
+parameters { key: "model_type" value: { string_value: "xgboost_json" } }
+parameters { key: "output_class" value: { string_value: "true" } }
+parameters { key: "predict_proba" value: { string_value: "true" } }
+""", {"1/xgboost.json": lambda p: clf.save_model(str(p))})
+    with caplog.at_level(logging.WARNING, logger="dagserve.backends.fil"):
+        async with Server(model_repository=repo) as server:
+            on_gpu: Any = torch.from_numpy(x).cuda()
+            out = (await server.infer("trees", "", InferRequest(inputs={"input__0": on_gpu}))).outputs["output__0"]
+    assert "cuML is not installed" in caplog.text
+    np.testing.assert_allclose(out, clf.predict_proba(x), rtol=1e-5, atol=1e-6)
+
+
+async def test_onnx_gpu_instance_needs_onnxruntime_gpu(repo: Path, add_model: ModelWriter) -> None:
+    """A KIND_GPU ONNX model with CPU-only onnxruntime fails to load, naming onnxruntime-gpu."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")
+    add_model("onnx_gpu", 'platform: "onnxruntime_onnx"\ninstance_group [{ kind: KIND_GPU }]\n',
+              {"1/model.onnx": b"unused: the provider check comes first"})
+    async with Server(model_repository=repo, strict_readiness=False) as server:
+        [entry] = server.repository_index()
+    assert "pip install onnxruntime-gpu" in entry["reason"]
+
+
+def test_cupy_to_host_uses_pinned_memory() -> None:
+    """to_host copies a CuPy array into pinned host memory with the same values."""
+    cupy = pytest.importorskip("cupy")
+    array = cupy.arange(12, dtype=cupy.float32).reshape(3, 4)
+    host = to_host(array)
+    assert isinstance(host, np.ndarray)
+    np.testing.assert_array_equal(host, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert datatype_of(array) is DataType.FP32
