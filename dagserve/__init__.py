@@ -4,6 +4,19 @@ The public API lives here; import from ``dagserve``, not from its submodules.
 """
 
 from ._version import __version__
+from .dsl import (
+    Condition,
+    LoopSpec,
+    OutputSpec,
+    Pipeline,
+    PipelineSpec,
+    StepSpec,
+    TensorRef,
+    infer,
+    infer_sync,
+    loop,
+    pipeline,
+)
 from .engine import ModelState, Server, ServerOptions
 from .errors import (
     ConfigError,
@@ -19,22 +32,33 @@ from .repository import ModelConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
 __all__ = [
+    "Condition",
     "ConfigError",
     "DagserveError",
     "DataType",
     "InferRequest",
     "InferResponse",
     "InvalidInputError",
+    "LoopSpec",
     "ModelConfig",
     "ModelExecutionError",
     "ModelNotFoundError",
     "ModelNotReadyError",
     "ModelState",
+    "OutputSpec",
     "OverloadedError",
+    "Pipeline",
+    "PipelineSpec",
     "RequestedOutput",
     "Server",
     "ServerOptions",
+    "StepSpec",
+    "TensorRef",
     "TensorSpec",
     "UnsupportedError",
+    "infer",
+    "infer_sync",
+    "loop",
+    "pipeline",
     "__version__",
 ]

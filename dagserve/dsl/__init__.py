@@ -1,0 +1,36 @@
+"""Pipeline definitions: Triton ensembles, native YAML and the Python DSL, compiled to one
+frozen graph spec, checked against the member models, and lowered to an execution plan.
+
+Layering: imports the repository schema, backends' context protocol and types; never the
+engine, web frameworks or ML frameworks.
+"""
+
+from .bls import infer, infer_sync
+from .builder import Pipeline, StepRef, Switch, loop, pipeline
+from .compile import compile_config
+from .conditions import Condition, Op, Param, parse_condition
+from .spec import FirstOf, LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
+from .validate import CheckedPipeline, check_pipeline
+
+__all__ = [
+    "CheckedPipeline",
+    "Condition",
+    "FirstOf",
+    "LoopSpec",
+    "Op",
+    "OutputSpec",
+    "Param",
+    "Pipeline",
+    "PipelineSpec",
+    "StepRef",
+    "StepSpec",
+    "Switch",
+    "TensorRef",
+    "check_pipeline",
+    "compile_config",
+    "infer",
+    "infer_sync",
+    "loop",
+    "parse_condition",
+    "pipeline",
+]

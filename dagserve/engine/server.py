@@ -17,16 +17,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.from_thread
 from anyio.abc import TaskGroup
 
 from .._version import __version__
-from ..backends import get_backend
+from ..backends import complete_config, get_backend
 from ..backends.base import ModelContext, ModelInstance
 from ..errors import (
+    AlreadyExistsError,
     ConfigError,
     InvalidInputError,
     ModelNotFoundError,
@@ -38,6 +39,10 @@ from ..repository.loader import ModelSource, parse_config, read_model, scan
 from ..types import InferRequest, InferResponse
 from .cache import ResponseCache
 from .model import ModelState, ModelVersion
+from .warmup import warm_up
+
+if TYPE_CHECKING:
+    from ..dsl.spec import PipelineSpec
 
 __all__ = ["Server", "ServerOptions"]
 
@@ -139,31 +144,41 @@ class Server:
                 if unknown:
                     raise ConfigError(f"--load-model names unknown models: {', '.join(sorted(unknown))}")
                 sources = {n: s for n, s in sources.items() if n in wanted}
-        # Models load concurrently; pipelines after them, since they check their members.
-        for wave in (False, True):
-            async with anyio.create_task_group() as tg:
-                for source in sources.values():
-                    if _is_pipeline(source) == wave:
-                        tg.start_soon(self._load_source, source)
+        # Models load concurrently; pipelines after them, since they check their members, and
+        # a pipeline calling other pipelines after those.
+        from .pipeline import load_order
 
-    async def _load_source(self, source: ModelSource) -> None:
+        models = [s for s in sources.values() if not _is_pipeline(s)]
+        for group in (models, *load_order(s for s in sources.values() if _is_pipeline(s))):
+            async with anyio.create_task_group() as tg:
+                for source in group:
+                    tg.start_soon(self._load_source, source)
+
+    async def _load_source(self, source: ModelSource, spec: PipelineSpec | None = None) -> None:
         entry = _Model(source.name, source)
         self._models[source.name] = entry
         if source.error or source.config is None:
             log.error("model '%s' cannot load: %s", source.name, source.error)
             return
-        config = source.config
+        # Backends that can read the model file (ONNX) fill in what the config leaves out.
+        config = await anyio.to_thread.run_sync(complete_config, source.config, source.path, source.versions)
         platform = config.platform or config.backend_name
         assert self._tg is not None
         for number in source.versions:
-            version = ModelVersion(
-                name=source.name, version=number, config=config, platform=platform, cache=self.cache
-            )
-            entry.versions[number] = version
+            version: ModelVersion
+            load: Callable[[], Awaitable[Any]]
             if _is_pipeline(source):
-                load = functools.partial(self._load_pipeline, source, config)
+                from .pipeline import pipeline_version
+
+                version, load = await pipeline_version(
+                    self, source, config, number=number, spec=spec, platform=platform, cache=self.cache
+                )
             else:
+                version = ModelVersion(
+                    name=source.name, version=number, config=config, platform=platform, cache=self.cache
+                )
                 load = functools.partial(self._load_instances, source, config, number)
+            entry.versions[number] = version
             await self._tg.start(version.serve, load)
 
     async def _load_instances(self, source: ModelSource, config: ModelConfig, number: int) -> list[ModelInstance]:
@@ -191,16 +206,30 @@ class Server:
         try:
             for ctx in contexts:
                 instances.append(await anyio.to_thread.run_sync(backend.load, ctx))
+            await warm_up(config, instances, model_dir=source.path, owner=f"model '{source.name}' version {number}")
         except BaseException:
             for instance in instances:
                 await anyio.to_thread.run_sync(instance.close)
             raise
         return instances
 
-    async def _load_pipeline(self, source: ModelSource, config: ModelConfig) -> Any:
-        from .pipeline import load_pipeline
+    async def add_pipeline(self, spec: PipelineSpec) -> None:
+        """Serve a pipeline built in Python (``dagserve.Pipeline``) as model ``spec.name``,
+        beside the repository's models; its members must be loaded.
 
-        return await load_pipeline(self, source, config)
+        Raises:
+            AlreadyExistsError: a model of that name is served.
+            ConfigError: the pipeline is invalid; the message names the step and tensor.
+        """
+        from .pipeline import pipeline_source
+
+        if spec.name in self._models:
+            raise AlreadyExistsError(f"a model named '{spec.name}' is already served")
+        await self._load_source(pipeline_source(spec), spec)
+        reason = self._models[spec.name].reason()
+        if reason:
+            del self._models[spec.name]
+            raise ConfigError(reason)
 
     # -- health and metadata ------------------------------------------------------------------
     def is_live(self) -> bool:

@@ -1,0 +1,279 @@
+"""Native YAML pipelines -> PipelineSpec.
+
+A pipeline is a model directory whose ``config.yaml`` says ``backend: pipeline``; its typed
+``inputs``/``outputs`` are the ordinary config fields, and ``pipeline:`` holds the graph::
+
+    backend: pipeline
+    max_batch_size: 0
+    inputs:  [{name: RAW, datatype: UINT8, shape: [-1]}]
+    outputs: [{name: LABEL, datatype: BYTES, shape: [1]}]
+    pipeline:
+      steps:
+        - name: pre                      # default: the model's name
+          model: preprocess
+          inputs: {INPUT: RAW}           # model input <- pipeline input, or step.OUTPUT
+        - name: clf
+          model: classifier
+          version: 2                     # default: the newest ready version
+          inputs: {FEATURES: pre.FEATURES}
+          when: "params.mode != 'skip'"  # run only if this holds (see dsl.conditions)
+        - switch: clf.KIND               # route on a tensor or params.NAME
+          cases:
+            cat: [{name: cat, model: cat_head, inputs: {X: clf.EMB}}]
+          default: [{name: other, model: other_head, inputs: {X: clf.EMB}}]
+        - name: crops
+          model: crop_classifier
+          inputs: {CROP: det.CROPS}
+          map: [CROP]                    # one call per element of CROPS' first dimension
+        - name: refine
+          model: denoiser
+          inputs: {X: pre.X}
+          loop: {max_iterations: 8, carry: {X: Y}, until: "refine.DONE == 1"}
+      outputs:
+        LABEL: post.LABEL
+        HEAD: [cat.OUT, other.OUT]       # the first that exists (after a switch)
+      max_inflight_requests: 0           # per-step concurrency bound, 0 = none
+
+An output listed under ``pipeline.outputs`` but not in the top-level ``outputs`` gets its type
+from the step that produces it. Errors name the file and line, the field and the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from ..errors import ConfigError
+from ..repository.config import ModelConfig
+from .conditions import Condition, Op, parse_condition
+from .spec import STEP_NAME, LoopSpec, OutputSpec, PipelineSpec, StepSpec, parse_source
+
+__all__ = ["compile_yaml"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class _Loop(_Strict):
+    max_iterations: int = Field(ge=1)
+    carry: dict[str, str] = Field(default_factory=dict)
+    until: str | None = None
+
+
+class _Step(_Strict):
+    name: str | None = None
+    model: str
+    version: int = Field(default=-1, alias="model_version")
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
+    when: str | None = None
+    map: str | list[str] = Field(default_factory=list, alias="map_over")
+    loop: _Loop | None = None
+
+
+class _Switch(_Strict):
+    switch: str
+    cases: dict[str | int | bool, list[_Step]]
+    default: list[_Step] = Field(default_factory=list)
+
+
+def _kind(value: Any) -> str:
+    return "switch" if isinstance(value, dict) and "switch" in value else "step"
+
+
+class _Pipeline(_Strict):
+    steps: list[
+        Annotated[Annotated[_Step, Tag("step")] | Annotated[_Switch, Tag("switch")], Discriminator(_kind)]
+    ]
+    outputs: dict[str, str | list[str]]
+    max_inflight_requests: int = Field(default=0, ge=0)
+
+
+def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSpec:
+    """The spec of a native YAML pipeline config (``config.pipeline`` holds the graph).
+
+    ``path`` is the config file; it is re-read only to point error messages at lines.
+
+    Raises:
+        ConfigError: the ``pipeline`` section is malformed; ``file:line: field 'a.b': message``.
+    """
+    assert config.pipeline is not None
+    lines = _line_index(path)
+    origin = str(path) if path else f"pipeline '{config.name}'"
+    try:
+        graph = _Pipeline.model_validate(config.pipeline)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, lines)) from None
+
+    inputs = tuple(t.name for t in config.input)
+
+    def where(*loc: Any) -> str:
+        line = _nearest_line(("pipeline", *loc), lines)
+        return f"{origin}:{line}" if line else origin
+
+    def fail(loc: tuple[Any, ...], message: str) -> ConfigError:
+        return ConfigError(f"{where(*loc)}: field '{_loc_text(('pipeline', *loc))}': {message}")
+
+    steps: list[StepSpec] = []
+    for i, entry in enumerate(graph.steps):
+        if isinstance(entry, _Step):
+            steps.append(_step(entry, ("steps", i), None, inputs, where, fail))
+            continue
+        try:
+            subject = parse_condition(entry.switch, inputs=inputs).subject
+        except ValueError as exc:
+            raise fail(("steps", i, "switch"), str(exc)) from None
+        for value, case_steps in entry.cases.items():
+            cond = Condition(subject=subject, op=Op.EQ, value=value)
+            for j, s in enumerate(case_steps):
+                steps.append(_step(s, ("steps", i, "cases", str(value), j), cond, inputs, where, fail))
+        default = Condition(subject=subject, op=Op.NOT_IN, value=tuple(entry.cases))
+        for j, s in enumerate(entry.default):
+            steps.append(_step(s, ("steps", i, "default", j), default, inputs, where, fail))
+
+    declared = {t.name: t for t in config.output}
+    for name in declared:
+        if name not in graph.outputs:
+            raise fail(
+                ("outputs",),
+                f"output '{name}' is declared but pipeline.outputs does not say which step writes it",
+            )
+    outputs = []
+    for name, source_text in graph.outputs.items():
+        try:
+            source = parse_source(source_text, inputs=inputs)
+        except ValueError as exc:
+            raise fail(("outputs", name), str(exc)) from None
+        t = declared.get(name)
+        outputs.append(
+            OutputSpec(
+                name=name,
+                source=source,
+                datatype=t.data_type if t else None,
+                shape=t.dims if t else None,
+                optional=t.optional if t else False,
+            )
+        )
+    # Declared outputs keep their declared order (metadata shows them so); inferred ones follow.
+    outputs.sort(key=lambda o: list(declared).index(o.name) if o.name in declared else len(declared))
+    return PipelineSpec(
+        name=config.name,
+        inputs=tuple(t.spec() for t in config.input),
+        outputs=tuple(outputs),
+        steps=tuple(steps),
+        max_batch_size=config.max_batch_size,
+        max_inflight_requests=graph.max_inflight_requests,
+        origin=origin,
+    )
+
+
+def _step(
+    entry: _Step,
+    loc: tuple[Any, ...],
+    switch: Condition | None,
+    inputs: tuple[str, ...],
+    where: Callable[..., str],
+    fail: Callable[[tuple[Any, ...], str], ConfigError],
+) -> StepSpec:
+    name = entry.name if entry.name is not None else entry.model
+    if not STEP_NAME.match(name) or name == "params":
+        raise fail(
+            (*loc, "name"),
+            f"step name {name!r} must be a letter or _ then letters, digits, _ or - (not 'params')",
+        )
+    wired = {}
+    for key, text in entry.inputs.items():
+        try:
+            wired[key] = parse_source(text, inputs=inputs)
+        except ValueError as exc:
+            raise fail((*loc, "inputs", key), str(exc)) from None
+    when = switch
+    if entry.when is not None:
+        if switch is not None:
+            raise fail((*loc, "when"), "a step inside a switch case cannot have its own 'when'")
+        try:
+            when = parse_condition(entry.when, inputs=inputs)
+        except ValueError as exc:
+            raise fail((*loc, "when"), str(exc)) from None
+    loop = None
+    if entry.loop is not None:
+        until = None
+        if entry.loop.until is not None:
+            try:
+                until = parse_condition(entry.loop.until, inputs=inputs)
+            except ValueError as exc:
+                raise fail((*loc, "loop", "until"), str(exc)) from None
+        loop = LoopSpec(max_iterations=entry.loop.max_iterations, carry=entry.loop.carry, until=until)
+    map_over = (entry.map,) if isinstance(entry.map, str) else tuple(entry.map)
+    return StepSpec(
+        name=name,
+        model=entry.model,
+        model_version=entry.version,
+        inputs=wired,
+        when=when,
+        map_over=map_over,
+        loop=loop,
+        origin=where(*loc),
+    )
+
+
+# -- error messages that point at lines --------------------------------------------------------
+def _line_index(path: Path | None) -> dict[tuple[Any, ...], int]:
+    """1-based line of every node of the file's YAML, keyed by its path of keys and indices."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    index: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, at: tuple[Any, ...]) -> None:
+        index[at] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = key.value if isinstance(key, yaml.ScalarNode) else None
+                index[(*at, k)] = key.start_mark.line + 1
+                walk(value, (*at, k))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*at, i))
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _describe(exc: ValidationError, origin: str, lines: dict[tuple[Any, ...], int]) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = tuple(p for p in e["loc"] if p not in ("step", "switch") or p == e["loc"][-1])
+        loc = ("pipeline", *loc)
+        line = _nearest_line(loc, lines)
+        msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(
+            e["type"], e["msg"]
+        )
+        parts.append(f"{origin}{f':{line}' if line else ''}: field '{_loc_text(loc)}': {msg}")
+    more = len(exc.errors()) - 5
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)
+
+
+def _nearest_line(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

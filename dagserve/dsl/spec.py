@@ -1,0 +1,273 @@
+"""The one frozen graph spec that every pipeline form compiles to.
+
+A Triton ensemble (``config.pbtxt``), a native YAML pipeline (``config.yaml``) and a pipeline
+built with the Python DSL all become a :class:`PipelineSpec`; validation, planning and execution
+only ever see this form, so the three are interchangeable and a test holds them equal.
+
+The spec names where every tensor comes from, never what it is called in between: a step input
+reads a :class:`TensorRef` (a pipeline input, or an output of another step), so two spellings of
+the same graph (Triton's ensemble tensor names vs YAML's ``step.OUTPUT``) compile to equal specs.
+
+Every object here is immutable and hashable. ``origin`` fields (the file and line a thing was
+declared at, for error messages) take no part in equality.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..types import DataType, TensorSpec
+from .conditions import Condition
+
+__all__ = [
+    "FirstOf",
+    "FrozenMap",
+    "LoopSpec",
+    "OutputSpec",
+    "PipelineSpec",
+    "Source",
+    "StepSpec",
+    "TensorRef",
+    "parse_source",
+]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+"""Step names may not contain dots: ``a.b`` always reads as output ``b`` of step ``a``."""
+
+
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable mapping that keeps insertion order and prints like a dict.
+
+    Equality ignores order (as dict equality does), so ``{a, b}`` read from YAML equals
+    ``{b, a}`` read from a protobuf map.
+    """
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(items)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._data == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TensorRef:
+    """Where a tensor comes from: pipeline input ``name`` (``step`` is None) or output
+    ``name`` of step ``step``. Prints as ``RAW`` or ``pre.FEATURES``, the YAML spelling."""
+
+    step: str | None = None
+    name: str
+
+    def __str__(self) -> str:
+        return self.name if self.step is None else f"{self.step}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"TensorRef({str(self)!r})"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FirstOf:
+    """The first of ``refs`` that exists in this request (the join after a switch)."""
+
+    refs: tuple[TensorRef, ...]
+
+    def __str__(self) -> str:
+        return "first of " + ", ".join(str(r) for r in self.refs)
+
+    def __repr__(self) -> str:
+        return f"FirstOf({[str(r) for r in self.refs]!r})"
+
+
+Source = TensorRef | FirstOf
+"""What a step input or a pipeline output reads."""
+
+
+def parse_source(value: Any, *, inputs: Iterable[str]) -> Source:
+    """Read a YAML/DSL source: ``"RAW"`` (a pipeline input), ``"pre.FEATURES"`` (a step
+    output), a :class:`TensorRef`, or a list of those (:class:`FirstOf`).
+
+    A string that names a declared pipeline input is that input even when it contains a dot
+    (ONNX exports name tensors ``input.1``); otherwise the part before the first dot is a step.
+
+    Raises:
+        ValueError: not a string, reference or list of them.
+    """
+    if isinstance(value, (TensorRef, FirstOf)):
+        return value
+    if isinstance(value, str):
+        if value in set(inputs) or "." not in value:
+            return TensorRef(name=value)
+        step, _, name = value.partition(".")
+        return TensorRef(step=step, name=name)
+    if isinstance(value, (list, tuple)) and value:
+        refs = tuple(parse_source(v, inputs=inputs) for v in value)
+        if len(refs) == 1:
+            return refs[0]
+        flat: list[TensorRef] = []
+        for r in refs:
+            flat.extend(r.refs if isinstance(r, FirstOf) else (r,))
+        return FirstOf(refs=tuple(flat))
+    raise ValueError(f"expected a tensor reference like 'INPUT' or 'step.OUTPUT', got {value!r}")
+
+
+def source_refs(source: Source) -> tuple[TensorRef, ...]:
+    """Every reference a source may read."""
+    return source.refs if isinstance(source, FirstOf) else (source,)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopSpec:
+    """Call a step's model repeatedly: after each call, each ``carry`` input takes the value
+    of its paired output; stop after ``max_iterations`` calls or as soon as ``until`` holds
+    (a condition on the step's own outputs). The step's outputs are those of the last call."""
+
+    max_iterations: int
+    carry: Mapping[str, str] = field(default_factory=FrozenMap)
+    until: Condition | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.carry, FrozenMap):
+            object.__setattr__(self, "carry", FrozenMap(self.carry))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepSpec:
+    """One call of a model (or of another pipeline) inside a pipeline.
+
+    ``inputs`` maps each input of the member model to where it is read from. The step runs
+    as soon as they all exist. It is skipped (its outputs do not exist) when ``when`` does not
+    hold or a required input does not exist. ``map_over`` names inputs to fan out over: the
+    model is called once per element of their first dimension (concurrently, so the calls
+    batch at the model) and the outputs are gathered along a new first dimension.
+    ``model_version`` -1 means the newest ready version.
+    """
+
+    name: str
+    model: str
+    model_version: int = -1
+    inputs: Mapping[str, Source] = field(default_factory=FrozenMap)
+    when: Condition | None = None
+    map_over: tuple[str, ...] = ()
+    loop: LoopSpec | None = None
+    origin: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inputs, FrozenMap):
+            object.__setattr__(self, "inputs", FrozenMap(self.inputs))
+        object.__setattr__(self, "map_over", tuple(self.map_over))
+
+    def refs(self) -> Iterator[TensorRef]:
+        """Every tensor this step reads, its condition's subject included."""
+        for source in self.inputs.values():
+            yield from source_refs(source)
+        if self.when is not None and isinstance(self.when.subject, TensorRef):
+            yield self.when.subject
+
+    def __repr__(self) -> str:
+        parts = [f"name={self.name!r}", f"model={self.model!r}"]
+        if self.model_version != -1:
+            parts.append(f"model_version={self.model_version}")
+        parts.append(f"inputs={ {k: str(v) for k, v in self.inputs.items()}!r}")
+        if self.when is not None:
+            parts.append(f"when={str(self.when)!r}")
+        if self.map_over:
+            parts.append(f"map_over={self.map_over!r}")
+        if self.loop is not None:
+            parts.append(f"loop={self.loop!r}")
+        return f"StepSpec({', '.join(parts)})"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutputSpec:
+    """A pipeline output: where it comes from and, optionally, its declared type.
+
+    ``datatype``/``shape`` None are inferred from the producing step at load time. An
+    ``optional`` output may be missing from a response (its producer was skipped).
+    """
+
+    name: str
+    source: Source
+    datatype: DataType | None = None
+    shape: tuple[int, ...] | None = None
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
+
+    def __repr__(self) -> str:
+        typed = f", {self.datatype.value} {list(self.shape or ())}" if self.datatype else ""
+        optional = ", optional" if self.optional else ""
+        return f"OutputSpec({self.name!r} <- {str(self.source)!r}{typed}{optional})"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PipelineSpec:
+    """A whole pipeline: typed inputs, steps, and outputs read from step outputs.
+
+    ``max_batch_size`` has Triton's meaning for the pipeline's own inputs and outputs (0: no
+    batch dimension). ``max_inflight_requests`` (0: unlimited) bounds how many calls of each
+    step run at once across all requests, Triton's ensemble back-pressure. ``origin`` is the
+    file the pipeline came from, for error messages.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    steps: tuple[StepSpec, ...]
+    max_batch_size: int = 0
+    max_inflight_requests: int = 0
+    origin: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("inputs", "outputs", "steps"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def step(self, name: str) -> StepSpec:
+        """The step called ``name``.
+
+        Raises:
+            KeyError: no such step.
+        """
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def __repr__(self) -> str:
+        lines = [f"PipelineSpec(name={self.name!r}, max_batch_size={self.max_batch_size},"]
+        lines.append(
+            "  inputs=" + repr([f"{t.name}: {t.datatype.value} {list(t.shape)}" for t in self.inputs]) + ","
+        )
+        lines.append("  steps=(")
+        lines.extend(f"    {s!r}," for s in self.steps)
+        lines.append("  ),")
+        lines.append(f"  outputs={list(self.outputs)!r})")
+        return "\n".join(lines)

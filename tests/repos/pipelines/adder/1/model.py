@@ -1,0 +1,2 @@
+def infer(inputs):
+    return {"SUM": inputs["A"] + inputs["B"]}

@@ -1,0 +1,11 @@
+import dagserve
+
+
+class Model:
+    def __init__(self, context):
+        self.context = context
+
+    def infer(self, inputs):
+        a = dagserve.infer_sync(self.context, "double", inputs)
+        b = dagserve.infer_sync(self.context, "triple", inputs, outputs=["Y"])
+        return {"Y": a["Y"] + b["Y"]}

@@ -1,0 +1,1 @@
+raise ImportError("weights not found")
