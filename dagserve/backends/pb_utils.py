@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..types import DataType, RequestedOutput, ResponseSender
+from ..types import DataType, RequestedOutput, ResponseSender, datatype_of, is_device_tensor, to_host
 from ..types import InferRequest as _EngineRequest
 from .base import ModelContext
 
@@ -91,9 +91,9 @@ class Tensor:
     __slots__ = ("_name", "_array", "_datatype")
 
     def __init__(self, name: str, array: Any, datatype: DataType | None = None) -> None:
-        if not isinstance(array, np.ndarray):
-            array = np.asarray(array)
-        if array.dtype.kind in "SU":
+        if not isinstance(array, np.ndarray) and not is_device_tensor(array):
+            array = to_host(array)
+        if isinstance(array, np.ndarray) and array.dtype.kind in "SU":
             array = array.astype(np.object_)
         self._name = name
         self._array = array
@@ -103,8 +103,11 @@ class Tensor:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        # A GPU tensor comes to host here (Triton's as_numpy works on CPU tensors only).
         # Inputs are read-only views over the request body; Triton models may write into the
         # array they get, so they get a private copy of a read-only one (once).
+        if not isinstance(self._array, np.ndarray):
+            self._array = to_host(self._array)
         if not self._array.flags.writeable:
             self._array = self._array.copy()
         return self._array
@@ -116,10 +119,10 @@ class Tensor:
         return _TRITON_DTYPE_CODES[self.datatype()]
 
     def datatype(self) -> DataType:
-        return self._datatype or DataType.from_numpy(self._array.dtype)
+        return self._datatype or datatype_of(self._array)
 
     def is_cpu(self) -> bool:
-        return True
+        return not is_device_tensor(self._array)
 
     def to_dlpack(self) -> Any:
         return self._array.__dlpack__()

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._proto import grpc_service_pb2 as pb
 from ..errors import InternalError, InvalidInputError, UnsupportedError
-from ..types import DataType, InferRequest, InferResponse, RequestedOutput
+from ..types import DataType, InferRequest, InferResponse, RequestedOutput, to_host
 
 __all__ = [
     "decode_bytes_tensor",
@@ -335,6 +335,7 @@ def encode_infer_response(
     msg.id = response.id or request_id
     encode_parameters(response.parameters, msg.parameters)
     for name, array in response.outputs.items():
+        array = to_host(array)  # a GPU tensor is copied to host here, at the edge
         datatype = response.datatypes.get(name)
         if datatype is None:
             try:

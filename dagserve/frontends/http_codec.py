@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InternalError, InvalidInputError, UnsupportedError
-from ..types import DataType, InferRequest, InferResponse, RequestedOutput
+from ..types import DataType, InferRequest, InferResponse, RequestedOutput, to_host
 
 __all__ = [
     "BodyTooLargeError",
@@ -454,6 +454,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
                 f"model '{response.model_name}' has no output '{name}' (it returned: "
                 f"{', '.join(response.outputs) or 'none'})"
             )
+        array = to_host(array)  # a GPU tensor is copied to host here, at the edge
         dt = response.datatypes.get(name) or DataType.from_numpy(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dt.value, "shape": list(array.shape)}
         data: list[Any] | None = None

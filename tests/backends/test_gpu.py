@@ -229,3 +229,35 @@ def test_cupy_to_host_uses_pinned_memory() -> None:
     assert isinstance(host, np.ndarray)
     np.testing.assert_array_equal(host, np.arange(12, dtype=np.float32).reshape(3, 4))
     assert datatype_of(array) is DataType.FP32
+
+
+def test_gpu_outputs_over_http_and_grpc(repo: Path, add_model: ModelWriter) -> None:
+    """A GPU model whose outputs stay on the device answers over the wire: the frontends copy
+    to host at the edge (plain urllib for HTTP and grpcio for gRPC, no client library needed)."""
+    import json
+    import urllib.request
+
+    import grpc
+
+    from dagserve._proto import grpc_service_pb2 as pb
+    from dagserve._proto import grpc_service_pb2_grpc as pb_grpc
+    from dagserve.testing import serve_in_thread
+
+    add_model("embed", EMBED_CONFIG, {"1/model.py": EMBED})
+    x = rows(3)
+    with serve_in_thread(repo, metrics=False) as running:
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 16], "data": x.ravel().tolist()}]})
+        request = urllib.request.Request(f"http://{running.http_url}/v2/models/embed/infer", data=body.encode())
+        with urllib.request.urlopen(request) as reply:
+            answer = json.loads(reply.read())
+        y = np.array(answer["outputs"][0]["data"], np.float32).reshape(3, 8)
+        np.testing.assert_allclose(y, reference(x), rtol=1e-4, atol=1e-5)
+
+        with grpc.insecure_channel(running.grpc_url) as channel:
+            grpc_request = pb.ModelInferRequest(model_name="embed")
+            tensor = grpc_request.inputs.add(name="x", datatype="FP32", shape=[3, 16])
+            del tensor
+            grpc_request.raw_input_contents.append(x.tobytes())
+            reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_request)
+        y = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(3, 8)
+        np.testing.assert_allclose(y, reference(x), rtol=1e-4, atol=1e-5)
