@@ -18,7 +18,8 @@ import anyio
 
 from ._version import __version__
 from .engine import ServerOptions
-from .errors import ConfigError
+from .dsl.graph import FORMATS
+from .errors import ConfigError, DagserveError
 from .frontends.runner import DEFAULT_GRPC_MAX_MESSAGE_SIZE, DEFAULT_HTTP_MAX_BODY_SIZE, ServeOptions, serve
 
 __all__ = ["main"]
@@ -80,8 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
     s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"))
 
-    v = commands.add_parser("validate", help="check every model and pipeline of a repository; non-zero exit on errors")
-    v.add_argument("repository", type=Path)
+    v = commands.add_parser(
+        "validate",
+        help="check every model and pipeline of a repository without serving it",
+        description="Check every model and pipeline of a repository without serving it: configs parse, "
+        "Python models import and define a model, framework models have their file, pipelines compile "
+        "and fit their members. Prints every error and warning, then a summary. Exit status: 0 no "
+        "errors, 1 errors found, 2 the repository cannot be read.",
+    )
+    v.add_argument("repository", type=Path, help="the model repository directory")
+
+    g = commands.add_parser(
+        "graph",
+        help="draw a pipeline's DAG (mermaid, dot, svg, png)",
+        description="Draw a pipeline of a repository: inputs, steps (model, version, when/map/loop/switch), "
+        "outputs, and edges labelled with tensor name, datatype and shape. mermaid and dot are text; "
+        "svg and png need Graphviz's `dot` program.",
+    )
+    g.add_argument("repository", type=Path, help="the model repository directory")
+    g.add_argument("pipeline", help="the pipeline's model name")
+    g.add_argument("--format", "-f", choices=FORMATS, default="mermaid", help="output format (default mermaid)")
+    g.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
     return parser
 
 
@@ -91,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "validate":
         return _validate(args.repository)
+    if args.command == "graph":
+        return _graph(args.repository, args.pipeline, args.format, args.output)
     raise AssertionError(args.command)
 
 
@@ -112,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_max_message_size=args.grpc_max_message_size,
     )
     try:
-        anyio.run(_serve_until_signalled, options)
+        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": True})
     except ConfigError as exc:
         print(f"dagserve: {exc}", file=sys.stderr)
         return 2
@@ -142,22 +164,62 @@ async def _serve_until_signalled(options: ServeOptions) -> None:
 
 
 def _validate(repository: Path) -> int:
-    from .repository.loader import scan
+    """Print every finding, an ``ok:`` line per sound model, and a summary; 1 when any error."""
+    from .dsl.check import check_repository
 
     try:
-        sources = scan(repository)
+        report = check_repository(repository)
     except ConfigError as exc:
         print(f"error: {exc}")
-        return 1
-    failed = 0
-    for name, source in sources.items():
-        if source.error:
-            failed += 1
-            print(f"error: {name}: {source.error}")
-        else:
-            print(f"ok: {name} (versions {', '.join(map(str, source.versions))})")
-    print(f"{len(sources) - failed} ok, {failed} with errors")
-    return 1 if failed else 0
+        return 2
+    for model in report.models:
+        for finding in model.findings:
+            print(finding)
+        if model.ok:
+            print(f"ok: {model.name} ({model.describe()})")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _graph(repository: Path, name: str, fmt: str, output: Path | None) -> int:
+    """Draw pipeline ``name`` as ``fmt``; 1 when the pipeline has errors, 2 for a usage error."""
+    from .dsl.check import RepositoryChecker
+    from .dsl.graph import pipeline_graph, render, to_dot, to_mermaid
+
+    def fail(message: str, status: int = 2) -> int:
+        print(f"dagserve graph: {message}", file=sys.stderr)
+        return status
+
+    if fmt == "png" and output is None and sys.stdout.isatty():
+        return fail("png is binary: write it to a file with -o FILE")
+    try:
+        # Python models need not be imported to know a pipeline's tensors: their configs say.
+        checker = RepositoryChecker(repository, load_models=False)
+    except ConfigError as exc:
+        return fail(str(exc))
+    if name not in checker.names:
+        return fail(f"no model '{name}' in {repository}")
+    report = checker.check(name)
+    if not report.is_pipeline:
+        pipelines = [n for n in checker.names if checker.check(n).is_pipeline]
+        return fail(f"'{name}' is a {report.kind} model, not a pipeline (pipelines: {', '.join(pipelines) or 'none'})")
+    for finding in report.findings:
+        print(finding, file=sys.stderr)
+    if report.pipeline is None:
+        return fail(f"pipeline '{name}' has errors; fix them first (dagserve validate {repository})", 1)
+    graph = pipeline_graph(report.pipeline.spec, report.pipeline.types)
+    text = to_mermaid(graph) if fmt == "mermaid" else to_dot(graph)
+    try:
+        data = text.encode() if fmt in ("mermaid", "dot") else render(text, fmt)
+    except DagserveError as exc:
+        return fail(str(exc), 1)
+    if output is not None:
+        output.write_bytes(data)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return 0
 
 
 if __name__ == "__main__":

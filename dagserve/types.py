@@ -94,6 +94,9 @@ class DataType(enum.Enum):
         Raises:
             ValueError: numpy type with no KServe equivalent (e.g. complex).
         """
+        found = _FROM_NUMPY_FAST.get(dtype)  # the hot path: a native-order numpy dtype
+        if found is not None:
+            return found
         dtype = np.dtype(dtype)
         if dtype.kind in "OSU":
             return cls.BYTES
@@ -146,6 +149,7 @@ _NUMPY: dict[DataType, np.dtype[Any]] = {
     DataType.BF16: np.dtype(np.uint16),
 }
 _FROM_NUMPY = {v: k for k, v in _NUMPY.items() if k not in (DataType.BYTES, DataType.BF16)}
+_FROM_NUMPY_FAST: dict[Any, DataType] = {**_FROM_NUMPY, np.dtype(np.object_): DataType.BYTES}
 _FROM_TORCH = {
     "torch.bool": DataType.BOOL,
     "torch.uint8": DataType.UINT8,
@@ -189,6 +193,10 @@ def datatype_of(array: Any) -> DataType:
     Raises:
         ValueError: the element type has no KServe v2 datatype.
     """
+    if type(array) is np.ndarray:
+        found = _FROM_NUMPY_FAST.get(array.dtype)
+        if found is not None:
+            return found
     if isinstance(array, np.ndarray):
         return DataType.from_numpy(array.dtype)
     if _is_torch_tensor(array):
@@ -277,7 +285,12 @@ class TensorSpec:
 
 def shape_matches(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """True when ``actual`` fits ``expected`` (same rank, ``-1`` matches any size)."""
-    return len(actual) == len(expected) and all(e == -1 or a == e for a, e in zip(actual, expected))
+    if len(actual) != len(expected):
+        return False
+    for a, e in zip(actual, expected):
+        if a != e and e != -1:
+            return False
+    return True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -32,6 +32,7 @@ import inspect
 import json
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,10 +111,17 @@ def _mode(context: ModelContext, path: Path) -> tuple[ExecuteMode, bool]:
     )
 
 
+_AST_LOCK = threading.Lock()
+"""Models load in parallel worker threads, and CPython 3.11/3.12's ``ast.parse`` is not safe
+to call from several threads at once ("AST constructor recursion depth mismatch")."""
+
+
 def _calls_blocking_bls(path: Path) -> bool:
     """Whether the model's source calls ``something.exec(...)`` (sync BLS blocks its thread
     until the called model answers, so it cannot run on the event loop)."""
-    tree = ast.parse(path.read_text(), str(path))
+    source = path.read_text()
+    with _AST_LOCK:
+        tree = ast.parse(source, str(path))
     return any(
         isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "exec"
         for node in ast.walk(tree)

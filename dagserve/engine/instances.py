@@ -51,6 +51,14 @@ class InstancePool:
             await self._available.acquire()
         return self._free.pop()
 
+    def try_acquire(self) -> ModelInstance | None:
+        """A free instance, taken at once, or ``None`` when all are busy."""
+        try:
+            self._available.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        return self._free.pop()
+
     def release(self, instance: ModelInstance) -> None:
         self._free.append(instance)
         self._available.release()
@@ -79,9 +87,7 @@ class InstancePool:
             raise ModelExecutionError(
                 f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
             )
-        self._stats.record_execution(
-            batch_size=batch_size, requests=len(requests), input_ns=0, infer_ns=infer_ns, output_ns=0
-        )
+        self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns)
         return results
 
     def close(self) -> None:

@@ -96,6 +96,11 @@ class ModelVersion:
         self._outputs: dict[str, TensorSpec] = config.output_specs()
         self._output_names = tuple(self._outputs)
         self._datatypes = {n: spec.datatype for n, spec in self._outputs.items()}
+        # What validate() and check_outputs() compare against, computed once (hot path).
+        self._input_checks = tuple(
+            (n, spec.datatype, spec.full_shape(config.batching), spec.optional) for n, spec in self._inputs.items()
+        )
+        self._output_checks = {n: (spec.datatype, spec.full_shape(config.batching)) for n, spec in self._outputs.items()}
         self._batching = config.batching
         self._max_batch = config.max_batch_size
         self._runner: Runner | None = None
@@ -310,21 +315,34 @@ class ModelVersion:
         """
         inputs = request.inputs
         specs = self._inputs
-        for name in inputs:
-            if name not in specs:
-                raise InvalidInputError(
-                    f"{self._owner} has no input '{name}' (its inputs: {', '.join(specs) or 'none'})"
-                )
+        if len(inputs) > len(specs) or any(name not in specs for name in inputs):
+            for name in inputs:
+                if name not in specs:
+                    raise InvalidInputError(
+                        f"{self._owner} has no input '{name}' (its inputs: {', '.join(specs) or 'none'})"
+                    )
+        declared = request.datatypes
         batch = 0
-        for name, spec in specs.items():
+        for name, datatype, expected, optional in self._input_checks:
             array = inputs.get(name)
             if array is None:
-                if spec.optional:
+                if optional:
                     continue
                 raise InvalidInputError(f"{self._owner} expects input '{name}', which the request does not have")
-            spec.check(array, request.datatype(name), batching=self._batching, owner=self._owner)
+            actual = declared.get(name) if declared else None
+            if actual is None:
+                actual = request.datatype(name)
+            if actual is not datatype:
+                raise InvalidInputError(
+                    f"{self._owner}: input '{name}' has datatype {actual.value}, expected {datatype.value}"
+                )
+            shape = array.shape
+            if not shape_matches(shape, expected):
+                raise InvalidInputError(
+                    f"{self._owner}: input '{name}' has shape {list(shape)}, expected {list(expected)}"
+                )
             if self._batching:
-                size = array.shape[0]
+                size = shape[0]
                 if batch and size != batch:
                     raise InvalidInputError(
                         f"{self._owner}: inputs disagree on the batch size ({batch} and {size} for '{name}')"
@@ -334,12 +352,12 @@ class ModelVersion:
             raise InvalidInputError(
                 f"{self._owner}: batch size {batch} exceeds the model's max_batch_size {self._max_batch}"
             )
-        wanted = request.output_names()
-        if wanted:
-            for name in wanted:
-                if name not in self._outputs:
+        if request.outputs:
+            for requested in request.outputs:
+                if requested.name not in self._outputs:
                     raise InvalidInputError(
-                        f"{self._owner} has no output '{name}' (its outputs: {', '.join(self._outputs) or 'none'})"
+                        f"{self._owner} has no output '{requested.name}' "
+                        f"(its outputs: {', '.join(self._outputs) or 'none'})"
                     )
         return batch or 1
 
@@ -353,27 +371,28 @@ class ModelVersion:
         Raises:
             ModelExecutionError: an output is undeclared, missing, or of the wrong type or shape.
         """
+        checks = self._output_checks
         for name in outputs:
-            if name not in self._outputs:
+            if name not in checks:
                 raise ModelExecutionError(f"{self._owner} returned output '{name}', which its config does not declare")
         result: dict[str, np.ndarray] = {}
         for name in wanted or self._output_names:
             array = outputs.get(name)
             if array is None:
                 raise ModelExecutionError(f"{self._owner} did not return its output '{name}'")
-            spec = self._outputs[name]
-            array = _as_array(array, spec.datatype)
-            if spec.datatype is not DataType.BF16 or not isinstance(array, np.ndarray):
+            datatype, expected = checks[name]
+            if type(array) is not np.ndarray or datatype is DataType.BYTES:
+                array = _as_array(array, datatype)
+            if datatype is not DataType.BF16 or not isinstance(array, np.ndarray):
                 try:
                     actual: DataType | None = datatype_of(array)
                 except ValueError:
                     actual = None
-                if actual is not spec.datatype:
+                if actual is not datatype:
                     got = actual.value if actual else str(array.dtype)
                     raise ModelExecutionError(
-                        f"{self._owner} returned output '{name}' as {got}, but its config declares {spec.datatype.value}"
+                        f"{self._owner} returned output '{name}' as {got}, but its config declares {datatype.value}"
                     )
-            expected = spec.full_shape(self._batching)
             if not shape_matches(array.shape, expected):
                 raise ModelExecutionError(
                     f"{self._owner} returned output '{name}' with shape {list(array.shape)}, "

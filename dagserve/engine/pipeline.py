@@ -296,9 +296,7 @@ class PipelineRunner:
             raise
         total = time.perf_counter_ns() - start
         self._stats.record_success(total_ns=total, queue_ns=0)
-        self._stats.record_execution(
-            batch_size=batch_size, requests=1, input_ns=0, infer_ns=total, output_ns=0
-        )
+        self._stats.record_execution(batch_size=batch_size, requests=1, infer_ns=total)
         return outputs
 
     async def _execute(self, request: InferRequest) -> dict[str, np.ndarray]:

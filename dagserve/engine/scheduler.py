@@ -141,6 +141,9 @@ class DynamicBatcher:
         self._sequence = 0  # batches taken so far
         self._released = 0  # batches whose responses went out, with preserve_ordering
         self._finished: dict[int, list[QueuedRequest]] = {}
+        # The direct path keeps Triton's semantics only when a batch would not wait for more
+        # requests and responses need not keep the order of other instances' batches.
+        self._direct = policy.max_queue_delay == 0 and not policy.preferred_batch_sizes and not preserve_ordering
 
     def statistics(self) -> dict[str, int]:
         return {"queued": len(self._queue)}
@@ -153,6 +156,10 @@ class DynamicBatcher:
             TimeoutError: its queue policy rejects it after its timeout while still queued.
             InvalidInputError: a bad ``priority`` parameter.
         """
+        if self._direct and not len(self._queue):
+            instance = self._pool.try_acquire()
+            if instance is not None:
+                return await self._run_direct(instance, request, batch_size)
         level = self._queue.level_of(request)
         policy = self._queue.policies[level]
         timeout = policy.timeout_for(request)
@@ -182,11 +189,31 @@ class DynamicBatcher:
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)
 
+    async def _run_direct(self, instance: ModelInstance, request: InferRequest, batch_size: int) -> Outputs:
+        """Nothing is queued and an instance is idle: with no queue delay to wait for, the
+        batch would be this request alone, so run it here and skip the batch loop's hand-offs
+        (several event-loop turns)."""
+        self._queue.level_of(request)  # the priority parameter is still checked
+        start = time.perf_counter_ns()
+        try:
+            result = (await self._pool.run(instance, [request], batch_size))[0]
+        except BaseException:
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+            raise
+        finally:
+            self._pool.release(instance)
+        return _settle(result, self._stats, start, 0)
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The batch loop: runs until cancelled, one batch per free instance."""
         async with anyio.create_task_group() as tg:
             task_status.started()
             while True:
+                # Wait for work before taking an instance, so that an idle instance stays
+                # free for submit()'s direct path.
+                while not len(self._queue):
+                    self._arrived = anyio.Event()
+                    await self._arrived.wait()
                 instance = await self._pool.acquire()
                 try:
                     batch = await self._next_batch()

@@ -29,65 +29,91 @@ class Duration:
         return {"count": self.count, "ns": self.ns}
 
 
-_REQUEST_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
-                   "cache_hit", "cache_miss")
-
-
 class ModelStatistics:
-    """Counters for one model version. Not thread-safe: only the event loop records."""
+    """Counters for one model version. Not thread-safe: only the event loop records.
+
+    Recording is on every request's path, so it only adds to plain integers; the Triton JSON
+    shape is built when someone asks (:meth:`snapshot`).
+    """
 
     def __init__(self, name: str, version: str) -> None:
         self.name = name
         self.version = version
-        self.last_inference_ms = 0
         self.inference_count = 0
         self.execution_count = 0
-        self.requests = {f: Duration() for f in _REQUEST_FIELDS}
-        self.batches: dict[int, tuple[Duration, Duration, Duration]] = {}
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_infer = Duration()  # per request: a batch's time counts once per request in it
+        self.cache_hit = Duration()
+        self.cache_miss = Duration()
+        self.batches: dict[int, Duration] = {}  # batch size -> executions and their time
+        self._last_ns = 0  # perf_counter_ns of the last answered request
+        # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
+        self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
 
     def record_success(self, *, total_ns: int, queue_ns: int) -> None:
         """One request answered successfully after ``total_ns`` (``queue_ns`` of it queued)."""
-        self.requests["success"].add(total_ns)
-        self.requests["queue"].add(queue_ns)
-        self.last_inference_ms = int(time.time() * 1000)
+        success = self.success
+        success.count += 1
+        success.ns += total_ns
+        queue = self.queue
+        queue.count += 1
+        queue.ns += queue_ns
+        self._last_ns = time.perf_counter_ns()
 
     def record_cache(self, *, hit: bool, lookup_ns: int) -> None:
         """One response-cache lookup (a hit also counts as a successful request)."""
-        self.requests["cache_hit" if hit else "cache_miss"].add(lookup_ns)
+        (self.cache_hit if hit else self.cache_miss).add(lookup_ns)
         if hit:
-            self.requests["success"].add(lookup_ns)
-            self.last_inference_ms = int(time.time() * 1000)
+            self.success.add(lookup_ns)
+            self._last_ns = time.perf_counter_ns()
 
     def record_failure(self, *, total_ns: int) -> None:
-        self.requests["fail"].add(total_ns)
-        self.last_inference_ms = int(time.time() * 1000)
+        self.fail.add(total_ns)
+        self._last_ns = time.perf_counter_ns()
 
-    def record_execution(self, *, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One backend execution of ``requests`` requests holding ``batch_size`` inferences."""
+    def record_execution(self, *, batch_size: int, requests: int, infer_ns: int) -> None:
+        """One backend execution of ``requests`` requests holding ``batch_size`` inferences,
+        taking ``infer_ns``."""
         self.execution_count += 1
         self.inference_count += batch_size
-        for field, ns in (("compute_input", input_ns), ("compute_infer", infer_ns), ("compute_output", output_ns)):
-            self.requests[field].add(ns * requests, requests)
-        per_size = self.batches.setdefault(batch_size, (Duration(), Duration(), Duration()))
-        for d, ns in zip(per_size, (input_ns, infer_ns, output_ns)):
-            d.add(ns)
+        infer = self.compute_infer
+        infer.count += requests
+        infer.ns += infer_ns * requests
+        per_size = self.batches.get(batch_size)
+        if per_size is None:
+            per_size = self.batches[batch_size] = Duration()
+        per_size.count += 1
+        per_size.ns += infer_ns
 
     def snapshot(self) -> dict[str, Any]:
         """Triton's JSON shape for one entry of ``model_stats``."""
+        executed = self.compute_infer.count
+        nothing = {"count": executed, "ns": 0}  # input/output copies are not timed apart
         return {
             "name": self.name,
             "version": self.version,
-            "last_inference": self.last_inference_ms,
+            "last_inference": (self._last_ns + self._epoch_offset_ns) // 1_000_000 if self._last_ns else 0,
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
-            "inference_stats": {f: d.as_dict() for f, d in self.requests.items()},
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": nothing,
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": nothing,
+                "cache_hit": self.cache_hit.as_dict(),
+                "cache_miss": self.cache_miss.as_dict(),
+            },
             "response_stats": {},
             "batch_stats": [
                 {
                     "batch_size": size,
-                    "compute_input": d[0].as_dict(),
-                    "compute_infer": d[1].as_dict(),
-                    "compute_output": d[2].as_dict(),
+                    "compute_input": {"count": d.count, "ns": 0},
+                    "compute_infer": d.as_dict(),
+                    "compute_output": {"count": d.count, "ns": 0},
                 }
                 for size, d in sorted(self.batches.items())
             ],

@@ -73,6 +73,7 @@ async def serve_asgi(
         http="auto",  # httptools when installed, else h11
         ws="none",
         server_header=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: one middleware less per request
         timeout_graceful_shutdown=shutdown_timeout,
     )
     uv_server = _UvicornServer(config)
