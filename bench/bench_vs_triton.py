@@ -1,0 +1,118 @@
+"""dagserve vs real Triton on the same Triton repository, measured by Triton's perf_analyzer.
+
+Serves ``bench/repos/triton_ensemble`` (a Triton ensemble of three small Python-backend steps)
+first from Triton 2.51, then from dagserve, one server at a time on this machine, and drives
+each with the same C++ ``perf_analyzer`` at concurrency 1 and 16 over HTTP and gRPC. Prints
+throughput and p50 latency for both and the ratios (dagserve / Triton throughput, Triton /
+dagserve latency) measured in this one run.
+
+Needs the Triton reference venv (``../shared/triton-reference/setup.sh VENV``); pass it with
+``--triton-venv`` (default /tmp/triton-venv; it is set up there when missing).
+
+Run: python bench/bench_vs_triton.py [--seconds 3] [--protocols http,grpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = ROOT / "bench" / "repos" / "triton_ensemble"
+REFERENCE = ROOT.parent / "shared" / "triton-reference"
+MODEL, SHAPE = "classify", "RAW:32"
+HTTP, GRPC, METRICS = 8700, 8701, 8702
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{HTTP}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server not ready in time")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def perf(venv: Path, protocol: str, concurrency: int, seconds: float) -> tuple[float, float]:
+    """(throughput infer/s, p50 latency µs) from perf_analyzer."""
+    port = HTTP if protocol == "http" else GRPC
+    out = subprocess.run(
+        [str(venv / "bin" / "perf_analyzer"), "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", protocol,
+         "--shape", SHAPE, "--concurrency-range", str(concurrency), "--measurement-mode", "time_windows",
+         "-p", str(int(seconds * 1000)), "--stability-percentage", "100", "--max-trials", "3"],
+        capture_output=True, text=True, timeout=300,
+    ).stdout
+    rate = re.search(r"Throughput: ([\d.]+) infer/sec", out)
+    p50 = re.search(r"p50 latency: (\d+) usec", out)
+    if not rate or not p50:
+        raise RuntimeError("perf_analyzer gave no result:\n" + out[-2000:])
+    return float(rate.group(1)), float(p50.group(1))
+
+
+def measure(name: str, command: list[str], env: dict[str, str], venv: Path, args: argparse.Namespace) -> dict:
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    try:
+        wait_ready(proc)
+        for protocol in args.protocols.split(","):
+            for c in (1, 16):
+                results[(protocol, c)] = perf(venv, protocol, c, args.seconds)
+                rate, p50 = results[(protocol, c)]
+                print(f"{name:8s} {protocol:4s} c={c:<2d} {rate:8.0f} infer/s  p50 {p50 / 1000:6.3f} ms", flush=True)
+    finally:
+        stop(proc)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="perf_analyzer measurement window")
+    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/triton-venv")))
+    args = parser.parse_args()
+    venv = args.triton_venv
+    if not (venv / "bin" / "perf_analyzer").exists():
+        subprocess.run(["bash", str(REFERENCE / "setup.sh"), str(venv)], check=True)
+
+    triton = measure(
+        "triton",
+        ["bash", str(REFERENCE / "run_triton.sh"), str(venv), str(REPO), str(HTTP), str(GRPC), str(METRICS)],
+        dict(os.environ), venv, args,
+    )
+    dagserve = measure(
+        "dagserve",
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO), "--http-port", str(HTTP),
+         "--grpc-port", str(GRPC), "--metrics-port", str(METRICS), "--log-level", "warning"],
+        dict(os.environ), venv, args,
+    )
+    print("\nratios (dagserve vs Triton, same run, same client):")
+    for key in triton:
+        (t_rate, t_p50), (d_rate, d_p50) = triton[key], dagserve[key]
+        print(f"  {key[0]:4s} c={key[1]:<2d} throughput x{d_rate / t_rate:.2f}   p50 latency x{d_p50 / t_p50:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
