@@ -134,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_max_message_size=args.grpc_max_message_size,
     )
     try:
-        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": True})
+        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": os.environ.get("DAGSERVE_UVLOOP", "1") == "1"})
     except ConfigError as exc:
         print(f"dagserve: {exc}", file=sys.stderr)
         return 2
