@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio
 
 from ._version import __version__
-from .engine import ServerOptions
 from .dsl.graph import FORMATS
+from .engine import ServerOptions
 from .errors import ConfigError, DagserveError
 from .frontends.runner import DEFAULT_GRPC_MAX_MESSAGE_SIZE, DEFAULT_HTTP_MAX_BODY_SIZE, ServeOptions, serve
 
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("repository", type=Path, help="the model repository directory")
     g.add_argument("pipeline", help="the pipeline's model name")
-    g.add_argument("--format", "-f", choices=FORMATS, default="mermaid", help="output format (default mermaid)")
+    g.add_argument(
+        "--format", "-f", choices=FORMATS, default="mermaid", help="output format (default mermaid)"
+    )
     g.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
     return parser
 
@@ -202,7 +204,8 @@ def _graph(repository: Path, name: str, fmt: str, output: Path | None) -> int:
     report = checker.check(name)
     if not report.is_pipeline:
         pipelines = [n for n in checker.names if checker.check(n).is_pipeline]
-        return fail(f"'{name}' is a {report.kind} model, not a pipeline (pipelines: {', '.join(pipelines) or 'none'})")
+        listed = ", ".join(pipelines) or "none"
+        return fail(f"'{name}' is a {report.kind} model, not a pipeline (pipelines: {listed})")
     for finding in report.findings:
         print(finding, file=sys.stderr)
     if report.pipeline is None:
