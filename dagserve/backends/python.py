@@ -86,12 +86,21 @@ def _import(path: Path, module_name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    # Let the model import helper modules that sit beside it in its version directory.
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
+    folder = str(path.parent)
+    # Let the model import helper modules that sit beside it in its version directory, then
+    # forget them by name, so that another model's helper of the same name (utils.py, say) is
+    # its own and not this one. Imports are serialized: sys.path and sys.modules are global.
+    with _IMPORT_LOCK:
+        before = set(sys.modules)
+        sys.path.insert(0, folder)
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(folder)
+            for name in set(sys.modules) - before:
+                origin = getattr(sys.modules[name], "__file__", None) or ""
+                if origin.startswith(folder + "/"):
+                    del sys.modules[name]
     return module
 
 
@@ -111,6 +120,7 @@ def _mode(context: ModelContext, path: Path) -> tuple[ExecuteMode, bool]:
     )
 
 
+_IMPORT_LOCK = threading.Lock()
 _AST_LOCK = threading.Lock()
 """Models load in parallel worker threads, and CPython 3.11/3.12's ``ast.parse`` is not safe
 to call from several threads at once ("AST constructor recursion depth mismatch")."""

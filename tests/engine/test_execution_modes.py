@@ -62,3 +62,23 @@ async def test_explicit_modes_stay(tmp_path: Path, execution: str, on_loop: bool
     async with Server(model_repository=make_repo(tmp_path, execution)) as server:
         await call(server, 20)
         assert (await call(server, 0) == loop_thread) is on_loop
+
+
+async def test_models_with_same_named_helpers_keep_their_own(tmp_path: Path) -> None:
+    """Two models importing a helper module of the same name each get the one beside them."""
+    for name, value in (("first", 1), ("second", 2)):
+        version = tmp_path / name / "1"
+        version.mkdir(parents=True)
+        (version / "helper.py").write_text(f"VALUE = {value}\n")
+        (version / "model.py").write_text(
+            "import numpy as np\nimport helper\n\n"
+            "def infer(inputs):\n    return {'Y': np.array([helper.VALUE], np.int32)}\n"
+        )
+        (tmp_path / name / "config.yaml").write_text(
+            "backend: python\ninputs: [{name: X, datatype: INT32, shape: [1]}]\n"
+            "outputs: [{name: Y, datatype: INT32, shape: [1]}]\n"
+        )
+    async with Server(model_repository=tmp_path) as server:
+        x = InferRequest(inputs={"X": np.zeros(1, np.int32)})
+        assert (await server.infer("first", "", x)).outputs["Y"][0] == 1
+        assert (await server.infer("second", "", x)).outputs["Y"][0] == 2
