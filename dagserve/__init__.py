@@ -56,9 +56,9 @@ __all__ = [
     "TensorRef",
     "TensorSpec",
     "UnsupportedError",
+    "__version__",
     "infer",
     "infer_sync",
     "loop",
     "pipeline",
-    "__version__",
 ]

@@ -47,7 +47,7 @@ class OverloadedError(DagserveError):
     """The request was refused because a queue is full or the server is shutting down."""
 
 
-class TimeoutError(DagserveError):  # noqa: A001 - deliberately the domain's own timeout
+class TimeoutError(DagserveError):
     """The request did not complete within its deadline."""
 
 

@@ -78,8 +78,7 @@ class DataType(enum.Enum):
             ValueError: the name is no datatype.
         """
         key = name.upper()
-        if key.startswith("TYPE_"):
-            key = key[5:]
+        key = key.removeprefix("TYPE_")
         if key == "STRING":
             key = "BYTES"
         try:

@@ -88,7 +88,7 @@ def to_dagserve_error(error: TritonError) -> errors.DagserveError:
 class Tensor:
     """A named tensor over a numpy array (BYTES tensors are object arrays of ``bytes``)."""
 
-    __slots__ = ("_name", "_array", "_datatype")
+    __slots__ = ("_array", "_datatype", "_name")
 
     def __init__(self, name: str, array: Any, datatype: DataType | None = None) -> None:
         if not isinstance(array, np.ndarray) and not is_device_tensor(array):
@@ -457,7 +457,7 @@ class ModelConfig:
     def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
         self._config["model_transaction_policy"] = dict(policy)
 
-    def add_input(self, input: dict[str, Any]) -> None:  # noqa: A002 - Triton's name
+    def add_input(self, input: dict[str, Any]) -> None:
         self._add("input", input)
 
     def add_output(self, output: dict[str, Any]) -> None:

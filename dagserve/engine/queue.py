@@ -57,8 +57,19 @@ class LevelPolicy:
 class QueuedRequest:
     """One request waiting in (or taken from) the queue."""
 
-    __slots__ = ("request", "size", "key", "level", "enqueued", "deadline", "done", "result",
-                 "cancelled", "started", "queue_ns")
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "done",
+        "enqueued",
+        "key",
+        "level",
+        "queue_ns",
+        "request",
+        "result",
+        "size",
+        "started",
+    )
 
     def __init__(self, request: InferRequest, size: int, key: Any, level: int, enqueued: int, deadline: float) -> None:
         self.request = request

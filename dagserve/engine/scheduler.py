@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -250,7 +249,7 @@ class DynamicBatcher:
         results: Sequence[Outputs | BaseException]
         try:
             results = await self._pool.run(instance, [i.request for i in batch], sum(i.size for i in batch))
-        except Exception as exc:  # the execution failed as a whole: every request gets the error
+        except Exception as exc:  # noqa: BLE001 - the execution failed as a whole: each request gets it
             results = [exc] * len(batch)
         finally:
             self._pool.release(instance)

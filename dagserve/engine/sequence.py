@@ -33,7 +33,7 @@ __all__ = ["SequenceBatcher"]
 
 
 class _Sequence:
-    __slots__ = ("lock", "state", "last_used")
+    __slots__ = ("last_used", "lock", "state")
 
     def __init__(self, state: dict[str, np.ndarray], now: float) -> None:
         self.lock = anyio.Lock()

@@ -80,7 +80,7 @@ class ServerOptions:
 class _Model:
     """Everything the server holds for one model name."""
 
-    __slots__ = ("name", "source", "versions", "error")
+    __slots__ = ("error", "name", "source", "versions")
 
     def __init__(self, name: str, source: ModelSource | None) -> None:
         self.name = name
@@ -112,7 +112,7 @@ class Server:
         self.cache = ResponseCache(size) if size > 0 else None
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def __aenter__(self) -> Server:
+    async def __aenter__(self) -> Server:  # noqa: PYI034 - Server is not meant to be subclassed
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -124,7 +124,7 @@ class Server:
         self._started = True
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, *exc_info: object) -> bool | None:
         self._stopping = True
         for entry in self._models.values():
             for version in entry.versions.values():
