@@ -61,7 +61,7 @@ class ModelContext:
     version_dir: Path
     repository: Path
     instance_name: str
-    instance_kind: str = "CPU"
+    instance_kind: str = "CPU"  # CPU, GPU, MODEL, or AUTO: the backend picks a GPU if it can
     device_id: int = 0
     infer: InferCallback | None = None
     run_sync: Callable[..., Any] | None = None

@@ -94,7 +94,7 @@ def load(context: ModelContext) -> FilModel:
     _check_io(config, owner)
     n_features = config.input[0].dims[-1] if config.input[0].dims else -1
     predictor: Predictor | None = None
-    if context.instance_kind == "GPU":
+    if context.instance_kind == "GPU" or (context.instance_kind == "AUTO" and _has_cuml()):
         predictor = _cuml_predictor(context, model_type, path, output_class, threshold, storage_type, owner)
     on_gpu = predictor is not None
     if predictor is None:
@@ -353,3 +353,10 @@ def _closed(rows: Any) -> Any:
 
 def _host(scores: Any) -> np.ndarray:
     return to_host(scores) if not isinstance(scores, np.ndarray) else scores
+
+
+def _has_cuml() -> bool:
+    """Whether RAPIDS cuML is importable (KIND_AUTO then serves FIL on the GPU, as Triton)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cuml") is not None

@@ -223,7 +223,10 @@ def _providers(ort: Any, context: ModelContext, owner: str) -> list[Any]:
     accelerators = ((context.config.optimization or {}).get("execution_accelerators")) or {}
     available = set(ort.get_available_providers())
     providers: list[Any] = []
-    if context.instance_kind == "GPU":
+    gpu = context.instance_kind == "GPU" or (
+        context.instance_kind == "AUTO" and "CUDAExecutionProvider" in available  # KIND_AUTO
+    )
+    if gpu:
         if "CUDAExecutionProvider" not in available:
             raise ConfigError(
                 f"{owner}: instance group kind KIND_GPU needs ONNX Runtime with CUDA "

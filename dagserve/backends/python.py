@@ -171,7 +171,7 @@ class TritonModel:
         if hasattr(self._model, "initialize"):
             args = {
                 "model_config": config_json,
-                "model_instance_kind": context.instance_kind,
+                "model_instance_kind": "CPU" if context.instance_kind == "AUTO" else context.instance_kind,
                 "model_instance_name": context.instance_name,
                 "model_instance_device_id": str(context.device_id),
                 "model_repository": str(context.model_dir),

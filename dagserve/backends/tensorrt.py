@@ -70,8 +70,8 @@ def load(context: ModelContext) -> TensorRTModel:
     owner = f"model '{context.name}' version {context.version}"
     trt = require("tensorrt", extra="tensorrt", owner=owner)
     torch = require("torch", extra="tensorrt", owner=owner, purpose="TensorRT's device buffers")
-    if context.instance_kind != "GPU":
-        raise ConfigError(f"{owner}: TensorRT plans run on a GPU; use instance_group kind KIND_GPU")
+    if context.instance_kind not in ("GPU", "AUTO"):
+        raise ConfigError(f"{owner}: TensorRT plans run on a GPU; use instance_group kind KIND_GPU or KIND_AUTO")
     if not torch.cuda.is_available():
         raise ConfigError(f"{owner}: TensorRT needs a CUDA device, and torch finds none")
     path = context.version_dir / (config.default_model_filename or "model.plan")

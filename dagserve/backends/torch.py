@@ -116,6 +116,8 @@ def _model_file(context: ModelContext, owner: str) -> Path:
 
 
 def _device(torch: Any, context: ModelContext, owner: str) -> Any:
+    if context.instance_kind == "AUTO":  # Triton's KIND_AUTO: the GPU when there is one
+        return torch.device("cuda", context.device_id) if torch.cuda.is_available() else torch.device("cpu")
     if context.instance_kind == "GPU":
         if not torch.cuda.is_available():
             raise ConfigError(

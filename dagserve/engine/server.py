@@ -186,7 +186,8 @@ class Server:
         contexts = []
         for g, group in enumerate(config.instance_group or (None,)):
             count = group.count if group else 1
-            kind = group.kind if group else InstanceKind.KIND_CPU
+            # No group: KIND_AUTO, as Triton (a GPU where the backend can use one, else the CPU).
+            kind = group.kind if group else InstanceKind.KIND_AUTO
             gpus = (group.gpus if group else ()) or (0,)
             for i in range(count):
                 contexts.append(ModelContext(
@@ -197,7 +198,7 @@ class Server:
                     version_dir=source.path / str(number),
                     repository=source.path.parent,
                     instance_name=f"{source.name}_{g}_{i}",
-                    instance_kind=kind.value.removeprefix("KIND_").replace("AUTO", "CPU"),
+                    instance_kind=kind.value.removeprefix("KIND_"),
                     device_id=gpus[i % len(gpus)],
                     infer=self.infer,
                     run_sync=anyio.from_thread.run,

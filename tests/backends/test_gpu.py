@@ -261,3 +261,13 @@ def test_gpu_outputs_over_http_and_grpc(repo: Path, add_model: ModelWriter) -> N
             reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_request)
         y = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(3, 8)
         np.testing.assert_allclose(y, reference(x), rtol=1e-4, atol=1e-5)
+
+
+async def test_kind_auto_uses_the_gpu(repo: Path, add_model: ModelWriter) -> None:
+    """No instance_group (KIND_AUTO, as Triton): a torch model goes to the GPU when there is one."""
+    config = EMBED_CONFIG.split("instance_group")[0] + "\n"
+    add_model("embed", config, {"1/model.py": EMBED})
+    async with Server(model_repository=repo) as server:
+        response = await server.infer("embed", "", InferRequest(inputs={"x": rows(2)}))
+    y: Any = response.outputs["y"]
+    assert is_device_tensor(y) and y.device.type == "cuda"
