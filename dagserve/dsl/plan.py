@@ -6,7 +6,8 @@ step knows which slots feed which of its model's inputs (and how to adapt batch 
 which slots its outputs fill, the outputs to request, and the steps it waits for. A
 :class:`Route` is the part of the plan needed for one set of requested outputs (output
 pruning), with a flag telling the executor when no two steps can ever run at once, so it
-can run them one after the other without spawning tasks.
+can run them one after the other without spawning tasks. A pipeline with decoupled steps runs
+a :class:`StreamRoute` instead: the same route cut where the decoupled steps stream.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .conditions import Condition, Param
 from .spec import FrozenMap, Source, TensorRef, source_refs
 from .validate import Adapt, CheckedPipeline, TensorType, adapt
 
-__all__ = ["Candidate", "Gate", "LoopPlan", "Plan", "Route", "StepPlan", "Wire", "build_plan"]
+__all__ = ["Candidate", "Gate", "LoopPlan", "Plan", "Route", "StepPlan", "StreamRoute", "Wire", "build_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,8 @@ class LoopPlan:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StepPlan:
     """One step, lowered. ``simple`` is set when every input is one required slot read as is:
-    the executor's fast path builds the request from it with no per-wire checks."""
+    the executor's fast path builds the request from it with no per-wire checks. ``decoupled``:
+    the member answers 0..N times (it is called through ``infer_stream``)."""
 
     index: int
     name: str
@@ -88,6 +90,7 @@ class StepPlan:
     member_batching: bool = False
     empty_outputs: tuple[tuple[str, int, np.dtype[Any], tuple[int, ...]], ...] = ()
     loop: LoopPlan | None = None
+    decoupled: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,9 +110,28 @@ class Route:
     outputs: tuple[Wire, ...]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamRoute:
+    """A route of a pipeline with decoupled steps, cut where they stream.
+
+    ``before`` runs once: the steps that depend on no decoupled step. Then each of the
+    ``decoupled`` steps (those of the route, none downstream of another) that is not skipped
+    streams, and for each of its responses ``after`` runs on a copy of the tensors with that
+    response's outputs in place: the route's steps downstream of any decoupled step (those
+    reading another decoupled step's outputs find nothing there). When every decoupled step is
+    skipped, ``after`` runs once. ``outputs`` are read after ``after``, as :attr:`Route.outputs`.
+    """
+
+    before: Route
+    decoupled: tuple[int, ...]
+    after: Route
+    outputs: tuple[Wire, ...]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """A pipeline ready to run: slots, steps (index = position in ``steps``) and outputs."""
+    """A pipeline ready to run: slots, steps (index = position in ``steps``) and outputs.
+    ``decoupled`` are the indices of the steps whose member is decoupled."""
 
     name: str
     slot_count: int
@@ -118,10 +140,31 @@ class Plan:
     outputs: FrozenMap[str, Wire]
     max_inflight_requests: int = 0
     slot_names: tuple[str, ...] = field(default=(), compare=False)
+    decoupled: tuple[int, ...] = ()
 
     def route(self, wanted: Iterable[str] | None) -> Route:
         """The route computing ``wanted`` outputs (None: all). Names must be outputs of the plan."""
         names = tuple(self.outputs) if wanted is None else tuple(wanted)
+        return self._route(self._needed(names), names)
+
+    def stream_route(self, wanted: Iterable[str] | None) -> StreamRoute:
+        """The :class:`StreamRoute` computing ``wanted`` outputs (None: all)."""
+        names = tuple(self.outputs) if wanted is None else tuple(wanted)
+        needed = self._needed(names)
+        decoupled = tuple(i for i in self.decoupled if i in needed)
+        downstream: set[int] = set()
+        for i in sorted(needed):  # topological: a step comes after the steps it depends on
+            if any(d in downstream or d in decoupled for d in self.steps[i].deps):
+                downstream.add(i)
+        return StreamRoute(
+            before=self._route(needed - downstream - set(decoupled), ()),
+            decoupled=decoupled,
+            after=self._route(downstream, ()),
+            outputs=tuple(self.outputs[n] for n in names),
+        )
+
+    def _needed(self, names: tuple[str, ...]) -> set[int]:
+        """The steps that outputs ``names`` need, transitively."""
         producers = {c.slot for n in names for c in self.outputs[n].candidates}
         slot_owner = {slot: s.index for s in self.steps for _, slot in s.outputs}
         needed: set[int] = set()
@@ -131,20 +174,25 @@ class Plan:
             if i not in needed:
                 needed.add(i)
                 stack.extend(self.steps[i].deps)
+        return needed
+
+    def _route(self, needed: set[int], names: tuple[str, ...]) -> Route:
+        """The route running ``needed`` steps; steps they depend on outside it have run."""
         order = tuple(i for i in range(len(self.steps)) if i in needed)
         remaining = [0] * len(self.steps)
         successors: list[list[int]] = [[] for _ in self.steps]
         for i in order:
             for d in self.steps[i].deps:
-                remaining[i] += 1
-                successors[d].append(i)
+                if d in needed:
+                    remaining[i] += 1
+                    successors[d].append(i)
         sequential = all(order[k - 1] in self.steps[order[k]].deps for k in range(1, len(order)))
         return Route(
             steps=order,
             sequential=sequential,
             remaining=tuple(remaining),
             successors=tuple(tuple(s) for s in successors),
-            roots=tuple(i for i in order if not self.steps[i].deps),
+            roots=tuple(i for i in order if not remaining[i]),
             outputs=tuple(self.outputs[n] for n in names),
         )
 
@@ -253,6 +301,7 @@ def build_plan(checked: CheckedPipeline) -> Plan:
                     for name, s in filled
                 ),
                 loop=loop,
+                decoupled=step.name in checked.decoupled,
             )
         )
     outputs = FrozenMap(
@@ -266,6 +315,7 @@ def build_plan(checked: CheckedPipeline) -> Plan:
         outputs=outputs,
         max_inflight_requests=spec.max_inflight_requests,
         slot_names=tuple(slot_names),
+        decoupled=tuple(index[name] for name in checked.decoupled),
     )
 
 

@@ -11,7 +11,10 @@ the step and the tensor:
 * datatype mismatches and incompatible shapes between producer and consumer (``-1`` matches
   any size; batching and non-batching tensors connect as on Triton, see :func:`adapt`);
 * tensors nobody produces, cycles, ``max_batch_size`` larger than a member allows;
-* outputs that may be missing (their producer runs conditionally) but are not ``optional``.
+* outputs that may be missing (their producer runs conditionally) but are not ``optional``;
+* decoupled members (0..N responses per request) where the executor cannot stream them: a
+  decoupled step downstream of another, a decoupled step that maps or loops, a step that needs
+  the responses of two decoupled steps at once.
 
 Unused pipeline inputs and steps that feed no output are logged as warnings.
 """
@@ -99,7 +102,9 @@ class CheckedPipeline:
 
     ``spec.outputs`` all have a datatype and shape (inferred where not declared); ``order`` is
     a topological order of the steps; ``may_skip`` the steps that may not run for a request;
-    ``may_be_missing`` the outputs a response may lack.
+    ``may_be_missing`` the outputs a response may lack. ``decoupled`` names the steps whose
+    member is decoupled, in ``order``: each of their responses flows through the steps
+    downstream of them, so the pipeline is decoupled too.
     """
 
     spec: PipelineSpec
@@ -108,6 +113,7 @@ class CheckedPipeline:
     order: tuple[str, ...]
     may_skip: frozenset[str]
     may_be_missing: frozenset[str]
+    decoupled: tuple[str, ...] = ()
 
 
 def check_pipeline(spec: PipelineSpec, lookup: MemberLookup) -> CheckedPipeline:
@@ -154,6 +160,11 @@ class _Checker:
         order = self.order(graph)
         outputs = tuple(self.check_output(o) for o in self.spec.outputs)
         may_skip, missing = self.absence(order, outputs)
+        decoupled = tuple(
+            n for n in order if n in self.members and self.members[n].model_transaction_policy.decoupled
+        )
+        if decoupled:
+            missing |= self.check_decoupled(graph, order, decoupled, outputs)
         if self.problems:
             raise ConfigError("; ".join(self.problems))
         self.warn_unused(graph)
@@ -164,6 +175,7 @@ class _Checker:
             order=order,
             may_skip=may_skip,
             may_be_missing=missing,
+            decoupled=decoupled,
         )
 
     # -- structure ---------------------------------------------------------------------------
@@ -459,6 +471,87 @@ class _Checker:
             if conditional and not output.optional:
                 self.problem(f"output '{output.name}' may be missing ({why}); declare it optional")
         return frozenset(skip), frozenset(missing)
+
+    # -- decoupled members --------------------------------------------------------------------
+    def check_decoupled(
+        self,
+        graph: nx.DiGraph,
+        order: tuple[str, ...],
+        decoupled: tuple[str, ...],
+        outputs: tuple[OutputSpec, ...],
+    ) -> frozenset[str]:
+        """Report decoupled steps the executor cannot stream; return the outputs a response
+        may lack because it comes from another decoupled step than theirs.
+
+        Each response of a decoupled step runs the steps downstream of it once, so a second
+        decoupled step further down would turn every response into a stream of its own (Triton
+        refuses that too), and a map or loop would have to gather streams. With several decoupled
+        steps (side by side, or the cases of a switch), a response carries the outputs of one
+        of them: a step needing two of them never runs, an output needing one may be missing.
+        """
+        import networkx as nx
+
+        reported = len(self.problems)
+        for name in decoupled:
+            step = self.steps[name]
+            if step.map_over or step.loop is not None:
+                how = "map over" if step.map_over else "loop"
+                self.problem(
+                    f"model '{step.model}' is decoupled (0..N responses per request): a step cannot {how} it",
+                    step,
+                )
+            below = nx.descendants(graph, name)
+            for other in decoupled:
+                if other in below:
+                    self.problem(
+                        f"decoupled step '{other}' (model '{self.steps[other].model}') is downstream of decoupled "
+                        f"step '{name}' (model '{step.model}'): a path through a pipeline may hold at most one "
+                        "decoupled step",
+                        self.steps[other],
+                    )
+        if len(decoupled) < 2 or len(self.problems) > reported:
+            return frozenset()  # one stream, or the problems above already say what to fix
+        # needs[s]: the decoupled steps whose response step s cannot run without (a list of
+        # alternatives needs only what all of them need).
+        needs: dict[str, frozenset[str]] = {}
+        none: frozenset[str] = frozenset()
+
+        def needed(source: Source | TensorRef) -> frozenset[str]:
+            found = [needs.get(r.step, none) if r.step is not None else none for r in source_refs(source)]
+            return frozenset.intersection(*found)
+
+        def names(steps: frozenset[str]) -> str:
+            return " and ".join(f"'{s}'" for s in sorted(steps))
+
+        for name in order:
+            step = self.steps[name]
+            member = self.members.get(name)
+            optional = {t.name for t in member.input if t.optional} if member else set()
+            got = frozenset({name}) if name in decoupled else none
+            for key, source in step.inputs.items():
+                if key not in optional:
+                    got |= needed(source)
+            if step.when is not None and isinstance(step.when.subject, TensorRef):
+                got |= needed(step.when.subject)
+            needs[name] = got
+            if len(got) > 1:
+                self.problem(
+                    f"needs the responses of decoupled steps {names(got)} together, but each response carries "
+                    "the outputs of one decoupled step",
+                    step,
+                )
+        missing = set()
+        for output in outputs:
+            got = needed(output.source)
+            if not got:
+                continue
+            missing.add(output.name)
+            if len(got) == 1 and not output.optional:  # (more: its producer is reported above)
+                self.problem(
+                    f"output '{output.name}' comes only with the responses of decoupled step {names(got)}, "
+                    "not with those of the others: declare it optional"
+                )
+        return frozenset(missing)
 
     def warn_unused(self, graph: nx.DiGraph) -> None:
         import networkx as nx
