@@ -21,6 +21,8 @@ at load time, against the configs of its loaded members, and lowered to a
 
 from __future__ import annotations
 
+import builtins
+
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -42,6 +44,7 @@ from ..errors import (
     InvalidInputError,
     ModelExecutionError,
     ModelNotReadyError,
+    TimeoutError,
     UnsupportedError,
 )
 from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
@@ -267,6 +270,21 @@ InferStreamCall = Callable[[str, str, InferRequest, Emit], Awaitable[None]]
 """``Server.infer_stream``: how a step calls a decoupled member."""
 
 
+def request_timeout(request: InferRequest) -> float | None:
+    """The request's whole-pipeline deadline in seconds, from its ``timeout`` parameter (µs,
+    Triton's name), or ``None``. Every step sees the same parameter too, for its own queue.
+
+    Raises:
+        InvalidInputError: a timeout that is not a positive integer.
+    """
+    value = request.parameters.get("timeout")
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"parameter 'timeout' must be a whole number of microseconds, not {value!r}")
+    return value / 1e6
+
+
 class PipelineRunner:
     """Runs a :class:`Plan` for each request (the :class:`~dagserve.engine.model.Runner` of a
     pipeline version). ``config`` is the complete config the version serves."""
@@ -308,8 +326,19 @@ class PipelineRunner:
                 every step in flight.
         """
         start = time.perf_counter_ns()
+        timeout = request_timeout(request)
         try:
-            outputs = await self._execute(request)
+            if timeout is None:
+                outputs = await self._execute(request)
+            else:
+                with anyio.fail_after(timeout):
+                    outputs = await self._execute(request)
+        except builtins.TimeoutError:
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+            raise TimeoutError(
+                f"pipeline '{self.plan.name}' did not finish within its request timeout "
+                f"({request.parameters['timeout']} µs); its steps were cancelled"
+            ) from None
         except BaseException:
             self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
             raise

@@ -264,3 +264,29 @@ async def test_max_inflight_requests_bounds_each_step() -> None:
         assert time.perf_counter() - start >= 0.55
         nap = server.statistics("one_at_a_time")["model_stats"][0]["steps"][0]
     assert nap["queue"]["ns"] >= 0.25e9
+
+
+async def test_request_timeout_bounds_the_whole_pipeline(tmp_path: Path) -> None:
+    """The `timeout` parameter (µs) is a deadline for the whole pipeline: its steps are cancelled."""
+    from dagserve.errors import TimeoutError as DeadlineError
+
+    (tmp_path / "nap" / "1").mkdir(parents=True)
+    (tmp_path / "nap" / "1" / "model.py").write_text(
+        "import anyio\n\nasync def infer(inputs):\n    await anyio.sleep(float(inputs['S'][0]))\n    return {'S': inputs['S']}\n"
+    )
+    (tmp_path / "nap" / "config.yaml").write_text(
+        "backend: python\ninputs: [{name: S, datatype: FP32, shape: [1]}]\noutputs: [{name: S, datatype: FP32, shape: [1]}]\n"
+    )
+    (tmp_path / "naps").mkdir()
+    (tmp_path / "naps" / "config.yaml").write_text(
+        "backend: pipeline\ninputs: [{name: S, datatype: FP32, shape: [1]}]\n"
+        "outputs: [{name: S, datatype: FP32, shape: [1]}]\n"
+        "pipeline:\n  steps:\n    - {name: one, model: nap, inputs: {S: S}}\n"
+        "    - {name: two, model: nap, inputs: {S: one.S}}\n  outputs: {S: two.S}\n"
+    )
+    async with Server(model_repository=tmp_path) as server:
+        fast = InferRequest(inputs={"S": np.array([0.01], np.float32)}, parameters={"timeout": 1_000_000})
+        assert (await server.infer("naps", "", fast)).outputs["S"][0] == np.float32(0.01)
+        slow = InferRequest(inputs={"S": np.array([0.2], np.float32)}, parameters={"timeout": 50_000})
+        with anyio.fail_after(1), pytest.raises(DeadlineError, match="request timeout"):
+            await server.infer("naps", "", slow)
