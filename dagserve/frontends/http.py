@@ -4,21 +4,20 @@ Thin by design: each route decodes, calls one :class:`dagserve.engine.Server` me
 encodes. Tensor (de)serialization lives in :mod:`dagserve.frontends.http_codec`; the error to
 status mapping in :mod:`dagserve.frontends.status`.
 
-The ``/infer`` routes are plain ASGI callables rather than ``Request``/``Response`` handlers:
-the body is read incrementally against the size limit, tensors are numpy views on it, and the
-response is sent as one ``bytes`` body with no framework objects in between. Everything else
-is ordinary starlette.
+``/infer`` is one transport-free :class:`~.http_infer.InferCore` (decode, ``Server.infer``,
+encode, every error to a status): dagserve's own HTTP/1.1 server (:mod:`.http_server`) calls
+it directly; the ASGI app here wraps it in a plain ASGI callable, no ``Request``/``Response``
+objects in between. Everything else is ordinary starlette, which the HTTP/1.1 server reaches
+through an ASGI bridge.
 """
 
 from __future__ import annotations
 
-import gzip
+import asyncio
 import json
-import zlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import asyncio
 
 import anyio
 from anyio.abc import TaskStatus
@@ -30,16 +29,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import InvalidInputError
-from .http_codec import (
-    BodyTooLargeError,
-    decode_infer_request,
-    decode_raw_request,
-    decompress_body,
-    encode_infer_response,
-)
-from ..types import InferRequest, InferResponse
+from ..types import InferResponse
 from .asgi import serve_asgi
 from .generate import SSEResponse, generate_request, generate_response
+from .http_codec import BodyTooLargeError, decompress_body
+from .http_infer import InferCore, InferReply
 from .status import status_for
 
 if TYPE_CHECKING:
@@ -47,13 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app", "serve_http"]
 
+log = logging.getLogger("dagserve.frontends")
 
-_INFER_HEADER = b"inference-header-content-length"
-_JSON = b"application/json"
-_OCTETS = b"application/octet-stream"
-# Below this size compressing a response costs more than it saves (starlette's GZip default).
-_MIN_COMPRESS = 500
-_EMPTY = memoryview(b"")
+
 
 
 class _ClientDisconnected(Exception):
@@ -91,169 +81,93 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
     return b"".join(chunks)
 
 
-def _accepted_encoding(value: bytes) -> bytes | None:
-    """``b"gzip"`` or ``b"deflate"`` when ``Accept-Encoding`` allows one, else ``None``."""
-    found: list[bytes] = []
-    for item in value.lower().split(b","):
-        token, _, params = item.strip().partition(b";")
-        if params.replace(b" ", b"") in (b"q=0", b"q=0.0", b"q=0.00", b"q=0.000"):
-            continue
-        found.append(token.strip())
-    for choice in (b"gzip", b"deflate"):
-        if choice in found:
-            return choice
-    return None
-
-
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(send: Send, status: int, message: str, *, close: bool = False) -> None:
-    headers = [(b"content-type", _JSON)]
-    if close:
-        headers.append((b"connection", b"close"))
-    await _send(send, status, json.dumps({"error": message}).encode(), headers)
-
-
 _WATCH_AFTER = 0.002
-"""Seconds a request runs before the endpoint starts watching for the client's disconnect."""
+"""Seconds a request runs before the ASGI endpoint starts watching for the client's
+disconnect."""
 
 
 class _InferEndpoint:
-    """ASGI app for ``POST /v2/models/{model}[/versions/{version}]/infer``."""
+    """ASGI app for the infer routes: reads the body through ``receive``, serves it with
+    :class:`InferCore`, sends the reply as one ``bytes`` body.
 
-    __slots__ = ("_limit", "_server")
+    The ASGI server behind it (uvicorn, when httptools is missing, or starlette's test
+    client) tells of a disconnect only through ``receive``, so a request still running after
+    :data:`_WATCH_AFTER` gets a watcher that cancels it when the client goes away.
+    """
 
-    def __init__(self, server: Server, max_body_size: int) -> None:
-        self._server = server
-        self._limit = max_body_size
+    __slots__ = ("_core",)
+
+    def __init__(self, core: InferCore) -> None:
+        self._core = core
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path_params = scope["path_params"]
-        model = path_params["model"]
-        version = path_params.get("version", "")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         content_length: bytes | None = None
-        content_encoding: bytes | None = None
-        header_length: bytes | None = None
-        accept_encoding: bytes | None = None
-        for key, value in scope["headers"]:
+        for key, value in headers:
             if key == b"content-length":
                 content_length = value
-            elif key == _INFER_HEADER:
-                header_length = value
-            elif key == b"content-encoding":
-                content_encoding = value
-            elif key == b"accept-encoding":
-                accept_encoding = value
-
-        declared: int | None = None
-        if content_length is not None:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                status = status_for(InvalidInputError("Content-Length is not an integer"))
-                await _send_error(send, status.http, status.message, close=True)
-                return
-        request_id = ""
+                break
+        core = self._core
         try:
-            body = await _read_body(receive, self._limit, declared)
-            if content_encoding is not None:
-                body = decompress_body(body, content_encoding.decode("latin-1"), self._limit)
-            if header_length is None:
-                request = decode_infer_request(body, _EMPTY)
-            else:
-                json_size = _parse_header_length(header_length, len(body))
-                view = memoryview(body)
-                if json_size == 0:
-                    request = decode_raw_request(view, self._server.model_metadata(model, version))
-                else:
-                    # json.loads wants bytes: the header is copied, the tensor bytes are not.
-                    request = decode_infer_request(body[:json_size], view[json_size:])
-            request_id = request.id
-            response = await self._infer_until_disconnect(receive, model, version, request)
-            if response is None:
-                return  # the client went away; its request was cancelled
-            out, json_size_out = encode_infer_response(response, request)
+            declared = core.declared_size(content_length)
+            body = await _read_body(receive, core.limit, declared)
         except _ClientDisconnected:
             return
+        except InvalidInputError as exc:  # a malformed Content-Length: the body's end is unknown
+            await _send_reply(send, core.error(exc, close=True))
+            return
         except BodyTooLargeError as exc:
-            # Closing the connection is what stops the client sending the rest of the body.
-            await _send_error(send, 413, str(exc), close=True)
+            await _send_reply(send, core.error(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes a status
-            status = status_for(exc, request_id=request_id)
-            await _send_error(send, status.http, status.message)
-            return
-
-        headers = [(b"content-type", _JSON if json_size_out is None else _OCTETS)]
-        if json_size_out is not None:
-            headers.append((_INFER_HEADER, str(json_size_out).encode()))
-        if accept_encoding is not None and len(out) >= _MIN_COMPRESS:
-            encoding = _accepted_encoding(accept_encoding)
-            if encoding == b"gzip":
-                out = gzip.compress(out, compresslevel=6)
-                headers.append((b"content-encoding", encoding))
-            elif encoding == b"deflate":
-                out = zlib.compress(out, 6)
-                headers.append((b"content-encoding", encoding))
-        await _send(send, 200, out, headers)
-
-
-    async def _infer_until_disconnect(
-        self, receive: Receive, model: str, version: str, request: InferRequest
-    ) -> InferResponse | None:
-        """Run the request, cancelling it (out of its queue, or its pipeline) if the client
-        disconnects first; ``None`` then.
-
-        Watching costs a task per request, so it starts only once the request has run for
-        :data:`_WATCH_AFTER` seconds: quick requests, the bulk, pay only for a timer. Plain
-        asyncio on purpose: a native ``Task.cancel`` costs a fraction of an anyio cancel scope.
-        """
-        loop = asyncio.get_running_loop()
-        current = asyncio.current_task()
-        assert current is not None
-        gone = False
-        watcher: asyncio.Task[None] | None = None
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            current.cancel()
-
-        def arm() -> None:
-            nonlocal watcher
-            watcher = loop.create_task(watch())
-
-        timer = loop.call_later(_WATCH_AFTER, arm)
-        try:
-            return await self._server.infer(model, version, request)
-        except asyncio.CancelledError:
-            if gone and current.uncancel() == 0:
-                return None
-            raise
-        finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
-
-
-def _parse_header_length(value: bytes, body_size: int) -> int:
-    try:
-        size = int(value)
-    except ValueError:
-        raise InvalidInputError(
-            f"Inference-Header-Content-Length {value.decode('latin-1')!r} is not an integer"
-        ) from None
-    if size < 0 or size > body_size:
-        raise InvalidInputError(
-            f"Inference-Header-Content-Length {size} does not fit a request body of {body_size} bytes"
+        reply = await _until_disconnect(
+            receive, core.reply(path_params["model"], path_params.get("version", ""), headers, body)
         )
-    return size
+        if reply is not None:
+            await _send_reply(send, reply)
+
+
+async def _send_reply(send: Send, reply: InferReply) -> None:
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _until_disconnect(receive: Receive, work: Awaitable[InferReply]) -> InferReply | None:
+    """Await ``work``, cancelling it if the client disconnects first; ``None`` then.
+
+    Watching costs a task per request, so it starts only once the request has run for
+    :data:`_WATCH_AFTER` seconds: quick requests, the bulk, pay only for a timer. Plain
+    asyncio on purpose: a native ``Task.cancel`` costs a fraction of an anyio cancel scope.
+    """
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        current.cancel()
+
+    def arm() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(_WATCH_AFTER, arm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            return None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 # ------------------------------------------------------------------------- other routes
@@ -322,8 +236,8 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     return doc
 
 
-def _routes(server: Server, max_body_size: int) -> list[Route]:
-    infer = _InferEndpoint(server, max_body_size)
+def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
+    infer = _InferEndpoint(core)
 
     async def health_live(request: Request) -> Response:
         """200 when the server is live, else 400 (as Triton); empty body either way."""
@@ -461,16 +375,22 @@ class _App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                parts = path[11:-6].split("/")
-                if len(parts) == 1 and parts[0]:
-                    scope["path_params"] = {"model": parts[0]}
-                    return await self._infer(scope, receive, send)
-                if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-                    scope["path_params"] = {"model": parts[0], "version": parts[2]}
-                    return await self._infer(scope, receive, send)
+            target = InferCore.target(scope["path"])
+            if target is not None:
+                scope["path_params"] = {"model": target[0], "version": target[1]}
+                return await self._infer(scope, receive, send)
         await self._starlette(scope, receive, send)
+
+
+def _build(server: Server, max_body_size: int) -> tuple[InferCore, Starlette]:
+    if max_body_size <= 0:
+        raise ValueError(f"max_body_size must be positive, got {max_body_size}")
+    core = InferCore(server, max_body_size)
+    starlette = Starlette(
+        routes=_routes(core, server, max_body_size),
+        exception_handlers={HTTPException: _http_exception},
+    )
+    return core, starlette
 
 
 def create_app(server: Server, *, max_body_size: int) -> ASGIApp:
@@ -479,13 +399,8 @@ def create_app(server: Server, *, max_body_size: int) -> ASGIApp:
     ``max_body_size`` bounds every request body in bytes, both as sent and once
     decompressed; a larger one is answered 413 and its connection closed.
     """
-    if max_body_size <= 0:
-        raise ValueError(f"max_body_size must be positive, got {max_body_size}")
-    starlette = Starlette(
-        routes=_routes(server, max_body_size),
-        exception_handlers={HTTPException: _http_exception},
-    )
-    return _App(_InferEndpoint(server, max_body_size), starlette)
+    core, starlette = _build(server, max_body_size)
+    return _App(_InferEndpoint(core), starlette)
 
 
 # --------------------------------------------------------------------------------- serve
@@ -497,24 +412,36 @@ async def serve_http(
     host: str,
     port: int,
     max_body_size: int,
-    shutdown_timeout: int = 30,
+    shutdown_timeout: float = 30,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
 
-    Runs uvicorn inside the current event loop on a socket bound first, so ``port=0`` works:
-    ``task_status.started(port)`` reports the port actually bound (connections queue from
-    then on). uvicorn installs no signal handlers (the CLI owns signals) and leaves logging
-    configuration alone. On cancellation it stops accepting, lets in-flight requests finish
-    (for at most ``shutdown_timeout`` seconds), then the cancellation propagates.
+    Runs dagserve's own HTTP/1.1 server (:mod:`.http_server`) inside the current event loop
+    on a socket bound first, so ``port=0`` works: ``task_status.started(port)`` reports the
+    port actually bound (connections queue from then on). ``/infer`` is served directly,
+    every other route by the starlette app. Without ``httptools`` it falls back to uvicorn
+    serving :func:`create_app`. No signal handlers are installed (the CLI owns signals) and
+    logging configuration is left alone. On cancellation it stops accepting, lets in-flight
+    requests finish (for at most ``shutdown_timeout`` seconds), then the cancellation
+    propagates.
 
     Raises:
         OSError: the address cannot be bound.
     """
-    await serve_asgi(
-        create_app(server, max_body_size=max_body_size),
-        host=host,
-        port=port,
-        shutdown_timeout=shutdown_timeout,
-        task_status=task_status,
+    try:
+        from .http_server import serve_http11
+    except ImportError as exc:  # httptools is part of uvicorn[standard], but may be absent
+        log.warning("HTTP frontend: %s; serving through uvicorn instead", exc)
+        await serve_asgi(
+            create_app(server, max_body_size=max_body_size),
+            host=host,
+            port=port,
+            shutdown_timeout=int(shutdown_timeout),
+            task_status=task_status,
+        )
+        return
+    core, starlette = _build(server, max_body_size)
+    await serve_http11(
+        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, task_status=task_status
     )

@@ -1,0 +1,582 @@
+"""dagserve's own HTTP/1.1 server: ``/infer`` answered directly, every other route through ASGI.
+
+uvicorn costs a task, an event, a scope dict, an ASGI message round trip and two socket
+writes per request (docs/architecture.md, "Decisions", has the numbers). This server parses
+with httptools, the parser uvicorn itself uses, and keeps the hot path flat:
+
+* one :class:`_Connection` (an asyncio protocol) per TCP connection, and one task per
+  connection, started with its first request, that answers its requests in order. Parser callbacks
+  turn each message into a :class:`~.asgi_bridge.Request` on the connection's queue; pipelined requests
+  wait their turn, and reading pauses while one waits behind the request in flight;
+* ``POST /v2/models/{m}[/versions/{v}]/infer`` is read whole (bounded by the limit) and
+  answered by an :class:`InferResponder` (:class:`~.http_infer.InferCore`); the reply goes out in one
+  ``transport.write``, head and body together;
+* anything else runs the ASGI app with ``receive``/``send`` bridged onto the connection
+  (:class:`~dagserve.frontends.asgi_bridge.Exchange`).
+
+A client that disconnects while its infer request runs cancels it (out of its queue, or its
+pipeline); the connection learns of it from ``connection_lost`` at once, so no watcher task
+is needed. ASGI requests are not cancelled: they see ``http.disconnect`` from ``receive``
+and their ``send`` becomes a no-op, as under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Protocol, cast
+from urllib.parse import unquote
+
+import anyio
+import httptools
+from anyio.abc import TaskGroup, TaskStatus
+
+from .asgi import bind
+from .asgi_bridge import CONTINUE, HIGH_WATER, Exchange, Request, simple_response, status_line
+from .http_codec import BodyTooLargeError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from .http_infer import InferReply
+
+__all__ = ["InferResponder", "serve_http11"]
+
+log = logging.getLogger("dagserve.frontends")
+
+KEEP_ALIVE_TIMEOUT = 60.0
+"""Seconds an idle keep-alive connection stays open (checked every quarter of that)."""
+
+_LARGE = 1 << 20
+"""Bodies from this size go out with ``writelines``: one call, no copy to join them."""
+
+
+class InferResponder(Protocol):
+    """What the server asks of the ``/infer`` implementation (:class:`~.http_infer.InferCore`)."""
+
+    limit: int
+
+    def target(self, path: str) -> tuple[str, str] | None:
+        """``(model, version)`` for an infer path, else ``None``."""
+
+    def declared_size(self, content_length: bytes | None) -> int | None:
+        """The declared body size; raises ``BodyTooLargeError`` over the limit."""
+
+    def error(self, exc: Exception) -> InferReply:
+        """The error reply for ``exc``."""
+
+    async def reply(
+        self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> InferReply:
+        """Serve one request whose body has been read; never raises but on cancellation."""
+
+
+class _State:
+    """What the connections of one server share: the handlers, the task group their tasks
+    live in, and the set of open connections (for idle sweeps and graceful shutdown)."""
+
+    __slots__ = ("_emptied", "_tg", "aborting", "app", "connections", "infer", "stopping")
+
+    def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup) -> None:
+        self.app = app
+        self.infer = infer
+        self.connections: set[_Connection] = set()
+        self.stopping = False
+        self.aborting = False
+        self._tg = tg
+        self._emptied: anyio.Event | None = None
+
+    def protocol(self) -> _Connection:
+        """The protocol factory for ``loop.create_server``."""
+        return _Connection(self)
+
+    def spawn(self, connection: _Connection) -> None:
+        """Start the connection's task, in the server's task group."""
+        self._tg.start_soon(connection.run)
+
+    def closed(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        if self._emptied is not None and not self.connections:
+            self._emptied.set()
+
+    async def sweep_idle(self, timeout: float) -> None:
+        """Close keep-alive connections idle for ``timeout`` seconds, until cancelled.
+
+        One periodic sweep rather than a timer per request: arming and cancelling a timer
+        on every response would cost more than the whole check.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await anyio.sleep(timeout / 4)
+            deadline = loop.time() - timeout
+            for connection in list(self.connections):
+                connection.close_if_idle(deadline)
+
+    async def drain(self) -> None:
+        """Close idle connections, let busy ones finish their request, wait until all are
+        gone."""
+        self.stopping = True
+        for connection in list(self.connections):
+            connection.shutdown()
+        while self.connections:
+            self._emptied = anyio.Event()
+            await self._emptied.wait()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: parser callbacks feed the queue, :meth:`run` answers it.
+
+    The task waits on futures from :meth:`_wait`; every event it may be waiting for (a
+    request, body bytes, drained writes, the connection's end) calls :meth:`_wake`, and each
+    wait re-checks its own condition, so one mechanism serves all of them.
+    """
+
+    __slots__ = (
+        "_broken", "_idle_since", "_in_infer", "_loop", "_parser", "_parsing", "_queue",
+        "_read_paused", "_running", "_scope", "_state", "_stopping", "_transport", "_url", "_waiters",
+        "closed", "write_paused",
+    )
+
+    def __init__(self, state: _State) -> None:
+        self._state = state
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        try:
+            # Answer a "Connection: close" request even when the client sent more after it.
+            self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        except AttributeError:  # httptools < 0.6.3
+            pass
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._queue: deque[Request] = deque()
+        self._parsing: Request | None = None  # the message being parsed (the newest)
+        self._url = b""
+        self._waiters: list[asyncio.Future[None]] = []
+        self.closed = False  # the connection is gone
+        self._stopping = False  # close after the response in progress
+        self._broken = False  # unparseable input or an upgrade: read no further
+        self._read_paused = False
+        self.write_paused = False
+        self._scope: anyio.CancelScope | None = None
+        self._in_infer = False
+        self._running = False  # the task has been started
+        self._idle_since = self._loop.time()
+
+    # ----------------------------------------------------------------- asyncio protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, hence the cast).
+        self._transport = transport = cast(asyncio.Transport, transport)
+        if self._state.stopping:
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:  # asyncio and uvloop set it already for IPPROTO_TCP sockets; make sure
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._state.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The request is answered as plain HTTP/1.1; what follows it is another
+            # protocol's, so the connection ends after the answer.
+            if self._queue:
+                self._queue[-1].keep_alive = False
+            self._stop_reading()
+        except httptools.HttpParserError as exc:
+            self._malformed(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close: a half-closed client is treated as gone, as uvicorn does
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._in_infer and self._scope is not None:
+            self._scope.cancel()  # the client left: take its request off the queue
+        self._wake()
+        if not self._running:
+            self._state.closed(self)  # no task to do it
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake()
+
+    # ----------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._parsing = Request()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        name = name.lower()
+        request.headers.append((name, value))
+        if name == b"content-length":
+            request.content_length = value
+        elif name == b"expect" and value.lower() == b"100-continue":
+            request.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        parser = self._parser
+        request.method = parser.get_method()
+        request.http_version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        url = self._url
+        try:
+            if url[:1] == b"/" and b"?" not in url and b"#" not in url:
+                raw_path, query = url, b""
+            else:
+                parsed = httptools.parse_url(url)
+                raw_path, query = parsed.path or b"/", parsed.query or b""
+            path = raw_path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            request.bad = True
+        else:
+            if "%" in path:
+                path = unquote(path)
+            request.path, request.raw_path, request.query = path, raw_path, query
+            if request.method == b"POST":
+                request.target = self._state.infer.target(path)
+        queue = self._queue
+        self._enqueue(request)
+        if len(queue) > 1:
+            self._pause_reading()  # pipelined: it waits, and so does the rest of the input
+        elif request.target is None or request.expect_continue or request.bad or self._too_large(request):
+            self._wake()
+        # else an infer request: its task has nothing to do before the body is complete
+        # (clients such as libcurl send the body in a second packet), so it is woken once,
+        # by on_message_complete or on_body passing the limit.
+
+    def _too_large(self, request: Request) -> bool:
+        """Whether ``Content-Length`` declares more than the infer limit (answered at once)."""
+        try:
+            return request.content_length is not None and int(request.content_length) > self._state.infer.limit
+        except ValueError:
+            return True  # the task answers it
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        if request.done or request.too_large:
+            return  # answered without its body, or past the limit: discard
+        request.size += len(body)
+        if request.target is not None:
+            if request.size > self._state.infer.limit:
+                request.too_large = True
+                request.chunks.clear()
+                self._wake()
+                return
+        elif request.size - request.taken > HIGH_WATER:
+            self._pause_reading()  # the ASGI app is not keeping up: buffer no more
+        request.chunks.append(body)
+        if self._waiters:
+            self._wake()
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        request.complete = True
+        if self._waiters:
+            self._wake()
+
+    # ------------------------------------------------------------------------ the task
+
+    async def run(self) -> None:
+        """Answer the connection's requests in order until it closes.
+
+        Never raises: a failure is logged and closes this connection only, since the task
+        group it lives in is the whole server's.
+        """
+        try:
+            with anyio.CancelScope() as self._scope:
+                await self._serve()
+        except Exception:
+            log.exception("HTTP connection failed")
+        finally:
+            transport = self._transport
+            if self._state.aborting:
+                transport.abort()
+            elif not transport.is_closing():
+                transport.close()
+            self._state.closed(self)
+
+    async def _serve(self) -> None:
+        queue = self._queue
+        while not self.closed:
+            if not queue:
+                if self._stopping:
+                    return
+                self._idle_since = self._loop.time()
+                await self._wait()
+                continue
+            request = queue[0]
+            if request.bad:
+                self._write_error(400, "malformed HTTP request")
+                return
+            if request.target is not None:
+                await self._serve_infer(request, request.target)
+            else:
+                await self._serve_asgi(request)
+            request.done = True
+            queue.popleft()
+            if self._stopping or not request.keep_alive or request.bad:
+                return
+            while self.write_paused and not self.closed:
+                await self._wait()  # backpressure: no next answer before this one drains
+            self._maybe_resume_reading()
+
+    async def _serve_infer(self, request: Request, target: tuple[str, str]) -> None:
+        infer = self._state.infer
+        try:
+            infer.declared_size(request.content_length)
+        except Exception as exc:  # noqa: BLE001 - over the limit: refused before the body is sent
+            self._stopping = True  # the body is never read, so the connection ends here
+            self._write_reply(request, infer.error(exc))
+            return
+        if not (request.complete or request.too_large):
+            if request.expect_continue:
+                self._transport.write(CONTINUE)
+            while not (request.complete or request.too_large or request.bad or self.closed):
+                await self._wait()
+        if self.closed:
+            return
+        if request.bad:
+            self._write_error(400, "malformed HTTP request body")
+            return
+        if request.too_large:
+            self._write_reply(request, infer.error(BodyTooLargeError(infer.limit)))
+            return
+        chunks = request.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._in_infer = True
+        try:
+            reply = await infer.reply(target[0], target[1], request.headers, body)
+        finally:
+            self._in_infer = False
+        self._write_reply(request, reply)
+
+    def _write_reply(self, request: Request, reply: InferReply) -> None:
+        """Frame ``reply`` and send it in one write."""
+        if self.closed:
+            return
+        head = [status_line(reply.status)]
+        for name, value in reply.headers:
+            head += (name, b": ", value, b"\r\n")
+        body = reply.body
+        head.append(b"content-length: %d\r\n" % len(body))
+        if reply.close:
+            self._stopping = True  # reply.headers carry "connection: close"
+        elif self._stopping or not request.keep_alive:
+            self._stopping = True
+            head.append(b"connection: close\r\n")
+        elif request.http_version == "1.0":
+            head.append(b"connection: keep-alive\r\n")
+        head.append(b"\r\n")
+        if len(body) < _LARGE:
+            head.append(body)
+            self._transport.write(b"".join(head))
+        else:
+            self._transport.writelines((b"".join(head), body))
+
+    async def _serve_asgi(self, request: Request) -> None:
+        exchange = Exchange(self, request)
+        try:
+            await self._state.app(exchange.scope(), exchange.receive, exchange.send)
+        except Exception:
+            log.exception("error in the ASGI application serving %s %s", request.method.decode(), request.path)
+            if not exchange.head_sent:
+                self._write_error(500, "internal server error")
+            self._stopping = True
+            return
+        if not exchange.complete:
+            if not exchange.head_sent and not self.closed:
+                log.error("the ASGI application sent no response to %s %s", request.method.decode(), request.path)
+                self._write_error(500, "internal server error")
+            self._stopping = True  # a response cut short: the connection cannot be reused
+        elif not exchange.keep_alive:
+            self._stopping = True
+
+    def _write_error(self, status: int, message: str) -> None:
+        """A JSON error and close: for requests the handlers never saw."""
+        self._stopping = True
+        if not self.closed:
+            self._transport.write(simple_response(status, message))
+
+    # ------------------------------------------------------------- used by the bridge
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` unless the connection is gone."""
+        if not self.closed:
+            self._transport.write(data)
+
+    def address(self, key: str) -> tuple[str, int] | None:
+        """``peername``/``sockname`` as ASGI wants it: ``(host, port)``."""
+        value = self._transport.get_extra_info(key)
+        if isinstance(value, tuple) and len(value) >= 2:
+            return str(value[0]), int(value[1])
+        return None
+
+    async def wait(self) -> None:
+        """Until something happens on the connection (see :meth:`_wait`)."""
+        await self._wait()
+
+    def wake(self) -> None:
+        """Wake whoever waits on the connection."""
+        self._wake()
+
+    def body_taken(self) -> None:
+        """The handler consumed buffered body bytes: reading may go on."""
+        self._maybe_resume_reading()
+
+    # ---------------------------------------------------------------------- internals
+
+    async def _wait(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _enqueue(self, request: Request) -> None:
+        self._queue.append(request)
+        if not self._running:
+            # The task starts with the first request, so connections that never send one
+            # (probes, idle pools) cost no task.
+            self._running = True
+            self._state.spawn(self)
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if not self._read_paused or self._broken or self.closed or len(self._queue) > 1:
+            return
+        request = self._parsing
+        if (
+            request is None
+            or request.complete
+            or request.done
+            or request.target is not None
+            or request.size - request.taken <= HIGH_WATER
+        ):
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self._broken = True
+        self._pause_reading()
+
+    def _malformed(self, exc: httptools.HttpParserError) -> None:
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            log.error("HTTP parser callback failed", exc_info=exc)  # our bug, not the client's
+        self._stop_reading()
+        request = self._parsing
+        if request is None or request.complete:
+            request = Request()  # the error is before the next request's headers
+        request.bad = True
+        if request not in self._queue:
+            self._enqueue(request)
+        self._wake()
+
+    # --------------------------------------------------------------- server lifecycle
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now when idle, else after the response in progress."""
+        self._stopping = True
+        if not self._queue:
+            self._transport.close()
+        self._wake()
+
+    def close_if_idle(self, deadline: float) -> None:
+        """Close the connection when it has waited for a request since before ``deadline``."""
+        if not self._queue and self._idle_since < deadline and not self.closed:
+            self._transport.close()
+
+
+async def serve_http11(
+    app: ASGIApp,
+    infer: InferResponder,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 30,
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve HTTP/1.1 on ``host:port`` until cancelled: infer routes by ``infer``, the rest by
+    ``app``.
+
+    The socket is bound first (:func:`~dagserve.frontends.asgi.bind`), so ``port=0`` works:
+    ``task_status.started(port)`` reports the port bound. On cancellation it stops
+    accepting, closes idle connections, lets requests in flight finish (for at most
+    ``shutdown_timeout`` seconds, then aborts them), then the cancellation propagates.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    sock = bind(host, port)
+    try:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            try:
+                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, keep_alive_timeout)
+                task_status.started(bound)
+                await anyio.sleep_forever()
+            finally:
+                stop.set()  # _serve, shielded, stops gracefully
+    finally:
+        sock.close()
+
+
+async def _serve(
+    app: ASGIApp,
+    infer: InferResponder,
+    sock: socket.socket,
+    stop: anyio.Event,
+    shutdown_timeout: float,
+    keep_alive_timeout: float,
+    *,
+    task_status: TaskStatus[int],
+) -> None:
+    # Shielded: cancelling serve_http11 must become a graceful stop, not cancel every
+    # connection's task at once.
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            state = _State(app, infer, tg)
+            loop = asyncio.get_running_loop()
+            listener = await loop.create_server(state.protocol, sock=sock, backlog=2048)
+            tg.start_soon(state.sweep_idle, keep_alive_timeout)
+            task_status.started(sock.getsockname()[1])
+            try:
+                await stop.wait()
+            finally:
+                listener.close()
+                with anyio.move_on_after(shutdown_timeout):
+                    await state.drain()
+                state.aborting = True
+                tg.cancel_scope.cancel()  # the idle sweep, and requests past the timeout
