@@ -3,7 +3,7 @@
 # commands and the results): the gpu-marked tests (torch on CUDA, torch -> CuPy by DLPack, an
 # ensemble kept on the GPU, pinned host copies) and the torch serving benchmark.
 #
-# Wheels the machine lacks travel in .whl/ (docs/gpu.md lists them) and are installed into
+# GPU_CHECK_BENCH=0 skips the benchmark. Wheels the machine lacks travel in .whl/ (docs/gpu.md lists them) and are installed into
 # /tmp/site. Logs go to $OUT (or ./gpu_out) as well as stdout.
 set -uo pipefail
 OUT="${OUT:-gpu_out}"
@@ -29,12 +29,13 @@ EOF
 echo "== gpu tests"
 python3 -m pytest -m gpu tests/backends -v -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
 
-echo "== backend tests that need no client library, on this machine's CPU and GPU"
-python3 -m pytest tests/backends/test_torch.py tests/backends/test_fil.py tests/backends/test_warmup.py \
+echo "== backend tests that need no client library, on this machine's CPU (GPU hidden: KIND_AUTO would use it)"
+CUDA_VISIBLE_DEVICES="" python3 -m pytest tests/backends/test_torch.py tests/backends/test_fil.py tests/backends/test_warmup.py \
     tests/backends/test_tensors.py tests/backends/test_tensorrt.py tests/backends/test_onnx.py \
     tests/backends/test_pipeline.py -q -p no:cacheprovider \
     -k "not http" 2>&1 | tail -5 | tee "$OUT/cpu_tests.log"
 
+if [ "${GPU_CHECK_BENCH:-1}" = "0" ]; then exit 0; fi
 echo "== bench: ResNet-50 (torchvision, random weights), fp32 then fp16"
 python3 bench/bench_torch.py --device cuda --model resnet50 --max-batch 64 --concurrency 256 \
     --seconds 8 --threads 0 --served 1:device,2:device,2:host 2>&1 | tee "$OUT/bench_resnet50_fp32.log"
