@@ -133,7 +133,7 @@ class ModelVersion:
         try:
             loaded = await load()
             self._runner = self._make_runner(loaded)
-        except Exception as exc:  # noqa: BLE001 - any load failure makes this version FAILED
+        except Exception as exc:
             self.state = ModelState.FAILED
             self.reason = str(exc) if isinstance(exc, DagserveError) else f"{type(exc).__name__}: {exc}"
             log.error("%s version %s failed to load: %s", self._owner, self.version, self.reason,
@@ -226,9 +226,11 @@ class ModelVersion:
             self.stats.record_cache(hit=cached is not None, lookup_ns=time.perf_counter_ns() - start)
             if cached is not None:
                 return self._response(request, cached)
+        runner = self._runner
+        assert runner is not None  # _check_ready() saw it
         self._in_flight += 1
         try:
-            raw = await self._runner.submit(request, batch_size)
+            raw = await runner.submit(request, batch_size)
         finally:
             self._in_flight -= 1
             if not self._in_flight and self.state is ModelState.UNLOADING:

@@ -22,7 +22,6 @@ at load time, against the configs of its loaded members, and lowered to a
 from __future__ import annotations
 
 import builtins
-
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -124,13 +125,18 @@ class Server:
         self._started = True
         return self
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         self._stopping = True
         for entry in self._models.values():
             for version in entry.versions.values():
                 version.unload()
         assert self._tg is not None
-        return await self._tg.__aexit__(*exc_info)
+        return await self._tg.__aexit__(exc_type, exc, tb)
 
     async def _load_initial(self) -> None:
         repo = self.options.model_repository
