@@ -15,7 +15,7 @@ Where sync code runs is the config parameter ``execution``:
 
 * ``auto`` (default): on the event loop, which saves a thread hop (about 0.1 ms here) per
   call, unless the code makes blocking BLS calls (``.exec(``), which need a worker thread; and
-  the engine moves an instance to a worker thread for good the first time one call holds the
+  the engine moves an instance to a worker thread for good the second time one call holds the
   loop longer than a few milliseconds (see ``InstancePool``).
 * ``thread``: always in a worker thread — for code that blocks (I/O, sleeps, long compute).
 * ``inline``: always on the event loop.

@@ -38,6 +38,7 @@ class InstancePool:
         self._available = anyio.Semaphore(len(instances))
         self._threads = anyio.CapacityLimiter(len(instances))
         self._stats = stats
+        self._ran: set[int] = set()  # ids of inline instances already over budget once
 
     async def acquire(self) -> ModelInstance:
         """Wait for a free instance and take it; give it back with :meth:`release`.
@@ -77,7 +78,12 @@ class InstancePool:
         else:
             results = instance.execute(requests)
         infer_ns = time.perf_counter_ns() - start
-        if instance.mode == "inline" and infer_ns > INLINE_BUDGET_NS and getattr(instance, "adaptive", False):
+        if (
+            instance.mode == "inline"
+            and infer_ns > INLINE_BUDGET_NS
+            and getattr(instance, "adaptive", False)
+            and self._seen(instance)  # one slow call is forgiven: first calls pay one-off costs
+        ):
             # This call held the event loop (and every other request) too long: from now on
             # the instance runs in a worker thread.
             instance.mode = "thread"
@@ -89,6 +95,14 @@ class InstancePool:
             )
         self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns)
         return results
+
+    def _seen(self, instance: ModelInstance) -> bool:
+        """Whether ``instance`` was over budget before (and remember that it has been now)."""
+        key = id(instance)
+        if key in self._ran:
+            return True
+        self._ran.add(key)
+        return False
 
     def close(self) -> None:
         """Close every instance (blocking; call from a worker thread)."""
