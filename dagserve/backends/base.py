@@ -37,6 +37,7 @@ __all__ = [
     "ModelInstance",
     "Outputs",
     "concat_requests",
+    "run_batch",
     "split_outputs",
 ]
 
@@ -126,6 +127,22 @@ def split_outputs(outputs: Outputs, sizes: Sequence[int]) -> list[dict[str, np.n
         for i, part in enumerate(np.split(np.asarray(tensor), bounds, axis=0)):
             per_request[i][name] = part
     return per_request
+
+
+def run_batch(
+    requests: Sequence[InferRequest],
+    run: Callable[[Sequence[InferRequest]], list[Outputs | BaseException]],
+    *,
+    batching: bool,
+) -> list[Outputs | BaseException]:
+    """``run`` once over the whole batch for a batching model, else once per request (a
+    model without a batch dimension cannot take several requests in one call)."""
+    if batching:
+        return run(requests)
+    results: list[Outputs | BaseException] = []
+    for request in requests:
+        results.extend(run([request]))
+    return results
 
 
 def _batch_size(request: InferRequest, names: Sequence[str]) -> int:

@@ -48,7 +48,7 @@ from ..errors import ConfigError, DagserveError, ModelExecutionError
 from ..repository.config import ModelConfig
 from ..types import DataType, InferRequest, is_device_tensor, to_host
 from ._framework import execution_error, flag, integer, require
-from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
+from .base import ExecuteMode, ModelContext, Outputs, concat_requests, run_batch, split_outputs
 
 __all__ = ["FilModel", "load"]
 
@@ -295,12 +295,7 @@ class FilModel:
 
     def execute(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         """Predict a batch (one call over all rows for a batching model)."""
-        if not self._batching:
-            results: list[Outputs | BaseException] = []
-            for request in requests:
-                results.extend(self._run([request]))
-            return results
-        return self._run(requests)
+        return run_batch(requests, self._run, batching=self._batching)
 
     def _run(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         try:

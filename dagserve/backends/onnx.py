@@ -44,7 +44,7 @@ from ..errors import ConfigError, DagserveError, InvalidInputError
 from ..repository.config import DynamicBatching, ModelConfig, Reshape, TensorConfig
 from ..types import DataType, InferRequest, to_host
 from ._framework import execution_error, flag, integer, require
-from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
+from .base import ExecuteMode, ModelContext, Outputs, concat_requests, run_batch, split_outputs
 
 __all__ = ["OnnxModel", "complete_config", "load"]
 
@@ -362,12 +362,7 @@ class OnnxModel:
 
     def execute(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         """Run a batch: one ``session.run`` for a batching model, else one per request."""
-        if not self._batching:
-            results: list[Outputs | BaseException] = []
-            for request in requests:
-                results.extend(self._run([request]))
-            return results
-        return self._run(requests)
+        return run_batch(requests, self._run, batching=self._batching)
 
     def _run(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         try:

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecutionError
 from ..types import DataType, InferRequest
 from ._framework import execution_error, require
-from .base import ExecuteMode, ModelContext, Outputs
+from .base import ExecuteMode, ModelContext, Outputs, run_batch
 
 __all__ = ["TensorRTModel", "load", "pick_profile"]
 
@@ -153,12 +153,7 @@ class TensorRTModel:
 
     def execute(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         """Run a batch: one engine execution over the concatenated requests when batching."""
-        if not self._batching:
-            results: list[Outputs | BaseException] = []
-            for request in requests:
-                results.extend(self._run([request]))
-            return results
-        return self._run(requests)
+        return run_batch(requests, self._run, batching=self._batching)
 
     def _run(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         torch = self._torch

@@ -100,15 +100,7 @@ class DirectScheduler:
         """Run ``request``; return its outputs or raise its error."""
         start = time.perf_counter_ns()
         instance = await self._pool.acquire()
-        queue_ns = time.perf_counter_ns() - start
-        try:
-            result = (await self._pool.run(instance, [request], batch_size))[0]
-        except BaseException:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
-            raise
-        finally:
-            self._pool.release(instance)
-        return _settle(result, self._stats, start, queue_ns)
+        return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Nothing runs in the background for this scheduler."""
@@ -194,14 +186,7 @@ class DynamicBatcher:
         (several event-loop turns)."""
         self._queue.level_of(request)  # the priority parameter is still checked
         start = time.perf_counter_ns()
-        try:
-            result = (await self._pool.run(instance, [request], batch_size))[0]
-        except BaseException:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
-            raise
-        finally:
-            self._pool.release(instance)
-        return _settle(result, self._stats, start, 0)
+        return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The batch loop: runs until cancelled, one batch per free instance."""
@@ -266,6 +251,23 @@ class DynamicBatcher:
             for item in self._finished.pop(self._released):
                 item.done.set()
             self._released += 1
+
+
+async def _run_alone(
+    pool: InstancePool, stats: ModelStatistics, instance: ModelInstance, request: InferRequest, batch_size: int,
+    start: int,
+) -> Outputs:
+    """Run ``request`` as a batch of one on ``instance`` (taken at ``start``, perf_counter_ns,
+    after any queueing), give the instance back, and record the outcome."""
+    queue_ns = time.perf_counter_ns() - start
+    try:
+        result = (await pool.run(instance, [request], batch_size))[0]
+    except BaseException:
+        stats.record_failure(total_ns=time.perf_counter_ns() - start)
+        raise
+    finally:
+        pool.release(instance)
+    return _settle(result, stats, start, queue_ns)
 
 
 def _settle(result: Outputs | BaseException, stats: ModelStatistics, start: int, queue_ns: int) -> Outputs:
