@@ -14,7 +14,7 @@ at load time, against the configs of its loaded members, and lowered to a
   required input does not exist, is skipped;
 * the first failing step cancels the rest of the request, and its error keeps its class
   (a bad input stays a bad input) with the pipeline, step and model prefixed to the message;
-* a pipeline with a decoupled step is decoupled itself (:class:`DecoupledPipelineRunner`):
+* a pipeline with a decoupled step is decoupled itself (:class:`.pipeline_stream.DecoupledPipelineRunner`):
   each response of that step runs the steps downstream of it and becomes one response of the
   pipeline, in order, then the final marker.
 """
@@ -35,7 +35,7 @@ from anyio.abc import TaskStatus
 from ..backends.base import Outputs
 from ..dsl.compile import compile_config, member_names
 from ..dsl.conditions import Param, holds
-from ..dsl.plan import Plan, Route, StepPlan, StreamRoute, Wire, build_plan
+from ..dsl.plan import Plan, Route, StepPlan, Wire, build_plan
 from ..dsl.spec import OutputSpec, PipelineSpec
 from ..dsl.validate import Adapt, CheckedPipeline, check_pipeline
 from ..errors import (
@@ -44,16 +44,14 @@ from ..errors import (
     ModelExecutionError,
     ModelNotReadyError,
     TimeoutError,
-    UnsupportedError,
 )
 from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
 from ..repository.loader import ModelSource
-from ..types import InferRequest, InferResponse, ResponseSender, shape_matches
+from ..types import InferRequest, InferResponse, shape_matches
 from .model import ModelVersion
 from .stats import Duration, ModelStatistics
 
 __all__ = [
-    "DecoupledPipelineRunner",
     "PipelineRunner",
     "PipelineStatistics",
     "PipelineVersion",
@@ -65,7 +63,7 @@ __all__ = [
 ]
 
 _AS_IS, _EXPAND = Adapt.AS_IS, Adapt.EXPAND
-_MAX_ROUTES = 256  # routes kept per pipeline, one per set of requested outputs seen
+MAX_ROUTES = 256  # routes kept per pipeline, one per set of requested outputs seen
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -82,6 +80,8 @@ async def load_pipeline(
     checked = check_pipeline(spec, functools.partial(_member_config, server))
     plan, config = build_plan(checked), _complete_config(config, checked)
     if config.model_transaction_policy.decoupled:
+        from .pipeline_stream import DecoupledPipelineRunner  # its module imports this one
+
         return DecoupledPipelineRunner(
             server.infer, plan, config, checked.may_be_missing, infer_stream=server.infer_stream
         )
@@ -352,7 +352,7 @@ class PipelineRunner:
         route = self._routes.get(key)
         if route is None:
             route = self.plan.route(key)
-            if len(self._routes) < _MAX_ROUTES:
+            if len(self._routes) < MAX_ROUTES:
                 self._routes[key] = route
         values: list[Any] = [None] * self.plan.slot_count
         given = request.inputs
@@ -366,7 +366,7 @@ class PipelineRunner:
             await self._concurrently(route, values, request)
         result = {}
         for wire in route.outputs:
-            value = _read(wire, values)
+            value = read_wire(wire, values)
             if value is not None:
                 result[wire.name] = value
         return result
@@ -443,7 +443,7 @@ class PipelineRunner:
     def _gather(step: StepPlan, values: list[Any]) -> dict[str, Any] | None:
         inputs = {}
         for wire in step.wires:
-            value = _read(wire, values)
+            value = read_wire(wire, values)
             if value is None:
                 if wire.required:
                     return None
@@ -553,189 +553,7 @@ class PipelineRunner:
             return ModelExecutionError(message)
 
 
-class DecoupledPipelineRunner(PipelineRunner):
-    """The runner of a decoupled pipeline: one with a decoupled step, or declared decoupled.
-
-    Its version's ``infer_stream`` hands every request a sender (``Server.infer`` refuses the
-    pipeline, as any decoupled model). :meth:`submit` runs the plan's :class:`StreamRoute`:
-    the steps that depend on no decoupled step once, then the decoupled step, and for each of
-    its responses the steps downstream of it, on a copy of the tensors holding that response.
-    Responses of one decoupled step are handled one after the other, so the pipeline's
-    responses keep their order; the member keeps answering meanwhile (its responses queue).
-    Ordinary pipelines never run this code.
-    """
-
-    def __init__(
-        self,
-        infer: InferCall,
-        plan: Plan,
-        config: ModelConfig,
-        may_be_missing: frozenset[str],
-        *,
-        infer_stream: InferStreamCall,
-    ) -> None:
-        super().__init__(infer, plan, config, may_be_missing)
-        self._infer_stream = infer_stream
-        self._stream_routes: dict[frozenset[str] | None, StreamRoute] = {None: plan.stream_route(None)}
-
-    async def submit(self, request: InferRequest, batch_size: int) -> Mapping[str, np.ndarray]:
-        """Run the pipeline for one validated request and send its responses to
-        ``request.sender``: one per response of the decoupled step (one in all when no
-        decoupled step runs), with the outputs that exist for it, then the final empty one.
-        Returns no outputs: they all went to the sender.
-
-        Raises:
-            DagserveError: as :meth:`PipelineRunner.submit`, after the responses already sent;
-                a step downstream of the decoupled one is named as itself. Cancelling the
-                caller cancels the decoupled member's request and every step in flight.
-            UnsupportedError: the request has no sender.
-        """
-        sender = request.sender
-        if sender is None:
-            raise UnsupportedError(f"pipeline '{self.plan.name}' is decoupled: call it through infer_stream")
-        start = time.perf_counter_ns()
-        try:
-            await self._stream(request, sender)
-        except BaseException:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
-            raise
-        total = time.perf_counter_ns() - start
-        self._stats.record_success(total_ns=total, queue_ns=0)
-        self._stats.record_execution(batch_size=batch_size, requests=1, infer_ns=total)
-        sender.send(None, final=True)
-        return {}
-
-    async def _stream(self, request: InferRequest, sender: ResponseSender) -> None:
-        wanted = request.output_names()
-        key = None if wanted is None else frozenset(wanted)
-        route = self._stream_routes.get(key)
-        if route is None:
-            route = self.plan.stream_route(key)
-            if len(self._stream_routes) < _MAX_ROUTES:
-                self._stream_routes[key] = route
-        values: list[Any] = [None] * self.plan.slot_count
-        given = request.inputs
-        for name, slot in self._inputs:
-            values[slot] = given.get(name)
-        await self._run(route.before, values, request)
-        streams = []
-        for i in route.decoupled:
-            step = self._steps[i]
-            inputs = self._ready(step, values, request)
-            if inputs is not None:
-                streams.append((step, inputs))
-        if not streams:
-            await self._run(route.after, values, request)
-            sender.send(_collect(route.outputs, values), final=False)
-        elif len(streams) == 1:
-            await self._stream_step(*streams[0], values, route, request, sender)
-        else:
-            # Decoupled steps side by side (a switch's cases that both ran, or independent
-            # branches): their responses interleave as they come, each stream in its order.
-            failure: list[Exception] = []
-            async with anyio.create_task_group() as tg:
-
-                async def one(step: StepPlan, inputs: dict[str, Any]) -> None:
-                    try:
-                        await self._stream_step(step, inputs, values, route, request, sender)
-                    except Exception as exc:  # noqa: BLE001 - the first failure cancels the others
-                        if not failure:
-                            failure.append(exc)
-                        tg.cancel_scope.cancel()
-
-                for step, inputs in streams:
-                    tg.start_soon(one, step, inputs)
-            if failure:
-                raise failure[0]
-
-    async def _run(self, route: Route, values: list[Any], request: InferRequest) -> None:
-        if route.sequential:
-            for i in route.steps:
-                await self._step(self._steps[i], values, request)
-        elif route.steps:
-            await self._concurrently(route, values, request)
-
-    def _ready(self, step: StepPlan, values: list[Any], request: InferRequest) -> dict[str, Any] | None:
-        """The inputs of ``step``, or None when it is skipped (as :meth:`_step` decides)."""
-        gate = step.gate
-        if gate is not None:
-            actual = values[gate.slot] if gate.param is None else request.parameters.get(gate.param)
-            if not holds(gate.condition, actual):
-                self._step_stats[step.index].skipped += 1
-                return None
-        inputs = self._gather(step, values)
-        if inputs is None:
-            self._step_stats[step.index].skipped += 1
-        return inputs
-
-    async def _stream_step(
-        self,
-        step: StepPlan,
-        inputs: dict[str, Any],
-        values: list[Any],
-        route: StreamRoute,
-        request: InferRequest,
-        sender: ResponseSender,
-    ) -> None:
-        """Call decoupled ``step`` and send one pipeline response per response it sends."""
-        sub = InferRequest(
-            inputs=inputs,
-            id=request.id,
-            datatypes=step.datatypes,
-            parameters=request.parameters,
-            outputs=step.requested,
-        )
-        after, wires = route.after, route.outputs
-        downstream: list[Exception] = []  # a failure after this step, already attributed
-
-        async def each(response: InferResponse) -> None:
-            produced = response.outputs
-            if not produced:
-                return  # the member's bare end-of-stream marker
-            chunk = values.copy()  # a step skipped for this response must not see the last one's
-            for name, slot in step.outputs:
-                chunk[slot] = produced[name]
-            try:
-                await self._run(after, chunk, request)
-            except Exception as exc:
-                downstream.append(exc)
-                raise
-            sender.send(_collect(wires, chunk), final=False)
-
-        stats = self._step_stats[step.index]
-        start = time.perf_counter_ns()
-        try:
-            if self._limiters is None:
-                await self._infer_stream(step.model, step.version, sub, each)
-                queued = start
-            else:
-                async with self._limiters[step.index]:
-                    queued = time.perf_counter_ns()
-                    await self._infer_stream(step.model, step.version, sub, each)
-        except Exception as exc:
-            if downstream:
-                raise downstream[0] from None
-            if not isinstance(exc, DagserveError):
-                raise
-            stats.fail.add(time.perf_counter_ns() - start)
-            raise self._attributed(exc, step) from exc
-        end = time.perf_counter_ns()
-        stats.success.add(end - start)
-        stats.queue.add(queued - start)
-        stats.compute.add(end - queued)
-
-
-def _collect(wires: tuple[Wire, ...], values: list[Any]) -> dict[str, Any]:
-    """The outputs of ``wires`` that exist."""
-    result = {}
-    for wire in wires:
-        value = _read(wire, values)
-        if value is not None:
-            result[wire.name] = value
-    return result
-
-
-def _read(wire: Wire, values: list[Any]) -> Any:
+def read_wire(wire: Wire, values: list[Any]) -> Any:
     """The first present candidate of ``wire``, its batch dimension adapted (views only)."""
     for candidate in wire.candidates:
         value = values[candidate.slot]
