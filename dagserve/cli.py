@@ -135,15 +135,32 @@ def _serve(args: argparse.Namespace) -> int:
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
     )
+    uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
-        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": os.environ.get("DAGSERVE_UVLOOP", "1") == "1"})
-    except ConfigError as exc:
-        print(f"dagserve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"dagserve: cannot listen: {exc}", file=sys.stderr)
-        return 1
+        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": uvloop})
+    except Exception as exc:  # noqa: BLE001 - startup failures come wrapped in task groups
+        config_error = _find(exc, ConfigError)
+        if config_error is not None:
+            print(f"dagserve: {config_error}", file=sys.stderr)
+            return 2
+        os_error = _find(exc, OSError)
+        if os_error is not None:
+            print(f"dagserve: cannot listen: {os_error}", file=sys.stderr)
+            return 1
+        raise
     return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` or the first exception of type ``kind`` inside its (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 async def _serve_until_signalled(options: ServeOptions) -> None:
