@@ -138,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
         anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": uvloop})
-    except Exception as exc:  # noqa: BLE001 - startup failures come wrapped in task groups
+    except Exception as exc:  # startup failures come wrapped in task groups
         config_error = _find(exc, ConfigError)
         if config_error is not None:
             print(f"dagserve: {config_error}", file=sys.stderr)
