@@ -14,7 +14,7 @@ import contextvars
 import json
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -206,22 +206,30 @@ class InferenceRequest:
         self._timeout = timeout
         if isinstance(parameters, str):
             parameters = json.loads(parameters) if parameters else {}
-        self._parameters = dict(parameters or {})
+        self._parameters: Mapping[str, Any] = dict(parameters or {})
         self._engine_request = _engine_request
 
     @classmethod
     def _received(cls, request: _EngineRequest) -> InferenceRequest:
-        """Wrap a request the engine delivers to a model's ``execute``."""
-        params = dict(request.parameters)
-        inputs = [Tensor(n, a, request.datatypes.get(n)) for n, a in request.inputs.items()]
-        return cls(
-            inputs=inputs,
-            requested_output_names=request.output_names() or (),
-            request_id=request.id,
-            correlation_id=params.get("sequence_id", 0),
-            parameters=params,
-            _engine_request=request,
-        )
+        """Wrap a request the engine delivers to a model's ``execute``.
+
+        Built field by field, not through ``__init__``: this runs for every request of every
+        Triton-form model (every pipeline hop), and the BLS constructor's conversions are moot.
+        """
+        self = cls.__new__(cls)
+        datatypes = request.datatypes
+        self._inputs = [Tensor(n, a, datatypes.get(n) if datatypes else None) for n, a in request.inputs.items()]
+        self.model_name = ""
+        self.model_version = -1
+        self._requested = list(request.output_names() or ())
+        self._id = request.id
+        params = request.parameters
+        self._correlation_id = params.get("sequence_id", 0) if params else 0
+        self._flags = 0
+        self._timeout = 0
+        self._parameters = params  # read-only here: parameters() serializes a copy
+        self._engine_request = request
+        return self
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -242,7 +250,7 @@ class InferenceRequest:
         return self._timeout
 
     def parameters(self) -> str:
-        return json.dumps(self._parameters)
+        return json.dumps(dict(self._parameters))
 
     def requested_output_names(self) -> list[str]:
         return self._requested

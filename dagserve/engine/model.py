@@ -87,6 +87,7 @@ class ModelVersion:
         self.version = version
         self.version_str = str(version)
         self.config = config
+        self.decoupled = config.model_transaction_policy.decoupled  # 0..N responses per request
         self.platform = platform
         self.state = ModelState.UNLOADED
         self.reason = ""
@@ -363,9 +364,6 @@ class ModelVersion:
                     )
         return batch or 1
 
-    @property
-    def decoupled(self) -> bool:
-        return self.config.model_transaction_policy.decoupled
 
     def check_outputs(self, outputs: Outputs, wanted: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         """The requested outputs, each checked against its declaration.

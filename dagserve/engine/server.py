@@ -271,8 +271,13 @@ class Server:
                 have = ", ".join(str(v) for v in sorted(entry.versions)) or "none"
                 raise ModelNotFoundError(f"model '{name}' has no version {version} (versions: {have})")
             return found
-        for number in sorted(entry.versions, reverse=True):
-            candidate = entry.versions[number]
+        versions = entry.versions
+        if len(versions) == 1:  # the usual case, on every pipeline hop: no sorting
+            (only,) = versions.values()
+            if only.ready:
+                return only
+        for number in sorted(versions, reverse=True):
+            candidate = versions[number]
             if candidate.ready:
                 return candidate
         reason = entry.reason() or "not loaded"
