@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus metrics port (default 8002; 0 picks a free port; -1 disables)")
     s.add_argument("--model-control-mode", choices=("none", "explicit"), default=_env("model-control-mode", "none"),
                    help="none: load all models at start; explicit: load --load-model ones, allow load/unload")
-    s.add_argument("--load-model", action="append", default=[], help="with explicit mode: a model to load at start ('*' for all)")
+    s.add_argument("--load-model", action="append", default=None,
+                   help="with explicit mode: a model to load at start ('*' for all); repeatable "
+                        "(env DAGSERVE_LOAD_MODEL: comma-separated)")
     s.add_argument("--strict-readiness", type=_bool, default=_bool(_env("strict-readiness", "true") or "true"),
                    help="ready only when every model is ready (default true)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
@@ -124,7 +126,8 @@ def _serve(args: argparse.Namespace) -> int:
         server=ServerOptions(
             model_repository=args.model_repository,
             model_control_mode=args.model_control_mode,
-            load_models=tuple(args.load_model),
+            load_models=tuple(args.load_model if args.load_model is not None
+                              else [m for m in (_env("load-model", "") or "").split(",") if m]),
             strict_readiness=args.strict_readiness,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
         ),

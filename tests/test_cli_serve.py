@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -91,3 +92,18 @@ def test_bad_flags_are_refused(flag: str) -> None:
     proc = start("--model-repository", str(REPO), flag)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "error" in out
+
+
+def test_explicit_mode_loads_only_the_named_models() -> None:
+    proc = start("--model-repository", str(REPO), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                 "--model-control-mode", "explicit", env={"DAGSERVE_LOAD_MODEL": "add_sub,versioned"})
+    try:
+        addresses = read_addresses(proc)
+        request = urllib.request.Request(f"http://{addresses['HTTP']}/v2/repository/index", data=b"{}")
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            index = json.loads(reply.read())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    ready = sorted({e["name"] for e in index if e["state"] == "READY"})
+    assert ready == ["add_sub", "versioned"]
