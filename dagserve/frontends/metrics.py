@@ -1,18 +1,18 @@
 """Prometheus metrics on their own port, with Triton's ``nv_inference_*`` names and labels.
 
-Core code never creates Prometheus objects: a collector reads the server's statistics
-snapshots on each scrape, so existing Triton dashboards work unchanged.
+Core code never creates Prometheus objects: each scrape reads the server's statistics
+snapshots and renders them in the Prometheus text format, so existing Triton dashboards work
+unchanged. The text is written here rather than by ``prometheus_client``: that library renames
+a counter's ``# TYPE`` line to ``<name>_total``, and Triton's counters (``nv_inference_count``)
+have no such suffix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +21,7 @@ from starlette.routing import Route
 from ..engine import Server
 from .asgi import serve_asgi
 
-__all__ = ["ServerCollector", "create_metrics_app", "serve_metrics"]
+__all__ = ["create_metrics_app", "render_metrics", "serve_metrics"]
 
 # (metric name, help, where it comes from in a statistics snapshot, scale)
 _COUNTERS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
@@ -54,31 +54,56 @@ _COUNTERS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
 )
 
 
-class ServerCollector:
-    """A Prometheus collector reading a :class:`Server`'s statistics at scrape time."""
+# Per pipeline step (dagserve's own; Triton has no such metrics): (name, help, path, scale).
+_STEP_COUNTERS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
+    ("dagserve_pipeline_step_success", "Successful calls of a pipeline step", ("success", "count"), 1),
+    ("dagserve_pipeline_step_failure", "Failed calls of a pipeline step", ("fail", "count"), 1),
+    ("dagserve_pipeline_step_skipped", "Calls of a pipeline step skipped by a condition", ("skipped", "count"), 1),
+    ("dagserve_pipeline_step_duration_us", "Cumulative time in a pipeline step's successful calls, microseconds",
+     ("success", "ns"), 1e-3),
+    ("dagserve_pipeline_step_queue_duration_us",
+     "Cumulative time a pipeline step waited for a slot (max_inflight_requests), microseconds", ("queue", "ns"), 1e-3),
+)
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
 
-    def collect(self) -> Iterator[Metric]:
-        stats = self._server.statistics()["model_stats"]
-        for name, doc, path, scale in _COUNTERS:
-            metric = Metric(name, doc, "counter")
-            for entry in stats:
-                value: Any = entry
-                for key in path:
-                    value = value[key]
-                labels = {"model": entry["name"], "version": entry["version"]}
-                metric.add_sample(name, labels, value * scale)
-            yield metric
+def render_metrics(server: Server) -> bytes:
+    """The server's metrics in the Prometheus text exposition format (version 0.0.4)."""
+    stats = server.statistics()["model_stats"]
+    lines: list[str] = []
+    for name, doc, path, scale in _COUNTERS:
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
+        for entry in stats:
+            labels = {"model": entry["name"], "version": entry["version"]}
+            lines.append(_sample(name, labels, _lookup(entry, path) * scale))
+    for name, doc, path, scale in _STEP_COUNTERS:
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
+        for entry in stats:
+            for step in entry.get("steps", ()):
+                labels = {"pipeline": entry["name"], "version": entry["version"], "step": step["name"],
+                          "model": step["model"]}
+                lines.append(_sample(name, labels, _lookup(step, path) * scale))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = entry
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> str:
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{text}}} {value!r}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def create_metrics_app(server: Server) -> Starlette:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server))  # type: ignore[arg-type]
-
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(render_metrics(server), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(routes=[Route("/metrics", metrics)])
 
