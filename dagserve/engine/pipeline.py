@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 _AS_IS, _EXPAND = Adapt.AS_IS, Adapt.EXPAND
+R = TypeVar("R")
+
 MAX_ROUTES = 256  # routes kept per pipeline, one per set of requested outputs seen
 
 
@@ -269,6 +271,20 @@ InferStreamCall = Callable[[str, str, InferRequest, Emit], Awaitable[None]]
 """``Server.infer_stream``: how a step calls a decoupled member."""
 
 
+def cached_route(cache: dict[frozenset[str] | None, R], request: InferRequest,
+                 build: Callable[[frozenset[str] | None], R]) -> R:
+    """The route for the outputs ``request`` asks for, built once per set of outputs (at most
+    :data:`MAX_ROUTES` kept, so odd requests cannot grow the cache without bound)."""
+    wanted = request.output_names()
+    key = None if wanted is None else frozenset(wanted)
+    route = cache.get(key)
+    if route is None:
+        route = build(key)
+        if len(cache) < MAX_ROUTES:
+            cache[key] = route
+    return route
+
+
 def request_timeout(request: InferRequest) -> float | None:
     """The request's whole-pipeline deadline in seconds, from its ``timeout`` parameter (µs,
     Triton's name), or ``None``. Every step sees the same parameter too, for its own queue.
@@ -346,18 +362,17 @@ class PipelineRunner:
         self._stats.record_execution(batch_size=batch_size, requests=1, infer_ns=total)
         return outputs
 
-    async def _execute(self, request: InferRequest) -> dict[str, np.ndarray]:
-        wanted = request.output_names()
-        key = None if wanted is None else frozenset(wanted)
-        route = self._routes.get(key)
-        if route is None:
-            route = self.plan.route(key)
-            if len(self._routes) < MAX_ROUTES:
-                self._routes[key] = route
+    def _initial_values(self, request: InferRequest) -> list[Any]:
+        """The tensor slots of one request, holding its pipeline inputs so far."""
         values: list[Any] = [None] * self.plan.slot_count
         given = request.inputs
         for name, slot in self._inputs:
             values[slot] = given.get(name)
+        return values
+
+    async def _execute(self, request: InferRequest) -> dict[str, np.ndarray]:
+        route = cached_route(self._routes, request, self.plan.route)
+        values = self._initial_values(request)
         if route.sequential:
             steps = self._steps
             for i in route.steps:

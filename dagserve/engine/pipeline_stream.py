@@ -18,7 +18,7 @@ from ..errors import (
 )
 from ..repository.config import ModelConfig
 from ..types import InferRequest, InferResponse, ResponseSender
-from .pipeline import MAX_ROUTES, InferCall, InferStreamCall, PipelineRunner, read_wire
+from .pipeline import InferCall, InferStreamCall, PipelineRunner, cached_route, read_wire
 
 __all__ = ["DecoupledPipelineRunner"]
 
@@ -75,17 +75,8 @@ class DecoupledPipelineRunner(PipelineRunner):
         return {}
 
     async def _stream(self, request: InferRequest, sender: ResponseSender) -> None:
-        wanted = request.output_names()
-        key = None if wanted is None else frozenset(wanted)
-        route = self._stream_routes.get(key)
-        if route is None:
-            route = self.plan.stream_route(key)
-            if len(self._stream_routes) < MAX_ROUTES:
-                self._stream_routes[key] = route
-        values: list[Any] = [None] * self.plan.slot_count
-        given = request.inputs
-        for name, slot in self._inputs:
-            values[slot] = given.get(name)
+        route = cached_route(self._stream_routes, request, self.plan.stream_route)
+        values = self._initial_values(request)
         await self._run(route.before, values, request)
         streams = []
         for i in route.decoupled:

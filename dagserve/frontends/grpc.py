@@ -27,7 +27,7 @@ from .._proto import grpc_service_pb2_grpc as pb_grpc
 from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
 from ..errors import ModelNotFoundError, UnsupportedError
 from ..types import InferResponse
-from .grpc_codec import decode_infer_request, encode_infer_response
+from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
 from .status import status_for
 
 if TYPE_CHECKING:
@@ -86,15 +86,6 @@ def _rpc(method: _Handler[_S, _Req, _Resp]) -> _Handler[_S, _Req, _Resp]:
 def _from_json(data: Mapping[str, Any], message: _M) -> _M:
     """Fill ``message`` from the engine's JSON shape (snake_case names, enums by name)."""
     return json_format.ParseDict(data, message, ignore_unknown_fields=True)
-
-
-def _repository_parameters(params: Mapping[str, pb.ModelRepositoryParameter]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, param in params.items():
-        choice = param.WhichOneof("parameter_choice")
-        if choice is not None:
-            out[key] = getattr(param, choice)
-    return out
 
 
 def _unimplemented(feature: str) -> Callable[..., Any]:
@@ -260,7 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        params = _repository_parameters(request.parameters)
+        params = decode_parameters(request.parameters)
         await self._server.load_model(request.model_name, params or None)
         return pb.RepositoryModelLoadResponse()
 
@@ -268,7 +259,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        params = _repository_parameters(request.parameters)
+        params = decode_parameters(request.parameters)
         dependents = bool(params.get("unload_dependents", False))
         await self._server.unload_model(request.model_name, unload_dependents=dependents)
         return pb.RepositoryModelUnloadResponse()

@@ -63,8 +63,11 @@ _SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_offset", "shared
 # Parameters
 
 
-def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
-    """Turn a protobuf parameter map into plain Python values (bool, int, str or float).
+def decode_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a protobuf parameter map into plain Python values (bool, int, str, float or bytes).
+
+    Works for any parameter message with a ``parameter_choice`` oneof: inference parameters
+    (``InferParameter``) and repository ones (``ModelRepositoryParameter``).
 
     Parameters whose value is unset are left out.
     """
