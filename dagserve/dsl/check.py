@@ -40,11 +40,11 @@ from typing import Any
 from ..backends import get_backend
 from ..backends.base import ModelContext
 from ..errors import ConfigError, DagserveError, UnsupportedError
-from ..repository.config import ModelConfig, TensorConfig
+from ..repository.config import ModelConfig
 from ..repository.loader import ModelSource, scan
 from ..types import InferRequest, InferResponse
 from .compile import compile_config
-from .validate import CheckedPipeline, check_pipeline
+from .validate import CheckedPipeline, check_pipeline, served_config
 
 __all__ = ["Finding", "ModelReport", "RepositoryChecker", "RepositoryReport", "Severity", "check_repository"]
 
@@ -355,7 +355,7 @@ class RepositoryChecker:
                 self._checking.pop()
         findings += [Finding(model=name, severity=Severity.WARNING, message=m) for m in logged]
         if checked is not None:
-            self._configs[name] = _served_config(config, checked)
+            self._configs[name] = served_config(config, checked)
         return ModelReport(
             name=name,
             kind=config.backend_name,
@@ -387,27 +387,6 @@ class RepositoryChecker:
             reason = failed.get(version) or next(iter(failed.values()), "no version to serve")
             raise ConfigError(f"{which} is not ready: {_first(reason)}")
         return self._configs[model]
-
-
-def _served_config(config: ModelConfig, checked: CheckedPipeline) -> ModelConfig:
-    """The config a checked pipeline is served with, which its callers are checked against:
-    inputs from a pipeline file, every output typed (inferred where the config is silent)."""
-    spec = checked.spec
-    declared = {t.name: t for t in config.output}
-    outputs = []
-    for o in spec.outputs:
-        assert o.datatype is not None and o.shape is not None, "checked outputs are typed"
-        outputs.append(
-            declared.get(o.name)
-            or TensorConfig(name=o.name, data_type=o.datatype, dims=o.shape, optional=o.optional)
-        )
-    inputs = config.input or tuple(
-        TensorConfig(name=t.name, data_type=t.datatype, dims=t.shape, optional=t.optional)
-        for t in spec.inputs
-    )
-    return config.model_copy(
-        update={"input": inputs, "output": tuple(outputs), "max_batch_size": spec.max_batch_size}
-    )
 
 
 def _count(n: int, noun: str) -> str:

@@ -26,10 +26,10 @@ import enum
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..repository.config import ModelConfig
+from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
 from ..types import DataType
 from .conditions import Condition, Op, Param
 from .spec import OutputSpec, PipelineSpec, Source, StepSpec, TensorRef, source_refs
@@ -582,3 +582,29 @@ def _exhaustive(conditions: list[Condition | None]) -> bool:
     cases = {c.value for c in conditions if c is not None and c.op is Op.EQ}
     defaults = [c for c in conditions if c is not None and c.op is Op.NOT_IN]
     return any(isinstance(d.value, tuple) and set(d.value) <= cases for d in defaults)
+
+
+def served_config(config: ModelConfig, checked: CheckedPipeline) -> ModelConfig:
+    """The config a checked pipeline is served with (and its callers are checked against):
+    the pipeline's inputs and every output typed (declared entries
+    are kept as written, so an ensemble's ``/config`` answers as on Triton), and decoupled
+    when a step is, so clients know to stream."""
+    spec = checked.spec
+    declared = {t.name: t for t in config.output}
+    outputs = tuple(declared.get(o.name) or output_config(o) for o in spec.outputs)
+    inputs = config.input or tuple(
+        TensorConfig(name=t.name, data_type=t.datatype, dims=t.shape, optional=t.optional)
+        for t in spec.inputs
+    )
+    update: dict[str, Any] = {"input": inputs, "output": outputs, "max_batch_size": spec.max_batch_size}
+    if checked.decoupled:
+        update["model_transaction_policy"] = TransactionPolicy(decoupled=True)
+    return config.model_copy(update=update)
+
+
+def output_config(output: OutputSpec) -> TensorConfig:
+    """The config entry of a checked (so typed) pipeline output."""
+    assert output.datatype is not None and output.shape is not None, "checked outputs are typed"
+    return TensorConfig(
+        name=output.name, data_type=output.datatype, dims=output.shape, optional=output.optional
+    )

@@ -36,8 +36,8 @@ from ..backends.base import Outputs
 from ..dsl.compile import compile_config, member_names
 from ..dsl.conditions import Param, holds
 from ..dsl.plan import Plan, Route, StepPlan, Wire, build_plan
-from ..dsl.spec import OutputSpec, PipelineSpec
-from ..dsl.validate import Adapt, CheckedPipeline, check_pipeline
+from ..dsl.spec import PipelineSpec
+from ..dsl.validate import Adapt, check_pipeline, output_config, served_config
 from ..errors import (
     DagserveError,
     InvalidInputError,
@@ -45,7 +45,7 @@ from ..errors import (
     ModelNotReadyError,
     TimeoutError,
 )
-from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
+from ..repository.config import ModelConfig, TensorConfig
 from ..repository.loader import ModelSource
 from ..types import InferRequest, InferResponse, shape_matches
 from .model import ModelVersion
@@ -80,7 +80,7 @@ async def load_pipeline(
     if spec is None:
         spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
     checked = check_pipeline(spec, functools.partial(_member_config, server))
-    plan, config = build_plan(checked), _complete_config(config, checked)
+    plan, config = build_plan(checked), served_config(config, checked)
     if config.model_transaction_policy.decoupled:
         from .pipeline_stream import DecoupledPipelineRunner  # its module imports this one
 
@@ -99,30 +99,6 @@ def _member_config(server: Any, model: str, version: int) -> ModelConfig:
     return found.config
 
 
-def _complete_config(config: ModelConfig, checked: CheckedPipeline) -> ModelConfig:
-    """The config as served: the pipeline's inputs and every output typed (declared entries
-    are kept as written, so an ensemble's ``/config`` answers as on Triton), and decoupled
-    when a step is, so clients know to stream."""
-    spec = checked.spec
-    declared = {t.name: t for t in config.output}
-    outputs = tuple(declared.get(o.name) or _output_config(o) for o in spec.outputs)
-    inputs = config.input or tuple(
-        TensorConfig(name=t.name, data_type=t.datatype, dims=t.shape, optional=t.optional)
-        for t in spec.inputs
-    )
-    update: dict[str, Any] = {"input": inputs, "output": outputs, "max_batch_size": spec.max_batch_size}
-    if checked.decoupled:
-        update["model_transaction_policy"] = TransactionPolicy(decoupled=True)
-    return config.model_copy(update=update)
-
-
-def _output_config(output: OutputSpec) -> TensorConfig:
-    assert output.datatype is not None and output.shape is not None, "checked outputs are typed"
-    return TensorConfig(
-        name=output.name, data_type=output.datatype, dims=output.shape, optional=output.optional
-    )
-
-
 def pipeline_source(spec: PipelineSpec) -> ModelSource:
     """A :class:`ModelSource` for a pipeline built in process (``Server.add_pipeline``)."""
     config = ModelConfig(
@@ -134,7 +110,7 @@ def pipeline_source(spec: PipelineSpec) -> ModelSource:
             for t in spec.inputs
         ),
         output=tuple(
-            _output_config(o) for o in spec.outputs if o.datatype is not None and o.shape is not None
+            output_config(o) for o in spec.outputs if o.datatype is not None and o.shape is not None
         ),
     )
     origin = Path(spec.origin.rsplit(":", 1)[0]) if spec.origin else Path(".")
