@@ -267,19 +267,6 @@ class TensorSpec:
         """The shape clients see: ``[-1] + shape`` for a batching model."""
         return (-1, *self.shape) if batching else self.shape
 
-    def check(self, array: np.ndarray, datatype: DataType, *, batching: bool, owner: str) -> None:
-        """Raise :class:`InvalidInputError` unless a tensor of ``datatype`` and ``array``'s
-        shape fits this spec. ``owner`` names the model in the message, e.g. ``model 'm'``.
-        """
-        if datatype is not self.datatype:
-            raise InvalidInputError(
-                f"{owner}: input '{self.name}' has datatype {datatype.value}, expected {self.datatype.value}"
-            )
-        expected = self.full_shape(batching)
-        if not shape_matches(array.shape, expected):
-            raise InvalidInputError(
-                f"{owner}: input '{self.name}' has shape {list(array.shape)}, expected {list(expected)}"
-            )
 
 
 def shape_matches(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:

@@ -18,7 +18,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskStatus
 
-from ..backends.base import ModelContext, ModelInstance, Outputs
+from ..backends.base import Outputs
 from ..errors import (
     DagserveError,
     InvalidInputError,
@@ -72,9 +72,6 @@ class Runner(Protocol):
     async def submit(self, request: InferRequest, batch_size: int) -> Outputs: ...
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
-
-
-InstanceLoader = Callable[[ModelContext], ModelInstance]
 
 
 class ModelVersion:
