@@ -24,6 +24,11 @@ PYTHON="${PYTHON:-python}"
 OUT=dagserve/_proto
 PROTOS=(model_config health grpc_service)
 
+"$PYTHON" -c "import grpc_tools.protoc" 2>/dev/null || {
+    echo "gen_protos: $PYTHON has no grpc_tools; install it first: $PYTHON -m pip install grpcio-tools==1.66.2" >&2
+    echo "gen_protos: nothing was changed" >&2
+    exit 2
+}
 rm -f "$OUT"/*_pb2.py "$OUT"/*_pb2.pyi "$OUT"/*_pb2_grpc.py
 "$PYTHON" -m grpc_tools.protoc -Iproto \
     --python_out="$OUT" --pyi_out="$OUT" --grpc_python_out="$OUT" \
