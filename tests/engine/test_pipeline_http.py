@@ -31,9 +31,8 @@ MODELS = (
 def client() -> Iterator[httpclient.InferenceServerClient]:
     with serve_in_thread(
         REPO, grpc=False, metrics=False, model_control_mode="explicit", load_models=MODELS
-    ) as running:
-        with httpclient.InferenceServerClient(running.http_url) as c:
-            yield c
+    ) as running, httpclient.InferenceServerClient(running.http_url) as c:
+        yield c
 
 
 def classify(
