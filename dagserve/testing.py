@@ -79,6 +79,7 @@ class FileGate:
 
     The model creates ``started`` when a held call begins and waits until ``release`` exists;
     the test waits for :attr:`started`, does what needs the model busy, then calls :meth:`release`.
+    A model may also log each call as a line of ``calls`` (:meth:`calls`).
     """
 
     def __init__(self, path: Path) -> None:
@@ -97,6 +98,11 @@ class FileGate:
 
     def release(self) -> None:
         (self.path / "release").touch()
+
+    def calls(self) -> list[str]:
+        """The lines the model appended to ``calls``, oldest first."""
+        path = self.path / "calls"
+        return path.read_text().splitlines() if path.exists() else []
 
 
 def wait_until(condition: Callable[[], object], *, timeout: float = DEFAULT_TIMEOUT, what: str = "") -> None:

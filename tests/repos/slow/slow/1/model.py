@@ -1,8 +1,8 @@
 """Sleeps SLEEP_MS on the event loop (async), then answers DONE = 1.
 
-With SLEEP_MS = -1 it holds instead, until the test releases it: it creates ``started`` in the
-directory named by the environment variable SLOW_MODEL_GATE, then waits for ``release`` there
-(the ``slow_gate`` fixture of tests/conftest.py)."""
+When the environment variable SLOW_MODEL_GATE names a directory (the ``slow_gate`` fixture of
+tests/conftest.py), every call appends its SLEEP_MS to ``calls`` there; and SLEEP_MS = -1 holds
+the call instead of sleeping: it creates ``started``, then waits until ``release`` exists."""
 import os
 from pathlib import Path
 
@@ -12,8 +12,12 @@ import numpy as np
 
 async def infer(inputs):
     ms = int(inputs["SLEEP_MS"].max())
+    gate = Path(os.environ["SLOW_MODEL_GATE"]) if "SLOW_MODEL_GATE" in os.environ else None
+    if gate is not None:
+        with open(gate / "calls", "a") as calls:
+            calls.write(f"{ms}\n")
     if ms < 0:
-        gate = Path(os.environ["SLOW_MODEL_GATE"])
+        assert gate is not None, "SLEEP_MS = -1 needs SLOW_MODEL_GATE"
         (gate / "started").touch()
         while not (gate / "release").exists():
             await anyio.sleep(0.005)
