@@ -238,6 +238,9 @@ def test_cupy_to_host_uses_pinned_memory() -> None:
     assert isinstance(host, np.ndarray)
     np.testing.assert_array_equal(host, np.arange(12, dtype=np.float32).reshape(3, 4))
     assert datatype_of(array) is DataType.FP32
+    import torch
+
+    assert torch.from_numpy(host).is_pinned()  # page-locked, whoever allocated it
 
 
 def test_gpu_outputs_over_http_and_grpc(repo: Path, add_model: ModelWriter) -> None:

@@ -252,7 +252,7 @@ def test_streams_over_grpc_and_http() -> None:
             client.infer("chat", [x])
         client.close()
         url = f"http://{running.http_url}/v2/models/chat/generate_stream"
-        answer = httpx.post(url, json={"TEXT": "fine boom"}, timeout=10)
+        answer = httpx.post(url, json={"TEXT": "fine boom"}, timeout=60)
     events = [json.loads(e[len("data: ") :]) for e in answer.text.splitlines() if e.startswith("data: ")]
     assert [e.get("LOUD") for e in events] == ["FINE", None]
     assert "pipeline 'chat', step 'upper' (model 'shout')" in events[1]["error"]

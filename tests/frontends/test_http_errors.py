@@ -328,7 +328,7 @@ def test_body_over_limit_is_413(http: httpx.Client) -> None:
 def test_chunked_body_over_limit_is_413(url: str) -> None:
     """A chunked body is cut off with 413 as soon as it passes the limit."""
     host, port = url.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
         sock.sendall(
             f"POST /v2/models/{ADD_SUB}/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
         )
