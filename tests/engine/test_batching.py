@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 import pytest
 
-from dagserve import InferRequest, OverloadedError, Server
+from dagserve import InferRequest, InvalidInputError, OverloadedError, Server
 from dagserve.errors import TimeoutError as QueueTimeout
 from dagserve.testing import FileGate, in_flight, wait_until_async
 
@@ -257,5 +257,5 @@ async def test_cancelled_caller_leaves_the_queue(tmp_path: Path) -> None:
 async def test_bad_priority_is_rejected(tmp_path: Path) -> None:
     repo, _ = make_repo(tmp_path, "{priority_levels: 2}")
     async with Server(model_repository=repo) as server:
-        with pytest.raises(Exception, match=r"priority 5 is out of range \(1 to 2\)"):
+        with pytest.raises(InvalidInputError, match=r"priority 5 is out of range \(1 to 2\)"):
             await server.infer("slow", "", request(0, priority=5))
