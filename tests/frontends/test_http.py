@@ -47,7 +47,7 @@ def client(url: str) -> Iterator[httpclient.InferenceServerClient]:
 
 @pytest.fixture()
 def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{url}") as c:
+    with httpx.Client(base_url=f"http://{url}", timeout=60) as c:
         yield c
 
 
@@ -514,13 +514,13 @@ async def test_serve_http_reports_its_port_and_stops_on_cancel() -> None:
                 functools.partial(serve_http, server, host="127.0.0.1", port=0, max_body_size=1024)
             )
             assert port > 0
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
                 assert (await c.get("/v2/health/live")).status_code == 200
                 meta = (await c.get("/v2")).json()
                 assert meta["name"] == server.name
             tg.cancel_scope.cancel()
         with pytest.raises(httpx.ConnectError):
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
                 await c.get("/v2/health/live")
 
 

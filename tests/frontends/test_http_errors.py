@@ -47,7 +47,7 @@ def client(url: str) -> Iterator[httpclient.InferenceServerClient]:
 
 @pytest.fixture()
 def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{url}") as c:
+    with httpx.Client(base_url=f"http://{url}", timeout=60) as c:
         yield c
 
 

@@ -621,6 +621,6 @@ def test_falls_back_to_uvicorn_without_httptools(
         caplog.at_level(logging.WARNING, logger="dagserve.frontends"),
         serve_in_thread(REPOS / "triton_python", grpc=False, metrics=False) as running,
     ):
-        r = httpx.post(f"http://{running.http_url}/v2/models/add_sub/infer", content=ADD_SUB)
+        r = httpx.post(f"http://{running.http_url}/v2/models/add_sub/infer", content=ADD_SUB, timeout=60)
         assert r.status_code == 200 and r.json()["outputs"][0]["data"] == SUM
     assert any("uvicorn" in r.getMessage() for r in caplog.records)
