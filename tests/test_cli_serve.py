@@ -41,15 +41,15 @@ def test_port_zero_reports_ports_and_sigterm_stops_cleanly() -> None:
     try:
         addresses = read_addresses(proc)
         assert all(not a.endswith(":0") for a in addresses.values())
-        with urllib.request.urlopen(f"http://{addresses['HTTP']}/v2/health/ready", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://{addresses['HTTP']}/v2/health/ready", timeout=60) as reply:
             assert reply.status == 200
-        with urllib.request.urlopen(f"http://{addresses['metrics']}/metrics", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://{addresses['metrics']}/metrics", timeout=60) as reply:
             assert b'nv_inference_count{model="add_sub",version="1"}' in reply.read()
-        with socket.create_connection(tuple(addresses["gRPC"].rsplit(":", 1)), timeout=5):  # type: ignore[arg-type]
+        with socket.create_connection(tuple(addresses["gRPC"].rsplit(":", 1)), timeout=60):  # type: ignore[arg-type]
             pass
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "SIGTERM received, stopping" in out
 
@@ -59,18 +59,18 @@ def test_environment_variables_set_options() -> None:
                       "DAGSERVE_GRPC_PORT": "0", "DAGSERVE_METRICS_PORT": "0"})
     try:
         addresses = read_addresses(proc)
-        with urllib.request.urlopen(f"http://{addresses['HTTP']}/v2/health/live", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://{addresses['HTTP']}/v2/health/live", timeout=60) as reply:
             assert reply.status == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=60)
     assert proc.returncode == 0
 
 
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
     proc = start("--model-repository", str(tmp_path / "nope"), "--http-port", "0", "--grpc-port", "0",
                  "--metrics-port", "0")
-    out, _ = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "is not a directory" in out and "Traceback" not in out
 
@@ -90,7 +90,7 @@ def test_port_in_use_is_a_clear_error() -> None:
 @pytest.mark.parametrize("flag", ["--http-port=70000", "--strict-readiness=maybe"])
 def test_bad_flags_are_refused(flag: str) -> None:
     proc = start("--model-repository", str(REPO), flag)
-    out, _ = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "error" in out
 
 
@@ -100,10 +100,10 @@ def test_explicit_mode_loads_only_the_named_models() -> None:
     try:
         addresses = read_addresses(proc)
         request = urllib.request.Request(f"http://{addresses['HTTP']}/v2/repository/index", data=b"{}")
-        with urllib.request.urlopen(request, timeout=5) as reply:
+        with urllib.request.urlopen(request, timeout=60) as reply:
             index = json.loads(reply.read())
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=60)
     ready = sorted({e["name"] for e in index if e["state"] == "READY"})
     assert ready == ["add_sub", "versioned"]

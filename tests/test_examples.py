@@ -132,6 +132,6 @@ def test_every_pipeline_has_a_request_that_it_answers(running: RunningServer) ->
             data=path.read_bytes(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             answer: dict[str, Any] = json.loads(response.read())
         assert answer["model_name"] == model and answer["outputs"], model

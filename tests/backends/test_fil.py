@@ -8,8 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pytest
+import treelite
+import xgboost as xgb
+from sklearn import datasets, ensemble
 
 from dagserve import InferRequest, Server
 from dagserve.backends import get_backend
@@ -17,12 +21,6 @@ from dagserve.backends.base import ModelContext
 from dagserve.errors import ConfigError
 from dagserve.repository.loader import load_config
 from dagserve.testing import serve_in_thread
-
-xgb = pytest.importorskip("xgboost")
-lgb = pytest.importorskip("lightgbm")
-treelite = pytest.importorskip("treelite")
-datasets = pytest.importorskip("sklearn.datasets")
-ensemble = pytest.importorskip("sklearn.ensemble")
 
 pytestmark = pytest.mark.anyio
 

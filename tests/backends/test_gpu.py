@@ -130,14 +130,23 @@ async def test_host_output_memory_answers_pinned_numpy(repo: Path, add_model: Mo
 
 
 async def test_half_precision_on_gpu(repo: Path, add_model: ModelWriter) -> None:
-    """precision fp16 computes in half on the GPU and still answers FP32 close to fp32."""
+    """precision fp16 computes in half on the GPU (its answer is the half one, not the
+    full-precision one) and still answers FP32."""
+    import torch
+
     config = EMBED_CONFIG + 'parameters { key: "precision" value: { string_value: "fp16" } }\n'
     add_model("embed", config, {"1/model.py": EMBED})
     x = rows(8)
     async with Server(model_repository=repo) as server:
         y = (await server.infer("embed", "", InferRequest(inputs={"x": x}))).outputs["y"]
     assert datatype_of(y) is DataType.FP32
-    np.testing.assert_allclose(to_host(y), reference(x), rtol=2e-2, atol=2e-2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    with torch.inference_mode():
+        in_half = model.half().cuda()(torch.from_numpy(x).half().cuda()).float().cpu().numpy()
+    answer = to_host(y)
+    np.testing.assert_allclose(answer, in_half, rtol=1e-2, atol=1e-2)
+    assert np.abs(answer - reference(x)).max() > 1e-4, "the answer is full precision: fp16 was not used"
 
 
 async def test_torch_to_cupy_chain_by_dlpack(repo: Path, add_model: ModelWriter) -> None:
@@ -229,6 +238,9 @@ def test_cupy_to_host_uses_pinned_memory() -> None:
     assert isinstance(host, np.ndarray)
     np.testing.assert_array_equal(host, np.arange(12, dtype=np.float32).reshape(3, 4))
     assert datatype_of(array) is DataType.FP32
+    import torch
+
+    assert torch.from_numpy(host).is_pinned()  # page-locked, whoever allocated it
 
 
 def test_gpu_outputs_over_http_and_grpc(repo: Path, add_model: ModelWriter) -> None:

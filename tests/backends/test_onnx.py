@@ -12,7 +12,9 @@ from typing import Any
 
 import anyio
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from dagserve import InferRequest, Server
 from dagserve.backends import get_backend
@@ -21,9 +23,6 @@ from dagserve.backends.base import ModelContext
 from dagserve.errors import ConfigError
 from dagserve.repository.loader import load_config
 from dagserve.testing import serve_in_thread
-
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.anyio
 

@@ -10,15 +10,14 @@ from typing import Any
 
 import anyio
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
+import xgboost as xgb
+from sklearn import datasets
 
 from dagserve import InferRequest, Server
 from dagserve.testing import serve_in_thread
-
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
-xgb = pytest.importorskip("xgboost")
-datasets = pytest.importorskip("sklearn.datasets")
 
 pytestmark = pytest.mark.anyio
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dagserve import InferRequest, Server
 from dagserve.types import DataType, datatype_of, is_device_tensor, to_host
-
-torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.anyio
 

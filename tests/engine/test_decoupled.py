@@ -100,7 +100,7 @@ async def test_error_after_some_responses(repo: Path) -> None:
         with pytest.raises(ModelExecutionError, match="countdown"):
             await server.infer_stream("countdown", "", InferRequest(inputs={"N": np.array([7], np.int32)}), emit)
         assert [int(r.outputs["OUT"][0]) for r in got] == [7, 6, 5, 4, 3]
-        with pytest.raises(Exception, match="N must be >= 0"):
+        with pytest.raises(ModelExecutionError, match="N must be >= 0"):
             await collect(server, "repeat", -1)
         assert len(await collect(server, "repeat", 2)) == 3
 

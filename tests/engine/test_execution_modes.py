@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dagserve import InferRequest, Server
+from dagserve.engine import instances
 
 pytestmark = pytest.mark.anyio
 
@@ -44,14 +45,19 @@ async def call(server: Server, ms: int) -> int:
     return thread_of(await server.infer("sleepy", "", InferRequest(inputs={"MS": np.array([ms], np.int32)})))
 
 
-async def test_auto_runs_on_the_loop_until_a_call_blocks(tmp_path: Path) -> None:
+async def test_auto_runs_on_the_loop_until_a_call_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adaptive instance stays on the event loop until a call (after its first) goes over
+    the inline budget; then it runs in a worker thread. The budget is raised to 0.3 s here so
+    that a fast call on a busy machine never goes over it, and a slow one always does."""
     import threading
 
+    monkeypatch.setattr(instances, "INLINE_BUDGET_NS", 300_000_000)
+    slow = 400
     loop_thread = threading.get_ident()
     async with Server(model_repository=make_repo(tmp_path, None)) as server:
-        assert await call(server, 20) == loop_thread  # a first call may be slow (imports, caches)
+        assert await call(server, slow) == loop_thread  # a first call may be slow (imports, caches)
         assert await call(server, 0) == loop_thread
-        assert await call(server, 20) == loop_thread  # this call is over budget...
+        assert await call(server, slow) == loop_thread  # this call is over budget...
         assert await call(server, 0) != loop_thread  # ...so later calls run in a thread
 
 

@@ -3,7 +3,7 @@ batch at their members, branches overlap, failures cancel, and beyond-Triton con
 
 from __future__ import annotations
 
-import time
+import shutil
 from pathlib import Path
 
 import anyio
@@ -21,6 +21,7 @@ from dagserve import (
     ServerOptions,
 )
 from dagserve.errors import AlreadyExistsError
+from dagserve.testing import in_flight
 
 pytestmark = pytest.mark.anyio
 
@@ -28,9 +29,16 @@ REPO = Path(__file__).parent.parent / "repos" / "pipelines"
 CLASSIFY = ("preprocess", "classifier", "postprocess")
 
 
-def serve(*models: str) -> Server:
+def serve(*models: str, repository: Path = REPO) -> Server:
     """A server of the pipeline test repository with only ``models`` loaded."""
-    return Server(ServerOptions(model_repository=REPO, model_control_mode="explicit", load_models=models))
+    return Server(ServerOptions(model_repository=repository, model_control_mode="explicit", load_models=models))
+
+
+def copy_repo(tmp_path: Path, *models: str) -> Path:
+    """A copy of ``models`` of the pipeline test repository, to change for one test."""
+    for name in models:
+        shutil.copytree(REPO / name, tmp_path / name)
+    return tmp_path
 
 
 def raw(text: bytes) -> InferRequest:
@@ -79,35 +87,66 @@ async def test_ensemble_metadata_and_config_are_tritons() -> None:
         assert dsl["platform"] == "pipeline" and dsl["outputs"] == meta["outputs"]
 
 
-async def test_concurrent_pipeline_requests_batch_at_the_member() -> None:
-    """Requests in flight together are batched by the classifier's dynamic batcher."""
-    async with serve(*CLASSIFY, "classify_yaml") as server:
-        async with anyio.create_task_group() as tg:
-            for i in range(8):
-                tg.start_soon(server.infer, "classify_yaml", "", raw(bytes([i]) * 10))
+async def test_concurrent_pipeline_requests_batch_at_the_member(tmp_path: Path) -> None:
+    """Requests in flight together are batched by the classifier's dynamic batcher. Its queue
+    delay is made far longer than the test, so the batch leaves when all eight requests are
+    queued together (pipelines that ran requests one by one would hang)."""
+    repo = copy_repo(tmp_path, *CLASSIFY, "classify_yaml")
+    config = repo / "classifier" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_delay_microseconds: 5000", "max_queue_delay_microseconds: 600000000"))
+    async with serve(*CLASSIFY, "classify_yaml", repository=repo) as server:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(server.infer, "classify_yaml", "", raw(bytes([i]) * 10))
         batches = server.statistics("classifier")["model_stats"][0]["batch_stats"]
-        assert max(b["batch_size"] for b in batches) > 1
+        assert [(b["batch_size"], b["compute_infer"]["count"]) for b in batches] == [(8, 1)]
         assert step_stats(server, "classify_yaml")["classifier"]["success"] == 8
 
 
-async def test_independent_branches_run_concurrently() -> None:
-    """Two 0.3 s branches of one request overlap: the request takes about 0.3 s, not 0.6 s."""
-    async with serve("sleepy", "adder", "branches") as server:
-        start = time.perf_counter()
+# Y = X + 1 once both branches are inside the model at the same time (a barrier of files):
+# branches that ran one after the other would never meet.
+MEETING = """
+import uuid
+from pathlib import Path
+
+import anyio
+
+ROOM = Path({room!r})
+
+
+async def infer(inputs):
+    (ROOM / uuid.uuid4().hex).touch()
+    with anyio.fail_after(60):
+        while len(list(ROOM.iterdir())) < 2:
+            await anyio.sleep(0.005)
+    return {{"Y": inputs["X"] + 1}}
+"""
+
+
+async def test_independent_branches_run_concurrently(tmp_path: Path) -> None:
+    """The two branches of one request run at the same time: each waits inside its model
+    until the other has arrived there too."""
+    repo = copy_repo(tmp_path / "repo", "sleepy", "adder", "branches")
+    room = tmp_path / "room"
+    room.mkdir()
+    (repo / "sleepy" / "1" / "model.py").write_text(MEETING.format(room=str(room)))
+    async with serve("sleepy", "adder", "branches", repository=repo) as server:
         response = await server.infer("branches", "", InferRequest(inputs={"X": floats(1, 2)}))
-        elapsed = time.perf_counter() - start
     np.testing.assert_array_equal(response.outputs["SUM"], [4, 6])
-    assert elapsed < 0.5
+    assert len(list(room.iterdir())) == 2
 
 
 async def test_first_failure_cancels_the_rest_and_keeps_its_class() -> None:
     """A failing step ends the request at once (the 10 s branch is cancelled); the error keeps
     its class and names the pipeline, step and model."""
     async with serve("checker", "slow", "adder", "guarded") as server:
-        start = time.perf_counter()
         with pytest.raises(InvalidInputError) as info:
             await server.infer("guarded", "", InferRequest(inputs={"X": floats(-1)}))
-        assert time.perf_counter() - start < 2
+        # The slow branch is over when the call returns, and it never finished its 10 s.
+        assert in_flight(server, "slow") == 0
+        slow = server.statistics("slow")["model_stats"][0]
+        assert slow["inference_stats"]["success"]["count"] == 0 and slow["execution_count"] == 0
         assert str(info.value) == "pipeline 'guarded', step 'check' (model 'checker'): X must not be negative"
         with pytest.raises(
             ModelExecutionError,
@@ -257,13 +296,12 @@ async def test_max_inflight_requests_bounds_each_step() -> None:
     p.output("Y", "nap.Y")
     async with serve("sleepy") as server:
         await server.add_pipeline(p.build())
-        start = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(2):
                 tg.start_soon(server.infer, "one_at_a_time", "", InferRequest(inputs={"X": floats(1)}))
-        assert time.perf_counter() - start >= 0.55
         nap = server.statistics("one_at_a_time")["model_stats"][0]["steps"][0]
-    assert nap["queue"]["ns"] >= 0.25e9
+    # One request waited for the other's 0.3 s nap (a lower bound: a busy machine only adds).
+    assert nap["queue"]["ns"] >= 0.2e9
 
 
 async def test_request_timeout_bounds_the_whole_pipeline(tmp_path: Path) -> None:
@@ -285,8 +323,10 @@ async def test_request_timeout_bounds_the_whole_pipeline(tmp_path: Path) -> None
         "    - {name: two, model: nap, inputs: {S: one.S}}\n  outputs: {S: two.S}\n"
     )
     async with Server(model_repository=tmp_path) as server:
-        fast = InferRequest(inputs={"S": np.array([0.01], np.float32)}, parameters={"timeout": 1_000_000})
+        fast = InferRequest(inputs={"S": np.array([0.01], np.float32)}, parameters={"timeout": 60_000_000})
         assert (await server.infer("naps", "", fast)).outputs["S"][0] == np.float32(0.01)
-        slow = InferRequest(inputs={"S": np.array([0.2], np.float32)}, parameters={"timeout": 50_000})
-        with anyio.fail_after(1), pytest.raises(DeadlineError, match="request timeout"):
+        # Naps of 60 s each against a 50 ms deadline: the bound only guards against a hang.
+        slow = InferRequest(inputs={"S": np.array([60], np.float32)}, parameters={"timeout": 50_000})
+        with anyio.fail_after(30), pytest.raises(DeadlineError, match="request timeout"):
             await server.infer("naps", "", slow)
+        assert in_flight(server, "nap") == 0

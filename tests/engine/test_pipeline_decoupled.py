@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from dagserve import (
     ConfigError,
@@ -248,11 +249,12 @@ def test_streams_over_grpc_and_http() -> None:
         client.stop_stream()
         x = grpcclient.InferInput("TEXT", [1], "BYTES")
         x.set_data_from_numpy(np.array([b"unary"], dtype=object))
-        with pytest.raises(Exception, match="decoupled"):
+        with pytest.raises(InferenceServerException, match="decoupled") as info:
             client.infer("chat", [x])
+        assert info.value.status() == "StatusCode.UNIMPLEMENTED"
         client.close()
         url = f"http://{running.http_url}/v2/models/chat/generate_stream"
-        answer = httpx.post(url, json={"TEXT": "fine boom"}, timeout=10)
+        answer = httpx.post(url, json={"TEXT": "fine boom"}, timeout=60)
     events = [json.loads(e[len("data: ") :]) for e in answer.text.splitlines() if e.startswith("data: ")]
     assert [e.get("LOUD") for e in events] == ["FINE", None]
     assert "pipeline 'chat', step 'upper' (model 'shout')" in events[1]["error"]

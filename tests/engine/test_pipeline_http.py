@@ -31,9 +31,8 @@ MODELS = (
 def client() -> Iterator[httpclient.InferenceServerClient]:
     with serve_in_thread(
         REPO, grpc=False, metrics=False, model_control_mode="explicit", load_models=MODELS
-    ) as running:
-        with httpclient.InferenceServerClient(running.http_url) as c:
-            yield c
+    ) as running, httpclient.InferenceServerClient(running.http_url) as c:
+        yield c
 
 
 def classify(
@@ -68,10 +67,13 @@ def test_metadata_config_and_statistics(client: httpclient.InferenceServerClient
     assert meta["platform"] == "ensemble"
     config = client.get_model_config("classify_ensemble")
     assert config["ensemble_scheduling"]["step"][1]["model_name"] == "classifier"
+    before = client.get_inference_statistics("classify_yaml")["model_stats"][0]
     classify(client, "classify_yaml", b"xyz")
     stats = client.get_inference_statistics("classify_yaml")["model_stats"][0]
-    assert stats["inference_stats"]["success"]["count"] >= 1
+    assert stats["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
     assert [s["name"] for s in stats["steps"]] == ["preprocess", "classifier", "postprocess"]
+    for step, earlier in zip(stats["steps"], before["steps"], strict=True):
+        assert step["success"]["count"] == earlier["success"]["count"] + 1
 
 
 def test_step_errors_reach_the_client_with_their_status(client: httpclient.InferenceServerClient) -> None:

@@ -46,8 +46,21 @@ async def test_control_inputs_and_reset_on_start() -> None:
     assert "TOTAL_OUT" not in again.outputs  # state outputs stay inside the server
 
 
-async def test_concurrent_sequences_batch_together() -> None:
-    async with Server(model_repository=REPO) as server:
+async def test_concurrent_sequences_batch_together(tmp_path: Path) -> None:
+    """Six sequences stepping at once share each execute call: with max_batch_size 6 and a
+    queue delay far longer than the test, a batch is sent only once all six have arrived."""
+    import shutil
+
+    shutil.copytree(REPO, tmp_path / "repo")
+    config = tmp_path / "repo" / "accumulate" / "config.pbtxt"
+    text = config.read_text()
+    assert "max_batch_size: 8" in text and "max_queue_delay_microseconds: 2000 " in text
+    config.write_text(
+        text.replace("max_batch_size: 8", "max_batch_size: 6").replace(
+            "max_queue_delay_microseconds: 2000 ", "max_queue_delay_microseconds: 600000000 "
+        )
+    )
+    async with Server(model_repository=tmp_path / "repo") as server:
         batches: list[int] = []
 
         async def run(seq: int) -> None:
@@ -59,7 +72,7 @@ async def test_concurrent_sequences_batch_together() -> None:
         async with anyio.create_task_group() as tg:
             for seq in range(1, 7):
                 tg.start_soon(run, seq)
-    assert max(batches) > 1
+    assert batches == [6] * 18
 
 
 async def test_errors_name_the_sequence_problem() -> None:
@@ -83,6 +96,6 @@ async def test_idle_sequences_expire(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("2000000", "50000"))
     async with Server(model_repository=tmp_path / "repo") as server:
         await server.infer("accumulate", "", step(1, 3, start=True))
-        await anyio.sleep(0.2)
+        await anyio.sleep(0.2)  # 4x the idle limit (a lower bound: never early), on the reaper's loop
         with pytest.raises(InvalidInputError, match="idle past max_sequence_idle_microseconds"):
             await server.infer("accumulate", "", step(1, 3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import queue
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from dagserve.frontends.grpc_codec import (
     encode_bytes_tensor,
     encode_infer_response,
 )
-from dagserve.testing import RunningServer, serve_in_thread
+from dagserve.testing import FileGate, RunningServer, serve_in_thread, wait_until
 from dagserve.types import DataType, InferResponse
 
 REPO = Path(__file__).resolve().parents[1] / "repos" / "triton_python"
@@ -143,11 +144,14 @@ def test_model_config(client: tc.InferenceServerClient) -> None:
 
 
 def test_statistics_count_inferences(client: tc.InferenceServerClient) -> None:
-    """ModelStatistics reflects successful inferences."""
-    _assert_still_serving(client)
+    """ModelStatistics counts each successful inference (a delta: the server is shared)."""
+    before = client.get_inference_statistics("add_sub").model_stats[0]
+    for _ in range(3):
+        _assert_still_serving(client)
     stats = client.get_inference_statistics("add_sub").model_stats
     assert stats[0].name == "add_sub"
-    assert stats[0].inference_stats.success.count >= 1
+    assert stats[0].inference_stats.success.count == before.inference_stats.success.count + 3
+    assert stats[0].execution_count == before.execution_count + 3
     everything = client.get_inference_statistics()
     assert {s.name for s in everything.model_stats} >= {"add_sub", "raiser"}
 
@@ -356,7 +360,7 @@ def _stream_results(
     try:
         for kwargs in requests:
             client.async_stream_infer(**kwargs, **stream_kwargs)
-        out = [received.get(timeout=30) for _ in requests]
+        out = [received.get(timeout=60) for _ in requests]
     finally:
         client.stop_stream()
     assert received.empty(), "more responses than requests"
@@ -396,19 +400,25 @@ def test_stream_empty_final_response_opt_in(client: tc.InferenceServerClient) ->
         assert "triton_enable_empty_final_response" not in response.parameters
 
 
-def test_stream_processes_requests_concurrently(client: tc.InferenceServerClient) -> None:
-    """Requests on one stream run concurrently: the dynamic batcher sees them together."""
+def test_stream_processes_requests_concurrently(tmp_path: Path) -> None:
+    """Requests on one stream run concurrently: the dynamic batcher sees them together. Its
+    queue delay is made far longer than the test, so a batch leaves only once all eight
+    requests are queued at the same time (a stream that ran them one by one would hang)."""
+    shutil.copytree(REPO / "batched_scale", tmp_path / "batched_scale")
+    config = tmp_path / "batched_scale" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_delay_microseconds: 20000", "max_queue_delay_microseconds: 600000000"))
     requests = []
     for i in range(8):
         x = tc.InferInput("X", [1, 3], "FP32")
         x.set_data_from_numpy(np.full((1, 3), i, dtype=np.float32))
         requests.append({"model_name": "batched_scale", "inputs": [x], "request_id": str(i)})
-    results = _stream_results(client, requests)
+    with serve_in_thread(tmp_path, http=False, metrics=False) as running, tc.InferenceServerClient(running.grpc_url) as client:
+        results = _stream_results(client, requests)
     assert all(error is None for _, error in results)
     by_id = {r.get_response().id: r for r, _ in results}
     for i in range(8):
         np.testing.assert_array_equal(by_id[str(i)].as_numpy("Y"), np.full((1, 3), 2 * i, np.float32))
-    assert max(int(r.as_numpy("BATCH")[0, 0]) for r in by_id.values()) > 1
+    assert [int(r.as_numpy("BATCH")[0, 0]) for r in by_id.values()] == [8] * 8
 
 
 def test_aio_stream_infer(url: str) -> None:
@@ -433,15 +443,31 @@ def test_aio_stream_infer(url: str) -> None:
     anyio.run(main)
 
 
-def test_stream_cancelled_mid_flight(client: tc.InferenceServerClient) -> None:
-    """A client cancelling a stream with requests in flight leaves the server serving."""
-    client.start_stream(callback=lambda result, error: None)
-    for i in range(8):
-        x = tc.InferInput("X", [1, 3], "FP32")
-        x.set_data_from_numpy(np.full((1, 3), i, dtype=np.float32))
-        client.async_stream_infer("batched_scale", [x], request_id=str(i))
-    client.stop_stream(cancel_requests=True)
-    _assert_still_serving(client)
+def test_stream_cancelled_mid_flight(slow_gate: FileGate) -> None:
+    """A client cancelling a stream cancels its requests in flight: one queued behind a busy
+    instance never runs, and the server goes on serving."""
+    x_hold, x_now, x_after = (tc.InferInput("SLEEP_MS", [1, 1], "INT32") for _ in range(3))
+    x_hold.set_data_from_numpy(np.array([[-1]], np.int32))
+    x_now.set_data_from_numpy(np.array([[0]], np.int32))
+    x_after.set_data_from_numpy(np.array([[1]], np.int32))
+    with (
+        serve_in_thread(REPO.parent / "slow", http=False, metrics=False) as running,
+        tc.InferenceServerClient(running.grpc_url) as client,
+    ):
+        try:
+            client.start_stream(callback=lambda result, error: None)
+            client.async_stream_infer("slow", [x_hold], request_id="held")
+            slow_gate.wait_started()
+            client.async_stream_infer("slow", [x_now], request_id="queued")
+            wait_until(lambda: running.in_flight("slow") == 2, what="the second request is queued")
+            client.stop_stream(cancel_requests=True)
+            # The queued request leaves at once (the held one may finish or be cancelled).
+            wait_until(lambda: running.in_flight("slow") <= 1, what="the cancelled stream's queued request left")
+        finally:
+            slow_gate.release()
+        wait_until(lambda: running.in_flight("slow") == 0, what="every request of the stream ended")
+        assert client.infer("slow", [x_after]).as_numpy("DONE")[0, 0] == 1
+        assert slow_gate.calls() == ["-1", "1"]  # never the queued request's 0
 
 
 # --------------------------------------------------------------------------------------------

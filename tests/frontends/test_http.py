@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def client(url: str) -> Iterator[httpclient.InferenceServerClient]:
 
 @pytest.fixture()
 def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{url}") as c:
+    with httpx.Client(base_url=f"http://{url}", timeout=60) as c:
         yield c
 
 
@@ -128,20 +129,35 @@ def test_load_and_unload_round_trip() -> None:
         assert not c.is_model_ready(ADD_SUB)
         with pytest.raises(httpclient.InferenceServerException) as info:
             c.infer(ADD_SUB, _add_sub_inputs(A, B, binary=True))
-        assert info.value.status() in {"404", "503"}
+        assert info.value.status() == "404"
         c.load_model(ADD_SUB)
         assert c.is_model_ready(ADD_SUB)
         result = c.infer(ADD_SUB, _add_sub_inputs(A, B, binary=True))
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
-        c.unload_model(ADD_SUB, unload_dependents=True)
+        c.unload_model(ADD_SUB)
         assert not c.is_model_ready(ADD_SUB)
         # The load request's parameters reach the engine: a config override that cannot
         # parse is refused, and the model loads again without it.
         with pytest.raises(httpclient.InferenceServerException) as info:
             c.load_model(ADD_SUB, config="{not json")
-        assert info.value.status() in {"400", "503"}
+        assert info.value.status() == "400"
         c.load_model(ADD_SUB)
         assert c.is_model_ready(ADD_SUB)
+
+
+@pytest.mark.xfail(reason="unload_dependents is not implemented yet (issue 10 point 2: branch reload)")
+def test_unload_dependents_unloads_a_pipelines_members() -> None:
+    """Unloading a pipeline with ``unload_dependents`` also unloads the models it uses."""
+    with (
+        serve_in_thread(
+            REPO.parent / "pipelines", grpc=False, metrics=False, model_control_mode="explicit",
+            load_models=("sleepy", "adder", "branches"),
+        ) as running,
+        httpclient.InferenceServerClient(running.http_url) as c,
+    ):
+        assert all(c.is_model_ready(m) for m in ("sleepy", "adder", "branches"))
+        c.unload_model("branches", unload_dependents=True)
+        assert [c.is_model_ready(m) for m in ("branches", "sleepy", "adder")] == [False, False, False]
 
 
 # ------------------------------------------------------------------------------- infer
@@ -262,15 +278,28 @@ def test_batched_model(client: Any) -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-def test_compressed_request_and_response(client: Any, algorithm: str) -> None:
-    """tritonclient's request and response compression both work."""
-    result = client.infer(
-        ADD_SUB,
-        _add_sub_inputs(A, B, binary=True),
-        request_compression_algorithm=algorithm,
-        response_compression_algorithm=algorithm,
-    )
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
+def test_compressed_request_and_response(url: str, algorithm: str) -> None:
+    """tritonclient's request and response compression both work: the server reads the
+    compressed request and answers a compressed response (its Content-Encoding says so),
+    which tritonclient decodes."""
+    strings = np.array([[b"x" * 100] * 20], dtype=np.object_)  # a response worth compressing
+    inp = httpclient.InferInput("TEXT", [1, 20], "BYTES")
+    inp.set_data_from_numpy(strings)
+    encodings: list[str | None] = []
+    with httpclient.InferenceServerClient(url) as c:
+        post = c._post
+
+        def recording_post(*args: Any, **kwargs: Any) -> Any:
+            response = post(*args, **kwargs)
+            encodings.append(response.get("Content-Encoding"))
+            return response
+
+        c._post = recording_post  # type: ignore[method-assign]
+        result = c.infer(
+            BYTES_MODEL, [inp], request_compression_algorithm=algorithm, response_compression_algorithm=algorithm
+        )
+    assert encodings == [algorithm]
+    assert result.as_numpy("UPPER").tolist() == [[b"X" * 100] * 20]
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
@@ -447,26 +476,33 @@ def test_codec_requested_output_binary_flag_overrides_request_default() -> None:
     }
 
 
-def test_sequential_requests_are_not_held_back_by_nagle(http: httpx.Client) -> None:
-    """Back-to-back requests on one connection take about a millisecond, not a delayed-ACK 40 ms.
+def test_accepted_connections_disable_nagle(url: str) -> None:
+    """The server's side of each connection has TCP_NODELAY, so an answer written in pieces
+    (head, then body) is not held back for the client's delayed ACK (40 ms per request).
 
-    uvicorn writes headers and body separately; without TCP_NODELAY on accepted sockets the
-    body waits for the client's delayed ACK.
+    The server runs in this process, so its accepted socket is found among our own file
+    descriptors (Linux /proc) by its address pair. Latency itself is measured in bench/.
     """
-    body = json.dumps(
-        {
-            "inputs": [
-                {"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]},
-                {"name": "INPUT1", "datatype": "FP32", "shape": [4], "data": [1, 1, 1, 1]},
-            ]
-        }
-    ).encode()
-    latencies = []
-    for _ in range(21):
-        started = time.perf_counter()
-        assert http.post(f"/v2/models/{ADD_SUB}/infer", content=body).status_code == 200
-        latencies.append(time.perf_counter() - started)
-    assert sorted(latencies)[10] < 0.025
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as client_side:
+        client_side.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client_side.recv(4096).startswith(b"HTTP/1.1 200")
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                candidate = socket.socket(fileno=os.dup(int(fd)))
+            except OSError:
+                continue  # not a socket
+            with candidate:
+                try:
+                    if candidate.type != socket.SOCK_STREAM or candidate.family != socket.AF_INET:
+                        continue
+                    if candidate.getpeername() != client_side.getsockname():
+                        continue
+                except OSError:
+                    continue  # a listening or unconnected socket
+                found.append(candidate.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    assert found and all(found)
 
 
 @pytest.mark.anyio
@@ -478,13 +514,13 @@ async def test_serve_http_reports_its_port_and_stops_on_cancel() -> None:
                 functools.partial(serve_http, server, host="127.0.0.1", port=0, max_body_size=1024)
             )
             assert port > 0
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
                 assert (await c.get("/v2/health/live")).status_code == 200
                 meta = (await c.get("/v2")).json()
                 assert meta["name"] == server.name
             tg.cancel_scope.cancel()
         with pytest.raises(httpx.ConnectError):
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
                 await c.get("/v2/health/live")
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from dagserve.testing import serve_in_thread
 
@@ -23,22 +25,63 @@ def sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels}")
 
 
+FAMILIES = (
+    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+    "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us", "nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model",
+    "nv_cache_hit_duration_per_model", "nv_cache_miss_duration_per_model",
+    "dagserve_pipeline_step_success", "dagserve_pipeline_step_failure", "dagserve_pipeline_step_skipped",
+    "dagserve_pipeline_step_duration_us", "dagserve_pipeline_step_queue_duration_us",
+)
+
+
 def test_model_and_step_counters_follow_requests() -> None:
-    with serve_in_thread(PIPELINES, grpc=False) as running:
-        client = httpclient.InferenceServerClient(running.http_url)
+    """Successes, failures, inference and execution counts and the duration families of the
+    models and pipeline steps move exactly with the requests sent (a fresh server)."""
+    with (
+        serve_in_thread(PIPELINES, grpc=False) as running,
+        httpclient.InferenceServerClient(running.http_url) as client,
+        httpx.Client(base_url=f"http://{running.metrics_url}", timeout=60) as metrics,
+    ):
         raw = httpclient.InferInput("RAW", [8], "UINT8")
         raw.set_data_from_numpy(np.arange(8, dtype=np.uint8))
         for _ in range(3):
             client.infer("classify_ensemble", [raw])
-        bad = httpclient.InferInput("RAW", [8], "INT32")
-        bad.set_data_from_numpy(np.arange(8, dtype=np.int32))
-        try:
-            client.infer("classify_ensemble", [bad])
-        except Exception:  # noqa: BLE001 - the failure is the point
-            pass
-        text = httpx.get(f"http://{running.metrics_url}/metrics").text
-    assert sample(text, "nv_inference_request_success", model="classify_ensemble", version="1") == 3
-    assert sample(text, "nv_inference_count", model="preprocess", version="1") == 3
-    assert sample(text, "nv_inference_request_duration_us", model="postprocess", version="1") > 0
-    assert sample(text, "dagserve_pipeline_step_success", pipeline="classify_ensemble", model="classifier") == 3
-    assert "# TYPE nv_inference_count counter" in text
+        negative = httpclient.InferInput("X", [1], "FP32")
+        negative.set_data_from_numpy(np.array([-1], np.float32))
+        with pytest.raises(InferenceServerException, match="X must not be negative") as info:
+            client.infer("guarded", [negative])
+        assert info.value.status() == "400"
+        text = metrics.get("/metrics").text
+
+    for family in FAMILIES:
+        assert f"# TYPE {family} counter" in text, family
+
+    def model(name: str, family: str) -> float:
+        return sample(text, family, model=name, version="1")
+
+    assert model("classify_ensemble", "nv_inference_request_success") == 3
+    assert model("classify_ensemble", "nv_inference_request_failure") == 0
+    for member in ("preprocess", "classifier", "postprocess"):
+        assert model(member, "nv_inference_request_success") == 3
+        assert model(member, "nv_inference_count") == 3
+        assert model(member, "nv_inference_exec_count") == 3
+        assert model(member, "nv_inference_request_duration_us") > 0
+        assert model(member, "nv_inference_compute_infer_duration_us") > 0
+        assert model(member, "nv_inference_queue_duration_us") >= 0
+        assert model(member, "nv_inference_queue_duration_us") <= model(member, "nv_inference_request_duration_us")
+    assert model("guarded", "nv_inference_request_success") == 0
+    assert model("guarded", "nv_inference_request_failure") == 1
+    assert model("checker", "nv_inference_request_failure") == 1
+    assert model("checker", "nv_inference_exec_count") == 1
+
+    def step(pipeline: str, name: str, family: str) -> float:
+        return sample(text, family, pipeline=pipeline, step=name)
+
+    for name in ("preprocess", "classifier", "postprocess"):
+        assert step("classify_ensemble", name, "dagserve_pipeline_step_success") == 3
+        assert step("classify_ensemble", name, "dagserve_pipeline_step_failure") == 0
+        assert step("classify_ensemble", name, "dagserve_pipeline_step_duration_us") > 0
+    assert step("guarded", "check", "dagserve_pipeline_step_failure") == 1
+    assert step("guarded", "check", "dagserve_pipeline_step_success") == 0

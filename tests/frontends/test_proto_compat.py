@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FileDescriptor
+from tritonclient.grpc import model_config_pb2 as triton_config
+from tritonclient.grpc import service_pb2 as triton_service
 
 from dagserve._proto import grpc_service_pb2, health_pb2, model_config_pb2
-
-triton_service = pytest.importorskip("tritonclient.grpc.service_pb2")
-triton_config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 
 def _field_signature(desc: Descriptor) -> dict[str, tuple[Any, ...]]:
