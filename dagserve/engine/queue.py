@@ -19,9 +19,10 @@ from typing import Any
 import anyio
 
 from ..backends.base import Outputs
-from ..errors import InvalidInputError, OverloadedError
+from ..errors import OverloadedError
 from ..repository.config import DynamicBatching, QueuePolicy
 from ..types import InferRequest
+from .parameters import check_parameters, check_priority
 
 __all__ = ["LevelPolicy", "QueuedRequest", "RequestQueue"]
 
@@ -105,22 +106,24 @@ class RequestQueue:
         self._delayed: deque[QueuedRequest] = deque()
         self._count = [0] * self._levels
 
+    @property
+    def levels(self) -> int:
+        """How many priority levels there are (1 when ``priority_levels`` is not set)."""
+        return self._levels
+
     def level_of(self, request: InferRequest) -> int:
-        """The 0-based level for ``request``'s ``priority`` parameter.
+        """The 0-based level for ``request``'s ``priority`` parameter (0 or absent: the
+        default level). Call it before taking anything for the request: it may raise.
 
         Raises:
-            InvalidInputError: a priority outside 0..priority_levels.
+            InvalidInputError: a priority that is not an integer in 0..priority_levels.
         """
-        priority = request.parameters.get("priority", 0)
-        try:
-            priority = int(priority)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"parameter 'priority' must be an integer, not {priority!r}") from None
-        if priority == 0:
+        priority = request.parameters.get("priority")
+        if not priority:
             return self._default_level
-        if not 1 <= priority <= self._levels:
-            raise InvalidInputError(f"priority {priority} is out of range (1 to {self._levels})")
-        return priority - 1
+        check_parameters({"priority": priority}, "request")
+        check_priority(request.parameters, self._levels, "request")
+        return int(priority) - 1
 
     def push(self, item: QueuedRequest) -> None:
         """Queue ``item``.
