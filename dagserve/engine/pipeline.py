@@ -428,7 +428,7 @@ class PipelineRunner:
         else:
             outputs = await self._call(step, inputs, request)
         for name, slot in step.outputs:
-            values[slot] = outputs[name]
+            values[slot] = outputs.get(name)  # absent: an optional output of a nested pipeline
 
     @staticmethod
     def _gather(step: StepPlan, values: list[Any]) -> dict[str, Any] | None:
@@ -512,8 +512,32 @@ class PipelineRunner:
                     tg.start_soon(one, i)
             if failure:
                 raise failure[0]
-        join = np.concatenate if keep else np.stack
-        return {name: join([r[name] for r in results]) for name, _ in step.outputs}
+        return self._stack(step, results, np.concatenate if keep else np.stack)
+
+    def _stack(self, step: StepPlan, results: list[Outputs], join: Callable[[list[Any]], Any]) -> dict[str, Any]:
+        """Join the per-item results of a mapped step, output by output.
+
+        Raises:
+            ModelExecutionError: an item lacks an output, or items answered in different shapes
+                (they cannot be stacked); the message names the pipeline, step, output, item
+                index and both shapes.
+        """
+        where = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}')"
+        joined = {}
+        for name, _ in step.outputs:
+            parts = [r.get(name) for r in results]
+            first = parts[0]
+            for index, part in enumerate(parts):
+                if part is None:
+                    raise ModelExecutionError(f"{where}: map item {index} did not return output '{name}'")
+                if first is not None and tuple(part.shape) != tuple(first.shape):
+                    raise ModelExecutionError(
+                        f"{where}: map item {index} returned output '{name}' with shape {list(part.shape)}, "
+                        f"but item 0 returned shape {list(first.shape)}; the items' results are stacked, "
+                        "so every item must return the same shape"
+                    )
+            joined[name] = join(parts)
+        return joined
 
     async def _loop(self, step: StepPlan, inputs: dict[str, Any], request: InferRequest) -> Outputs:
         loop = step.loop
