@@ -35,10 +35,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _whole(name: str, value: Any, owner: str) -> None:
+def _whole(name: str, value: Any, owner: str, alternative: str = "") -> None:
     if not _is_int(value) or not 0 <= int(value) <= _UINT64_MAX:
         raise InvalidInputError(
-            f"{owner}: parameter '{name}' must be an integer from 0 to {_UINT64_MAX}, not {value!r}"
+            f"{owner}: parameter '{name}' must be an integer from 0 to {_UINT64_MAX}{alternative}, not {value!r}"
         )
 
 
@@ -62,7 +62,7 @@ def check_parameters(parameters: Mapping[str, Any], owner: str) -> None:
             _whole(name, value, owner)
     corrid = parameters.get("sequence_id")
     if corrid is not None and not isinstance(corrid, str):
-        _whole("sequence_id", corrid, owner)
+        _whole("sequence_id", corrid, owner, " or a string")
     for name in ("sequence_start", "sequence_end", "binary_data_output"):
         value = parameters.get(name)
         if value is not None:

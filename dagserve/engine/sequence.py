@@ -132,7 +132,10 @@ class SequenceBatcher:
         for control_input in self._seq.control_input:
             for control in control_input.control:
                 if control.kind is ControlKind.CONTROL_SEQUENCE_CORRID:
-                    tensors[control_input.name] = _corrid_tensor(corrid, control, self._shape((1,)))
+                    try:
+                        tensors[control_input.name] = _corrid_tensor(corrid, control, self._shape((1,)))
+                    except InvalidInputError as exc:
+                        raise InvalidInputError(f"model '{self._name}': {exc}") from None
                 else:
                     tensors[control_input.name] = _flag_tensor(values[control.kind], control, self._shape((1,)))
         return tensors

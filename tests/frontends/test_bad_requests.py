@@ -83,6 +83,9 @@ CASES = {
                               {"sequence_id": 2.5, "sequence_start": True}),
     "sequence-start-string": Case("accumulate", SEQ, 400, "'sequence_start' must be true or false",
                                   {"sequence_id": 7, "sequence_start": "yes"}),
+    "sequence-id-string-for-uint64": Case("accumulate", SEQ, 400,
+                                          "model 'accumulate': sequence_id 'abc' is a string, but the model's "
+                                          "CORRID control is UINT64", {"sequence_id": "abc", "sequence_start": True}),
     "sequence-without-id": Case("accumulate", SEQ, 400, "needs a non-zero 'sequence_id'"),
     # shapes: refused before anything is allocated
     "zero-by-huge": Case("plain", (Tensor("X", "FP32", [0, 2**40], []),), 400, "too large"),
