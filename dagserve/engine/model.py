@@ -105,7 +105,7 @@ class ModelVersion:
         self._runner: Runner | None = None
         self._cache = cache if cache is not None and _cacheable(config) else None
         self._pool: InstancePool | None = None
-        self._priority_levels = 0  # of the dynamic batcher's queue; 0: no queue, priority unused
+        self._priority_levels = 0  # configured in the dynamic batcher; 0: none, any priority is the one level
         self._in_flight = 0
         self._idle = anyio.Event()
         self._unload = anyio.Event()

@@ -6,9 +6,12 @@ before the request reaches a scheduler, whatever the model. The rules follow Tri
 (``http_server.cc``, ``grpc/infer_handler.cc``):
 
 * ``priority``: an integer >= 0; 0 means the model's default level. Against a dynamic
-  batcher's ``priority_levels`` it must also be within 1..levels (Triton quietly uses the
+  batcher with ``priority_levels`` it must also be within 1..levels (Triton quietly uses the
   default level for a larger one; dagserve refuses it, so a client learns its priority was not
-  applied). A model without a dynamic batcher has no levels and ignores it, as Triton does.
+  applied). A model without priority levels (no dynamic batcher, or none configured) has one
+  level and ignores the value, as Triton does: a pipeline passes the request's priority to every
+  step, and a step without levels must not refuse it. A pipeline checks it against the fewest
+  levels among its members that have them, before any step runs.
 * ``timeout``: an integer >= 0, microseconds.
 * ``sequence_id``: an integer 0..2**64-1 or a string; ``sequence_start`` / ``sequence_end``:
   booleans.

@@ -22,7 +22,6 @@ at load time, against the configs of its loaded members, and lowered to a
 from __future__ import annotations
 
 import builtins
-import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -79,15 +78,30 @@ async def load_pipeline(
     """
     if spec is None:
         spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
-    checked = check_pipeline(spec, functools.partial(_member_config, server))
+    members: list[ModelConfig] = []
+
+    def member(model: str, version: int) -> ModelConfig:
+        found = _member_config(server, model, version)
+        members.append(found)
+        return found
+
+    checked = check_pipeline(spec, member)
     plan, config = build_plan(checked), served_config(config, checked)
+    runner: PipelineRunner
     if config.model_transaction_policy.decoupled:
         from .pipeline_stream import DecoupledPipelineRunner  # its module imports this one
 
-        return DecoupledPipelineRunner(
+        runner = DecoupledPipelineRunner(
             server.infer, plan, config, checked.may_be_missing, infer_stream=server.infer_stream
         )
-    return PipelineRunner(server.infer, plan, config, checked.may_be_missing)
+    else:
+        runner = PipelineRunner(server.infer, plan, config, checked.may_be_missing)
+    runner.priority_levels = min(
+        (m.dynamic_batching.priority_levels for m in members
+         if m.dynamic_batching is not None and m.dynamic_batching.priority_levels and m.batching),
+        default=0,
+    )
+    return runner
 
 
 def _member_config(server: Any, model: str, version: int) -> ModelConfig:
@@ -194,6 +208,8 @@ class PipelineVersion(ModelVersion):
         if runner is not None:
             runner.bind(self.stats)
             self._may_be_missing = runner.may_be_missing
+            # A priority every step can take is checked before any step runs.
+            self._priority_levels = runner.priority_levels
 
     def check_outputs(self, outputs: Outputs, wanted: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         if self._may_be_missing:
@@ -285,6 +301,7 @@ class PipelineRunner:
     ) -> None:
         self.config = config
         self.may_be_missing = may_be_missing
+        self.priority_levels = 0  # the fewest priority levels among the members that have them
         self.plan = plan
         self._infer = infer
         self._steps = plan.steps

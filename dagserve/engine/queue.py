@@ -91,6 +91,7 @@ class RequestQueue:
 
     def __init__(self, batching: DynamicBatching | None) -> None:
         levels = batching.priority_levels if batching else 0
+        self._configured = levels
         self._levels = max(levels, 1)
         default = batching.default_priority_level if batching else 0
         if levels and not 1 <= default <= levels:
@@ -108,21 +109,25 @@ class RequestQueue:
 
     @property
     def levels(self) -> int:
-        """How many priority levels there are (1 when ``priority_levels`` is not set)."""
-        return self._levels
+        """The configured ``priority_levels`` (0: none, every request has the one level)."""
+        return self._configured
 
     def level_of(self, request: InferRequest) -> int:
         """The 0-based level for ``request``'s ``priority`` parameter (0 or absent: the
-        default level). Call it before taking anything for the request: it may raise.
+        default level). Without configured levels any priority means the one level, as in
+        Triton. Call it before taking anything for the request: it may raise.
 
         Raises:
-            InvalidInputError: a priority that is not an integer in 0..priority_levels.
+            InvalidInputError: a priority that is not an integer >= 0, or one above the
+                configured ``priority_levels``.
         """
         priority = request.parameters.get("priority")
         if not priority:
             return self._default_level
         check_parameters({"priority": priority}, "request")
-        check_priority(request.parameters, self._levels, "request")
+        if not self._configured:
+            return self._default_level
+        check_priority(request.parameters, self._configured, "request")
         return int(priority) - 1
 
     def push(self, item: QueuedRequest) -> None:

@@ -35,7 +35,7 @@ TIMEOUT = 60.0  # seconds a good request may take on a busy machine; a wedged mo
 @pytest.fixture(scope="module")
 def running() -> Iterator[RunningServer]:
     with serve_in_thread(REPO, metrics=False) as running:
-        for model in ("dyn", "dyn_delayed", "plain", "accumulate", "ragged_map", "optional_out", "forgetful"):
+        for model in GOOD:
             assert running.server.get_version(model, "").ready, model
         yield running
 
@@ -71,6 +71,10 @@ CASES = {
     "priority-huge": Case("dyn", X, 400, "is out of range (1 to 2)", {"priority": 2**62}),
     "priority-queued-path": Case("dyn_delayed", X, 400, "priority 9 is out of range (1 to 2)", {"priority": 9}),
     "priority-unbatched": Case("plain", X, 400, "parameter 'priority' must be an integer", {"priority": "x"}),
+    "priority-no-levels": Case("batched_plain", X, 400, "parameter 'priority' must be an integer",
+                               {"priority": "x"}),
+    "priority-pipeline": Case("prio_chain", X, 400, "model 'prio_chain': priority 3 is out of range (1 to 2)",
+                              {"priority": 3}),
     # timeout: an integer number of microseconds
     "timeout-string": Case("dyn", X, 400, "parameter 'timeout' must be an integer", {"timeout": "soon"}),
     "timeout-negative": Case("dyn_delayed", X, 400, "parameter 'timeout' must be an integer", {"timeout": -5}),
@@ -112,6 +116,8 @@ GOOD: dict[str, dict[str, np.ndarray]] = {
     "accumulate": {"X": np.array([[6]], np.int32)},
     "forgetful": {"X": np.array([7.0], np.float32)},
     "optional_out": {"X": np.array([8.0], np.float32)},
+    "batched_plain": {"X": np.array([[9.0]], np.float32)},
+    "prio_chain": {"X": np.array([[10.0]], np.float32)},
     "ragged_map": {"NS": np.array([[3], [3]], np.int32)},
 }
 _sequence = iter(range(1000, 10**6))
@@ -257,5 +263,30 @@ def test_optional_output_not_produced_is_absent_on_both(running: RunningServer, 
         assert skipped.as_numpy("Y").tolist() == [8.0]
         ran = client.infer("optional_out", [tensor], outputs=wanted, parameters={"extra": "yes"})
         assert ran.as_numpy("EXTRA").tolist() == [8.0]
+    finally:
+        client.close()
+
+
+def executions(running: RunningServer, model: str) -> int:
+    return int(running.server.statistics(model)["model_stats"][0]["execution_count"])
+
+
+@pytest.mark.parametrize("module", [httpclient, grpcclient], ids=["http", "grpc"])
+def test_priority_through_a_pipeline(running: RunningServer, module: Any) -> None:
+    """A pipeline passes the priority to every step: a step without priority levels takes any
+    priority (as Triton), and a priority that a step with levels would refuse is refused before
+    the first step runs."""
+    url = running.http_url if module is httpclient else running.grpc_url
+    client = module.InferenceServerClient(url)
+    tensor = module.InferInput("X", [1, 1], "FP32")
+    tensor.set_data_from_numpy(GOOD["prio_chain"]["X"])
+    try:
+        for priority in (0, 1, 2):
+            assert client.infer("prio_chain", [tensor], priority=priority).as_numpy("Y").tolist() == [[10.0]]
+        assert client.infer("batched_plain", [tensor], priority=7).as_numpy("Y").tolist() == [[10.0]]
+        before = executions(running, "batched_plain")
+        with pytest.raises(InferenceServerException, match=r"priority 3 is out of range \(1 to 2\)"):
+            client.infer("prio_chain", [tensor], priority=3)
+        assert executions(running, "batched_plain") == before
     finally:
         client.close()
