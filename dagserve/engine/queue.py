@@ -172,6 +172,20 @@ class RequestQueue:
             yield from queue
         yield from self._delayed
 
+    def discard(self, item: QueuedRequest) -> None:
+        """Forget ``item`` at once (its caller gave up), unless it was taken for a batch: it
+        no longer counts against ``max_queue_size`` nor keeps the queue looking busy."""
+        item.cancelled = True
+        if item.started:
+            return
+        if item in self._delayed:
+            self._delayed.remove(item)
+            return
+        queue = self._queues[item.level]
+        if item in queue:
+            queue.remove(item)
+            self._count[item.level] -= 1
+
     def take(self, items: list[QueuedRequest]) -> None:
         """Remove ``items`` (just chosen for a batch) from the queue."""
         for item in items:

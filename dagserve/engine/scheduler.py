@@ -173,14 +173,14 @@ class DynamicBatcher:
                 with anyio.move_on_after(timeout):
                     await item.done.wait()
                 if not item.done.is_set() and not item.started:
-                    item.cancelled = True
+                    self._queue.discard(item)
                     self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
                     raise TimeoutError(
                         f"model '{self._stats.name}': request timed out after {timeout * 1e6:.0f} µs in the queue"
                     )
             await item.done.wait()
         except BaseException:
-            item.cancelled = True
+            self._queue.discard(item)  # a cancelled caller leaves the queue at once
             raise
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)

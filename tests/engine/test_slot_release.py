@@ -99,3 +99,25 @@ async def test_cancelled_callers_hold_nothing(tmp_path: Path, scheduling: str, i
 
                 tg.start_soon(cancelled)
         await serves_all(server, instances)
+
+
+async def test_cancelled_caller_leaves_the_queue_at_once(tmp_path: Path) -> None:
+    """A queued request whose caller is cancelled stops counting against max_queue_size at
+    once, before the batch loop next looks at the queue."""
+    repo = make_repo(tmp_path, "dynamic_batching: {default_queue_policy: {max_queue_size: 1}}", 1)
+    async with Server(model_repository=repo) as server, anyio.create_task_group() as tg:
+        tg.start_soon(server.infer, "slow", "", request(1, sleep_ms=300))  # holds the instance
+        await anyio.wait_all_tasks_blocked()
+        scope = anyio.CancelScope()
+        tg.start_soon(_queued_until_cancelled, server, scope)
+        await anyio.wait_all_tasks_blocked()  # the second request waits in the queue
+        scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        # The queue holds one request at most: this one fits only if the cancelled one left.
+        with anyio.fail_after(30):
+            assert (await server.infer("slow", "", request(3))).outputs["ID"][0, 0] == 3
+
+
+async def _queued_until_cancelled(server: Server, scope: anyio.CancelScope) -> None:
+    with scope:
+        await server.infer("slow", "", request(2))
