@@ -40,6 +40,7 @@ from ..types import (
 )
 from .cache import ResponseCache, request_key
 from .instances import InstancePool
+from .parameters import check_parameters, check_priority
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
 from .sequence import SequenceBatcher
@@ -104,6 +105,7 @@ class ModelVersion:
         self._runner: Runner | None = None
         self._cache = cache if cache is not None and _cacheable(config) else None
         self._pool: InstancePool | None = None
+        self._priority_levels = 0  # configured in the dynamic batcher; 0: none, any priority is the one level
         self._in_flight = 0
         self._idle = anyio.Event()
         self._unload = anyio.Event()
@@ -184,9 +186,9 @@ class ModelVersion:
             preferred_batch_sizes=batching.preferred_batch_size,
             max_queue_delay=batching.max_queue_delay_microseconds / 1e6,
         )
-        return DynamicBatcher(
-            self._pool, self.stats, policy, RequestQueue(batching), preserve_ordering=batching.preserve_ordering
-        )
+        queue = RequestQueue(batching)
+        self._priority_levels = queue.levels
+        return DynamicBatcher(self._pool, self.stats, policy, queue, preserve_ordering=batching.preserve_ordering)
 
     def unload(self) -> None:
         """Ask :meth:`serve` to stop taking requests, finish those in flight, and close."""
@@ -307,12 +309,17 @@ class ModelVersion:
             sender.send(exc, final=True)
 
     def validate(self, request: InferRequest) -> int:
-        """Check the request's tensors against the config; return its batch size (1 when the
-        model does not batch).
+        """Check the request's tensors against the config and its reserved parameters
+        (:mod:`.parameters`); return its batch size (1 when the model does not batch).
 
         Raises:
-            InvalidInputError: naming the model and the offending tensor.
+            InvalidInputError: naming the model and the offending tensor or parameter.
         """
+        parameters = request.parameters
+        if parameters:
+            check_parameters(parameters, self._owner)
+            if self._priority_levels:
+                check_priority(parameters, self._priority_levels, self._owner)
         inputs = request.inputs
         specs = self._inputs
         if len(inputs) > len(specs) or any(name not in specs for name in inputs):

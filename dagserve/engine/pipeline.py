@@ -22,7 +22,6 @@ at load time, against the configs of its loaded members, and lowered to a
 from __future__ import annotations
 
 import builtins
-import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -79,15 +78,30 @@ async def load_pipeline(
     """
     if spec is None:
         spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
-    checked = check_pipeline(spec, functools.partial(_member_config, server))
+    members: list[ModelConfig] = []
+
+    def member(model: str, version: int) -> ModelConfig:
+        found = _member_config(server, model, version)
+        members.append(found)
+        return found
+
+    checked = check_pipeline(spec, member)
     plan, config = build_plan(checked), served_config(config, checked)
+    runner: PipelineRunner
     if config.model_transaction_policy.decoupled:
         from .pipeline_stream import DecoupledPipelineRunner  # its module imports this one
 
-        return DecoupledPipelineRunner(
+        runner = DecoupledPipelineRunner(
             server.infer, plan, config, checked.may_be_missing, infer_stream=server.infer_stream
         )
-    return PipelineRunner(server.infer, plan, config, checked.may_be_missing)
+    else:
+        runner = PipelineRunner(server.infer, plan, config, checked.may_be_missing)
+    runner.priority_levels = min(
+        (m.dynamic_batching.priority_levels for m in members
+         if m.dynamic_batching is not None and m.dynamic_batching.priority_levels and m.batching),
+        default=0,
+    )
+    return runner
 
 
 def _member_config(server: Any, model: str, version: int) -> ModelConfig:
@@ -194,6 +208,8 @@ class PipelineVersion(ModelVersion):
         if runner is not None:
             runner.bind(self.stats)
             self._may_be_missing = runner.may_be_missing
+            # A priority every step can take is checked before any step runs.
+            self._priority_levels = runner.priority_levels
 
     def check_outputs(self, outputs: Outputs, wanted: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         if self._may_be_missing:
@@ -285,6 +301,7 @@ class PipelineRunner:
     ) -> None:
         self.config = config
         self.may_be_missing = may_be_missing
+        self.priority_levels = 0  # the fewest priority levels among the members that have them
         self.plan = plan
         self._infer = infer
         self._steps = plan.steps
@@ -428,7 +445,7 @@ class PipelineRunner:
         else:
             outputs = await self._call(step, inputs, request)
         for name, slot in step.outputs:
-            values[slot] = outputs[name]
+            values[slot] = outputs.get(name)  # absent: an optional output of a nested pipeline
 
     @staticmethod
     def _gather(step: StepPlan, values: list[Any]) -> dict[str, Any] | None:
@@ -512,8 +529,32 @@ class PipelineRunner:
                     tg.start_soon(one, i)
             if failure:
                 raise failure[0]
-        join = np.concatenate if keep else np.stack
-        return {name: join([r[name] for r in results]) for name, _ in step.outputs}
+        return self._stack(step, results, np.concatenate if keep else np.stack)
+
+    def _stack(self, step: StepPlan, results: list[Outputs], join: Callable[[list[Any]], Any]) -> dict[str, Any]:
+        """Join the per-item results of a mapped step, output by output.
+
+        Raises:
+            ModelExecutionError: an item lacks an output, or items answered in different shapes
+                (they cannot be stacked); the message names the pipeline, step, output, item
+                index and both shapes.
+        """
+        where = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}')"
+        joined = {}
+        for name, _ in step.outputs:
+            parts = [r.get(name) for r in results]
+            first = parts[0]
+            for index, part in enumerate(parts):
+                if part is None:
+                    raise ModelExecutionError(f"{where}: map item {index} did not return output '{name}'")
+                if first is not None and tuple(part.shape) != tuple(first.shape):
+                    raise ModelExecutionError(
+                        f"{where}: map item {index} returned output '{name}' with shape {list(part.shape)}, "
+                        f"but item 0 returned shape {list(first.shape)}; the items' results are stacked, "
+                        "so every item must return the same shape"
+                    )
+            joined[name] = join(parts)
+        return joined
 
     async def _loop(self, step: StepPlan, inputs: dict[str, Any], request: InferRequest) -> Outputs:
         loop = step.loop

@@ -19,9 +19,10 @@ from typing import Any
 import anyio
 
 from ..backends.base import Outputs
-from ..errors import InvalidInputError, OverloadedError
+from ..errors import OverloadedError
 from ..repository.config import DynamicBatching, QueuePolicy
 from ..types import InferRequest
+from .parameters import check_parameters, check_priority
 
 __all__ = ["LevelPolicy", "QueuedRequest", "RequestQueue"]
 
@@ -90,6 +91,7 @@ class RequestQueue:
 
     def __init__(self, batching: DynamicBatching | None) -> None:
         levels = batching.priority_levels if batching else 0
+        self._configured = levels
         self._levels = max(levels, 1)
         default = batching.default_priority_level if batching else 0
         if levels and not 1 <= default <= levels:
@@ -105,22 +107,28 @@ class RequestQueue:
         self._delayed: deque[QueuedRequest] = deque()
         self._count = [0] * self._levels
 
+    @property
+    def levels(self) -> int:
+        """The configured ``priority_levels`` (0: none, every request has the one level)."""
+        return self._configured
+
     def level_of(self, request: InferRequest) -> int:
-        """The 0-based level for ``request``'s ``priority`` parameter.
+        """The 0-based level for ``request``'s ``priority`` parameter (0 or absent: the
+        default level). Without configured levels any priority means the one level, as in
+        Triton. Call it before taking anything for the request: it may raise.
 
         Raises:
-            InvalidInputError: a priority outside 0..priority_levels.
+            InvalidInputError: a priority that is not an integer >= 0, or one above the
+                configured ``priority_levels``.
         """
-        priority = request.parameters.get("priority", 0)
-        try:
-            priority = int(priority)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"parameter 'priority' must be an integer, not {priority!r}") from None
-        if priority == 0:
+        priority = request.parameters.get("priority")
+        if not priority:
             return self._default_level
-        if not 1 <= priority <= self._levels:
-            raise InvalidInputError(f"priority {priority} is out of range (1 to {self._levels})")
-        return priority - 1
+        check_parameters({"priority": priority}, "request")
+        if not self._configured:
+            return self._default_level
+        check_priority(request.parameters, self._configured, "request")
+        return int(priority) - 1
 
     def push(self, item: QueuedRequest) -> None:
         """Queue ``item``.
@@ -163,6 +171,20 @@ class RequestQueue:
         for queue in self._queues:
             yield from queue
         yield from self._delayed
+
+    def discard(self, item: QueuedRequest) -> None:
+        """Forget ``item`` at once (its caller gave up), unless it was taken for a batch: it
+        no longer counts against ``max_queue_size`` nor keeps the queue looking busy."""
+        item.cancelled = True
+        if item.started:
+            return
+        if item in self._delayed:
+            self._delayed.remove(item)
+            return
+        queue = self._queues[item.level]
+        if item in queue:
+            queue.remove(item)
+            self._count[item.level] -= 1
 
     def take(self, items: list[QueuedRequest]) -> None:
         """Remove ``items`` (just chosen for a batch) from the queue."""

@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..backends.base import ModelInstance, Outputs
-from ..errors import OverloadedError, TimeoutError
+from ..errors import CancelledError, OverloadedError, TimeoutError
 from ..types import InferRequest
 from .instances import InstancePool
 from .queue import QueuedRequest, RequestQueue
@@ -147,13 +147,18 @@ class DynamicBatcher:
             TimeoutError: its queue policy rejects it after its timeout while still queued.
             InvalidInputError: a bad ``priority`` parameter.
         """
-        if self._direct and not len(self._queue):
-            instance = self._pool.try_acquire()
-            if instance is not None:
-                return await self._run_direct(instance, request, batch_size)
+        # Everything that can refuse the request runs before an instance or a queue entry is
+        # taken for it, so a refusal never holds either.
         level = self._queue.level_of(request)
         policy = self._queue.policies[level]
         timeout = policy.timeout_for(request)
+        if self._direct and not len(self._queue):
+            # Nothing is queued and an instance is idle: with no queue delay to wait for, the
+            # batch would be this request alone, so run it here and skip the batch loop's
+            # hand-offs (several event-loop turns).
+            instance = self._pool.try_acquire()
+            if instance is not None:
+                return await _run_alone(self._pool, self._stats, instance, request, batch_size, time.perf_counter_ns())
         now = anyio.current_time()
         deadline = now + timeout if timeout else math.inf
         start = time.perf_counter_ns()
@@ -168,25 +173,17 @@ class DynamicBatcher:
                 with anyio.move_on_after(timeout):
                     await item.done.wait()
                 if not item.done.is_set() and not item.started:
-                    item.cancelled = True
+                    self._queue.discard(item)
                     self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
                     raise TimeoutError(
                         f"model '{self._stats.name}': request timed out after {timeout * 1e6:.0f} µs in the queue"
                     )
             await item.done.wait()
         except BaseException:
-            item.cancelled = True
+            self._queue.discard(item)  # a cancelled caller leaves the queue at once
             raise
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)
-
-    async def _run_direct(self, instance: ModelInstance, request: InferRequest, batch_size: int) -> Outputs:
-        """Nothing is queued and an instance is idle: with no queue delay to wait for, the
-        batch would be this request alone, so run it here and skip the batch loop's hand-offs
-        (several event-loop turns)."""
-        self._queue.level_of(request)  # the priority parameter is still checked
-        start = time.perf_counter_ns()
-        return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The batch loop: runs until cancelled, one batch per free instance."""
@@ -230,17 +227,26 @@ class DynamicBatcher:
                 await self._arrived.wait()
 
     async def _execute(self, instance: ModelInstance, batch: list[QueuedRequest], sequence: int) -> None:
+        """Run ``batch`` on ``instance``, give the instance back, and answer every request of
+        the batch, whatever happens (even when this task is cancelled): a request taken from
+        the queue is never left waiting, and with ``preserve_ordering`` no later batch is held
+        back by this one."""
         started = time.perf_counter_ns()
-        results: Sequence[Outputs | BaseException]
+        results: Sequence[Outputs | BaseException] = ()
         try:
             results = await self._pool.run(instance, [i.request for i in batch], sum(i.size for i in batch))
         except Exception as exc:  # noqa: BLE001 - the execution failed as a whole: each request gets it
             results = [exc] * len(batch)
         finally:
             self._pool.release(instance)
-        for item, result in zip(batch, results):
-            item.result = result
-            item.queue_ns = started - item.enqueued
+            if len(results) != len(batch):  # cancelled (the model is unloading) or interrupted
+                results = [CancelledError(f"model '{self._stats.name}': the batch was cancelled")] * len(batch)
+            for item, result in zip(batch, results):
+                item.result = result
+                item.queue_ns = started - item.enqueued
+            self._release(batch, sequence)
+
+    def _release(self, batch: list[QueuedRequest], sequence: int) -> None:
         if not self._ordered:
             for item in batch:
                 item.done.set()

@@ -64,6 +64,7 @@ class SequenceBatcher:
             InvalidInputError: no ``sequence_id``, or no live sequence and no START flag.
         """
         corrid, start, end = self._sequence_flags(request)
+        controls = self._controls(corrid, start=start, end=end)  # may refuse the id: before any state
         now = anyio.current_time()
         sequence = self._sequences.get(corrid)
         if start:
@@ -75,19 +76,22 @@ class SequenceBatcher:
                 "(or it ended, or it was idle past max_sequence_idle_microseconds)"
             )
         async with sequence.lock:
-            sequence.last_used = anyio.current_time()
-            inputs = dict(request.inputs)
-            inputs.update(self._controls(corrid, start=start, end=end))
-            inputs.update(sequence.state)
-            raw = await self._inner.submit(replace(request, inputs=inputs), batch_size)
-            for output, state_input in self._state_outputs.items():
-                if output not in raw:
-                    raise ModelExecutionError(
-                        f"model '{self._name}' did not return its state output '{output}'"
-                    )
-                sequence.state[state_input] = np.asarray(raw[output])
-            if end and self._sequences.get(corrid) is sequence:
-                del self._sequences[corrid]
+            try:
+                sequence.last_used = anyio.current_time()
+                inputs = dict(request.inputs)
+                inputs.update(controls)
+                inputs.update(sequence.state)
+                raw = await self._inner.submit(replace(request, inputs=inputs), batch_size)
+                for output, state_input in self._state_outputs.items():
+                    if output not in raw:
+                        raise ModelExecutionError(
+                            f"model '{self._name}' did not return its state output '{output}'"
+                        )
+                    sequence.state[state_input] = np.asarray(raw[output])
+            finally:
+                # The END request ends its sequence even when it fails or is cancelled.
+                if end and self._sequences.get(corrid) is sequence:
+                    del self._sequences[corrid]
         return {k: v for k, v in raw.items() if k not in self._state_outputs}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -128,7 +132,10 @@ class SequenceBatcher:
         for control_input in self._seq.control_input:
             for control in control_input.control:
                 if control.kind is ControlKind.CONTROL_SEQUENCE_CORRID:
-                    tensors[control_input.name] = _corrid_tensor(corrid, control, self._shape((1,)))
+                    try:
+                        tensors[control_input.name] = _corrid_tensor(corrid, control, self._shape((1,)))
+                    except InvalidInputError as exc:
+                        raise InvalidInputError(f"model '{self._name}': {exc}") from None
                 else:
                     tensors[control_input.name] = _flag_tensor(values[control.kind], control, self._shape((1,)))
         return tensors
@@ -163,5 +170,8 @@ def _corrid_tensor(corrid: int | str, control: Control, shape: tuple[int, ...]) 
         return np.full(shape, str(corrid).encode(), dtype=np.object_)
     if isinstance(corrid, str):
         raise InvalidInputError(f"sequence_id {corrid!r} is a string, but the model's CORRID control is {datatype.value}")
-    return np.full(shape, corrid, dtype=datatype.numpy_dtype)
+    dtype = datatype.numpy_dtype
+    if dtype.kind not in "iu" or not np.iinfo(dtype).min <= corrid <= np.iinfo(dtype).max:
+        raise InvalidInputError(f"sequence_id {corrid} does not fit the model's CORRID control ({datatype.value})")
+    return np.full(shape, corrid, dtype=dtype)
 

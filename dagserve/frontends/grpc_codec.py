@@ -12,7 +12,6 @@ elements each prefixed with their 4-byte little-endian length.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from .._proto import grpc_service_pb2 as pb
 from ..errors import InternalError, InvalidInputError, UnsupportedError
-from ..types import DataType, InferRequest, InferResponse, RequestedOutput, to_host
+from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
     "decode_bytes_tensor",
@@ -187,11 +186,8 @@ def tensor_to_raw(array: np.ndarray, datatype: DataType, *, name: str) -> bytes:
 
 
 def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[tuple[int, ...], int]:
-    """The declared shape and its element count, refusing negative dimensions."""
-    shape = tuple(int(d) for d in tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInputError(f"input '{tensor.name}': shape {list(shape)} has a negative dimension")
-    return shape, math.prod(shape)
+    """The declared shape and its element count (see :func:`~dagserve.types.check_shape`)."""
+    return check_shape(list(tensor.shape), tensor.name)
 
 
 def _from_raw(raw: bytes, datatype: DataType, shape: tuple[int, ...], count: int, name: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InternalError, InvalidInputError, UnsupportedError
-from ..types import DataType, InferRequest, InferResponse, RequestedOutput, to_host
+from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
     "BodyTooLargeError",
@@ -257,15 +257,7 @@ def _datatype(value: Any, name: str) -> DataType:
 def _shape(value: Any, name: str) -> tuple[tuple[int, ...], int]:
     if type(value) is not list:
         raise InvalidInputError(f"input '{name}' must have a 'shape' list")
-    count = 1
-    for d in value:
-        # bool is an int subclass; a shape of [true] is a client bug, not a dimension of 1.
-        if type(d) is not int or d < 0:
-            raise InvalidInputError(
-                f"input '{name}' has invalid shape {value}: dimensions must be integers >= 0"
-            )
-        count *= d
-    return tuple(value), count
+    return check_shape(value, name)
 
 
 def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
@@ -431,9 +423,10 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
     Outputs come in the order the client asked for them (all outputs, in the response's
     order, when it asked for none). A BYTES output that is not valid UTF-8 cannot be a JSON
     string, so it is sent binary even if JSON was asked for; ``tritonclient`` reads either.
+    A requested output the response lacks (an optional output that was not produced) is left
+    out, as the gRPC encoder does.
 
     Raises:
-        InvalidInputError: a requested output is not in the response.
         InternalError: an output array does not match its declared datatype.
     """
     default_binary = request.parameters.get("binary_data_output", False) is True
@@ -450,10 +443,11 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
     for name, binary in wanted:
         array = response.outputs.get(name)
         if array is None:
-            raise InvalidInputError(
-                f"model '{response.model_name}' has no output '{name}' (it returned: "
-                f"{', '.join(response.outputs) or 'none'})"
-            )
+            # An optional output that was not produced (a pipeline branch that was skipped):
+            # absent from the response, as on gRPC and as Triton answers. The engine has
+            # already refused requests for outputs a model does not declare, and a model
+            # that fails to return a required one.
+            continue
         array = to_host(array)  # a GPU tensor is copied to host here, at the edge
         dt = response.datatypes.get(name) or DataType.from_numpy(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": dt.value, "shape": list(array.shape)}
