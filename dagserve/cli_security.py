@@ -13,6 +13,8 @@ import argparse
 import os
 from typing import Any
 
+from .limits import Limits
+
 __all__ = ["add_arguments", "serve_options", "server_options"]
 
 
@@ -28,6 +30,24 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+_LIMIT_FLAGS = {
+    "max-tensor-elements": "largest number of elements in one input tensor",
+    "max-inputs": "largest number of inputs in one inference request",
+    "max-bytes-element-size": "largest BYTES element, in bytes",
+    "max-json-depth": "deepest nesting of arrays and objects in a JSON request body",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the security flags to the ``serve`` sub-parser."""
     g = parser.add_argument_group("security (docs/security.md)")
@@ -37,11 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="follow symlinks in model directories that lead outside the model repository "
              "(default false: such models are refused)",
     )
+    defaults = Limits()
+    for flag, text in _LIMIT_FLAGS.items():
+        default = getattr(defaults, flag.replace("-", "_"))
+        g.add_argument(f"--{flag}", type=_positive, default=_positive(_env(flag, str(default)) or str(default)),
+                       help=f"{text} (default {default}; env DAGSERVE_{flag.upper().replace('-', '_')})")
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``ServerOptions`` from the parsed flags."""
-    return {"allow_symlinks_outside_repository": args.allow_symlinks_outside_repository}
+    limits = Limits(**{flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in _LIMIT_FLAGS})
+    return {"allow_symlinks_outside_repository": args.allow_symlinks_outside_repository, "limits": limits}
 
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:

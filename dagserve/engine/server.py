@@ -35,6 +35,7 @@ from ..errors import (
     ModelNotReadyError,
     UnsupportedError,
 )
+from ..limits import Limits
 from ..repository import confine
 from ..repository.config import InstanceKind, ModelConfig
 from ..repository.loader import ModelSource, parse_config, read_model, scan
@@ -71,6 +72,7 @@ class ServerOptions:
     (0 = no cache, as Triton without ``--cache-config``).
     ``allow_symlinks_outside_repository``: follow symlinks in model directories that lead out
     of the repository (refused by default; see ``repository/confine.py``).
+    ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
     """
 
     model_repository: Path | None = None
@@ -79,6 +81,7 @@ class ServerOptions:
     strict_readiness: bool = True
     response_cache_bytes: int = 0
     allow_symlinks_outside_repository: bool = False
+    limits: Limits = field(default_factory=Limits)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -166,7 +166,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, target: pb.ModelInferResponse | None = None
     ) -> pb.ModelInferResponse:
         """Decode, run and encode one request; raises what the codec or the engine raise."""
-        decoded = decode_infer_request(request, drop_parameters=(_ENABLE_EMPTY_FINAL,))
+        decoded = decode_infer_request(
+                request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits
+            )
         response = await self._server.infer(request.model_name, request.model_version, decoded)
         return encode_infer_response(response, request_id=request.id, target=target)
 
@@ -215,7 +217,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async with send:
             try:
-                decoded = decode_infer_request(request, drop_parameters=(_ENABLE_EMPTY_FINAL,))
+                decoded = decode_infer_request(
+                    request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits
+                )
                 await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
             except Exception as exc:  # noqa: BLE001 - reported in-stream, the stream goes on
                 message = pb.ModelStreamInferResponse()

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import InvalidInputError
+from ..limits import Limits
 from ..types import InferResponse
 from .asgi import serve_asgi
 from .generate import SSEResponse, generate_request, generate_response
@@ -206,12 +207,12 @@ def _guarded(handler: _Handler) -> _Handler:
     return endpoint
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+async def _json_body(request: Request, limit: int, limits: Limits) -> dict[str, Any]:
     """The request's JSON object body, ``{}`` when empty.
 
     Raises:
         BodyTooLargeError: over ``limit``.
-        InvalidInputError: not a JSON object.
+        InvalidInputError: not a JSON object, or nested deeper than ``limits`` allow.
     """
     declared = request.headers.get("content-length")
     try:
@@ -227,6 +228,7 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
         body = decompress_body(body, encoding, limit)
     if not body.strip():
         return {}
+    limits.check_json(body)  # security: limits before parsing
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -272,14 +274,14 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
         return _json_response(server.statistics(p.get("model", ""), p.get("version", "")))
 
     async def repository_index(request: Request) -> Response:
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         ready = body.get("ready", False)
         if type(ready) is not bool:
             raise InvalidInputError("repository index 'ready' must be true or false")
         return _json_response(server.repository_index(ready_only=ready))
 
     async def repository_load(request: Request) -> Response:
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         parameters = body.get("parameters")
         if parameters is not None and type(parameters) is not dict:
             raise InvalidInputError("load request 'parameters' must be a JSON object")
@@ -287,7 +289,7 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
         return _json_response({})
 
     async def repository_unload(request: Request) -> Response:
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         parameters = body.get("parameters") or {}
         if type(parameters) is not dict:
             raise InvalidInputError("unload request 'parameters' must be a JSON object")
@@ -300,7 +302,7 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
     async def generate(request: Request) -> Response:
         """Triton's generate extension: one request, one JSON answer."""
         p = request.path_params
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         engine_request = generate_request(server, p["model"], p.get("version", ""), body)
         answers: list[InferResponse] = []
 
@@ -318,7 +320,7 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
     async def generate_stream(request: Request) -> Response | SSEResponse:
         """Triton's generate extension: every response as a server-sent event."""
         p = request.path_params
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         engine_request = generate_request(server, p["model"], p.get("version", ""), body)
         return SSEResponse(server, p["model"], p.get("version", ""), engine_request)
 

@@ -137,15 +137,17 @@ class InferCore:
             if content_encoding is not None:
                 body = decompress_body(body, content_encoding.decode("latin-1"), self.limit)
             if header_length is None:
-                request = decode_infer_request(body, _EMPTY)
+                request = decode_infer_request(body, _EMPTY, self._server.options.limits)
             else:
                 json_size = _parse_header_length(header_length, len(body))
                 view = memoryview(body)
                 if json_size == 0:
-                    request = decode_raw_request(view, self._server.model_metadata(model, version))
+                    request = decode_raw_request(
+                        view, self._server.model_metadata(model, version), self._server.options.limits
+                    )
                 else:
                     # json.loads wants bytes: the header is copied, the tensor bytes are not.
-                    request = decode_infer_request(body[:json_size], view[json_size:])
+                    request = decode_infer_request(body[:json_size], view[json_size:], self._server.options.limits)
             request_id = request.id
             response = await self._server.infer(model, version, request)
             out, json_size_out = encode_infer_response(response, request)
