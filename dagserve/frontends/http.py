@@ -28,14 +28,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import InvalidInputError
+from ..errors import ConfigError, InvalidInputError
 from ..limits import Limits
 from ..types import InferResponse
 from .asgi import serve_asgi
 from .generate import SSEResponse, generate_request, generate_response
 from .http_codec import BodyTooLargeError, decompress_body
 from .http_infer import InferCore, InferReply
+from .restricted import RestrictedASGI, Restrictions
 from .status import status_for
+from .tls import TLSConfig
 
 if TYPE_CHECKING:
     from ..engine import Server
@@ -371,7 +373,7 @@ class _App:
 
     __slots__ = ("_infer", "_starlette")
 
-    def __init__(self, infer: _InferEndpoint, starlette: Starlette) -> None:
+    def __init__(self, infer: _InferEndpoint, starlette: ASGIApp) -> None:
         self._infer = infer
         self._starlette = starlette
 
@@ -384,24 +386,29 @@ class _App:
         await self._starlette(scope, receive, send)
 
 
-def _build(server: Server, max_body_size: int) -> tuple[InferCore, Starlette]:
+def _build(
+    server: Server, max_body_size: int, restricted: Restrictions | None = None
+) -> tuple[InferCore, ASGIApp]:
     if max_body_size <= 0:
         raise ValueError(f"max_body_size must be positive, got {max_body_size}")
-    core = InferCore(server, max_body_size)
-    starlette = Starlette(
+    core = InferCore(server, max_body_size, restricted)
+    starlette: ASGIApp = Starlette(
         routes=_routes(core, server, max_body_size),
         exception_handlers={HTTPException: _http_exception},
     )
+    if restricted:  # security: restricted API categories (InferCore checks /infer itself)
+        starlette = RestrictedASGI(starlette, restricted)
     return core, starlette
 
 
-def create_app(server: Server, *, max_body_size: int) -> ASGIApp:
+def create_app(server: Server, *, max_body_size: int, restricted: Restrictions | None = None) -> ASGIApp:
     """The ASGI application serving ``server`` over KServe v2 / Triton HTTP.
 
     ``max_body_size`` bounds every request body in bytes, both as sent and once
-    decompressed; a larger one is answered 413 and its connection closed.
+    decompressed; a larger one is answered 413 and its connection closed. ``restricted``
+    closes API categories behind a header (:mod:`.restricted`).
     """
-    core, starlette = _build(server, max_body_size)
+    core, starlette = _build(server, max_body_size, restricted)
     return _App(_InferEndpoint(core), starlette)
 
 
@@ -415,9 +422,14 @@ async def serve_http(
     port: int,
     max_body_size: int,
     shutdown_timeout: float = 30,
+    restricted: Restrictions | None = None,
+    tls: TLSConfig | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
+
+    ``restricted`` closes API categories behind a header (:mod:`.restricted`); ``tls``
+    serves HTTPS (:mod:`.tls`; dagserve's own server only, not the uvicorn fallback).
 
     Runs dagserve's own HTTP/1.1 server (:mod:`.http_server`) inside the current event loop
     on a socket bound first, so ``port=0`` works: ``task_status.started(port)`` reports the
@@ -430,20 +442,25 @@ async def serve_http(
 
     Raises:
         OSError: the address cannot be bound.
+        ConfigError: a TLS file is unusable, or TLS is asked of the uvicorn fallback.
     """
+    ssl_context = tls.ssl_context() if tls is not None else None  # security: HTTPS
     try:
         from .http_server import serve_http11
     except ImportError as exc:  # httptools is part of uvicorn[standard], but may be absent
+        if ssl_context is not None:
+            raise ConfigError(f"HTTPS needs dagserve's own HTTP server, which cannot run: {exc}") from None
         log.warning("HTTP frontend: %s; serving through uvicorn instead", exc)
         await serve_asgi(
-            create_app(server, max_body_size=max_body_size),
+            create_app(server, max_body_size=max_body_size, restricted=restricted),
             host=host,
             port=port,
             shutdown_timeout=int(shutdown_timeout),
             task_status=task_status,
         )
         return
-    core, starlette = _build(server, max_body_size)
+    core, starlette = _build(server, max_body_size, restricted)
     await serve_http11(
-        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, task_status=task_status
+        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, ssl=ssl_context,
+        task_status=task_status,
     )

@@ -22,6 +22,7 @@ from .http_codec import (
     decompress_body,
     encode_infer_response,
 )
+from .restricted import Restrictions, http_forbidden
 from .status import status_for
 
 if TYPE_CHECKING:
@@ -67,10 +68,11 @@ class InferCore:
     :attr:`limit`) and frames the :class:`InferReply`.
     """
 
-    __slots__ = ("_server", "limit")
+    __slots__ = ("_restricted", "_server", "limit")
 
-    def __init__(self, server: Server, max_body_size: int) -> None:
+    def __init__(self, server: Server, max_body_size: int, restricted: Restrictions | None = None) -> None:
         self._server = server
+        self._restricted = restricted or None  # security: inference behind a header
         self.limit = max_body_size
         """Largest request body accepted, in bytes, as sent and once decompressed."""
 
@@ -122,6 +124,11 @@ class InferCore:
         Every error becomes an error reply (never raised). On cancellation the engine call
         is cancelled (out of its queue, or its pipeline) and ``CancelledError`` propagates.
         """
+        if self._restricted is not None:
+            denied = self._restricted.denied_http("inference", headers)
+            if denied is not None:
+                status, message = http_forbidden(denied)
+                return InferReply(status, [(b"content-type", _JSON)], message, False)
         content_encoding: bytes | None = None
         header_length: bytes | None = None
         accept_encoding: bytes | None = None
