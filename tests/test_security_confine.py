@@ -227,7 +227,7 @@ def test_cli_load_model_traversal_is_refused(layout: dict[str, Path]) -> None:
         [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(layout["repo"]),
          "--http-port", "0", "--grpc-port", "-1", "--metrics-port", "-1",
          "--model-control-mode", "explicit", "--load-model", "../outside/evil"],
-        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+        check=False, capture_output=True, text=True, timeout=120, env=os.environ.copy(),
     )
     assert proc.returncode == 2, proc.stderr
     assert "--load-model" in proc.stderr and "path separator" in proc.stderr

@@ -182,5 +182,5 @@ def test_cli_flags_and_env_set_limits() -> None:
     assert limits.max_inputs == 3 and limits.max_json_depth == 9
     assert limits.max_tensor_elements == Limits().max_tensor_elements
     proc = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", ".",
-                           "--max-inputs", "0"], capture_output=True, text=True, timeout=60)
+                           "--max-inputs", "0"], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--max-inputs" in proc.stderr
