@@ -178,7 +178,8 @@ async def _serve_until_signalled(options: ServeOptions) -> None:
                 state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
                 print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
             if addresses.http:
-                print(f"HTTP service listening on http://{addresses.http}", flush=True)
+                scheme = "https" if options.http_tls else "http"  # security: TLS
+                print(f"HTTP service listening on {scheme}://{addresses.http}", flush=True)
             if addresses.grpc:
                 print(f"gRPC service listening on {addresses.grpc}", flush=True)
             if addresses.metrics:

@@ -168,3 +168,32 @@ def test_metrics_address_binds_metrics_elsewhere() -> None:
         assert running.http_url.startswith("127.0.0.1:")
         with urllib.request.urlopen(f"http://{running.metrics_url}/metrics", timeout=30) as reply:
             assert b"nv_inference_count" in reply.read()
+
+
+def test_cli_serves_https(certs: dict[str, Path]) -> None:
+    """`dagserve serve --http-use-ssl-mutual ...` reports an https:// address and serves a
+    client holding a certificate from the root; SIGTERM stops it cleanly."""
+    import re
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO),
+         "--http-port", "0", "--grpc-port", "-1", "--metrics-port", "-1", "--http-use-ssl-mutual",
+         "--http-server-cert", str(certs["server_pem"]), "--http-server-key", str(certs["server_key"]),
+         "--http-root-cert", str(certs["ca_pem"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        address = None
+        for line in proc.stdout:
+            match = re.search(r"HTTP service listening on https://(\S+)", line)
+            if match:
+                address = match.group(1)
+                break
+        assert address is not None, f"no https address reported (exit {proc.poll()})"
+        assert http_client(address, certs, "client").infer("add_sub", inputs(httpclient)) is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
