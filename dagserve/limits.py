@@ -28,8 +28,11 @@ from .errors import InvalidInputError
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "json_depth"]
 
-_OPEN = (ord("["), ord("{"))
-_CLOSE = (ord("]"), ord("}"))
+_QUOTE = ord('"')
+_BACKSLASH = ord("\\")
+_STEP = np.zeros(256, dtype=np.int8)
+_STEP[[ord("["), ord("{")]] = 1
+_STEP[[ord("]"), ord("}")]] = -1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,15 +92,16 @@ class Limits:
 
 def json_depth(data: bytes) -> int:
     """The deepest nesting of ``[``/``{`` in JSON ``data``, brackets inside strings not
-    counted. Vectorized (numpy), so it costs a few milliseconds per megabyte; on text that is
-    not valid JSON the answer is only an estimate (the parser reports such text anyway)."""
+    counted. Vectorized (numpy) over the structural characters only, so it costs about 1 ms
+    per megabyte; on text that is not valid JSON the answer is only an estimate (the parser
+    reports such text anyway)."""
     raw = np.frombuffer(data, dtype=np.uint8)
     if raw.size == 0:
         return 0
-    quotes = raw == ord('"')
+    quotes = raw == _QUOTE
     if b'\\"' in data:
         # A quote preceded by an odd run of backslashes is escaped, not the end of a string.
-        backslash = raw == ord("\\")
+        backslash = raw == _BACKSLASH
         # Only quotes right after a backslash need the (short) backward walk.
         for i in np.flatnonzero(quotes[1:] & backslash[:-1]) + 1:
             j = i - 1
@@ -105,10 +109,10 @@ def json_depth(data: bytes) -> int:
                 j -= 1
             if (i - 1 - j) % 2:
                 quotes[i] = False
-    in_string = (np.cumsum(quotes) % 2).astype(bool)
-    opens = ((raw == _OPEN[0]) | (raw == _OPEN[1])) & ~in_string
-    closes = ((raw == _CLOSE[0]) | (raw == _CLOSE[1])) & ~in_string
-    levels = np.cumsum(opens.astype(np.int64) - closes.astype(np.int64))
+    step = _STEP[raw]  # +1 for [ {, -1 for ] }, 0 otherwise
+    where = np.flatnonzero(quotes | (step != 0))  # the few structural positions
+    in_string = (np.cumsum(quotes[where], dtype=np.int64) & 1).astype(bool)
+    levels = np.cumsum(np.where(in_string, 0, step[where]), dtype=np.int64)
     return int(levels.max(initial=0))
 
 
