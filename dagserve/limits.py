@@ -59,12 +59,23 @@ class Limits:
 
     def check_elements(self, name: str, shape: tuple[int, ...] | list[int], count: int) -> None:
         """Raises InvalidInputError when input ``name``'s shape holds more than
-        ``max_tensor_elements`` elements (``count`` is the product of ``shape``)."""
+        ``max_tensor_elements`` elements (``count`` is the product of ``shape``), or, for an
+        empty tensor, when its non-zero dimensions multiply past that limit (numpy refuses to
+        shape even an empty array as ``[0, 2**62]``)."""
         if count > self.max_tensor_elements:
             raise InvalidInputError(
                 f"input '{name}': shape {list(shape)} has {count} elements, more than the server's limit "
                 f"of {self.max_tensor_elements} (--max-tensor-elements)"
             )
+        if count == 0:
+            span = 1
+            for d in shape:
+                span *= d or 1
+            if span > self.max_tensor_elements:
+                raise InvalidInputError(
+                    f"input '{name}': shape {list(shape)} is too large: its non-zero dimensions multiply to "
+                    f"{span}, more than the server's limit of {self.max_tensor_elements} (--max-tensor-elements)"
+                )
 
     def check_bytes_element(self, name: str, index: int, length: int) -> None:
         """Raises InvalidInputError when BYTES element ``index`` of input ``name`` is longer

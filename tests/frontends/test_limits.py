@@ -184,3 +184,27 @@ def test_cli_flags_and_env_set_limits() -> None:
     proc = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", ".",
                            "--max-inputs", "0"], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--max-inputs" in proc.stderr
+
+
+def test_empty_tensor_with_huge_dimensions(running: RunningServer) -> None:
+    """Found by bench/fuzz_wire.py: shape [0, 8, 2**62] holds no element, but numpy cannot shape
+    it; it is a 400 / INVALID_ARGUMENT naming the limit, not a 500 (HTTP JSON and binary, gRPC)."""
+    url = f"http://{running.http_url}/v2/models/add_sub/infer"
+    doc = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [0, 8, 2**62], "data": []}]}
+    status, text = post(url, json.dumps(doc).encode())
+    assert status == 400 and "--max-tensor-elements" in text, text
+    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [0, 2**40],
+                                     "parameters": {"binary_data_size": 0}}]}).encode()
+    status, text = post(url, header, {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400 and "--max-tensor-elements" in text, text
+    with grpc.insecure_channel(running.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for raw in (True, False):
+            request = service_pb2.ModelInferRequest(model_name="add_sub")
+            request.inputs.add(name="INPUT0", datatype="FP16", shape=[0, 8, 2**62])
+            if raw:
+                request.raw_input_contents.append(b"")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert "--max-tensor-elements" in info.value.details()
