@@ -172,6 +172,13 @@ class Target:
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.http_count = self.grpc_count = 0
 
+    def close(self) -> None:
+        """Close the HTTP connection and the gRPC channel."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.channel.close()
+
     def post(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         for attempt in range(2):
             if self.conn is None:
@@ -335,7 +342,10 @@ def main() -> None:
     with serve_in_thread(REPO, metrics=False) as running:
         target = Target(running.http_url, running.grpc_url)
         start = time.perf_counter()
-        long_campaign(target, args.cases, args.seeds, args.seed)
+        try:
+            long_campaign(target, args.cases, args.seeds, args.seed)
+        finally:
+            target.close()
         took = time.perf_counter() - start
     print(f"fuzz: {target.http_count} HTTP and {target.grpc_count} gRPC cases in {took:.0f} s "
           f"({args.seeds} hypothesis cases and {args.cases} mutants per protocol, mutation seed {args.seed}): "
