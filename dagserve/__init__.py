@@ -28,6 +28,7 @@ from .errors import (
     OverloadedError,
     UnsupportedError,
 )
+from .limits import Limits
 from .repository import ModelConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
@@ -39,6 +40,7 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "InvalidInputError",
+    "Limits",
     "LoopSpec",
     "ModelConfig",
     "ModelExecutionError",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 
+from . import cli_security
 from ._version import __version__
 from .dsl.graph import FORMATS
 from .engine import ServerOptions
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
     s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"))
+    cli_security.add_arguments(s)  # security: confinement, limits, restricted APIs, TLS
 
     v = commands.add_parser(
         "validate",
@@ -130,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
                               else [m for m in (_env("load-model", "") or "").split(",") if m]),
             strict_readiness=args.strict_readiness,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
+            **cli_security.server_options(args),
         ),
         host=args.host,
         http_port=args.http_port,
@@ -137,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
+        **cli_security.serve_options(args),
     )
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
@@ -174,7 +178,8 @@ async def _serve_until_signalled(options: ServeOptions) -> None:
                 state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
                 print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
             if addresses.http:
-                print(f"HTTP service listening on http://{addresses.http}", flush=True)
+                scheme = "https" if options.http_tls else "http"  # security: TLS
+                print(f"HTTP service listening on {scheme}://{addresses.http}", flush=True)
             if addresses.grpc:
                 print(f"gRPC service listening on {addresses.grpc}", flush=True)
             if addresses.metrics:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
+from ..repository.confine import check_model_name
 from ..types import DataType
 from .conditions import Condition, Op, Param
 from .spec import OutputSpec, PipelineSpec, Source, StepSpec, TensorRef, source_refs
@@ -198,6 +199,7 @@ class _Checker:
             self.problem(f"calls the pipeline itself (model '{step.model}')", step)
             return
         try:
+            check_model_name(step.model, field="model")  # security: confinement of member names
             config = self.lookup(step.model, step.model_version)
         except Exception as exc:  # noqa: BLE001 - the lookup's message says why the member is unusable
             self.problem(f"{exc}", step)

@@ -35,6 +35,8 @@ from ..errors import (
     ModelNotReadyError,
     UnsupportedError,
 )
+from ..limits import Limits
+from ..repository import confine
 from ..repository.config import InstanceKind, ModelConfig
 from ..repository.loader import ModelSource, parse_config, read_model, scan
 from ..types import InferRequest, InferResponse
@@ -68,6 +70,9 @@ class ServerOptions:
     ``strict_readiness``: the server is ready only when every model is.
     ``response_cache_bytes``: size of the response cache shared by models that enable it
     (0 = no cache, as Triton without ``--cache-config``).
+    ``allow_symlinks_outside_repository``: follow symlinks in model directories that lead out
+    of the repository (refused by default; see ``repository/confine.py``).
+    ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
     """
 
     model_repository: Path | None = None
@@ -75,6 +80,8 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()
     strict_readiness: bool = True
     response_cache_bytes: int = 0
+    allow_symlinks_outside_repository: bool = False
+    limits: Limits = field(default_factory=Limits)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,11 +152,17 @@ class Server:
         sources = scan(repo)
         if self.options.model_control_mode == "explicit":
             wanted = set(self.options.load_models)
+            for name in wanted - {"*"}:  # security: confinement of --load-model names
+                try:
+                    confine.check_model_name(name, field="--load-model")
+                except InvalidInputError as exc:
+                    raise ConfigError(str(exc)) from None
             if "*" not in wanted:
                 unknown = wanted - set(sources)
                 if unknown:
                     raise ConfigError(f"--load-model names unknown models: {', '.join(sorted(unknown))}")
                 sources = {n: s for n, s in sources.items() if n in wanted}
+        sources = {n: self._confined(s) for n, s in sources.items()}  # security: confinement
         # Models load concurrently; pipelines after them, since they check their members, and
         # a pipeline calling other pipelines after those.
         from .pipeline import load_order
@@ -261,6 +274,7 @@ class Server:
         """
         entry = self._models.get(name)
         if entry is None:
+            confine.check_model_name(name)  # security: a malformed name is a 400, not a 404
             raise ModelNotFoundError(f"unknown model '{name}'")
         if version:
             try:
@@ -365,11 +379,16 @@ class Server:
             ConfigError / ModelNotReadyError: the model failed to load (message says why).
         """
         self._require_explicit("load")
+        confine.check_model_name(name)  # security: confinement
         repo = self.options.model_repository
         model_dir = repo / name if repo else None
         override = (parameters or {}).get("config")
         if model_dir is None or not model_dir.is_dir():
             raise ModelNotFoundError(f"no model '{name}' in the repository")
+        assert repo is not None
+        # security: a symlinked model directory leading outside is refused before its config is read
+        confine.inside(repo, Path(name), allow_symlinks_outside=self.options.allow_symlinks_outside_repository,
+                       field=f"model '{name}': model directory")
         source = read_model(model_dir)
         if override:
             config = parse_config(override, path=model_dir / "config.json", name=name)
@@ -378,6 +397,7 @@ class Server:
                 name=name, path=model_dir, config=config, config_path=None,
                 versions=tuple(config.version_policy.select(available)),
             )
+        confine.check_source(source, repo, allow_symlinks_outside=self.options.allow_symlinks_outside_repository)
         await self._unload(name)
         await self._load_source(source)
         entry = self._models[name]
@@ -392,6 +412,7 @@ class Server:
             ModelNotFoundError: the model is not loaded.
         """
         self._require_explicit("unload")
+        confine.check_model_name(name)  # security: confinement
         if name not in self._models:
             raise ModelNotFoundError(f"model '{name}' is not loaded")
         await self._unload(name)
@@ -404,6 +425,13 @@ class Server:
             version.unload()
         for version in entry.versions.values():
             await version.wait_closed()
+
+    def _confined(self, source: ModelSource) -> ModelSource:
+        assert self.options.model_repository is not None
+        return confine.confined(
+            source, self.options.model_repository,
+            allow_symlinks_outside=self.options.allow_symlinks_outside_repository,
+        )
 
     def _require_explicit(self, action: str) -> None:
         if self.options.model_control_mode != "explicit":

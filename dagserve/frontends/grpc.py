@@ -28,7 +28,9 @@ from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
 from ..errors import ModelNotFoundError, UnsupportedError
 from ..types import InferResponse
 from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
+from .restricted import Restrictions, grpc_interceptor
 from .status import status_for
+from .tls import TLSConfig
 
 if TYPE_CHECKING:
     from ..engine import Server
@@ -166,7 +168,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, target: pb.ModelInferResponse | None = None
     ) -> pb.ModelInferResponse:
         """Decode, run and encode one request; raises what the codec or the engine raise."""
-        decoded = decode_infer_request(request, drop_parameters=(_ENABLE_EMPTY_FINAL,))
+        decoded = decode_infer_request(
+                request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits
+            )
         response = await self._server.infer(request.model_name, request.model_version, decoded)
         return encode_infer_response(response, request_id=request.id, target=target)
 
@@ -215,7 +219,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async with send:
             try:
-                decoded = decode_infer_request(request, drop_parameters=(_ENABLE_EMPTY_FINAL,))
+                decoded = decode_infer_request(
+                    request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits
+                )
                 await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
             except Exception as exc:  # noqa: BLE001 - reported in-stream, the stream goes on
                 message = pb.ModelStreamInferResponse()
@@ -331,9 +337,14 @@ async def serve_grpc(
     host: str,
     port: int,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    restricted: Restrictions | None = None,
+    tls: TLSConfig | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled.
+
+    ``restricted`` closes API categories behind a metadata header (:mod:`.restricted`);
+    ``tls`` serves TLS, with client certificates required when ``tls.mutual`` (:mod:`.tls`).
 
     Port 0 binds a free port. Once listening, ``task_status.started(port)`` reports the bound
     port, so ``port = await tg.start(functools.partial(serve_grpc, server, ...))`` waits for
@@ -347,6 +358,7 @@ async def serve_grpc(
     Raises:
         OSError: the address could not be bound (e.g. the port is in use).
         ValueError: ``max_message_size`` is not within 1 .. 2**31-1 (gRPC's limit).
+        ConfigError: a TLS file is unusable.
     """
     if not 0 < max_message_size <= DEFAULT_MAX_MESSAGE_SIZE:
         raise ValueError(f"max_message_size must be 1..{DEFAULT_MAX_MESSAGE_SIZE}, got {max_message_size}")
@@ -356,12 +368,18 @@ async def serve_grpc(
         # Fail on a port that is in use instead of silently sharing it with another process.
         ("grpc.so_reuseport", 0),
     ]
-    grpc_server = grpc.aio.server(options=options)
+    credentials = tls.grpc_credentials() if tls is not None else None  # security: TLS
+    # security: restricted APIs; no interceptor (and no per-call cost) when nothing is restricted
+    interceptors = [grpc_interceptor(restricted)] if restricted else None
+    grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server), grpc_server)
     address = _address(host, port)
     try:
-        bound = grpc_server.add_insecure_port(address)
+        if credentials is not None:
+            bound = grpc_server.add_secure_port(address, credentials)
+        else:
+            bound = grpc_server.add_insecure_port(address)
     except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
         raise OSError(f"gRPC cannot listen on {address}: {exc}") from None
     if bound == 0:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._proto import grpc_service_pb2 as pb
 from ..errors import InternalError, InvalidInputError, UnsupportedError
+from ..limits import DEFAULT_LIMITS, Limits
 from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
@@ -113,7 +114,9 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
 # Tensors
 
 
-def decode_bytes_tensor(raw: bytes | memoryview, *, name: str, expected: int) -> np.ndarray:
+def decode_bytes_tensor(
+    raw: bytes | memoryview, *, name: str, expected: int, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
     """Split length-prefixed BYTES data into a flat object array of ``bytes``.
 
     Raises:
@@ -135,6 +138,8 @@ def decode_bytes_tensor(raw: bytes | memoryview, *, name: str, expected: int) ->
             raise InvalidInputError(f"input '{name}': raw BYTES data ends inside a length prefix")
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += _LENGTH.size
+        if length > limits.max_bytes_element_size:
+            limits.check_bytes_element(name, len(items), length)
         if offset + length > end:
             raise InvalidInputError(
                 f"input '{name}': raw BYTES element {len(items)} claims {length} bytes, "
@@ -190,9 +195,11 @@ def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[tuple[int,
     return check_shape(list(tensor.shape), tensor.name)
 
 
-def _from_raw(raw: bytes, datatype: DataType, shape: tuple[int, ...], count: int, name: str) -> np.ndarray:
+def _from_raw(
+    raw: bytes, datatype: DataType, shape: tuple[int, ...], count: int, name: str, limits: Limits
+) -> np.ndarray:
     if datatype is DataType.BYTES:
-        return decode_bytes_tensor(raw, name=name, expected=count).reshape(shape)
+        return decode_bytes_tensor(raw, name=name, expected=count, limits=limits).reshape(shape)
     needed = count * datatype.itemsize
     if len(raw) != needed:
         raise InvalidInputError(
@@ -207,6 +214,7 @@ def _from_contents(
     datatype: DataType,
     shape: tuple[int, ...],
     count: int,
+    limits: Limits,
 ) -> np.ndarray:
     name = tensor.name
     field_name = _CONTENTS_FIELD.get(datatype)
@@ -220,6 +228,9 @@ def _from_contents(
             f"input '{name}': contents hold {len(values)} elements, shape {list(shape)} needs {count}{hint}"
         )
     if datatype is DataType.BYTES:
+        for i, value in enumerate(values):
+            if len(value) > limits.max_bytes_element_size:
+                limits.check_bytes_element(name, i, len(value))
         return np.fromiter(values, dtype=np.object_, count=count).reshape(shape)
     wide = np.fromiter(values, dtype=_wide_dtype(field_name), count=count)
     target = datatype.numpy_dtype
@@ -258,7 +269,9 @@ def _refuse_shared_memory(where: str, params: Iterable[str]) -> None:
 # Requests and responses
 
 
-def decode_infer_request(msg: pb.ModelInferRequest, *, drop_parameters: Sequence[str] = ()) -> InferRequest:
+def decode_infer_request(
+    msg: pb.ModelInferRequest, *, drop_parameters: Sequence[str] = (), limits: Limits = DEFAULT_LIMITS
+) -> InferRequest:
     """Decode a ``ModelInferRequest`` into an :class:`InferRequest` of numpy arrays.
 
     Every input's wire datatype is recorded in ``InferRequest.datatypes``. Request parameters
@@ -267,9 +280,11 @@ def decode_infer_request(msg: pb.ModelInferRequest, *, drop_parameters: Sequence
     Raises:
         InvalidInputError: unknown datatype, duplicate input, negative dimension, element count
             or byte size not matching the shape, raw and typed contents mixed, or the number of
-            raw_input_contents entries not matching the inputs.
+            raw_input_contents entries not matching the inputs, or over one of ``limits``
+            (checked before any array is built).
         UnsupportedError: the request uses shared memory.
     """
+    limits.check_inputs(len(msg.inputs))  # security: limits before allocation
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
         raise InvalidInputError(
@@ -287,15 +302,16 @@ def decode_infer_request(msg: pb.ModelInferRequest, *, drop_parameters: Sequence
         except ValueError:
             raise InvalidInputError(f"input '{name}': unknown datatype '{tensor.datatype}'") from None
         shape, count = _shape_of(tensor)
+        limits.check_elements(name, shape, count)
         if raw:
             if _has_contents(tensor):
                 raise InvalidInputError(
                     f"input '{name}': has typed contents while the request uses raw_input_contents; "
                     "send every input one way"
                 )
-            array = _from_raw(raw[index], datatype, shape, count, name)
+            array = _from_raw(raw[index], datatype, shape, count, name, limits)
         elif _has_contents(tensor):
-            array = _from_contents(tensor, datatype, shape, count)
+            array = _from_contents(tensor, datatype, shape, count, limits)
         elif count == 0:
             array = np.empty(shape, dtype=datatype.numpy_dtype)
         else:

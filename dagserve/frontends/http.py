@@ -28,13 +28,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import InvalidInputError
+from ..errors import ConfigError, InvalidInputError
+from ..limits import Limits
 from ..types import InferResponse
 from .asgi import serve_asgi
 from .generate import SSEResponse, generate_request, generate_response
 from .http_codec import BodyTooLargeError, decompress_body
 from .http_infer import InferCore, InferReply
+from .restricted import RestrictedASGI, Restrictions
 from .status import status_for
+from .tls import TLSConfig
 
 if TYPE_CHECKING:
     from ..engine import Server
@@ -206,12 +209,12 @@ def _guarded(handler: _Handler) -> _Handler:
     return endpoint
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+async def _json_body(request: Request, limit: int, limits: Limits) -> dict[str, Any]:
     """The request's JSON object body, ``{}`` when empty.
 
     Raises:
         BodyTooLargeError: over ``limit``.
-        InvalidInputError: not a JSON object.
+        InvalidInputError: not a JSON object, or nested deeper than ``limits`` allow.
     """
     declared = request.headers.get("content-length")
     try:
@@ -227,6 +230,7 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
         body = decompress_body(body, encoding, limit)
     if not body.strip():
         return {}
+    limits.check_json(body)  # security: limits before parsing
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -272,14 +276,14 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
         return _json_response(server.statistics(p.get("model", ""), p.get("version", "")))
 
     async def repository_index(request: Request) -> Response:
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         ready = body.get("ready", False)
         if type(ready) is not bool:
             raise InvalidInputError("repository index 'ready' must be true or false")
         return _json_response(server.repository_index(ready_only=ready))
 
     async def repository_load(request: Request) -> Response:
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         parameters = body.get("parameters")
         if parameters is not None and type(parameters) is not dict:
             raise InvalidInputError("load request 'parameters' must be a JSON object")
@@ -287,7 +291,7 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
         return _json_response({})
 
     async def repository_unload(request: Request) -> Response:
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         parameters = body.get("parameters") or {}
         if type(parameters) is not dict:
             raise InvalidInputError("unload request 'parameters' must be a JSON object")
@@ -300,7 +304,7 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
     async def generate(request: Request) -> Response:
         """Triton's generate extension: one request, one JSON answer."""
         p = request.path_params
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         engine_request = generate_request(server, p["model"], p.get("version", ""), body)
         answers: list[InferResponse] = []
 
@@ -318,7 +322,7 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
     async def generate_stream(request: Request) -> Response | SSEResponse:
         """Triton's generate extension: every response as a server-sent event."""
         p = request.path_params
-        body = await _json_body(request, max_body_size)
+        body = await _json_body(request, max_body_size, server.options.limits)
         engine_request = generate_request(server, p["model"], p.get("version", ""), body)
         return SSEResponse(server, p["model"], p.get("version", ""), engine_request)
 
@@ -369,7 +373,7 @@ class _App:
 
     __slots__ = ("_infer", "_starlette")
 
-    def __init__(self, infer: _InferEndpoint, starlette: Starlette) -> None:
+    def __init__(self, infer: _InferEndpoint, starlette: ASGIApp) -> None:
         self._infer = infer
         self._starlette = starlette
 
@@ -382,24 +386,29 @@ class _App:
         await self._starlette(scope, receive, send)
 
 
-def _build(server: Server, max_body_size: int) -> tuple[InferCore, Starlette]:
+def _build(
+    server: Server, max_body_size: int, restricted: Restrictions | None = None
+) -> tuple[InferCore, ASGIApp]:
     if max_body_size <= 0:
         raise ValueError(f"max_body_size must be positive, got {max_body_size}")
-    core = InferCore(server, max_body_size)
-    starlette = Starlette(
+    core = InferCore(server, max_body_size, restricted)
+    starlette: ASGIApp = Starlette(
         routes=_routes(core, server, max_body_size),
         exception_handlers={HTTPException: _http_exception},
     )
+    if restricted:  # security: restricted API categories (InferCore checks /infer itself)
+        starlette = RestrictedASGI(starlette, restricted)
     return core, starlette
 
 
-def create_app(server: Server, *, max_body_size: int) -> ASGIApp:
+def create_app(server: Server, *, max_body_size: int, restricted: Restrictions | None = None) -> ASGIApp:
     """The ASGI application serving ``server`` over KServe v2 / Triton HTTP.
 
     ``max_body_size`` bounds every request body in bytes, both as sent and once
-    decompressed; a larger one is answered 413 and its connection closed.
+    decompressed; a larger one is answered 413 and its connection closed. ``restricted``
+    closes API categories behind a header (:mod:`.restricted`).
     """
-    core, starlette = _build(server, max_body_size)
+    core, starlette = _build(server, max_body_size, restricted)
     return _App(_InferEndpoint(core), starlette)
 
 
@@ -413,9 +422,14 @@ async def serve_http(
     port: int,
     max_body_size: int,
     shutdown_timeout: float = 30,
+    restricted: Restrictions | None = None,
+    tls: TLSConfig | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
+
+    ``restricted`` closes API categories behind a header (:mod:`.restricted`); ``tls``
+    serves HTTPS (:mod:`.tls`; dagserve's own server only, not the uvicorn fallback).
 
     Runs dagserve's own HTTP/1.1 server (:mod:`.http_server`) inside the current event loop
     on a socket bound first, so ``port=0`` works: ``task_status.started(port)`` reports the
@@ -428,20 +442,25 @@ async def serve_http(
 
     Raises:
         OSError: the address cannot be bound.
+        ConfigError: a TLS file is unusable, or TLS is asked of the uvicorn fallback.
     """
+    ssl_context = tls.ssl_context() if tls is not None else None  # security: HTTPS
     try:
         from .http_server import serve_http11
     except ImportError as exc:  # httptools is part of uvicorn[standard], but may be absent
+        if ssl_context is not None:
+            raise ConfigError(f"HTTPS needs dagserve's own HTTP server, which cannot run: {exc}") from None
         log.warning("HTTP frontend: %s; serving through uvicorn instead", exc)
         await serve_asgi(
-            create_app(server, max_body_size=max_body_size),
+            create_app(server, max_body_size=max_body_size, restricted=restricted),
             host=host,
             port=port,
             shutdown_timeout=int(shutdown_timeout),
             task_status=task_status,
         )
         return
-    core, starlette = _build(server, max_body_size)
+    core, starlette = _build(server, max_body_size, restricted)
     await serve_http11(
-        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, task_status=task_status
+        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, ssl=ssl_context,
+        task_status=task_status,
     )

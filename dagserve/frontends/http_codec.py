@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InternalError, InvalidInputError, UnsupportedError
+from ..limits import DEFAULT_LIMITS, Limits
 from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
@@ -109,7 +110,7 @@ def decompress_body(body: bytes, encoding: str, limit: int) -> bytes:
     raise InvalidInputError(f"request body is not valid {encoding} data: {last_error}")
 
 
-def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
+def decode_infer_request(header: bytes, binary: memoryview, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
     """Decode an inference request from its JSON ``header`` and the ``binary`` bytes after it.
 
     Every input array is read-only: binary inputs are views into ``binary`` (no copy); JSON
@@ -117,10 +118,12 @@ def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
     shape, so a forged shape never causes a large allocation.
 
     Raises:
-        InvalidInputError: malformed JSON, wrong field types, counts or sizes that don't add up;
-            the message names the field or input at fault.
+        InvalidInputError: malformed JSON, wrong field types, counts or sizes that don't add up,
+            or over one of ``limits`` (checked before parsing or allocating); the message names
+            the field or input at fault.
         UnsupportedError: the request uses shared memory.
     """
+    limits.check_json(header, "inference request")  # security: limits before allocation
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -135,6 +138,7 @@ def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
     raw_inputs = doc.get("inputs")
     if type(raw_inputs) is not list:
         raise InvalidInputError("inference request must have an 'inputs' list")
+    limits.check_inputs(len(raw_inputs))
 
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, DataType] = {}
@@ -149,6 +153,7 @@ def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
             raise InvalidInputError(f"input '{name}' appears more than once")
         dt = _datatype(raw.get("datatype"), name)
         shape, count = _shape(raw.get("shape"), name)
+        limits.check_elements(name, shape, count)
         input_params = raw.get("parameters")
         if input_params is None:
             input_params = _NO_PARAMETERS
@@ -167,10 +172,10 @@ def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
                     f"input '{name}': binary_data_size {size} runs past the end of the request body "
                     f"({len(binary) - offset} binary bytes left)"
                 )
-            array = _from_binary(name, dt, shape, count, binary[offset : offset + size])
+            array = _from_binary(name, dt, shape, count, binary[offset : offset + size], limits)
             offset += size
         elif "data" in raw:
-            array = _from_json(name, dt, shape, count, raw["data"])
+            array = _from_json(name, dt, shape, count, raw["data"], limits)
             # Read-only like the binary views, so a model that writes to its inputs fails the
             # same way whichever encoding the client picked.
             array.flags.writeable = False
@@ -191,7 +196,7 @@ def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
     )
 
 
-def decode_raw_request(body: memoryview, metadata: Mapping[str, Any]) -> InferRequest:
+def decode_raw_request(body: memoryview, metadata: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> InferRequest:
     """Decode a "raw binary request" (``Inference-Header-Content-Length: 0``).
 
     The whole body is the one input of a single-input model; its name, datatype and shape come
@@ -221,7 +226,7 @@ def decode_raw_request(body: memoryview, metadata: Mapping[str, Any]) -> InferRe
         if d != -1:
             fixed *= d
     if dt is DataType.BYTES:
-        total = _count_bytes_elements(name, body)
+        total = _count_bytes_elements(name, body, limits)
     else:
         if len(body) % dt.itemsize:
             raise InvalidInputError(
@@ -233,7 +238,8 @@ def decode_raw_request(body: memoryview, metadata: Mapping[str, Any]) -> InferRe
             raise InvalidInputError(f"input '{name}': {total} elements do not fit shape {dims}")
         dims[dims.index(-1)] = total // fixed
     shape = tuple(dims)
-    array = _from_binary(name, dt, shape, total, body)
+    limits.check_elements(name, shape, total)
+    array = _from_binary(name, dt, shape, total, body, limits)
     return InferRequest(
         inputs={name: array}, datatypes={name: dt} if dt is DataType.BF16 else {}, outputs=None
     )
@@ -290,9 +296,11 @@ def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
     return tuple(outputs)
 
 
-def _from_binary(name: str, dt: DataType, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+def _from_binary(
+    name: str, dt: DataType, shape: tuple[int, ...], count: int, data: memoryview, limits: Limits
+) -> np.ndarray:
     if dt is DataType.BYTES:
-        return _bytes_from_binary(name, shape, count, data)
+        return _bytes_from_binary(name, shape, count, data, limits)
     wire = _WIRE_BY_NAME[dt.value]
     expected = count * wire.itemsize
     if expected != len(data):
@@ -303,20 +311,24 @@ def _from_binary(name: str, dt: DataType, shape: tuple[int, ...], count: int, da
     return np.frombuffer(data, dtype=wire, count=count).reshape(shape)
 
 
-def _count_bytes_elements(name: str, data: memoryview) -> int:
+def _count_bytes_elements(name: str, data: memoryview, limits: Limits) -> int:
     count = offset = 0
     end = len(data)
     while offset < end:
         if offset + 4 > end:
             raise InvalidInputError(f"input '{name}': BYTES data ends inside an element's length prefix")
-        offset += 4 + _LEN.unpack_from(data, offset)[0]
+        length = _LEN.unpack_from(data, offset)[0]
+        limits.check_bytes_element(name, count, length)
+        offset += 4 + length
         count += 1
     if offset != end:
         raise InvalidInputError(f"input '{name}': BYTES element length runs past the end of its data")
     return count
 
 
-def _bytes_from_binary(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+def _bytes_from_binary(
+    name: str, shape: tuple[int, ...], count: int, data: memoryview, limits: Limits
+) -> np.ndarray:
     end = len(data)
     # Every element needs at least its 4-byte length: checked before allocating ``count`` slots.
     if count * 4 > end:
@@ -333,6 +345,8 @@ def _bytes_from_binary(name: str, shape: tuple[int, ...], count: int, data: memo
             )
         length = unpack(data, offset)[0]
         offset += 4
+        if length > limits.max_bytes_element_size:
+            limits.check_bytes_element(name, i, length)
         if offset + length > end:
             raise InvalidInputError(f"input '{name}': BYTES element {i} runs past the end of its data")
         out[i] = bytes(data[offset : offset + length])
@@ -363,7 +377,9 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def _from_json(name: str, dt: DataType, shape: tuple[int, ...], count: int, data: Any) -> np.ndarray:
+def _from_json(
+    name: str, dt: DataType, shape: tuple[int, ...], count: int, data: Any, limits: Limits
+) -> np.ndarray:
     if dt is DataType.FP16 or dt is DataType.BF16:
         raise InvalidInputError(
             f"input '{name}': {dt.value} data cannot be sent as JSON; use the binary tensor data extension"
@@ -380,7 +396,10 @@ def _from_json(name: str, dt: DataType, shape: tuple[int, ...], count: int, data
                 raise InvalidInputError(
                     f"input '{name}': BYTES data must be strings, element {i} is {type(value).__name__}"
                 )
-            out[i] = value.encode()
+            encoded = value.encode()
+            if len(encoded) > limits.max_bytes_element_size:
+                limits.check_bytes_element(name, i, len(encoded))
+            out[i] = encoded
         return out.reshape(shape)
     target = dt.numpy_dtype
     if count == 0:

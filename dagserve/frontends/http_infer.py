@@ -22,6 +22,7 @@ from .http_codec import (
     decompress_body,
     encode_infer_response,
 )
+from .restricted import Restrictions, http_forbidden
 from .status import status_for
 
 if TYPE_CHECKING:
@@ -67,10 +68,11 @@ class InferCore:
     :attr:`limit`) and frames the :class:`InferReply`.
     """
 
-    __slots__ = ("_server", "limit")
+    __slots__ = ("_restricted", "_server", "limit")
 
-    def __init__(self, server: Server, max_body_size: int) -> None:
+    def __init__(self, server: Server, max_body_size: int, restricted: Restrictions | None = None) -> None:
         self._server = server
+        self._restricted = restricted or None  # security: inference behind a header
         self.limit = max_body_size
         """Largest request body accepted, in bytes, as sent and once decompressed."""
 
@@ -122,6 +124,11 @@ class InferCore:
         Every error becomes an error reply (never raised). On cancellation the engine call
         is cancelled (out of its queue, or its pipeline) and ``CancelledError`` propagates.
         """
+        if self._restricted is not None:
+            denied = self._restricted.denied_http("inference", headers)
+            if denied is not None:
+                status, message = http_forbidden(denied)
+                return InferReply(status, [(b"content-type", _JSON)], message, False)
         content_encoding: bytes | None = None
         header_length: bytes | None = None
         accept_encoding: bytes | None = None
@@ -137,15 +144,17 @@ class InferCore:
             if content_encoding is not None:
                 body = decompress_body(body, content_encoding.decode("latin-1"), self.limit)
             if header_length is None:
-                request = decode_infer_request(body, _EMPTY)
+                request = decode_infer_request(body, _EMPTY, self._server.options.limits)
             else:
                 json_size = _parse_header_length(header_length, len(body))
                 view = memoryview(body)
                 if json_size == 0:
-                    request = decode_raw_request(view, self._server.model_metadata(model, version))
+                    request = decode_raw_request(
+                        view, self._server.model_metadata(model, version), self._server.options.limits
+                    )
                 else:
                     # json.loads wants bytes: the header is copied, the tensor bytes are not.
-                    request = decode_infer_request(body[:json_size], view[json_size:])
+                    request = decode_infer_request(body[:json_size], view[json_size:], self._server.options.limits)
             request_id = request.id
             response = await self._server.infer(model, version, request)
             out, json_size_out = encode_infer_response(response, request)

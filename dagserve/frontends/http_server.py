@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl as ssl_module
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote
@@ -526,10 +527,11 @@ async def serve_http11(
     port: int,
     shutdown_timeout: float = 30,
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    ssl: ssl_module.SSLContext | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled: infer routes by ``infer``, the rest by
-    ``app``.
+    ``app``; over TLS when ``ssl`` is given (see :mod:`.tls`).
 
     The socket is bound first (:func:`~dagserve.frontends.asgi.bind`), so ``port=0`` works:
     ``task_status.started(port)`` reports the port bound. On cancellation it stops
@@ -544,7 +546,7 @@ async def serve_http11(
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             try:
-                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, keep_alive_timeout)
+                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, keep_alive_timeout, ssl)
                 task_status.started(bound)
                 await anyio.sleep_forever()
             finally:
@@ -560,6 +562,7 @@ async def _serve(
     stop: anyio.Event,
     shutdown_timeout: float,
     keep_alive_timeout: float,
+    ssl: ssl_module.SSLContext | None,
     *,
     task_status: TaskStatus[int],
 ) -> None:
@@ -569,7 +572,7 @@ async def _serve(
         async with anyio.create_task_group() as tg:
             state = _State(app, infer, tg)
             loop = asyncio.get_running_loop()
-            listener = await loop.create_server(state.protocol, sock=sock, backlog=2048)
+            listener = await loop.create_server(state.protocol, sock=sock, backlog=2048, ssl=ssl)
             tg.start_soon(state.sweep_idle, keep_alive_timeout)
             task_status.started(sock.getsockname()[1])
             try:

@@ -11,6 +11,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..engine import Server, ServerOptions
+from .restricted import Restrictions
+from .tls import TLSConfig
 
 __all__ = ["Addresses", "ServeOptions", "serve"]
 
@@ -21,7 +23,9 @@ DEFAULT_GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
 @dataclass(frozen=True, kw_only=True)
 class ServeOptions:
     """Where and how the frontends listen. A port of ``None`` disables that frontend; 0 picks a
-    free port."""
+    free port. Security (docs/security.md): ``*_restricted`` close API categories behind a
+    header, ``*_tls`` serve TLS, ``metrics_address`` binds the plain metrics port elsewhere
+    than ``host`` (e.g. a private interface)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -30,6 +34,11 @@ class ServeOptions:
     metrics_port: int | None = 8002
     http_max_body_size: int = DEFAULT_HTTP_MAX_BODY_SIZE
     grpc_max_message_size: int = DEFAULT_GRPC_MAX_MESSAGE_SIZE
+    http_restricted: Restrictions = field(default_factory=Restrictions)
+    grpc_restricted: Restrictions = field(default_factory=Restrictions)
+    http_tls: TLSConfig | None = None
+    grpc_tls: TLSConfig | None = None
+    metrics_address: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +73,7 @@ async def serve(
                 port = await tg.start(functools.partial(
                     serve_http, server, host=options.host, port=options.http_port,
                     max_body_size=options.http_max_body_size,
+                    restricted=options.http_restricted, tls=options.http_tls,
                 ))
                 http = _address(options.host, port)
             if options.grpc_port is not None:
@@ -72,15 +82,17 @@ async def serve(
                 port = await tg.start(functools.partial(
                     serve_grpc, server, host=options.host, port=options.grpc_port,
                     max_message_size=options.grpc_max_message_size,
+                    restricted=options.grpc_restricted, tls=options.grpc_tls,
                 ))
                 grpc = _address(options.host, port)
             if options.metrics_port is not None:
                 from .metrics import serve_metrics
 
+                metrics_host = options.metrics_address or options.host
                 port = await tg.start(functools.partial(
-                    serve_metrics, server, host=options.host, port=options.metrics_port
+                    serve_metrics, server, host=metrics_host, port=options.metrics_port
                 ))
-                metrics = _address(options.host, port)
+                metrics = _address(metrics_host, port)
             task_status.started((server, Addresses(http=http, grpc=grpc, metrics=metrics)))
 
 

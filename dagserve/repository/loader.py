@@ -11,6 +11,7 @@ directory, with either a config or the error that explains why it cannot load.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ def load_config(model_dir: Path) -> tuple[ModelConfig, Path]:
 
 
 def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
-    """Parse a config file's text (pbtxt or YAML, by ``path``'s suffix) into a ModelConfig.
+    """Parse a config file's text (pbtxt, JSON or YAML, by ``path``'s suffix) into a ModelConfig.
 
     The config's ``name`` defaults to ``name`` (the directory) and must match it if set.
 
@@ -109,6 +110,16 @@ def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
 
         data = pbtxt_to_dict(text, path=path)
         strict = False
+    elif path.suffix == ".json":
+        # security: JSON (a repository load's ``config`` override comes from the wire), never
+        # YAML, whose tags and aliases a client should not get to use.
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config fields, got {type(data).__name__}")
+        strict = True
     else:
         try:
             data = yaml.safe_load(text) or {}
