@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._version import __version__
@@ -102,13 +103,14 @@ class _Model:
 
     __slots__ = (
         "error", "failed_fingerprint", "fingerprint", "load_error", "members", "name", "override_dir",
-        "source", "spec", "versions",
+        "source", "spec", "started", "versions",
     )
 
     def __init__(self, name: str, source: ModelSource | None) -> None:
         self.name = name
         self.source = source
         self.versions: dict[int, ModelVersion] = {}
+        self.started: list[ModelVersion] = []  # whose serve task runs (or ran) in the task group
         self.error = source.error if source else ""
         self.fingerprint: str | None = None
         self.failed_fingerprint: str | None = None
@@ -251,6 +253,7 @@ class Server:
                 load = functools.partial(self._load_instances, source, config, number)
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
+            entry.started.append(version)
 
     async def _reload(
         self, source: ModelSource, digest: str | None, *, override_dir: Path | None = None,
@@ -274,12 +277,12 @@ class Server:
             self._models[name] = new
             if old is not None:
                 await self._stop(old)
-            await self._start(new, spec)
+            await self._start_or_stop(new, spec)
             reason = new.reason()
             if reason:
                 new.failed_fingerprint = digest
             return reason
-        await self._start(new, spec)
+        await self._start_or_stop(new, spec)
         reason = new.reason()
         if reason:
             log.error("model '%s': reload failed, the loaded versions keep serving: %s", name, reason)
@@ -295,12 +298,23 @@ class Server:
         await self._stop(old)
         return ""
 
+    async def _start_or_stop(self, entry: _Model, spec: PipelineSpec | None) -> None:
+        """:meth:`_start`; if the caller is cancelled meanwhile (the client went away, the
+        server stops), the versions already started are unloaded, so none is left behind in
+        the server's task group."""
+        try:
+            await self._start(entry, spec)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop(entry)
+            raise
+
     async def _stop(self, entry: _Model) -> None:
         """Unload ``entry``'s versions (requests in flight finish first) and remove its
         override directory."""
         for version in entry.versions.values():
             version.unload()
-        for version in entry.versions.values():
+        for version in entry.started:  # a version whose start was cancelled has no task left
             await version.wait_closed()
         if entry.override_dir is not None:
             await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, entry.override_dir.parent, ignore_errors=True))
@@ -336,11 +350,16 @@ class Server:
         instances = []
         try:
             for ctx in contexts:
-                instances.append(await anyio.to_thread.run_sync(backend.load, ctx))
+                # A load in a thread cannot be stopped: if the caller is cancelled meanwhile,
+                # keep the instance it makes so that it is closed below, then stop.
+                with anyio.CancelScope(shield=True):
+                    instances.append(await anyio.to_thread.run_sync(backend.load, ctx))
+                await anyio.lowlevel.checkpoint()
             await warm_up(config, instances, model_dir=source.path, owner=f"model '{source.name}' version {number}")
         except BaseException:
-            for instance in instances:
-                await anyio.to_thread.run_sync(instance.close)
+            with anyio.CancelScope(shield=True):
+                for instance in instances:
+                    await anyio.to_thread.run_sync(instance.close)
             raise
         return instances
 

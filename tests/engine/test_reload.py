@@ -391,3 +391,65 @@ def test_unload_dependents_keeps_models_another_pipeline_uses(tmp_path: Path) ->
             http.load_model("pipe_a")
             http.unload_model("pipe_a")
             assert ready() == {"own_a", "shared"}
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+GATED_PY = '''
+import gated_reload_gate as gate
+import triton_python_backend_utils as pb_utils
+
+FACTOR = {factor}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        gate.live.append(self)
+        gate.started.set()
+        assert gate.go.wait(60), "the test never opened the gate"
+
+    def execute(self, requests):
+        x = [pb_utils.get_input_tensor_by_name(r, "X").as_numpy() for r in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", v * FACTOR), pb_utils.Tensor("GEN", v.astype("int64"))])
+                for v in x]
+
+    def finalize(self):
+        gate.live.remove(self)
+'''
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_reload_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load cancelled while its new instances are being created (the caller went away)
+    closes what it created, the loaded version keeps serving, and the server still stops."""
+    import sys
+    import types
+
+    import anyio
+
+    from dagserve.engine import Server, ServerOptions
+    from dagserve.types import InferRequest
+
+    gate = types.SimpleNamespace(started=threading.Event(), go=threading.Event(), live=[])
+    monkeypatch.setitem(sys.modules, "gated_reload_gate", gate)
+    repo = tmp_path / "models"
+    (repo / "gated" / "1").mkdir(parents=True)
+    (repo / "gated" / "config.yaml").write_text(json.dumps(CONFIG))
+    (repo / "gated" / "1" / "model.py").write_text(GATED_PY.format(factor=2.0))
+    gate.go.set()
+    options = ServerOptions(model_repository=repo, model_control_mode="explicit", load_models=("gated",))
+    with anyio.fail_after(120):
+        async with Server(options) as server:
+            assert len(gate.live) == 2
+            gate.go.clear()
+            gate.started.clear()
+            (repo / "gated" / "1" / "model.py").write_text(GATED_PY.format(factor=3.0))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.load_model, "gated")
+                await anyio.to_thread.run_sync(gate.started.wait)
+                tg.cancel_scope.cancel()
+                gate.go.set()
+            request = InferRequest(inputs={"X": np.ones(1, np.float32)})
+            response = await server.infer("gated", "", request)
+            assert response.outputs["Y"].tolist() == [2.0]
+            assert len(gate.live) == 2
+        assert gate.live == []
