@@ -355,10 +355,8 @@ def test_load_model_flag_loads_a_pipeline_with_its_models() -> None:
         assert ready == {"iris", "iris_standardize", "iris_logreg", "iris_label"}
 
 
-def test_unload_dependents_keeps_models_another_pipeline_uses(tmp_path: Path) -> None:
-    """Unloading a pipeline with ``unload_dependents`` (HTTP body parameter, gRPC parameter)
-    unloads the models it calls unless another loaded pipeline calls them; without it, they
-    stay loaded."""
+def pipeline_repo(tmp_path: Path) -> Path:
+    """pipe_a: own_a -> shared; pipe_b: shared (every model doubles its input)."""
     repo = tmp_path / "models"
     repo.mkdir()
     write_model(repo, "shared")
@@ -374,6 +372,14 @@ def test_unload_dependents_keeps_models_another_pipeline_uses(tmp_path: Path) ->
             "outputs": [{"name": "Y", "datatype": "FP32", "shape": [1]}],
             "pipeline": {"steps": steps, "outputs": {"Y": f"{steps[-1]['name']}.Y"}},
         }))
+    return repo
+
+
+def test_unload_dependents_keeps_models_another_pipeline_uses(tmp_path: Path) -> None:
+    """Unloading a pipeline with ``unload_dependents`` (HTTP body parameter, gRPC parameter)
+    unloads the models it calls unless another loaded pipeline calls them; without it, they
+    stay loaded."""
+    repo = pipeline_repo(tmp_path)
     with serve_in_thread(repo, metrics=False, model_control_mode="explicit") as running:
         def ready() -> set[str]:
             return {e["name"] for e in running.server.repository_index(ready_only=True)}
@@ -453,3 +459,43 @@ async def test_a_cancelled_reload_leaves_nothing_behind(tmp_path: Path, monkeypa
             assert response.outputs["Y"].tolist() == [2.0]
             assert len(gate.live) == 2
         assert gate.live == []
+
+
+def test_reloading_a_member_loses_no_pipeline_request(tmp_path: Path) -> None:
+    """Eight clients call a pipeline while the model it ends with is reloaded ten times (the
+    pipeline is re-checked against it each time): every pipeline request is answered."""
+    repo = pipeline_repo(tmp_path)
+    with serve_in_thread(repo, metrics=False, grpc=False, model_control_mode="explicit",
+                         load_models=("pipe_a",)) as running:
+        stop = threading.Event()
+        failures: list[str] = []
+        answered = [0] * 8
+
+        def worker(i: int) -> None:
+            with httpclient.InferenceServerClient(running.http_url, network_timeout=120) as c:
+                while not stop.is_set():
+                    try:
+                        assert c.infer("pipe_a", [http_input(i)]).as_numpy("Y").tolist() == [4.0 * i]
+                        answered[i] += 1
+                    except Exception as exc:  # noqa: BLE001 - every failure is what this test counts
+                        failures.append(str(exc))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            with httpclient.InferenceServerClient(running.http_url, network_timeout=120) as admin:
+                for _ in range(10):
+                    before = sum(answered)
+                    touch(repo / "shared" / "1" / "model.py")
+                    admin.load_model("shared")
+                    deadline = time.monotonic() + 60
+                    while sum(answered) == before and time.monotonic() < deadline:
+                        time.sleep(0.005)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=120)
+        assert failures == []
+        assert all(answered), answered
+        assert live_instances(tmp_path / "shared.counter") == 2
