@@ -261,6 +261,9 @@ def test_file_override_replaces_the_model_code(running: RunningServer, repo: Pat
         assert client.infer("counted", [http_input(1)]).as_numpy("Y").tolist() == [2.0]
         client.unload_model("created")
     assert live_instances(counter) == 2
+    # The override directories went with the models loaded from them.
+    root = running.server._override_root
+    assert root is not None and list(root.iterdir()) == []
 
 
 def test_config_override_alone_uses_the_repository_files(running: RunningServer) -> None:
