@@ -502,3 +502,19 @@ def test_reloading_a_member_loses_no_pipeline_request(tmp_path: Path) -> None:
         assert failures == []
         assert all(answered), answered
         assert live_instances(tmp_path / "shared.counter") == 2
+
+
+def test_unload_dependents_must_be_a_bool(running: RunningServer) -> None:
+    """A non-boolean ``unload_dependents`` is refused (400 / INVALID_ARGUMENT), not guessed."""
+    from tritonclient.grpc import service_pb2
+
+    status, body = post(f"http://{running.http_url}/v2/repository/models/counted/unload",
+                        {"parameters": {"unload_dependents": "false"}})
+    assert status == 400 and "unload_dependents" in body["error"]
+    with grpcclient.InferenceServerClient(running.grpc_url) as client:
+        request = service_pb2.RepositoryModelUnloadRequest(model_name="counted")
+        request.parameters["unload_dependents"].string_param = "false"
+        with pytest.raises(Exception, match="unload_dependents") as raised:
+            client._client_stub.RepositoryModelUnload(request)
+        assert "INVALID_ARGUMENT" in str(raised.value)
+        assert client.is_model_ready("counted")
