@@ -45,7 +45,7 @@ from ..repository.loader import (
     fingerprint,
     materialize_override,
     override_files,
-    parse_config,
+    parse_json_config,
     read_model,
     scan,
 )
@@ -584,10 +584,7 @@ class Server:
     async def _override_source(self, name: str, config_text: str, files: dict[str, bytes]) -> tuple[ModelSource, Path | None]:
         """The source for a load with overrides: the repository's directory with the given
         config, or (with files) a fresh directory of those files."""
-        try:
-            config = parse_config(config_text, path=Path(f"{name}.json"), name=name)
-        except ConfigError as exc:
-            raise ConfigError(f"load parameter 'config': {exc}") from None
+        config = await anyio.to_thread.run_sync(functools.partial(parse_json_config, config_text, name=name))
         if not files:
             repo = self.options.model_repository
             model_dir = repo / name if repo else None

@@ -31,7 +31,7 @@ from ..errors import ConfigError, InvalidInputError
 from .config import ModelConfig
 
 __all__ = [
-    "ModelSource", "fingerprint", "load_config", "materialize_override", "override_files", "parse_config", "read_model", "scan",
+    "ModelSource", "fingerprint", "load_config", "materialize_override", "override_files", "parse_config", "parse_json_config", "read_model", "scan",
 ]
 
 log = logging.getLogger("dagserve.repository")
@@ -136,6 +136,44 @@ def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
     config = validate(data, path=path, strict=strict)
     if config.name and config.name != name:
         raise ConfigError(f"{path}: field 'name': '{config.name}' does not match the directory name '{name}'")
+    return config.model_copy(update={"name": name})
+
+
+def parse_json_config(text: str, *, name: str) -> ModelConfig:
+    """Parse the JSON config of a load request (Triton's ``config`` parameter).
+
+    Triton's JSON form of ``ModelConfig`` (``input``/``data_type``/``dims``, int64 fields as
+    strings or numbers) is read through protobuf, as Triton reads it, and checked like a
+    ``config.pbtxt``; JSON in dagserve's native spellings (``inputs``, ``datatype``, ``shape``,
+    ``pipeline``) is checked like a ``config.yaml``.
+
+    Raises:
+        ConfigError: naming the parameter and the field.
+    """
+    import json
+
+    from google.protobuf import json_format
+
+    from .._proto import model_config_pb2
+
+    where = Path("load parameter 'config'")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object of config fields, got {type(data).__name__}")
+    strict = True
+    message = model_config_pb2.ModelConfig()
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError:
+        pass  # not Triton's schema: dagserve's native spellings, checked strictly below
+    else:
+        data, strict = json_format.MessageToDict(message, preserving_proto_field_name=True), False
+    config = validate(data, path=where, strict=strict)
+    if config.name and config.name != name:
+        raise ConfigError(f"{where}: field 'name': '{config.name}' does not match the model name '{name}'")
     return config.model_copy(update={"name": name})
 
 

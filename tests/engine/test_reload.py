@@ -518,3 +518,25 @@ def test_unload_dependents_must_be_a_bool(running: RunningServer) -> None:
             client._client_stub.RepositoryModelUnload(request)
         assert "INVALID_ARGUMENT" in str(raised.value)
         assert client.is_model_ready("counted")
+
+
+def test_config_override_in_tritons_json_form(running: RunningServer) -> None:
+    """A ``config`` in Triton's JSON form of ModelConfig (``input``/``data_type``/``dims``, int64
+    dims as strings, parameters as ``string_value``) is read as Triton reads it; a field that
+    is in neither schema is refused naming it."""
+    triton_json = {
+        "backend": "python",
+        "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": ["1"]}],
+        "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": ["1"]},
+                   {"name": "GEN", "data_type": "TYPE_INT64", "dims": ["1"]}],
+        "instance_group": [{"count": 3, "kind": "KIND_CPU"}],
+        "parameters": {"note": {"string_value": "from triton"}},
+    }
+    with grpcclient.InferenceServerClient(running.grpc_url) as client:
+        client.load_model("counted", config=json.dumps(triton_json))
+        served = client.get_model_config("counted", as_json=True)["config"]
+        assert served["instance_group"][0]["count"] == 3
+        assert served["parameters"]["note"]["string_value"] == "from triton"
+        assert client.infer("counted", [grpc_input(3)]).as_numpy("Y").tolist() == [6.0]
+        with pytest.raises(InferenceServerException, match="load parameter 'config'.*max_batch_sise"):
+            client.load_model("counted", config=json.dumps({**triton_json, "max_batch_sise": 4}))
