@@ -52,6 +52,7 @@ from ..repository.loader import (
 from ..types import InferRequest, InferResponse
 from .cache import ResponseCache
 from .model import ModelState, ModelVersion
+from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
 from .warmup import warm_up
 
 if TYPE_CHECKING:
@@ -94,41 +95,6 @@ class ServerOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _Model:
-    """Everything the server holds for one model name: the versions it serves and where they
-    came from. ``fingerprint`` digests the repository directory they were loaded from (None:
-    not from the repository — an override or a pipeline built in Python); ``load_error`` says
-    why the last reload failed while these versions kept serving; ``members`` are the models a
-    pipeline calls."""
-
-    __slots__ = (
-        "error", "failed_fingerprint", "fingerprint", "load_error", "members", "name", "override_dir",
-        "source", "spec", "started", "versions",
-    )
-
-    def __init__(self, name: str, source: ModelSource | None) -> None:
-        self.name = name
-        self.source = source
-        self.versions: dict[int, ModelVersion] = {}
-        self.started: list[ModelVersion] = []  # whose serve task runs (or ran) in the task group
-        self.error = source.error if source else ""
-        self.fingerprint: str | None = None
-        self.failed_fingerprint: str | None = None
-        self.load_error = ""
-        self.members: frozenset[str] = frozenset()
-        self.override_dir: Path | None = None
-        self.spec: PipelineSpec | None = None
-
-    def reason(self) -> str:
-        if self.error:
-            return self.error
-        failed = [v.reason for v in self.versions.values() if v.state is ModelState.FAILED]
-        return "; ".join(failed)
-
-    def serving(self) -> bool:
-        return any(v.ready for v in self.versions.values())
-
-
 class Server:
     """Serves the models of one repository; see the module docstring for the lifecycle."""
 
@@ -138,7 +104,7 @@ class Server:
 
     def __init__(self, options: ServerOptions | None = None, **kwargs: Any) -> None:
         self.options = options or ServerOptions(**kwargs)
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelEntry] = {}
         self._tg: TaskGroup | None = None
         self._started = False
         self._stopping = False
@@ -192,7 +158,7 @@ class Server:
                 if unknown:
                     raise ConfigError(f"--load-model names unknown models: {', '.join(sorted(unknown))}")
                 # A pipeline comes with the models it calls, as Triton loads an ensemble's.
-                wanted = await _with_members(wanted, sources)
+                wanted = await with_members(wanted, sources)
                 sources = {n: s for n, s in sources.items() if n in wanted}
         await self._load_all(sources.values())
 
@@ -202,8 +168,8 @@ class Server:
         from .pipeline import load_order
 
         sources = list(sources)
-        models = [s for s in sources if not _is_pipeline(s)]
-        for group in (models, *load_order(s for s in sources if _is_pipeline(s))):
+        models = [s for s in sources if not is_pipeline(s)]
+        for group in (models, *load_order(s for s in sources if is_pipeline(s))):
             async with anyio.create_task_group() as tg:
                 for source in group:
                     tg.start_soon(self._reload_locked, source)
@@ -216,11 +182,11 @@ class Server:
 
     async def _load_source(self, source: ModelSource, spec: PipelineSpec | None = None) -> None:
         """Register a new entry for ``source`` and load its versions (nothing served it)."""
-        entry = _Model(source.name, source)
+        entry = ModelEntry(source.name, source)
         self._models[source.name] = entry
         await self._start(entry, spec)
 
-    async def _start(self, entry: _Model, spec: PipelineSpec | None = None) -> None:
+    async def _start(self, entry: ModelEntry, spec: PipelineSpec | None = None) -> None:
         """Load every version of ``entry`` (registered or not); failures are recorded in the
         versions' state and reason, never raised."""
         source = entry.source
@@ -229,9 +195,9 @@ class Server:
         if source.error or source.config is None:
             log.error("model '%s' cannot load: %s", source.name, source.error)
             return
-        if _is_pipeline(source):
+        if is_pipeline(source):
             entry.members = frozenset(
-                {s.model for s in spec.steps} if spec is not None else await _members(source)
+                {s.model for s in spec.steps} if spec is not None else await pipeline_members(source)
             )
         # Backends that can read the model file (ONNX) fill in what the config leaves out.
         config = await anyio.to_thread.run_sync(complete_config, source.config, source.path, source.versions)
@@ -240,7 +206,7 @@ class Server:
         for number in source.versions:
             version: ModelVersion
             load: Callable[[], Awaitable[Any]]
-            if _is_pipeline(source):
+            if is_pipeline(source):
                 from .pipeline import pipeline_version
 
                 version, load = await pipeline_version(
@@ -269,7 +235,7 @@ class Server:
         (the repository index shows it), and closes what did load.
         """
         name = source.name
-        new = _Model(name, source)
+        new = ModelEntry(name, source)
         new.fingerprint, new.override_dir = digest, override_dir
         old = self._models.get(name)
         if old is None or not old.serving():
@@ -298,7 +264,7 @@ class Server:
         await self._stop(old)
         return ""
 
-    async def _start_or_stop(self, entry: _Model, spec: PipelineSpec | None) -> None:
+    async def _start_or_stop(self, entry: ModelEntry, spec: PipelineSpec | None) -> None:
         """:meth:`_start`; if the caller is cancelled meanwhile (the client went away, the
         server stops), the versions already started are unloaded, so none is left behind in
         the server's task group."""
@@ -309,7 +275,7 @@ class Server:
                 await self._stop(entry)
             raise
 
-    async def _stop(self, entry: _Model) -> None:
+    async def _stop(self, entry: ModelEntry) -> None:
         """Unload ``entry``'s versions (requests in flight finish first) and remove its
         override directory."""
         for version in entry.versions.values():
@@ -547,8 +513,8 @@ class Server:
             raise ModelNotFoundError(f"no model '{name}' in the repository")
         visiting.add(name)
         source = await anyio.to_thread.run_sync(read_model, model_dir)
-        if _is_pipeline(source):
-            for member in sorted(await _members(source)):
+        if is_pipeline(source):
+            for member in sorted(await pipeline_members(source)):
                 if member not in visiting and (model_dir.parent / member).is_dir():
                     try:
                         await self._load_tree(member, visiting)
@@ -606,7 +572,7 @@ class Server:
 
         repo = self.options.model_repository
         assert repo is not None
-        on_disk = await anyio.to_thread.run_sync(_fingerprints, repo)
+        on_disk = await anyio.to_thread.run_sync(repository_fingerprints, repo)
         served = {
             name: (e.fingerprint, e.failed_fingerprint)
             for name, e in self._models.items() if e.fingerprint is not None
@@ -669,50 +635,3 @@ class Server:
                 f"cannot {action} models: the server runs with model control mode "
                 f"'{mode}' (start it with --model-control-mode explicit)"
             )
-
-
-def _is_pipeline(source: ModelSource) -> bool:
-    return source.config is not None and source.config.backend_name in ("ensemble", "pipeline")
-
-
-
-async def _members(source: ModelSource) -> set[str]:
-    """The models a pipeline calls: read from its config, or (Python DSL) by compiling it.
-    A pipeline that does not compile calls nothing known; its load reports why."""
-    assert source.config is not None
-    from ..dsl.compile import compile_config, member_names
-
-    names = member_names(source.config)
-    if names is not None:
-        return names
-    config = source.config
-    try:
-        spec = await anyio.to_thread.run_sync(
-            functools.partial(compile_config, config, model_dir=source.path, config_path=source.config_path)
-        )
-    except Exception:  # noqa: BLE001 - the pipeline's own load reports it with its reason
-        return set()
-    return {s.model for s in spec.steps}
-
-
-async def _with_members(names: set[str], sources: dict[str, ModelSource]) -> set[str]:
-    """``names`` and every model the pipelines among them call, recursively."""
-    wanted, pending = set(names), list(names)
-    while pending:
-        source = sources.get(pending.pop())
-        if source is None or not _is_pipeline(source):
-            continue
-        for member in await _members(source) - wanted:
-            if member in sources:
-                wanted.add(member)
-                pending.append(member)
-    return wanted
-
-
-def _fingerprints(repository: Path) -> dict[str, str]:
-    """The fingerprint of every model directory (as :func:`scan` lists them)."""
-    return {
-        child.name: fingerprint(child)
-        for child in sorted(repository.iterdir())
-        if child.is_dir() and not child.name.startswith((".", "_"))
-    }
