@@ -229,11 +229,20 @@ def _drop(data: Any, loc: tuple[Any, ...]) -> None:
 def fingerprint(model_dir: Path) -> str:
     """A digest of everything in ``model_dir`` that a load reads: every file's relative path,
     size and modification time, and the config file's content (so an edit within one mtime tick
-    still counts). Hidden entries and ``__pycache__`` (written by the import itself) are left
-    out. Equal digests mean "unchanged"; a directory that vanishes mid-walk digests as it is.
+    still counts). Symbolic links are followed (a version directory linked elsewhere, swapped
+    by re-pointing the link, counts as changed; a link loop is walked once). Hidden entries and
+    ``__pycache__`` (written by the import itself) are left out. Equal digests mean
+    "unchanged"; a directory that vanishes mid-walk digests as it is.
     """
     digest = hashlib.sha256()
-    for root, dirs, files in os.walk(model_dir):
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(model_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        digest.update(f"dir\0{Path(root).relative_to(model_dir).as_posix()}\0{real}\0".encode())
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
         for file in sorted(files):
             if file.startswith("."):
