@@ -225,3 +225,25 @@ def test_cli_poll_flags(tmp_path: Path) -> None:
         check=False, capture_output=True, text=True, timeout=60,
     )
     assert refused.returncode == 2 and "--repository-poll-secs must be a positive number" in refused.stderr
+
+
+def test_a_pipeline_added_with_its_model(running: RunningServer, repo: Path, client: Any) -> None:
+    """A pipeline and the new model it calls, added together, are both served (the model
+    loads first); changing that model re-checks the pipeline, which keeps answering."""
+    write_model(repo, "tripler", factor=3.0)
+    (repo / "chain").mkdir()
+    (repo / "chain" / "config.yaml").write_text(json.dumps({
+        "backend": "pipeline",
+        "inputs": [{"name": "X", "datatype": "FP32", "shape": [1]}],
+        "outputs": [{"name": "Y", "datatype": "FP32", "shape": [1]}],
+        "pipeline": {
+            "steps": [{"name": "a", "model": "scaled", "inputs": {"X": "X"}},
+                      {"name": "b", "model": "tripler", "inputs": {"X": "a.Y"}}],
+            "outputs": {"Y": "b.Y"},
+        },
+    }))
+    wait_until(lambda: index(running).get(("chain", "1"), {}).get("state") == "READY", "the pipeline is ready")
+    assert answer(client, "chain", 1) == 6.0
+    (repo / "tripler" / "1" / "model.py").write_text(MODEL_PY.format(factor=5.0))
+    wait_until(lambda: answer(client, "chain", 1) == 10.0, "the pipeline uses the changed model")
+    assert index(running)[("chain", "1")]["state"] == "READY"
