@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gRPC port (default 8001; 0 picks a free port; -1 disables)")
     s.add_argument("--metrics-port", type=_port, default=_port(_env("metrics-port", "8002") or "8002"),
                    help="Prometheus metrics port (default 8002; 0 picks a free port; -1 disables)")
-    s.add_argument("--model-control-mode", choices=("none", "explicit"), default=_env("model-control-mode", "none"),
-                   help="none: load all models at start; explicit: load --load-model ones, allow load/unload")
+    s.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default=_env("model-control-mode", "none"),
+                   help="none: load all models at start; explicit: load --load-model ones, allow load/unload; "
+                        "poll: load all, then apply repository changes every --repository-poll-secs")
+    s.add_argument("--repository-poll-secs", type=_poll_secs, default=_poll_secs(_env("repository-poll-secs", "15") or "15"),
+                   help="with poll mode: seconds between polls of the repository (default 15)")
     s.add_argument("--load-model", action="append", default=None,
                    help="with explicit mode: a model to load at start ('*' for all); repeatable "
                         "(env DAGSERVE_LOAD_MODEL: comma-separated)")
@@ -122,12 +125,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
+def _poll_secs(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--repository-poll-secs must be a positive number of seconds, not {text}")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServeOptions(
         server=ServerOptions(
             model_repository=args.model_repository,
             model_control_mode=args.model_control_mode,
+            repository_poll_secs=args.repository_poll_secs,
             load_models=tuple(args.load_model if args.load_model is not None
                               else [m for m in (_env("load-model", "") or "").split(",") if m]),
             strict_readiness=args.strict_readiness,

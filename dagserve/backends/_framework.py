@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from ..errors import ConfigError, ModelExecutionError
+from ._imports import user_code_lock
 
 __all__ = ["execution_error", "flag", "integer", "require"]
 
@@ -35,7 +36,8 @@ def require(module: str, *, extra: str, owner: str, purpose: str = "") -> Module
             model, the package and ``pip install 'dagserve[<extra>]'``.
     """
     try:
-        return importlib.import_module(module)
+        with user_code_lock:  # models load in parallel threads; see _imports
+            return importlib.import_module(module)
     except ImportError as exc:
         why = f" for {purpose}" if purpose else ""
         broken = "" if isinstance(exc, ModuleNotFoundError) else f" (importing it failed: {exc})"

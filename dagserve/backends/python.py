@@ -45,6 +45,7 @@ from .. import errors
 from ..repository.config import ModelConfig
 from ..types import InferRequest
 from . import pb_utils
+from ._imports import user_code_lock
 from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
 from .process import ProcessModel
 
@@ -65,17 +66,18 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
         raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
     if context.config.parameters.get("execution") == "process":
         return ProcessModel(context)
-    module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
-    mode, adaptive = _mode(context, path)
     instance: TritonModel | NativeModel
-    if hasattr(module, "TritonPythonModel"):
-        instance = TritonModel(module.TritonPythonModel, context, mode)
-    elif hasattr(module, "Model") or hasattr(module, "infer"):
-        instance = NativeModel(module, context, mode)
-    else:
-        raise errors.ConfigError(
-            f"{path}: defines neither a TritonPythonModel class, a Model class nor an infer function"
-        )
+    with _IMPORT_LOCK:  # the import and the construction (lazy imports in initialize), see _imports
+        module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
+        mode, adaptive = _mode(context, path)
+        if hasattr(module, "TritonPythonModel"):
+            instance = TritonModel(module.TritonPythonModel, context, mode)
+        elif hasattr(module, "Model") or hasattr(module, "infer"):
+            instance = NativeModel(module, context, mode)
+        else:
+            raise errors.ConfigError(
+                f"{path}: defines neither a TritonPythonModel class, a Model class nor an infer function"
+            )
     instance.adaptive = adaptive and instance.mode == "inline"
     return instance
 
@@ -120,7 +122,7 @@ def _mode(context: ModelContext, path: Path) -> tuple[ExecuteMode, bool]:
     )
 
 
-_IMPORT_LOCK = threading.Lock()
+_IMPORT_LOCK = user_code_lock
 _AST_LOCK = threading.Lock()
 """Models load in parallel worker threads, and CPython 3.11/3.12's ``ast.parse`` is not safe
 to call from several threads at once ("AST constructor recursion depth mismatch")."""

@@ -62,6 +62,7 @@ import numpy as np
 from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecutionError, UnsupportedError
 from ..types import DataType, InferRequest
 from ._framework import execution_error, flag, integer, require
+from ._imports import user_code_lock
 from .base import ExecuteMode, ModelContext, Outputs
 
 __all__ = ["TorchModel", "load"]
@@ -205,12 +206,14 @@ def _import(path: Path, module_name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    # Let the file import helper modules that sit beside it.
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
+    # Let the file import helper modules that sit beside it; one import of user code at a time
+    # (sys.path is global, and parallel imports of one package collide: see _imports).
+    with user_code_lock:
+        sys.path.insert(0, str(path.parent))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
     return module
 
 

@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from ..backends._imports import user_code_lock
 from ..errors import ConfigError
 from ..repository.config import ModelConfig
 from .builder import Pipeline
@@ -68,13 +69,14 @@ def _import(path: Path) -> object:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except ConfigError:
-        raise
-    except Exception as exc:  # user code may raise anything while importing
-        raise ConfigError(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path.remove(str(path.parent))
+    with user_code_lock:  # sys.path is global; parallel imports collide (see backends._imports)
+        sys.path.insert(0, str(path.parent))
+        try:
+            spec.loader.exec_module(module)
+        except ConfigError:
+            raise
+        except Exception as exc:  # user code may raise anything while importing
+            raise ConfigError(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(str(path.parent))
     return module

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+import shutil
+import tempfile
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._version import __version__
@@ -38,14 +42,24 @@ from ..errors import (
 from ..limits import Limits
 from ..repository import confine
 from ..repository.config import InstanceKind, ModelConfig
-from ..repository.loader import ModelSource, parse_config, read_model, scan
+from ..repository.loader import (
+    ModelSource,
+    fingerprint,
+    materialize_override,
+    override_files,
+    parse_json_config,
+    read_model,
+    scan,
+)
 from ..types import InferRequest, InferResponse
 from .cache import ResponseCache
 from .model import ModelState, ModelVersion
+from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
 from .warmup import warm_up
 
 if TYPE_CHECKING:
     from ..dsl.spec import PipelineSpec
+    from .poll import Changes
 
 __all__ = ["Server", "ServerOptions"]
 
@@ -66,7 +80,9 @@ class ServerOptions:
     """What the server serves and how models are managed (Triton's flag names).
 
     ``model_control_mode``: ``none`` loads every model at start and refuses load/unload;
-    ``explicit`` loads only ``load_models`` (``"*"`` for all) and allows load/unload.
+    ``explicit`` loads only ``load_models`` (``"*"`` for all; a pipeline with the models it
+    calls) and allows load/unload; ``poll`` loads every model and then applies what changes in
+    the repository every ``repository_poll_secs`` seconds, refusing load/unload as Triton does.
     ``strict_readiness``: the server is ready only when every model is.
     ``response_cache_bytes``: size of the response cache shared by models that enable it
     (0 = no cache, as Triton without ``--cache-config``).
@@ -76,31 +92,14 @@ class ServerOptions:
     """
 
     model_repository: Path | None = None
-    model_control_mode: Literal["none", "explicit"] = "none"
+    model_control_mode: Literal["none", "explicit", "poll"] = "none"
     load_models: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
     strict_readiness: bool = True
     response_cache_bytes: int = 0
     allow_symlinks_outside_repository: bool = False
     limits: Limits = field(default_factory=Limits)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _Model:
-    """Everything the server holds for one model name."""
-
-    __slots__ = ("error", "name", "source", "versions")
-
-    def __init__(self, name: str, source: ModelSource | None) -> None:
-        self.name = name
-        self.source = source
-        self.versions: dict[int, ModelVersion] = {}
-        self.error = source.error if source else ""
-
-    def reason(self) -> str:
-        if self.error:
-            return self.error
-        failed = [v.reason for v in self.versions.values() if v.state is ModelState.FAILED]
-        return "; ".join(failed)
 
 
 class Server:
@@ -112,10 +111,13 @@ class Server:
 
     def __init__(self, options: ServerOptions | None = None, **kwargs: Any) -> None:
         self.options = options or ServerOptions(**kwargs)
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelEntry] = {}
         self._tg: TaskGroup | None = None
         self._started = False
         self._stopping = False
+        self._locks: dict[str, anyio.Lock] = {}  # one per model name: its loads and unloads
+        self._override_root: Path | None = None
+        self._poll_scope: anyio.CancelScope | None = None
         size = self.options.response_cache_bytes
         self.cache = ResponseCache(size) if size > 0 else None
 
@@ -130,6 +132,10 @@ class Server:
             await self._tg.__aexit__(None, None, None)
             raise
         self._started = True
+        if self.options.model_control_mode == "poll":
+            from .poll import poll_repository
+
+            self._poll_scope = await self._tg.start(poll_repository, self, self.options.repository_poll_secs)
         return self
 
     async def __aexit__(
@@ -139,6 +145,8 @@ class Server:
         tb: TracebackType | None,
     ) -> bool | None:
         self._stopping = True
+        if self._poll_scope is not None:
+            self._poll_scope.cancel()
         for entry in self._models.values():
             for version in entry.versions.values():
                 version.unload()
@@ -161,24 +169,49 @@ class Server:
                 unknown = wanted - set(sources)
                 if unknown:
                     raise ConfigError(f"--load-model names unknown models: {', '.join(sorted(unknown))}")
+                # A pipeline comes with the models it calls, as Triton loads an ensemble's.
+                wanted = await with_members(wanted, sources)
                 sources = {n: s for n, s in sources.items() if n in wanted}
-        sources = {n: self._confined(s) for n, s in sources.items()}  # security: confinement
-        # Models load concurrently; pipelines after them, since they check their members, and
-        # a pipeline calling other pipelines after those.
+        await self._load_all(sources.values())
+
+    async def _load_all(self, sources: Iterable[ModelSource]) -> None:
+        """Load ``sources`` beside what serves: models concurrently, then pipelines after the
+        models they check against, and a pipeline calling other pipelines after those."""
         from .pipeline import load_order
 
-        models = [s for s in sources.values() if not _is_pipeline(s)]
-        for group in (models, *load_order(s for s in sources.values() if _is_pipeline(s))):
+        sources = list(sources)
+        models = [s for s in sources if not is_pipeline(s)]
+        for group in (models, *load_order(s for s in sources if is_pipeline(s))):
             async with anyio.create_task_group() as tg:
                 for source in group:
-                    tg.start_soon(self._load_source, source)
+                    tg.start_soon(self._reload_locked, source)
+
+    async def _reload_locked(self, source: ModelSource) -> None:
+        async with self._lock(source.name):
+            # Digest first, then read: a change made meanwhile shows at the next comparison.
+            digest = await anyio.to_thread.run_sync(fingerprint, source.path)
+            source = await anyio.to_thread.run_sync(read_model, source.path)
+            await self._reload(self._confined(source), digest)  # security: confinement
 
     async def _load_source(self, source: ModelSource, spec: PipelineSpec | None = None) -> None:
-        entry = _Model(source.name, source)
+        """Register a new entry for ``source`` and load its versions (nothing served it)."""
+        entry = ModelEntry(source.name, source)
         self._models[source.name] = entry
+        await self._start(entry, spec)
+
+    async def _start(self, entry: ModelEntry, spec: PipelineSpec | None = None) -> None:
+        """Load every version of ``entry`` (registered or not); failures are recorded in the
+        versions' state and reason, never raised."""
+        source = entry.source
+        assert source is not None
+        entry.spec = spec
         if source.error or source.config is None:
             log.error("model '%s' cannot load: %s", source.name, source.error)
             return
+        if is_pipeline(source):
+            entry.members = frozenset(
+                {s.model for s in spec.steps} if spec is not None else await pipeline_members(source)
+            )
         # Backends that can read the model file (ONNX) fill in what the config leaves out.
         config = await anyio.to_thread.run_sync(complete_config, source.config, source.path, source.versions)
         platform = config.platform or config.backend_name
@@ -186,7 +219,7 @@ class Server:
         for number in source.versions:
             version: ModelVersion
             load: Callable[[], Awaitable[Any]]
-            if _is_pipeline(source):
+            if is_pipeline(source):
                 from .pipeline import pipeline_version
 
                 version, load = await pipeline_version(
@@ -199,6 +232,77 @@ class Server:
                 load = functools.partial(self._load_instances, source, config, number)
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
+            entry.started.append(version)
+
+    async def _reload(
+        self, source: ModelSource, digest: str | None, *, override_dir: Path | None = None,
+        spec: PipelineSpec | None = None,
+    ) -> str:
+        """Serve ``source`` under its name without losing a request; the caller holds the
+        name's lock. Returns "" or why the new versions failed.
+
+        When something serves the name, the new versions load beside it; only if every one is
+        READY does the registry entry swap (atomically: a request sees the old entry or the
+        new one), and then the old versions drain (their requests in flight finish) and close.
+        A failed load keeps the old versions serving, records the reason in ``load_error``
+        (the repository index shows it), and closes what did load.
+        """
+        name = source.name
+        new = ModelEntry(name, source)
+        new.fingerprint, new.override_dir = digest, override_dir
+        old = self._models.get(name)
+        if old is None or not old.serving():
+            # Nothing to keep serving: show the new entry (LOADING) at once.
+            self._models[name] = new
+            if old is not None:
+                await self._stop(old)
+            await self._start_or_stop(new, spec)
+            reason = new.reason()
+            if reason:
+                new.failed_fingerprint = digest
+            return reason
+        await self._start_or_stop(new, spec)
+        reason = new.reason()
+        if reason:
+            log.error("model '%s': reload failed, the loaded versions keep serving: %s", name, reason)
+            old.load_error, old.failed_fingerprint = reason, digest
+            if new.override_dir == old.override_dir:
+                new.override_dir = None  # still the old versions' files
+            await self._stop(new)
+            return reason
+        self._models[name] = new
+        log.info("model '%s' reloaded; draining the replaced versions", name)
+        if old.override_dir == new.override_dir:
+            old.override_dir = None  # the new versions' files now
+        await self._stop(old)
+        return ""
+
+    async def _start_or_stop(self, entry: ModelEntry, spec: PipelineSpec | None) -> None:
+        """:meth:`_start`; if the caller is cancelled meanwhile (the client went away, the
+        server stops), the versions already started are unloaded, so none is left behind in
+        the server's task group."""
+        try:
+            await self._start(entry, spec)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop(entry)
+            raise
+
+    async def _stop(self, entry: ModelEntry) -> None:
+        """Unload ``entry``'s versions (requests in flight finish first) and remove its
+        override directory."""
+        for version in entry.versions.values():
+            version.unload()
+        for version in entry.started:  # a version whose start was cancelled has no task left
+            await version.wait_closed()
+        if entry.override_dir is not None:
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, entry.override_dir.parent, ignore_errors=True))
+
+    def _lock(self, name: str) -> anyio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = anyio.Lock()
+        return lock
 
     async def _load_instances(self, source: ModelSource, config: ModelConfig, number: int) -> list[ModelInstance]:
         backend = get_backend(config.backend_name)
@@ -225,11 +329,16 @@ class Server:
         instances = []
         try:
             for ctx in contexts:
-                instances.append(await anyio.to_thread.run_sync(backend.load, ctx))
+                # A load in a thread cannot be stopped: if the caller is cancelled meanwhile,
+                # keep the instance it makes so that it is closed below, then stop.
+                with anyio.CancelScope(shield=True):
+                    instances.append(await anyio.to_thread.run_sync(backend.load, ctx))
+                await anyio.lowlevel.checkpoint()
             await warm_up(config, instances, model_dir=source.path, owner=f"model '{source.name}' version {number}")
         except BaseException:
-            for instance in instances:
-                await anyio.to_thread.run_sync(instance.close)
+            with anyio.CancelScope(shield=True):
+                for instance in instances:
+                    await anyio.to_thread.run_sync(instance.close)
             raise
         return instances
 
@@ -243,13 +352,14 @@ class Server:
         """
         from .pipeline import pipeline_source
 
-        if spec.name in self._models:
-            raise AlreadyExistsError(f"a model named '{spec.name}' is already served")
-        await self._load_source(pipeline_source(spec), spec)
-        reason = self._models[spec.name].reason()
-        if reason:
-            del self._models[spec.name]
-            raise ConfigError(reason)
+        async with self._lock(spec.name):
+            if spec.name in self._models:
+                raise AlreadyExistsError(f"a model named '{spec.name}' is already served")
+            await self._load_source(pipeline_source(spec), spec)
+            reason = self._models[spec.name].reason()
+            if reason:
+                del self._models[spec.name]
+                raise ConfigError(reason)
 
     # -- health and metadata ------------------------------------------------------------------
     def is_live(self) -> bool:
@@ -366,65 +476,174 @@ class Server:
             for number, v in sorted(entry.versions.items()):
                 if ready_only and not v.ready:
                     continue
-                entries.append({"name": name, "version": str(number), "state": v.state.triton_name, "reason": v.reason})
+                reason = v.reason or (f"reload failed, still serving the loaded version: {entry.load_error}"
+                                      if entry.load_error and v.ready else "")
+                entries.append({"name": name, "version": str(number), "state": v.state.triton_name, "reason": reason})
         return entries
 
     async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
-        """Load (or reload) ``name`` from the repository; a ``config`` parameter (JSON text)
-        overrides the config on disk.
+        """Load ``name`` from the repository, or reload it without losing a request (see
+        :meth:`_reload`); a pipeline loads the models it calls first, recursively. A model whose
+        directory is unchanged since it loaded (and that serves) is left as it is, as on Triton.
+
+        ``parameters`` are Triton's: ``config`` (JSON text) replaces the config on disk;
+        ``file:<path>`` (base64 text, or bytes over gRPC) with a ``config`` loads the model from
+        a directory of exactly those files instead of the repository's.
 
         Raises:
-            UnsupportedError: the server runs with model control mode ``none``.
-            ModelNotFoundError: no such model directory.
-            ConfigError / ModelNotReadyError: the model failed to load (message says why).
+            UnsupportedError: model control mode ``none`` or ``poll``.
+            InvalidInputError: a ``file:`` path that leaves the model directory, content that is
+                not base64, or ``file:`` without ``config``.
+            ModelNotFoundError: no such model directory (and no override files).
+            ConfigError / ModelNotReadyError: the model failed to load (message says why); what
+                served before keeps serving.
         """
         self._require_explicit("load")
         confine.check_model_name(name)  # security: confinement
+        params = parameters or {}
+        override = params.get("config")
+        if isinstance(override, bytes):
+            override = override.decode("utf-8", errors="replace")
+        if override is not None and not isinstance(override, str):
+            raise InvalidInputError("load parameter 'config' must be a string of JSON")
+        files = override_files(params)
+        if files and not override:
+            raise InvalidInputError(
+                f"load of '{name}': 'file:' parameters need a 'config' parameter too (the files "
+                "replace the model directory, so they need a config of their own)"
+            )
+        if files or override:
+            source, override_dir = await self._override_source(name, override or "", files)
+            async with self._lock(name):
+                reason = await self._reload(source, None, override_dir=override_dir)
+            if reason:
+                raise ModelNotReadyError(f"failed to load '{name}': {reason}")
+            return
+        await self._load_tree(name, set())
+
+    async def _load_tree(self, name: str, visiting: set[str]) -> None:
         repo = self.options.model_repository
         model_dir = repo / name if repo else None
-        override = (parameters or {}).get("config")
         if model_dir is None or not model_dir.is_dir():
             raise ModelNotFoundError(f"no model '{name}' in the repository")
         assert repo is not None
         # security: a symlinked model directory leading outside is refused before its config is read
-        confine.inside(repo, Path(name), allow_symlinks_outside=self.options.allow_symlinks_outside_repository,
-                       field=f"model '{name}': model directory")
-        source = read_model(model_dir)
-        if override:
-            config = parse_config(override, path=model_dir / "config.json", name=name)
-            available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-            source = ModelSource(
-                name=name, path=model_dir, config=config, config_path=None,
-                versions=tuple(config.version_policy.select(available)),
+        allow = self.options.allow_symlinks_outside_repository
+        confine.inside(repo, Path(name), allow_symlinks_outside=allow, field=f"model '{name}': model directory")
+        visiting.add(name)
+        source = await anyio.to_thread.run_sync(read_model, model_dir)
+        confine.check_source(source, repo, allow_symlinks_outside=allow)
+        if is_pipeline(source):
+            for member in sorted(await pipeline_members(source)):
+                if member not in visiting and (model_dir.parent / member).is_dir():
+                    try:
+                        await self._load_tree(member, visiting)
+                    except (ModelNotReadyError, ConfigError) as exc:
+                        log.error("pipeline '%s': member '%s' did not load: %s", name, member, exc)
+        async with self._lock(name):
+            digest = await anyio.to_thread.run_sync(fingerprint, model_dir)
+            entry = self._models.get(name)
+            unchanged = (
+                entry is not None and entry.fingerprint == digest and not entry.load_error
+                and entry.versions and all(v.ready for v in entry.versions.values())
             )
-        confine.check_source(source, repo, allow_symlinks_outside=self.options.allow_symlinks_outside_repository)
-        await self._unload(name)
-        await self._load_source(source)
-        entry = self._models[name]
-        if entry.reason():
-            raise ModelNotReadyError(f"failed to load '{name}': {entry.reason()}")
+            if unchanged:
+                return
+            source = await anyio.to_thread.run_sync(read_model, model_dir)
+            confine.check_source(source, repo, allow_symlinks_outside=allow)
+            reason = await self._reload(source, digest)
+        if reason:
+            raise ModelNotReadyError(f"failed to load '{name}': {reason}")
+        await self._refresh_dependents(name)
+
+    async def _refresh_dependents(self, name: str) -> None:
+        """Re-check and reload (zero-loss) the loaded pipelines that call ``name``: they were
+        checked against the member's previous config."""
+        for entry in list(self._models.values()):
+            if name in entry.members and entry.source is not None and entry.serving():
+                async with self._lock(entry.name):
+                    current = self._models.get(entry.name)
+                    if current is entry:
+                        await self._reload(
+                            entry.source, entry.fingerprint, override_dir=entry.override_dir, spec=entry.spec
+                        )
+
+    async def _override_source(self, name: str, config_text: str, files: dict[str, bytes]) -> tuple[ModelSource, Path | None]:
+        """The source for a load with overrides: the repository's directory with the given
+        config, or (with files) a fresh directory of those files."""
+        config = await anyio.to_thread.run_sync(functools.partial(parse_json_config, config_text, name=name))
+        if not files:
+            repo = self.options.model_repository
+            model_dir = repo / name if repo else None
+            if model_dir is None or not model_dir.is_dir():
+                raise ModelNotFoundError(f"no model '{name}' in the repository (send 'file:' parameters to create one)")
+            return await anyio.to_thread.run_sync(functools.partial(read_model, model_dir, config)), None
+        if self._override_root is None:
+            self._override_root = Path(tempfile.mkdtemp(prefix="dagserve-overrides-"))
+            weakref.finalize(self, shutil.rmtree, self._override_root, ignore_errors=True)
+        model_dir = await anyio.to_thread.run_sync(materialize_override, self._override_root, name, files)
+        source = await anyio.to_thread.run_sync(functools.partial(read_model, model_dir, config, name=name))
+        return source, model_dir
+
+    async def apply_repository_changes(self) -> Changes:
+        """Make the served models match the repository on disk (poll mode; see
+        :mod:`.poll`): load new models, reload changed ones beside the old versions, unload
+        removed ones. Returns what changed."""
+        from .poll import diff
+
+        repo = self.options.model_repository
+        assert repo is not None
+        on_disk = await anyio.to_thread.run_sync(repository_fingerprints, repo)
+        served = {
+            name: (e.fingerprint, e.failed_fingerprint)
+            for name, e in self._models.items() if e.fingerprint is not None
+        }
+        changes = diff(on_disk, served)
+        if not changes:
+            return changes
+        log.info("model repository changed: added %s, changed %s, removed %s",
+                 list(changes.added), list(changes.changed), list(changes.removed))
+        sources = await anyio.to_thread.run_sync(
+            lambda: [read_model(repo / n) for n in (*changes.added, *changes.changed)]
+        )
+        await self._load_all(sources)
+        for name in changes.changed:
+            await self._refresh_dependents(name)
+        for name in changes.removed:
+            await self._unload(name)
+        return changes
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
-        """Unload every version of ``name``; requests in flight finish first.
+        """Unload every version of ``name``; requests in flight finish first. With
+        ``unload_dependents`` (Triton's parameter), the models a pipeline calls are unloaded
+        too, recursively, unless another loaded model still calls them.
 
         Raises:
-            UnsupportedError: model control mode ``none``.
+            UnsupportedError: model control mode ``none`` or ``poll``.
             ModelNotFoundError: the model is not loaded.
         """
         self._require_explicit("unload")
         confine.check_model_name(name)  # security: confinement
         if name not in self._models:
             raise ModelNotFoundError(f"model '{name}' is not loaded")
-        await self._unload(name)
-
-    async def _unload(self, name: str) -> None:
-        entry = self._models.pop(name, None)
-        if entry is None:
+        members = await self._unload(name)
+        if not unload_dependents:
             return
-        for version in entry.versions.values():
-            version.unload()
-        for version in entry.versions.values():
-            await version.wait_closed()
+        pending = list(members)
+        while pending:
+            member = pending.pop()
+            still_used = any(member in e.members for e in self._models.values())
+            if member in self._models and not still_used:
+                pending.extend(await self._unload(member))
+
+    async def _unload(self, name: str) -> frozenset[str]:
+        """Unload ``name`` (if loaded); returns the models it called (a pipeline's members)."""
+        async with self._lock(name):
+            entry = self._models.pop(name, None)
+            if entry is None:
+                return frozenset()
+            await self._stop(entry)
+            return entry.members
 
     def _confined(self, source: ModelSource) -> ModelSource:
         assert self.options.model_repository is not None
@@ -434,12 +653,14 @@ class Server:
         )
 
     def _require_explicit(self, action: str) -> None:
-        if self.options.model_control_mode != "explicit":
+        mode = self.options.model_control_mode
+        if mode == "poll":
+            raise UnsupportedError(
+                f"cannot {action} models: explicit model load / unload is not allowed if polling is "
+                "enabled (the server runs with --model-control-mode poll; change the repository instead)"
+            )
+        if mode != "explicit":
             raise UnsupportedError(
                 f"cannot {action} models: the server runs with model control mode "
-                f"'{self.options.model_control_mode}' (start it with --model-control-mode explicit)"
+                f"'{mode}' (start it with --model-control-mode explicit)"
             )
-
-
-def _is_pipeline(source: ModelSource) -> bool:
-    return source.config is not None and source.config.backend_name in ("ensemble", "pipeline")

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from .._proto import grpc_service_pb2 as pb
 from .._proto import grpc_service_pb2_grpc as pb_grpc
 from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
-from ..errors import ModelNotFoundError, UnsupportedError
+from ..errors import InvalidInputError, ModelNotFoundError, UnsupportedError
 from ..types import InferResponse
 from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
 from .restricted import Restrictions, grpc_interceptor
@@ -266,7 +266,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         params = decode_parameters(request.parameters)
-        dependents = bool(params.get("unload_dependents", False))
+        dependents = params.get("unload_dependents", False)
+        if type(dependents) is not bool:
+            raise InvalidInputError("unload_dependents must be a bool parameter (bool_param)")
         await self._server.unload_model(request.model_name, unload_dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
 

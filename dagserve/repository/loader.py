@@ -7,12 +7,20 @@ Layout (Triton's)::
 
 A broken model never stops the others: :func:`scan` returns one :class:`ModelSource` per model
 directory, with either a config or the error that explains why it cannot load.
+:func:`fingerprint` tells whether a model directory changed (poll mode, reloads), and
+:func:`materialize_override` writes the files of a load request (Triton's ``file:`` overrides)
+into a model directory of their own.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +28,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidInputError
 from .config import ModelConfig
 
-__all__ = ["ModelSource", "load_config", "parse_config", "scan"]
+__all__ = [
+    "ModelSource", "fingerprint", "load_config", "materialize_override", "override_files", "parse_config", "parse_json_config", "read_model", "scan",
+]
 
 log = logging.getLogger("dagserve.repository")
 
@@ -57,13 +67,19 @@ def scan(repository: Path) -> dict[str, ModelSource]:
     return sources
 
 
-def read_model(model_dir: Path) -> ModelSource:
-    """Read one model directory, never raising: problems go into ``ModelSource.error``."""
-    name = model_dir.name
-    try:
-        config, config_path = load_config(model_dir)
-    except ConfigError as exc:
-        return ModelSource(name=name, path=model_dir, config=None, config_path=None, error=str(exc))
+def read_model(model_dir: Path, config: ModelConfig | None = None, *, name: str = "") -> ModelSource:
+    """Read one model directory, never raising: problems go into ``ModelSource.error``.
+
+    ``config`` replaces the directory's config file (a load request's ``config`` override);
+    ``name`` defaults to the directory's name.
+    """
+    name = name or model_dir.name
+    config_path: Path | None = None
+    if config is None:
+        try:
+            config, config_path = load_config(model_dir)
+        except ConfigError as exc:
+            return ModelSource(name=name, path=model_dir, config=None, config_path=None, error=str(exc))
     available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
     versions = tuple(config.version_policy.select(available))
     error = ""
@@ -110,16 +126,6 @@ def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
 
         data = pbtxt_to_dict(text, path=path)
         strict = False
-    elif path.suffix == ".json":
-        # security: JSON (a repository load's ``config`` override comes from the wire), never
-        # YAML, whose tags and aliases a client should not get to use.
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object of config fields, got {type(data).__name__}")
-        strict = True
     else:
         try:
             data = yaml.safe_load(text) or {}
@@ -131,6 +137,42 @@ def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
     config = validate(data, path=path, strict=strict)
     if config.name and config.name != name:
         raise ConfigError(f"{path}: field 'name': '{config.name}' does not match the directory name '{name}'")
+    return config.model_copy(update={"name": name})
+
+
+def parse_json_config(text: str, *, name: str) -> ModelConfig:
+    """Parse the JSON config of a load request (Triton's ``config`` parameter).
+
+    Triton's JSON form of ``ModelConfig`` (``input``/``data_type``/``dims``, int64 fields as
+    strings or numbers) is read through protobuf, as Triton reads it, and checked like a
+    ``config.pbtxt``; JSON in dagserve's native spellings (``inputs``, ``datatype``, ``shape``,
+    ``pipeline``) is checked like a ``config.yaml``.
+
+    Raises:
+        ConfigError: naming the parameter and the field.
+    """
+    from google.protobuf import json_format
+
+    from .._proto import model_config_pb2
+
+    where = Path("load parameter 'config'")
+    try:
+        data = json.loads(text)  # security: JSON from the wire, never YAML (no tags or aliases)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object of config fields, got {type(data).__name__}")
+    strict = True
+    message = model_config_pb2.ModelConfig()
+    try:
+        json_format.ParseDict(data, message)
+    except json_format.ParseError:
+        pass  # not Triton's schema: dagserve's native spellings, checked strictly below
+    else:
+        data, strict = json_format.MessageToDict(message, preserving_proto_field_name=True), False
+    config = validate(data, path=where, strict=strict)
+    if config.name and config.name != name:
+        raise ConfigError(f"{where}: field 'name': '{config.name}' does not match the model name '{name}'")
     return config.model_copy(update={"name": name})
 
 
@@ -180,3 +222,99 @@ def _drop(data: Any, loc: tuple[Any, ...]) -> None:
     for part in loc[:-1]:
         data = data[part]
     data.pop(loc[-1], None)
+
+
+# -- change detection ----------------------------------------------------------------------------
+def fingerprint(model_dir: Path) -> str:
+    """A digest of everything in ``model_dir`` that a load reads: every file's relative path,
+    size and modification time, and the config file's content (so an edit within one mtime tick
+    still counts). Symbolic links are followed (a version directory linked elsewhere, swapped
+    by re-pointing the link, counts as changed; a link loop is walked once). Hidden entries and
+    ``__pycache__`` (written by the import itself) are left out. Equal digests mean
+    "unchanged"; a directory that vanishes mid-walk digests as it is.
+    """
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(model_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        digest.update(f"dir\0{Path(root).relative_to(model_dir).as_posix()}\0{real}\0".encode())
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for file in sorted(files):
+            if file.startswith("."):
+                continue
+            path = Path(root, file)
+            try:
+                stat = path.stat()
+                rel = path.relative_to(model_dir).as_posix()
+                digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+                if root == str(model_dir) and file in CONFIG_NAMES:
+                    digest.update(path.read_bytes())
+            except OSError:
+                continue
+    return digest.hexdigest()
+
+
+# -- load overrides ----------------------------------------------------------------------------
+FILE_PREFIX = "file:"
+
+
+def override_files(parameters: Mapping[str, object]) -> dict[str, bytes]:
+    """The ``file:<path>`` parameters of a load request, as relative path -> content.
+
+    HTTP sends the content base64-encoded in a JSON string; gRPC sends raw bytes
+    (``bytes_param``). Each path must stay inside the model directory.
+
+    Raises:
+        InvalidInputError: naming the parameter: not base64, not bytes or text, an absolute
+            path, a ``..`` component, or an empty name.
+    """
+    files: dict[str, bytes] = {}
+    for key, value in parameters.items():
+        if not key.startswith(FILE_PREFIX):
+            continue
+        rel = key[len(FILE_PREFIX):]
+        parts = rel.replace("\\", "/").split("/")
+        if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+            raise InvalidInputError(
+                f"load parameter '{key}': the path must be relative, inside the model directory, "
+                "with no '..', '.' or empty components (e.g. 'file:1/model.py')"
+            )
+        if isinstance(value, bytes):
+            files[rel] = value
+        elif isinstance(value, str):
+            try:
+                files[rel] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidInputError(f"load parameter '{key}': the content is not valid base64") from None
+        else:
+            raise InvalidInputError(
+                f"load parameter '{key}': expected base64 text (HTTP) or bytes (gRPC), got {type(value).__name__}"
+            )
+    return files
+
+
+def materialize_override(root: Path, name: str, files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (from :func:`override_files`) into a fresh model directory
+    ``root/<unique>/<name>`` and return it. As on Triton, the override directory holds only
+    these files: nothing of the repository's model directory is used.
+
+    Raises:
+        InvalidInputError: a path would land outside the directory (checked again after
+            resolving, so no link or odd name can escape).
+    """
+    import tempfile
+
+    model_dir = Path(tempfile.mkdtemp(prefix="load-", dir=root)) / name
+    model_dir.mkdir()
+    base = model_dir.resolve()
+    for rel, content in files.items():
+        target = (model_dir / rel).resolve()
+        if not target.is_relative_to(base) or target == base:
+            raise InvalidInputError(f"load parameter '{FILE_PREFIX}{rel}': the path leaves the model directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return model_dir
