@@ -145,7 +145,6 @@ def test_load_and_unload_round_trip() -> None:
         assert c.is_model_ready(ADD_SUB)
 
 
-@pytest.mark.xfail(reason="unload_dependents is not implemented yet (issue 10 point 2: branch reload)")
 def test_unload_dependents_unloads_a_pipelines_members() -> None:
     """Unloading a pipeline with ``unload_dependents`` also unloads the models it uses."""
     with (
