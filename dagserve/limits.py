@@ -64,7 +64,7 @@ class Limits:
         shape even an empty array as ``[0, 2**62]``)."""
         if count > self.max_tensor_elements:
             raise InvalidInputError(
-                f"input '{name}': shape {list(shape)} has {count} elements, more than the server's limit "
+                f"input '{name}': shape {list(shape)} is too large: {count} elements, more than the server's limit "
                 f"of {self.max_tensor_elements} (--max-tensor-elements)"
             )
         if count == 0:

@@ -21,7 +21,6 @@ import numpy as np
 from .errors import InvalidInputError
 
 __all__ = [
-    "MAX_TENSOR_ELEMENTS",
     "DataType",
     "InferRequest",
     "InferResponse",
@@ -271,23 +270,17 @@ class TensorSpec:
 
 
 
-MAX_TENSOR_ELEMENTS = 2**31 - 1
-"""The most elements a request's tensor may span: what the largest gRPC message (2 GiB - 1)
-could carry at one byte per element, more than any request body the frontends accept."""
-
-
 def check_shape(dims: Any, name: str) -> tuple[tuple[int, ...], int]:
     """A wire shape checked before anything is allocated for it: its dims and element count.
 
-    Every dimension must be an integer >= 0 (``bool`` is not one), and the dimensions, with a
-    0 counted as 1, must multiply to at most :data:`MAX_TENSOR_ELEMENTS`: a zero-element
-    tensor such as ``[0, 2**40]`` is refused like a huge one, since code that sizes buffers
-    from the other dimensions would be asked for terabytes.
+    Every dimension must be an integer >= 0 (``bool`` is not one). How many elements a shape
+    may span is the server's limit, checked next by :meth:`dagserve.limits.Limits.check_elements`
+    (which refuses a zero-element ``[0, 2**40]`` like a huge shape).
 
     Raises:
         InvalidInputError: naming input ``name`` and its shape.
     """
-    extent = count = 1
+    count = 1
     for d in dims:
         if type(d) is not int or d < 0:
             problem = "a negative dimension" if type(d) is int else f"a dimension that is not an integer ({d!r})"
@@ -295,13 +288,6 @@ def check_shape(dims: Any, name: str) -> tuple[tuple[int, ...], int]:
                 f"input '{name}' has invalid shape {list(dims)}: {problem}; dimensions are integers >= 0"
             )
         count *= d
-        if d:
-            extent *= d
-    if extent > MAX_TENSOR_ELEMENTS:
-        raise InvalidInputError(
-            f"input '{name}' has shape {list(dims)}, too large: its dimensions (a 0 counted as 1) "
-            f"span more than {MAX_TENSOR_ELEMENTS} elements, the most a request can carry"
-        )
     return tuple(dims), count
 
 

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 from dagserve.backends import get_backend
 from dagserve.dsl.conditions import parse_condition
 from dagserve.errors import ConfigError
-from dagserve.repository.loader import parse_config
+from dagserve.repository.loader import parse_json_config
 from dagserve.testing import serve_in_thread
 
 PACKAGE = Path(__file__).parent.parent / "dagserve"
@@ -48,11 +48,11 @@ def test_config_override_is_json_never_yaml(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_deeply_nested_config_override_is_a_config_error(tmp_path: Path) -> None:
+def test_deeply_nested_config_override_is_a_config_error() -> None:
     """A config override nested past Python's recursion limit is a ConfigError, not a crash."""
     text = '{"parameters": ' + "[" * 100_000 + "]" * 100_000 + "}"
     with pytest.raises(ConfigError, match="invalid JSON"):
-        parse_config(text, path=tmp_path / "config.json", name="m")
+        parse_json_config(text, name="m")
 
 
 @pytest.mark.parametrize("name", ["os", "subprocess", "dagserve.backends.python_evil", "../x"])
@@ -114,7 +114,7 @@ def test_no_eval_unpickle_or_unsafe_yaml_in_the_package() -> None:
     assert offenders == [], "\n".join(offenders)
 
 
-def test_json_config_override_still_loads(tmp_path: Path) -> None:
+def test_json_config_override_still_loads() -> None:
     """Control: a JSON override in Triton's form is accepted."""
-    config = parse_config(json.dumps({"backend": "python", "max_batch_size": 0}), path=tmp_path / "config.json", name="m")
+    config = parse_json_config(json.dumps({"backend": "python", "max_batch_size": 0}), name="m")
     assert config.name == "m" and config.backend_name == "python"

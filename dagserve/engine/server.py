@@ -514,6 +514,11 @@ class Server:
             )
         if files or override:
             source, override_dir = await self._override_source(name, override or "", files)
+            # security: the override's file names (default_model_filename...) stay inside the
+            # model directory, the repository's or the one made of the override files.
+            root = override_dir.parent if override_dir is not None else self.options.model_repository
+            assert root is not None
+            confine.check_source(source, root, allow_symlinks_outside=self.options.allow_symlinks_outside_repository)
             async with self._lock(name):
                 reason = await self._reload(source, None, override_dir=override_dir)
             if reason:
