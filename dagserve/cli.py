@@ -11,16 +11,25 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
 
 from ._version import __version__
 from .dsl.graph import FORMATS
 from .engine import ServerOptions
 from .errors import ConfigError, DagserveError
-from .frontends.runner import DEFAULT_GRPC_MAX_MESSAGE_SIZE, DEFAULT_HTTP_MAX_BODY_SIZE, ServeOptions, serve
+from .frontends.limits import GrpcKeepalive, HttpLimits
+from .frontends.runner import (
+    DEFAULT_EXIT_TIMEOUT_SECS,
+    DEFAULT_GRPC_MAX_MESSAGE_SIZE,
+    DEFAULT_HTTP_MAX_BODY_SIZE,
+    ServeOptions,
+    serve,
+)
 
 __all__ = ["main"]
 
@@ -52,6 +61,32 @@ def _cache_config(value: str) -> int:
     return int(size)
 
 
+_HTTP_LIMIT_FLAGS: tuple[tuple[str, str, type[float | int], str], ...] = (
+    ("http-header-timeout-secs", "header_timeout", float, "seconds a client has to send a request's headers"),
+    ("http-body-timeout-secs", "body_timeout", float, "longest pause while receiving a request body, seconds"),
+    ("http-write-timeout-secs", "write_timeout", float,
+     "seconds a response may wait for a client that does not read it"),
+    ("http-keep-alive-timeout-secs", "keep_alive_timeout", float, "seconds an idle keep-alive connection stays open"),
+    ("http-max-connections", "max_connections", int, "open HTTP connections at most; more get 503 (0: no limit)"),
+)
+_GRPC_KEEPALIVE_FLAGS = (  # Triton's flags and meanings; milliseconds; unset = gRPC's default
+    ("grpc-keepalive-time", "keepalive_time", "ms between keepalive pings on a gRPC connection (default 7200000)"),
+    ("grpc-keepalive-timeout", "keepalive_timeout", "ms to wait for a keepalive ping's ack (default 20000)"),
+    ("grpc-keepalive-permit-without-calls", "keepalive_permit_without_calls",
+     "allow keepalive pings with no call in flight (default false)"),
+    ("grpc-http2-max-pings-without-data", "http2_max_pings_without_data",
+     "pings sent with no data before a data frame is needed (default 2)"),
+    ("grpc-http2-min-recv-ping-interval-without-data", "http2_min_recv_ping_interval_without_data",
+     "ms expected between a client's pings without data; faster is a strike (default 300000)"),
+    ("grpc-http2-max-ping-strikes", "http2_max_ping_strikes",
+     "bad pings tolerated before GOAWAY (default 2; 0: any number)"),
+    ("grpc-max-connection-age", "max_connection_age", "ms a gRPC connection may live (default unlimited)"),
+    ("grpc-max-connection-age-grace", "max_connection_age_grace",
+     "ms its calls may go on after that age (default unlimited)"),
+    ("grpc-max-connection-idle", "max_connection_idle", "ms a gRPC connection may be idle (default unlimited)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dagserve", description="Serve model pipelines over KServe v2 (HTTP and gRPC).")
     parser.add_argument("--version", action="version", version=f"dagserve {__version__}")
@@ -81,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest gRPC message in bytes (default {DEFAULT_GRPC_MAX_MESSAGE_SIZE})")
     s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
+    s.add_argument("--exit-timeout-secs", type=float,
+                   default=float(_env("exit-timeout-secs", str(DEFAULT_EXIT_TIMEOUT_SECS)) or 0),
+                   help="on SIGTERM/SIGINT, how long requests in flight may take to finish before they are "
+                        f"cancelled (default {DEFAULT_EXIT_TIMEOUT_SECS:g}); a second signal exits at once")
+    http_defaults = HttpLimits()
+    for flag, field, kind, text in _HTTP_LIMIT_FLAGS:
+        s.add_argument(f"--{flag}", type=kind, dest=field,
+                       default=kind(_env(flag, str(getattr(http_defaults, field))) or 0),
+                       help=f"{text} (default {getattr(http_defaults, field):g})")
+    for flag, field, text in _GRPC_KEEPALIVE_FLAGS:
+        convert: Callable[[str], Any] = _bool if field == "keepalive_permit_without_calls" else int
+        env = _env(flag)
+        s.add_argument(f"--{flag}", type=convert, dest="grpc_" + field, default=None if env is None else convert(env),
+                       help=text)
     s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"))
 
     v = commands.add_parser(
@@ -137,6 +186,9 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
+        exit_timeout_secs=args.exit_timeout_secs,
+        http_limits=HttpLimits(**{field: getattr(args, field) for _, field, _, _ in _HTTP_LIMIT_FLAGS}),
+        grpc_keepalive=GrpcKeepalive(**{field: getattr(args, "grpc_" + field) for _, field, _ in _GRPC_KEEPALIVE_FLAGS}),
     )
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
@@ -167,9 +219,34 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 
 
 async def _serve_until_signalled(options: ServeOptions) -> None:
+    """Serve until SIGINT/SIGTERM, then stop gracefully (:func:`serve`); a second signal
+    exits the process at once with status 128 + the signal's number."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
-            server, addresses = await tg.start(serve, options)
+            serving = anyio.CancelScope()
+
+            async def watch() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if serving.cancel_called:
+                        print(f"dagserve: {name} received again, exiting now", flush=True)
+                        os._exit(128 + signum)
+                    print(f"dagserve: {name} received, stopping: finishing requests in flight "
+                          f"(at most {options.exit_timeout_secs:g}s; send it again to exit now)", flush=True)
+                    serving.cancel()
+
+            async def run(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+                with serving:
+                    await serve(options, task_status=task_status)
+                tg.cancel_scope.cancel()  # stopped: the signal watcher too
+
+            tg.start_soon(watch)
+            try:
+                server, addresses = await tg.start(run)
+            except RuntimeError:
+                if serving.cancel_called:
+                    return  # a signal during start-up
+                raise
             for model in server.repository_index():
                 state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
                 print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
@@ -179,10 +256,7 @@ async def _serve_until_signalled(options: ServeOptions) -> None:
                 print(f"gRPC service listening on {addresses.grpc}", flush=True)
             if addresses.metrics:
                 print(f"metrics served at http://{addresses.metrics}/metrics", flush=True)
-            async for signum in signals:
-                print(f"dagserve: {signal.Signals(signum).name} received, stopping", flush=True)
-                tg.cancel_scope.cancel()
-                break
+    print("dagserve: stopped", flush=True)
 
 
 def _validate(repository: Path) -> int:

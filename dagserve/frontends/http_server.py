@@ -14,6 +14,10 @@ with httptools, the parser uvicorn itself uses, and keeps the hot path flat:
 * anything else runs the ASGI app with ``receive``/``send`` bridged onto the connection
   (:class:`~dagserve.frontends.asgi_bridge.Exchange`).
 
+Slow and idle clients are bounded by :class:`~.limits.HttpLimits`: one periodic sweep
+(:meth:`_State.sweep`) closes connections whose headers, body or reading of the response
+stall past their timeout, and connections past ``max_connections`` are answered 503 and closed.
+
 A client that disconnects while its infer request runs cancels it (out of its queue, or its
 pipeline); the connection learns of it from ``connection_lost`` at once, so no watcher task
 is needed. ASGI requests are not cancelled: they see ``http.disconnect`` from ``receive``
@@ -23,6 +27,7 @@ and their ``send`` becomes a no-op, as under uvicorn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections import deque
@@ -36,6 +41,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .asgi import bind
 from .asgi_bridge import CONTINUE, HIGH_WATER, Exchange, Request, simple_response, status_line
 from .http_codec import BodyTooLargeError
+from .limits import HttpLimits
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -45,9 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["InferResponder", "serve_http11"]
 
 log = logging.getLogger("dagserve.frontends")
-
-KEEP_ALIVE_TIMEOUT = 60.0
-"""Seconds an idle keep-alive connection stays open (checked every quarter of that)."""
 
 _LARGE = 1 << 20
 """Bodies from this size go out with ``writelines``: one call, no copy to join them."""
@@ -75,13 +78,16 @@ class InferResponder(Protocol):
 
 class _State:
     """What the connections of one server share: the handlers, the task group their tasks
-    live in, and the set of open connections (for idle sweeps and graceful shutdown)."""
+    live in, its limits, and the set of open connections (for the timeout sweep and graceful
+    shutdown). A connection stays in the set until its transport is gone, so a response still
+    being flushed counts."""
 
-    __slots__ = ("_emptied", "_tg", "aborting", "app", "connections", "infer", "stopping")
+    __slots__ = ("_emptied", "_tg", "aborting", "app", "connections", "infer", "limits", "stopping")
 
-    def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup) -> None:
+    def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None) -> None:
         self.app = app
         self.infer = infer
+        self.limits = limits or HttpLimits()
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.aborting = False
@@ -101,18 +107,19 @@ class _State:
         if self._emptied is not None and not self.connections:
             self._emptied.set()
 
-    async def sweep_idle(self, timeout: float) -> None:
-        """Close keep-alive connections idle for ``timeout`` seconds, until cancelled.
+    async def sweep(self) -> None:
+        """Enforce the timeouts of :attr:`limits` on every connection, until cancelled.
 
         One periodic sweep rather than a timer per request: arming and cancelling a timer
         on every response would cost more than the whole check.
         """
         loop = asyncio.get_running_loop()
+        limits = self.limits
         while True:
-            await anyio.sleep(timeout / 4)
-            deadline = loop.time() - timeout
+            await anyio.sleep(limits.sweep_period)
+            now = loop.time()
             for connection in list(self.connections):
-                connection.close_if_idle(deadline)
+                connection.check_timeouts(now, limits)
 
     async def drain(self) -> None:
         """Close idle connections, let busy ones finish their request, wait until all are
@@ -134,9 +141,9 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_broken", "_idle_since", "_in_infer", "_loop", "_parser", "_parsing", "_queue",
-        "_read_paused", "_running", "_scope", "_state", "_stopping", "_transport", "_url", "_waiters",
-        "closed", "write_paused",
+        "_body_since", "_broken", "_headers_pending", "_idle_since", "_in_infer", "_loop", "_message_since",
+        "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running", "_scope", "_state", "_stopping",
+        "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since", "closed", "write_paused",
     )
 
     def __init__(self, state: _State) -> None:
@@ -161,14 +168,30 @@ class _Connection(asyncio.Protocol):
         self._scope: anyio.CancelScope | None = None
         self._in_infer = False
         self._running = False  # the task has been started
-        self._idle_since = self._loop.time()
+        self._idle_since = self._message_since = self._body_since = self._loop.time()
+        self._headers_pending = False  # a request's first bytes came, its headers not yet whole
+        self._reused = False  # a response was sent: idle time is keep-alive time
+        self._write_size = 0
+        self._write_stalled_since: float | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the connection closes after the response in progress."""
+        return self._stopping
 
     # ----------------------------------------------------------------- asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is not an asyncio.Transport subclass, hence the cast).
         self._transport = transport = cast(asyncio.Transport, transport)
-        if self._state.stopping:
+        state = self._state
+        if state.stopping:
+            transport.close()
+            return
+        limit = state.limits.max_connections
+        if limit and len(state.connections) >= limit:
+            log.warning("HTTP: %d connections open, the limit: refusing one more", limit)
+            transport.write(simple_response(503, f"too many connections (the server's limit is {limit})"))
             transport.close()
             return
         sock = transport.get_extra_info("socket")
@@ -201,8 +224,7 @@ class _Connection(asyncio.Protocol):
         if self._in_infer and self._scope is not None:
             self._scope.cancel()  # the client left: take its request off the queue
         self._wake()
-        if not self._running:
-            self._state.closed(self)  # no task to do it
+        self._state.closed(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -216,6 +238,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._parsing = Request()
+        self._headers_pending = True
+        self._message_since = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -233,6 +257,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self._parsing
         assert request is not None
+        self._headers_pending = False
+        self._body_since = self._loop.time()
         parser = self._parser
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()
@@ -276,6 +302,7 @@ class _Connection(asyncio.Protocol):
         if request.done or request.too_large:
             return  # answered without its body, or past the limit: discard
         request.size += len(body)
+        self._body_since = self._loop.time()
         if request.target is not None:
             if request.size > self._state.infer.limit:
                 request.too_large = True
@@ -313,8 +340,7 @@ class _Connection(asyncio.Protocol):
             if self._state.aborting:
                 transport.abort()
             elif not transport.is_closing():
-                transport.close()
-            self._state.closed(self)
+                transport.close()  # connection_lost, once the output is flushed, ends it
 
     async def _serve(self) -> None:
         queue = self._queue
@@ -335,6 +361,7 @@ class _Connection(asyncio.Protocol):
                 await self._serve_asgi(request)
             request.done = True
             queue.popleft()
+            self._reused = True
             if self._stopping or not request.keep_alive or request.bad:
                 return
             while self.write_paused and not self.closed:
@@ -506,16 +533,63 @@ class _Connection(asyncio.Protocol):
     # --------------------------------------------------------------- server lifecycle
 
     def shutdown(self) -> None:
-        """Graceful stop: close now when idle, else after the response in progress."""
+        """Graceful stop: close now when idle, else after the response in progress (or
+        to the request whose headers are arriving); every response from now on says
+        ``connection: close``."""
         self._stopping = True
-        if not self._queue:
+        for request in self._queue:
+            request.keep_alive = False
+        if not self._queue and not self._headers_pending:
             self._transport.close()
         self._wake()
 
-    def close_if_idle(self, deadline: float) -> None:
-        """Close the connection when it has waited for a request since before ``deadline``."""
-        if not self._queue and self._idle_since < deadline and not self.closed:
-            self._transport.close()
+    def check_timeouts(self, now: float, limits: HttpLimits) -> None:
+        """Close the connection if the client has stalled past one of ``limits``' timeouts:
+        sending headers, sending a body the server waits for, reading a response, or idle
+        between requests."""
+        if self.closed:
+            return
+        transport = self._transport
+        size = transport.get_write_buffer_size()
+        if size == 0:
+            self._write_stalled_since = None
+        elif self._write_stalled_since is None or size < self._write_size:
+            self._write_stalled_since = now  # output is moving
+        self._write_size = size
+        if self._write_stalled_since is not None and now - self._write_stalled_since > limits.write_timeout:
+            log.info("HTTP: dropping a client that read no response for %gs", limits.write_timeout)
+            transport.abort()
+            return
+        if transport.is_closing():
+            return
+        request = self._parsing
+        if self._headers_pending and not self._read_paused:
+            if now - self._message_since > limits.header_timeout:
+                self._time_out(f"request headers not received within {limits.header_timeout:g}s", not self._queue)
+        elif request is not None and not (request.complete or request.done or request.too_large or self._read_paused):
+            if now - self._body_since > limits.body_timeout:
+                waiting = bool(self._queue) and self._queue[0] is request and request.target is not None
+                self._time_out(f"request body stalled for {limits.body_timeout:g}s", waiting)
+        elif not self._queue:
+            idle = limits.keep_alive_timeout
+            if not self._reused:  # a new connection that sends nothing is idle too
+                idle = min(idle, limits.header_timeout)
+            if now - self._idle_since > idle:
+                transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent output and all."""
+        self._transport.abort()
+
+    def _time_out(self, message: str, answer: bool) -> None:
+        """Close a connection whose client stalled; ``answer``: with a 408 first (only when
+        no other response can be in progress on it)."""
+        log.info("HTTP: closing a connection: %s", message)
+        self._stop_reading()
+        self._stopping = True
+        if answer:
+            self._transport.write(simple_response(408, message))
+        self._transport.close()
 
 
 async def serve_http11(
@@ -525,7 +599,8 @@ async def serve_http11(
     host: str,
     port: int,
     shutdown_timeout: float = 30,
-    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    limits: HttpLimits | None = None,
+    keep_alive_timeout: float | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled: infer routes by ``infer``, the rest by
@@ -535,16 +610,21 @@ async def serve_http11(
     ``task_status.started(port)`` reports the port bound. On cancellation it stops
     accepting, closes idle connections, lets requests in flight finish (for at most
     ``shutdown_timeout`` seconds, then aborts them), then the cancellation propagates.
+    ``limits`` bounds slow clients (``keep_alive_timeout``, when given, overrides its
+    keep-alive timeout).
 
     Raises:
         OSError: the address cannot be bound.
     """
+    limits = limits or HttpLimits()
+    if keep_alive_timeout is not None:
+        limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
     sock = bind(host, port)
     try:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             try:
-                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, keep_alive_timeout)
+                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, limits)
                 task_status.started(bound)
                 await anyio.sleep_forever()
             finally:
@@ -559,7 +639,7 @@ async def _serve(
     sock: socket.socket,
     stop: anyio.Event,
     shutdown_timeout: float,
-    keep_alive_timeout: float,
+    limits: HttpLimits,
     *,
     task_status: TaskStatus[int],
 ) -> None:
@@ -567,16 +647,22 @@ async def _serve(
     # connection's task at once.
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
-            state = _State(app, infer, tg)
+            state = _State(app, infer, tg, limits)
             loop = asyncio.get_running_loop()
             listener = await loop.create_server(state.protocol, sock=sock, backlog=2048)
-            tg.start_soon(state.sweep_idle, keep_alive_timeout)
+            tg.start_soon(state.sweep)
             task_status.started(sock.getsockname()[1])
             try:
                 await stop.wait()
             finally:
-                listener.close()
-                with anyio.move_on_after(shutdown_timeout):
+                listener.close()  # new connections are refused from here on
+                sock.close()
+                with anyio.move_on_after(shutdown_timeout) as expired:
                     await state.drain()
+                if expired.cancelled_caught:
+                    log.warning("HTTP: %d connections still busy after %gs: aborting them",
+                                len(state.connections), shutdown_timeout)
                 state.aborting = True
+                for connection in list(state.connections):
+                    connection.abort()  # idle, flushing, or not started: their tasks cannot
                 tg.cancel_scope.cancel()  # the idle sweep, and requests past the timeout
