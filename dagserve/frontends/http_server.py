@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["InferResponder", "serve_http11"]
 
 log = logging.getLogger("dagserve.frontends")
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, 0 s: ``close`` resets the connection and discards unsent output."""
 
 _LARGE = 1 << 20
 """Bodies from this size go out with ``writelines``: one call, no copy to join them."""
@@ -558,7 +562,7 @@ class _Connection(asyncio.Protocol):
         self._write_size = size
         if self._write_stalled_since is not None and now - self._write_stalled_since > limits.write_timeout:
             log.info("HTTP: dropping a client that read no response for %gs", limits.write_timeout)
-            transport.abort()
+            self.abort()
             return
         if transport.is_closing():
             return
@@ -578,7 +582,14 @@ class _Connection(asyncio.Protocol):
                 transport.close()
 
     def abort(self) -> None:
-        """Drop the connection now, unsent output and all."""
+        """Drop the connection now, unsent output and all: a reset, not a FIN queued behind
+        output the client may never read (which would leave the kernel holding it)."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
         self._transport.abort()
 
     def _time_out(self, message: str, answer: bool) -> None:
