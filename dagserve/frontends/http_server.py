@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from .http_infer import InferReply
 
-__all__ = ["InferResponder", "serve_http11"]
+__all__ = ["InferResponder", "serve_app", "serve_http11"]
 
 log = logging.getLogger("dagserve.frontends")
 
@@ -601,6 +601,38 @@ class _Connection(asyncio.Protocol):
         if answer:
             self._transport.write(simple_response(408, message))
         self._transport.close()
+
+
+class _NoInfer:
+    """An :class:`InferResponder` with no infer routes: every request goes to the ASGI app."""
+
+    limit = 0
+
+    def target(self, path: str) -> tuple[str, str] | None:
+        return None
+
+    def declared_size(self, content_length: bytes | None) -> int | None:
+        raise AssertionError("no infer routes")
+
+    def error(self, exc: Exception) -> InferReply:
+        raise AssertionError("no infer routes")
+
+    async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> InferReply:
+        raise AssertionError("no infer routes")
+
+
+async def serve_app(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 30,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`serve_http11` for a plain ASGI app (no infer routes), e.g. ``/metrics``: it stops
+    as soon as its requests are answered, where uvicorn polls for its exit every 0.1 s."""
+    await serve_http11(app, _NoInfer(), host=host, port=port, shutdown_timeout=shutdown_timeout,
+                       task_status=task_status)
 
 
 async def serve_http11(
