@@ -171,7 +171,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = ServeOptions(
+    try:
+        options = _serve_options(args)
+    except ValueError as exc:  # a timeout or limit out of range
+        print(f"dagserve: {exc}", file=sys.stderr)
+        return 2
+    uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
+    try:
+        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": uvloop})
+    except Exception as exc:  # startup failures come wrapped in task groups
+        config_error = _find(exc, ConfigError)
+        if config_error is not None:
+            print(f"dagserve: {config_error}", file=sys.stderr)
+            return 2
+        os_error = _find(exc, OSError)
+        if os_error is not None:
+            print(f"dagserve: cannot listen: {os_error}", file=sys.stderr)
+            return 1
+        raise
+    _exit_now(0)
+    return 0  # not reached
+
+
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
+    return ServeOptions(
         server=ServerOptions(
             model_repository=args.model_repository,
             model_control_mode=args.model_control_mode,
@@ -190,21 +213,6 @@ def _serve(args: argparse.Namespace) -> int:
         http_limits=HttpLimits(**{field: getattr(args, field) for _, field, _, _ in _HTTP_LIMIT_FLAGS}),
         grpc_keepalive=GrpcKeepalive(**{field: getattr(args, "grpc_" + field) for _, field, _ in _GRPC_KEEPALIVE_FLAGS}),
     )
-    uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
-    try:
-        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": uvloop})
-    except Exception as exc:  # startup failures come wrapped in task groups
-        config_error = _find(exc, ConfigError)
-        if config_error is not None:
-            print(f"dagserve: {config_error}", file=sys.stderr)
-            return 2
-        os_error = _find(exc, OSError)
-        if os_error is not None:
-            print(f"dagserve: cannot listen: {os_error}", file=sys.stderr)
-            return 1
-        raise
-    _exit_now(0)
-    return 0  # not reached
 
 
 def _exit_now(status: int) -> None:

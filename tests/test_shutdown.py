@@ -64,12 +64,12 @@ def wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLIN
         time.sleep(0.02)
 
 
-def start(gate: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start(gate: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], dict[str, str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO),
          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "DAGSERVE_TEST_GATE": str(gate)},
+        env={**os.environ, "DAGSERVE_TEST_GATE": str(gate), **(env or {})},
     )
     return proc, read_addresses(proc)
 
@@ -277,10 +277,16 @@ def test_second_signal_exits_at_once(gate: Gate, cleanup: list[subprocess.Popen[
     assert "SIGTERM received again, exiting now" in out
 
 
-def test_exit_timeout_bounds_a_request_that_never_ends(gate: Gate, cleanup: list[subprocess.Popen[str]]) -> None:
-    """With --exit-timeout-secs 2, a request that never ends is cancelled after 2 s, its client
-    gets an error, and the server exits."""
-    proc, addresses = start(gate.path, "--exit-timeout-secs", "2")
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_exit_timeout_bounds_a_request_that_never_ends(
+    gate: Gate, cleanup: list[subprocess.Popen[str]], how: str
+) -> None:
+    """With --exit-timeout-secs 2 (or DAGSERVE_EXIT_TIMEOUT_SECS=2), a request that never ends
+    is cancelled after 2 s, its client gets an error, and the server exits."""
+    if how == "flag":
+        proc, addresses = start(gate.path, "--exit-timeout-secs", "2")
+    else:
+        proc, addresses = start(gate.path, env={"DAGSERVE_EXIT_TIMEOUT_SECS": "2"})
     cleanup.append(proc)
     errors: list[BaseException] = []
 

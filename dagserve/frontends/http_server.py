@@ -342,7 +342,7 @@ class _Connection(asyncio.Protocol):
         finally:
             transport = self._transport
             if self._state.aborting:
-                transport.abort()
+                self.abort()
             elif not transport.is_closing():
                 transport.close()  # connection_lost, once the output is flushed, ends it
 

@@ -290,3 +290,17 @@ def test_cli_flags_and_environment_set_the_limits(repository: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("flag", ["--http-header-timeout-secs=0", "--http-max-connections=-1",
+                                  "--grpc-keepalive-time=-5", "--exit-timeout-secs=-1"])
+def test_out_of_range_limit_is_a_clear_error(repository: Path, flag: str) -> None:
+    """A timeout or limit out of range stops `dagserve serve` at once with status 2 and a
+    message naming it, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(repository), flag],
+        check=False, capture_output=True, text=True, timeout=DEADLINE,
+    )
+    assert proc.returncode == 2
+    name = flag.split("=")[0].removeprefix("--").replace("-secs", "").replace("http-", "").replace("grpc-", "")
+    assert name.replace("-", " ") in proc.stderr and "Traceback" not in proc.stderr
