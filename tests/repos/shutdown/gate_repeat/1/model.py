@@ -18,7 +18,6 @@ class TritonPythonModel:
         for request in requests:
             n = int(pb_utils.get_input_tensor_by_name(request, "N").as_numpy()[0])
             threading.Thread(target=self._answer, args=(request.get_response_sender(), n), daemon=True).start()
-        return None
 
     def _answer(self, sender, n):
         sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([0], np.int32))]))
