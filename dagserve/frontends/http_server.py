@@ -235,6 +235,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._write_stalled_since = None  # the client is reading: the write timeout restarts
         self._wake()
 
     # ----------------------------------------------------------------- parser callbacks
@@ -558,7 +559,7 @@ class _Connection(asyncio.Protocol):
         if size == 0:
             self._write_stalled_since = None
         elif self._write_stalled_since is None or size < self._write_size:
-            self._write_stalled_since = now  # output is moving
+            self._write_stalled_since = now  # output is moving (or resumed: see resume_writing)
         self._write_size = size
         if self._write_stalled_since is not None and now - self._write_stalled_since > limits.write_timeout:
             log.info("HTTP: dropping a client that read no response for %gs", limits.write_timeout)

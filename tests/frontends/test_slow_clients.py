@@ -174,6 +174,29 @@ def test_client_that_never_reads_is_dropped_after_the_write_timeout(serve: Calla
     assert len(received) < size
 
 
+def test_slow_but_steady_reader_gets_the_whole_response(serve: Callable[..., RunningServer]) -> None:
+    """The write timeout bounds a stall, not the whole response: a client reading a 16 MB
+    response in small pieces over several write timeouts gets all of it."""
+    running = serve(write_timeout=1)
+    size = 16 << 20
+    with connect(running) as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        reader.sendall(zeros_request(size))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += reader.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"\ncontent-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+        started = time.monotonic()
+        while len(body) < length:
+            chunk = reader.recv(256 << 10)
+            assert chunk, f"dropped after {len(body)} of {length} bytes"
+            body += chunk
+            time.sleep(0.02)  # pacing: a slow reader is what this test is about
+    assert length > size, body[:300]
+    assert time.monotonic() - started > 1, "the reader must have been slower than one write timeout"
+
+
 def test_connection_limit_refuses_extra_connections(serve: Callable[..., RunningServer]) -> None:
     """Past ``max_connections`` a new connection is answered 503 and closed; the open ones go
     on working, and once one closes a new one is accepted again."""
