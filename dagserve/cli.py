@@ -265,8 +265,9 @@ async def _serve_until_signalled(options: ServeOptions) -> None:
             try:
                 server, addresses = await tg.start(run)
             except RuntimeError:
-                if serving.cancel_called:
-                    return  # a signal during start-up
+                if serving.cancel_called:  # a signal during start-up
+                    tg.cancel_scope.cancel()
+                    return
                 raise
             for model in server.repository_index():
                 state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
