@@ -86,12 +86,17 @@ class _State:
     shutdown). A connection stays in the set until its transport is gone, so a response still
     being flushed counts."""
 
-    __slots__ = ("_emptied", "_tg", "aborting", "app", "connections", "infer", "limits", "stopping")
+    __slots__ = (
+        "_emptied", "_refused", "_refused_logged", "_tg", "aborting", "app", "connections", "infer", "limits",
+        "stopping",
+    )
 
     def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None) -> None:
         self.app = app
         self.infer = infer
         self.limits = limits or HttpLimits()
+        self._refused = 0  # connections refused at the limit since the last warning
+        self._refused_logged = -1e9
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.aborting = False
@@ -105,6 +110,14 @@ class _State:
     def spawn(self, connection: _Connection) -> None:
         """Start the connection's task, in the server's task group."""
         self._tg.start_soon(connection.run)
+
+    def refused_one(self, now: float) -> None:
+        """Count a connection refused at ``max_connections``; warn at most every 10 s."""
+        self._refused += 1
+        if now - self._refused_logged >= 10:
+            log.warning("HTTP: %d connections open (the limit): refused %d connection(s)",
+                        self.limits.max_connections, self._refused)
+            self._refused, self._refused_logged = 0, now
 
     def closed(self, connection: _Connection) -> None:
         self.connections.discard(connection)
@@ -194,7 +207,7 @@ class _Connection(asyncio.Protocol):
             return
         limit = state.limits.max_connections
         if limit and len(state.connections) >= limit:
-            log.warning("HTTP: %d connections open, the limit: refusing one more", limit)
+            state.refused_one(self._loop.time())
             transport.write(simple_response(503, f"too many connections (the server's limit is {limit})"))
             transport.close()
             return
