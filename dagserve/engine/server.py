@@ -118,6 +118,7 @@ class Server:
         self._locks: dict[str, anyio.Lock] = {}  # one per model name: its loads and unloads
         self._override_root: Path | None = None
         self._poll_scope: anyio.CancelScope | None = None
+        self._draining = False
         size = self.options.response_cache_bytes
         self.cache = ResponseCache(size) if size > 0 else None
 
@@ -361,12 +362,25 @@ class Server:
                 del self._models[spec.name]
                 raise ConfigError(reason)
 
+    def begin_drain(self) -> None:
+        """Start a graceful stop: from now on :meth:`is_ready` is false, so load balancers
+        send no more traffic, while every request (and any new one, e.g. a BLS call of a
+        request in flight) is still served. Idempotent; leaving the context finishes the stop."""
+        self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`begin_drain` was called."""
+        return self._draining
+
     # -- health and metadata ------------------------------------------------------------------
     def is_live(self) -> bool:
+        """True from start-up until the models start unloading (still true while draining)."""
         return self._started and not self._stopping
 
     def is_ready(self) -> bool:
-        if not self.is_live():
+        """Live, not draining, and (with ``strict_readiness``) every model ready."""
+        if not self.is_live() or self._draining:
             return False
         if not self.options.strict_readiness:
             return True

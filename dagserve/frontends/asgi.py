@@ -11,6 +11,8 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
+from .limits import HttpLimits
+
 __all__ = ["bind", "serve_asgi"]
 
 
@@ -52,6 +54,7 @@ async def serve_asgi(
     host: str,
     port: int,
     shutdown_timeout: int = 30,
+    limits: HttpLimits | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled.
@@ -59,7 +62,8 @@ async def serve_asgi(
     The socket is bound first, so ``port=0`` works: ``task_status.started(port)`` reports the
     port actually bound. uvicorn installs no signal handlers and leaves logging configuration
     alone. On cancellation it stops accepting, lets in-flight requests finish (for at most
-    ``shutdown_timeout`` seconds), then the cancellation propagates.
+    ``shutdown_timeout`` seconds), then the cancellation propagates. Of ``limits``, uvicorn
+    honours the keep-alive timeout and the connection limit (as its ``limit_concurrency``).
 
     Raises:
         OSError: the address cannot be bound.
@@ -76,6 +80,9 @@ async def serve_asgi(
         proxy_headers=False,  # no X-Forwarded-* rewriting: one middleware less per request
         timeout_graceful_shutdown=shutdown_timeout,
     )
+    if limits is not None:
+        config.timeout_keep_alive = max(1, round(limits.keep_alive_timeout))
+        config.limit_concurrency = limits.max_connections or None
     uv_server = _UvicornServer(config)
     sock = bind(host, port)
     try:

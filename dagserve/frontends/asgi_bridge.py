@@ -87,6 +87,10 @@ class Connection(Protocol):
     closed: bool
     write_paused: bool
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the connection closes after this response (a graceful shutdown)."""
+
     def write(self, data: bytes) -> None:
         """Send ``data`` unless the connection is gone."""
 
@@ -244,6 +248,8 @@ class Exchange:
                 head.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # HTTP/1.0: the body ends where the connection does
+        if self._conn.stopping:
+            self.keep_alive = False  # the server is draining: this is the connection's last answer
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         elif self._request.http_version == "1.0":

@@ -28,6 +28,7 @@ from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
 from ..errors import InvalidInputError, ModelNotFoundError, UnsupportedError
 from ..types import InferResponse
 from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
+from .limits import GrpcKeepalive
 from .restricted import Restrictions, grpc_interceptor
 from .status import status_for
 from .tls import TLSConfig
@@ -48,8 +49,9 @@ STREAM_MAX_IN_FLIGHT = 1024
 reading, so gRPC flow control pushes back on the client instead of the server queueing
 without bound."""
 
-_GRACE_SECONDS = 2.0
 _HEALTH_WATCH_PERIOD = 1.0
+_DRAIN_POLL = 0.02
+"""Seconds between looks at a draining stream's requests in flight (only while stopping)."""
 
 # Request parameters the frontend consumes itself rather than passing to the engine.
 _ENABLE_EMPTY_FINAL = "triton_enable_empty_final_response"
@@ -106,10 +108,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     Each RPC either returns its response or aborts with a status from the error table; an
     unexpected exception reaches the client as INTERNAL with a generic message (details in
     the log).
+
+    ``stopping`` is set when the server stops gracefully: a ``ModelStreamInfer`` stream then
+    ends (status OK) as soon as it has no request in flight.
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, stopping: anyio.Event | None = None) -> None:
         self._server = server
+        self._stopping = stopping or anyio.Event()
 
     # -- health and metadata ----------------------------------------------------------------
     async def ServerLive(
@@ -188,16 +194,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ``triton_enable_empty_final_response``, as Triton does.
 
         Returns when the client has closed its side and every response is written; if the
-        client cancels, the pending requests are cancelled with it.
+        client cancels, the pending requests are cancelled with it. During a graceful stop it
+        returns once no request of the stream is in flight.
         """
         send, receive = anyio.create_memory_object_stream[pb.ModelStreamInferResponse]()
         limiter = anyio.Semaphore(STREAM_MAX_IN_FLIGHT)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._write_stream, receive, context)
             async with send:
-                async for request in request_iterator:
-                    await limiter.acquire()
-                    tg.start_soon(self._stream_one, request, send.clone(), limiter)
+                watcher = anyio.CancelScope()
+                with anyio.CancelScope() as reading:
+                    tg.start_soon(self._end_when_stopping, reading, watcher, limiter)
+                    async for request in request_iterator:
+                        await limiter.acquire()
+                        tg.start_soon(self._stream_one, request, send.clone(), limiter)
+                watcher.cancel()  # the client closed its side
+
+    async def _end_when_stopping(
+        self, reading: anyio.CancelScope, watcher: anyio.CancelScope, limiter: anyio.Semaphore
+    ) -> None:
+        """Once the server is stopping and the stream has nothing in flight, stop reading it."""
+        with watcher:
+            await self._stopping.wait()
+            while limiter.value < STREAM_MAX_IN_FLIGHT:
+                await anyio.sleep(_DRAIN_POLL)
+            reading.cancel()
 
     async def _stream_one(
         self,
@@ -289,8 +310,9 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
     _SERVER_NAMES = ("", "inference.GRPCInferenceService")
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, stopping: anyio.Event | None = None) -> None:
         self._server = server
+        self._stopping = stopping or anyio.Event()
 
     def _status(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus:
         """SERVING / NOT_SERVING. Raises ModelNotFoundError for an unknown model name."""
@@ -314,6 +336,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         The engine has no change notification, so the status is sampled every second. An
         unknown service is reported as SERVICE_UNKNOWN rather than failing the call, as the
         health protocol asks, so a client may watch for a model that is not loaded yet.
+        When the server stops gracefully the stream gets the status then (NOT_SERVING for the
+        server) and ends.
         """
         last = None
         while True:
@@ -324,7 +348,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
-            await anyio.sleep(_HEALTH_WATCH_PERIOD)
+            if self._stopping.is_set():
+                return
+            with anyio.move_on_after(_HEALTH_WATCH_PERIOD):
+                await self._stopping.wait()
 
 
 def _address(host: str, port: int) -> str:
@@ -341,6 +368,8 @@ async def serve_grpc(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     restricted: Restrictions | None = None,
     tls: TLSConfig | None = None,
+    keepalive: GrpcKeepalive | None = None,
+    shutdown_timeout: float = 30,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled.
@@ -353,9 +382,13 @@ async def serve_grpc(
     readiness. Messages larger than ``max_message_size`` bytes, either way, are refused by
     gRPC with RESOURCE_EXHAUSTED.
 
-    Must run on the asyncio backend (grpc.aio). On cancellation it stops accepting calls,
-    gives those in flight a short grace period, then cancels them, and returns only once the
-    port is released.
+    ``keepalive`` sets gRPC's keepalive and connection-age channel arguments (Triton's
+    ``--grpc-keepalive-*`` flags).
+
+    Must run on the asyncio backend (grpc.aio). On cancellation it stops accepting
+    connections and calls (the listening socket closes), ends health watches and idle
+    inference streams, lets the calls in flight finish for at most ``shutdown_timeout``
+    seconds, then cancels them, and returns only once the port is released.
 
     Raises:
         OSError: the address could not be bound (e.g. the port is in use).
@@ -369,13 +402,15 @@ async def serve_grpc(
         ("grpc.max_send_message_length", max_message_size),
         # Fail on a port that is in use instead of silently sharing it with another process.
         ("grpc.so_reuseport", 0),
+        *(keepalive.channel_options() if keepalive is not None else ()),
     ]
     credentials = tls.grpc_credentials() if tls is not None else None  # security: TLS
     # security: restricted APIs; no interceptor (and no per-call cost) when nothing is restricted
     interceptors = [grpc_interceptor(restricted)] if restricted else None
     grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server), grpc_server)
+    stopping = anyio.Event()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server, stopping), grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server, stopping), grpc_server)
     address = _address(host, port)
     try:
         if credentials is not None:
@@ -392,5 +427,6 @@ async def serve_grpc(
         task_status.started(bound)
         await anyio.sleep_forever()
     finally:
+        stopping.set()
         with anyio.CancelScope(shield=True):
-            await grpc_server.stop(_GRACE_SECONDS)
+            await grpc_server.stop(shutdown_timeout)

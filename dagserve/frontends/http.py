@@ -35,6 +35,7 @@ from .asgi import serve_asgi
 from .generate import SSEResponse, generate_request, generate_response
 from .http_codec import BodyTooLargeError, decompress_body
 from .http_infer import InferCore, InferReply
+from .limits import HttpLimits
 from .restricted import RestrictedASGI, Restrictions
 from .status import status_for
 from .tls import TLSConfig
@@ -424,6 +425,7 @@ async def serve_http(
     shutdown_timeout: float = 30,
     restricted: Restrictions | None = None,
     tls: TLSConfig | None = None,
+    limits: HttpLimits | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
@@ -436,9 +438,10 @@ async def serve_http(
     port actually bound (connections queue from then on). ``/infer`` is served directly,
     every other route by the starlette app. Without ``httptools`` it falls back to uvicorn
     serving :func:`create_app`. No signal handlers are installed (the CLI owns signals) and
-    logging configuration is left alone. On cancellation it stops accepting, lets in-flight
-    requests finish (for at most ``shutdown_timeout`` seconds), then the cancellation
-    propagates.
+    logging configuration is left alone. On cancellation it stops accepting (closes the
+    listening socket), answers the requests in flight with ``connection: close`` (for at most
+    ``shutdown_timeout`` seconds, then aborts them), then the cancellation propagates.
+    ``limits`` bounds slow and idle clients (:class:`~.limits.HttpLimits`).
 
     Raises:
         OSError: the address cannot be bound.
@@ -456,11 +459,12 @@ async def serve_http(
             host=host,
             port=port,
             shutdown_timeout=int(shutdown_timeout),
+            limits=limits,
             task_status=task_status,
         )
         return
     core, starlette = _build(server, max_body_size, restricted)
     await serve_http11(
-        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, ssl=ssl_context,
+        starlette, core, host=host, port=port, shutdown_timeout=shutdown_timeout, limits=limits, ssl=ssl_context,
         task_status=task_status,
     )

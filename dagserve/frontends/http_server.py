@@ -14,6 +14,10 @@ with httptools, the parser uvicorn itself uses, and keeps the hot path flat:
 * anything else runs the ASGI app with ``receive``/``send`` bridged onto the connection
   (:class:`~dagserve.frontends.asgi_bridge.Exchange`).
 
+Slow and idle clients are bounded by :class:`~.limits.HttpLimits`: one periodic sweep
+(:meth:`_State.sweep`) closes connections whose headers, body or reading of the response
+stall past their timeout, and connections past ``max_connections`` are answered 503 and closed.
+
 A client that disconnects while its infer request runs cancels it (out of its queue, or its
 pipeline); the connection learns of it from ``connection_lost`` at once, so no watcher task
 is needed. ASGI requests are not cancelled: they see ``http.disconnect`` from ``receive``
@@ -23,9 +27,11 @@ and their ``send`` becomes a no-op, as under uvicorn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl as ssl_module
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote
@@ -37,18 +43,19 @@ from anyio.abc import TaskGroup, TaskStatus
 from .asgi import bind
 from .asgi_bridge import CONTINUE, HIGH_WATER, Exchange, Request, simple_response, status_line
 from .http_codec import BodyTooLargeError
+from .limits import HttpLimits
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from .http_infer import InferReply
 
-__all__ = ["InferResponder", "serve_http11"]
+__all__ = ["InferResponder", "serve_app", "serve_http11"]
 
 log = logging.getLogger("dagserve.frontends")
 
-KEEP_ALIVE_TIMEOUT = 60.0
-"""Seconds an idle keep-alive connection stays open (checked every quarter of that)."""
+_LINGER_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, 0 s: ``close`` resets the connection and discards unsent output."""
 
 _LARGE = 1 << 20
 """Bodies from this size go out with ``writelines``: one call, no copy to join them."""
@@ -76,13 +83,21 @@ class InferResponder(Protocol):
 
 class _State:
     """What the connections of one server share: the handlers, the task group their tasks
-    live in, and the set of open connections (for idle sweeps and graceful shutdown)."""
+    live in, its limits, and the set of open connections (for the timeout sweep and graceful
+    shutdown). A connection stays in the set until its transport is gone, so a response still
+    being flushed counts."""
 
-    __slots__ = ("_emptied", "_tg", "aborting", "app", "connections", "infer", "stopping")
+    __slots__ = (
+        "_emptied", "_refused", "_refused_logged", "_tg", "aborting", "app", "connections", "infer", "limits",
+        "stopping",
+    )
 
-    def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup) -> None:
+    def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None) -> None:
         self.app = app
         self.infer = infer
+        self.limits = limits or HttpLimits()
+        self._refused = 0  # connections refused at the limit since the last warning
+        self._refused_logged = -1e9
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.aborting = False
@@ -97,23 +112,32 @@ class _State:
         """Start the connection's task, in the server's task group."""
         self._tg.start_soon(connection.run)
 
+    def refused_one(self, now: float) -> None:
+        """Count a connection refused at ``max_connections``; warn at most every 10 s."""
+        self._refused += 1
+        if now - self._refused_logged >= 10:
+            log.warning("HTTP: %d connections open (the limit): refused %d connection(s)",
+                        self.limits.max_connections, self._refused)
+            self._refused, self._refused_logged = 0, now
+
     def closed(self, connection: _Connection) -> None:
         self.connections.discard(connection)
         if self._emptied is not None and not self.connections:
             self._emptied.set()
 
-    async def sweep_idle(self, timeout: float) -> None:
-        """Close keep-alive connections idle for ``timeout`` seconds, until cancelled.
+    async def sweep(self) -> None:
+        """Enforce the timeouts of :attr:`limits` on every connection, until cancelled.
 
         One periodic sweep rather than a timer per request: arming and cancelling a timer
         on every response would cost more than the whole check.
         """
         loop = asyncio.get_running_loop()
+        limits = self.limits
         while True:
-            await anyio.sleep(timeout / 4)
-            deadline = loop.time() - timeout
+            await anyio.sleep(limits.sweep_period)
+            now = loop.time()
             for connection in list(self.connections):
-                connection.close_if_idle(deadline)
+                connection.check_timeouts(now, limits)
 
     async def drain(self) -> None:
         """Close idle connections, let busy ones finish their request, wait until all are
@@ -135,9 +159,9 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_broken", "_idle_since", "_in_infer", "_loop", "_parser", "_parsing", "_queue",
-        "_read_paused", "_running", "_scope", "_state", "_stopping", "_transport", "_url", "_waiters",
-        "closed", "write_paused",
+        "_body_since", "_broken", "_headers_pending", "_idle_since", "_in_infer", "_loop", "_message_since",
+        "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running", "_scope", "_state", "_stopping",
+        "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since", "closed", "write_paused",
     )
 
     def __init__(self, state: _State) -> None:
@@ -162,14 +186,30 @@ class _Connection(asyncio.Protocol):
         self._scope: anyio.CancelScope | None = None
         self._in_infer = False
         self._running = False  # the task has been started
-        self._idle_since = self._loop.time()
+        self._idle_since = self._message_since = self._body_since = self._loop.time()
+        self._headers_pending = False  # a request's first bytes came, its headers not yet whole
+        self._reused = False  # a response was sent: idle time is keep-alive time
+        self._write_size = 0
+        self._write_stalled_since: float | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the connection closes after the response in progress."""
+        return self._stopping
 
     # ----------------------------------------------------------------- asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is not an asyncio.Transport subclass, hence the cast).
         self._transport = transport = cast(asyncio.Transport, transport)
-        if self._state.stopping:
+        state = self._state
+        if state.stopping:
+            transport.close()
+            return
+        limit = state.limits.max_connections
+        if limit and len(state.connections) >= limit:
+            state.refused_one(self._loop.time())
+            transport.write(simple_response(503, f"too many connections (the server's limit is {limit})"))
             transport.close()
             return
         sock = transport.get_extra_info("socket")
@@ -202,14 +242,14 @@ class _Connection(asyncio.Protocol):
         if self._in_infer and self._scope is not None:
             self._scope.cancel()  # the client left: take its request off the queue
         self._wake()
-        if not self._running:
-            self._state.closed(self)  # no task to do it
+        self._state.closed(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._write_stalled_since = None  # the client is reading: the write timeout restarts
         self._wake()
 
     # ----------------------------------------------------------------- parser callbacks
@@ -217,6 +257,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._parsing = Request()
+        self._headers_pending = True
+        self._message_since = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -234,6 +276,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self._parsing
         assert request is not None
+        self._headers_pending = False
+        self._body_since = self._loop.time()
         parser = self._parser
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()
@@ -277,6 +321,7 @@ class _Connection(asyncio.Protocol):
         if request.done or request.too_large:
             return  # answered without its body, or past the limit: discard
         request.size += len(body)
+        self._body_since = self._loop.time()
         if request.target is not None:
             if request.size > self._state.infer.limit:
                 request.too_large = True
@@ -312,10 +357,9 @@ class _Connection(asyncio.Protocol):
         finally:
             transport = self._transport
             if self._state.aborting:
-                transport.abort()
+                self.abort()
             elif not transport.is_closing():
-                transport.close()
-            self._state.closed(self)
+                transport.close()  # connection_lost, once the output is flushed, ends it
 
     async def _serve(self) -> None:
         queue = self._queue
@@ -336,6 +380,7 @@ class _Connection(asyncio.Protocol):
                 await self._serve_asgi(request)
             request.done = True
             queue.popleft()
+            self._reused = True
             if self._stopping or not request.keep_alive or request.bad:
                 return
             while self.write_paused and not self.closed:
@@ -507,16 +552,102 @@ class _Connection(asyncio.Protocol):
     # --------------------------------------------------------------- server lifecycle
 
     def shutdown(self) -> None:
-        """Graceful stop: close now when idle, else after the response in progress."""
+        """Graceful stop: close now when idle, else after the response in progress (or
+        to the request whose headers are arriving); every response from now on says
+        ``connection: close``."""
         self._stopping = True
-        if not self._queue:
+        for request in self._queue:
+            request.keep_alive = False
+        if not self._queue and not self._headers_pending:
             self._transport.close()
         self._wake()
 
-    def close_if_idle(self, deadline: float) -> None:
-        """Close the connection when it has waited for a request since before ``deadline``."""
-        if not self._queue and self._idle_since < deadline and not self.closed:
-            self._transport.close()
+    def check_timeouts(self, now: float, limits: HttpLimits) -> None:
+        """Close the connection if the client has stalled past one of ``limits``' timeouts:
+        sending headers, sending a body the server waits for, reading a response, or idle
+        between requests."""
+        if self.closed:
+            return
+        transport = self._transport
+        size = transport.get_write_buffer_size()
+        if size == 0:
+            self._write_stalled_since = None
+        elif self._write_stalled_since is None or size < self._write_size:
+            self._write_stalled_since = now  # output is moving (or resumed: see resume_writing)
+        self._write_size = size
+        if self._write_stalled_since is not None and now - self._write_stalled_since > limits.write_timeout:
+            log.info("HTTP: dropping a client that read no response for %gs", limits.write_timeout)
+            self.abort()
+            return
+        if transport.is_closing():
+            return
+        request = self._parsing
+        if self._headers_pending and not self._read_paused:
+            if now - self._message_since > limits.header_timeout:
+                self._time_out(f"request headers not received within {limits.header_timeout:g}s", not self._queue)
+        elif request is not None and not (request.complete or request.done or request.too_large or self._read_paused):
+            if now - self._body_since > limits.body_timeout:
+                waiting = bool(self._queue) and self._queue[0] is request and request.target is not None
+                self._time_out(f"request body stalled for {limits.body_timeout:g}s", waiting)
+        elif not self._queue:
+            idle = limits.keep_alive_timeout
+            if not self._reused:  # a new connection that sends nothing is idle too
+                idle = min(idle, limits.header_timeout)
+            if now - self._idle_since > idle:
+                transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent output and all: a reset, not a FIN queued behind
+        output the client may never read (which would leave the kernel holding it)."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self._transport.abort()
+
+    def _time_out(self, message: str, answer: bool) -> None:
+        """Close a connection whose client stalled; ``answer``: with a 408 first (only when
+        no other response can be in progress on it)."""
+        log.info("HTTP: closing a connection: %s", message)
+        self._stop_reading()
+        self._stopping = True
+        if answer:
+            self._transport.write(simple_response(408, message))
+        self._transport.close()
+
+
+class _NoInfer:
+    """An :class:`InferResponder` with no infer routes: every request goes to the ASGI app."""
+
+    limit = 0
+
+    def target(self, path: str) -> tuple[str, str] | None:
+        return None
+
+    def declared_size(self, content_length: bytes | None) -> int | None:
+        raise AssertionError("no infer routes")
+
+    def error(self, exc: Exception) -> InferReply:
+        raise AssertionError("no infer routes")
+
+    async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> InferReply:
+        raise AssertionError("no infer routes")
+
+
+async def serve_app(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 30,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`serve_http11` for a plain ASGI app (no infer routes), e.g. ``/metrics``: it stops
+    as soon as its requests are answered, where uvicorn polls for its exit every 0.1 s."""
+    await serve_http11(app, _NoInfer(), host=host, port=port, shutdown_timeout=shutdown_timeout,
+                       task_status=task_status)
 
 
 async def serve_http11(
@@ -526,7 +657,8 @@ async def serve_http11(
     host: str,
     port: int,
     shutdown_timeout: float = 30,
-    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    limits: HttpLimits | None = None,
+    keep_alive_timeout: float | None = None,
     ssl: ssl_module.SSLContext | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -537,16 +669,21 @@ async def serve_http11(
     ``task_status.started(port)`` reports the port bound. On cancellation it stops
     accepting, closes idle connections, lets requests in flight finish (for at most
     ``shutdown_timeout`` seconds, then aborts them), then the cancellation propagates.
+    ``limits`` bounds slow clients (``keep_alive_timeout``, when given, overrides its
+    keep-alive timeout).
 
     Raises:
         OSError: the address cannot be bound.
     """
+    limits = limits or HttpLimits()
+    if keep_alive_timeout is not None:
+        limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
     sock = bind(host, port)
     try:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             try:
-                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, keep_alive_timeout, ssl)
+                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, limits, ssl)
                 task_status.started(bound)
                 await anyio.sleep_forever()
             finally:
@@ -561,7 +698,7 @@ async def _serve(
     sock: socket.socket,
     stop: anyio.Event,
     shutdown_timeout: float,
-    keep_alive_timeout: float,
+    limits: HttpLimits,
     ssl: ssl_module.SSLContext | None,
     *,
     task_status: TaskStatus[int],
@@ -570,16 +707,22 @@ async def _serve(
     # connection's task at once.
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
-            state = _State(app, infer, tg)
+            state = _State(app, infer, tg, limits)
             loop = asyncio.get_running_loop()
             listener = await loop.create_server(state.protocol, sock=sock, backlog=2048, ssl=ssl)
-            tg.start_soon(state.sweep_idle, keep_alive_timeout)
+            tg.start_soon(state.sweep)
             task_status.started(sock.getsockname()[1])
             try:
                 await stop.wait()
             finally:
-                listener.close()
-                with anyio.move_on_after(shutdown_timeout):
+                listener.close()  # new connections are refused from here on
+                sock.close()
+                with anyio.move_on_after(shutdown_timeout) as expired:
                     await state.drain()
+                if expired.cancelled_caught:
+                    log.warning("HTTP: %d connections still busy after %gs: aborting them",
+                                len(state.connections), shutdown_timeout)
                 state.aborting = True
+                for connection in list(state.connections):
+                    connection.abort()  # idle, flushing, or not started: their tasks cannot
                 tg.cancel_scope.cancel()  # the idle sweep, and requests past the timeout

@@ -112,4 +112,9 @@ async def serve_metrics(
     server: Server, *, host: str, port: int, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve ``/metrics`` until cancelled; reports the bound port through ``task_status``."""
-    await serve_asgi(create_metrics_app(server), host=host, port=port, task_status=task_status)
+    try:
+        from .http_server import serve_app
+    except ImportError:  # no httptools: uvicorn
+        await serve_asgi(create_metrics_app(server), host=host, port=port, task_status=task_status)
+        return
+    await serve_app(create_metrics_app(server), host=host, port=port, task_status=task_status)

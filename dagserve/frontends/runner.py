@@ -1,23 +1,38 @@
-"""Running a server with its frontends (HTTP, gRPC, metrics) in one event loop."""
+"""Running a server with its frontends (HTTP, gRPC, metrics) in one event loop, and stopping
+it without losing a request.
+
+Cancelling :func:`serve` is a graceful stop, in this order: the server turns not ready at
+once (HTTP ``/v2/health/ready`` 400, gRPC ``ServerReady`` false, gRPC health NOT_SERVING);
+the frontends close their listening sockets, so new connections are refused; every request
+in flight finishes (plain models, pipelines and their BLS calls, decoupled streams; an HTTP
+keep-alive connection answers the request it is reading, with ``connection: close``), for at
+most ``exit_timeout_secs``, after which what is left is cancelled; only then do the models
+unload. An idle server stops at once; a busy one as soon as its last request ends.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from ..engine import Server, ServerOptions
+from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
 
 __all__ = ["Addresses", "ServeOptions", "serve"]
 
+log = logging.getLogger("dagserve.frontends")
+
 DEFAULT_HTTP_MAX_BODY_SIZE = 256 * 1024 * 1024
 DEFAULT_GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
+DEFAULT_EXIT_TIMEOUT_SECS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +40,9 @@ class ServeOptions:
     """Where and how the frontends listen. A port of ``None`` disables that frontend; 0 picks a
     free port. Security (docs/security.md): ``*_restricted`` close API categories behind a
     header, ``*_tls`` serve TLS, ``metrics_address`` binds the plain metrics port elsewhere
-    than ``host`` (e.g. a private interface)."""
+    than ``host`` (e.g. a private interface). ``exit_timeout_secs`` bounds the wait for requests in flight on a graceful stop
+    (Triton's ``--exit-timeout-secs``); ``http_limits`` and ``grpc_keepalive`` bound slow and
+    idle clients."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -39,6 +56,13 @@ class ServeOptions:
     http_tls: TLSConfig | None = None
     grpc_tls: TLSConfig | None = None
     metrics_address: str | None = None
+    exit_timeout_secs: float = DEFAULT_EXIT_TIMEOUT_SECS
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
+
+    def __post_init__(self) -> None:
+        if self.exit_timeout_secs < 0:
+            raise ValueError(f"exit timeout must not be negative, got {self.exit_timeout_secs}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,43 +81,75 @@ async def serve(
     task_status: TaskStatus[tuple[Server, Addresses]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Load the models, start the frontends, report ``(server, addresses)``, serve until
-    cancelled; then stop the frontends first and unload the models.
+    cancelled; then stop gracefully (see the module docstring) and return.
 
     ``setup`` is called with the server before the frontends start (to register in-process
-    models).
+    models). Cancelled while starting, it stops at once. Once started, cancellation only
+    begins the graceful stop, which runs shielded for up to ``exit_timeout_secs`` plus the
+    models' unloading; a caller that must stop sooner exits the process.
     """
-    async with Server(options.server) as server:
-        if setup is not None:
-            await setup(server) if _is_async(setup) else setup(server)
-        async with anyio.create_task_group() as tg:
-            http = grpc = metrics = None
-            if options.http_port is not None:
-                from .http import serve_http
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        try:
+            started = await tg.start(_serve, options, setup, stop)
+            task_status.started(started)
+            await anyio.sleep_forever()
+        finally:
+            stop.set()
 
-                port = await tg.start(functools.partial(
-                    serve_http, server, host=options.host, port=options.http_port,
-                    max_body_size=options.http_max_body_size,
-                    restricted=options.http_restricted, tls=options.http_tls,
-                ))
-                http = _address(options.host, port)
-            if options.grpc_port is not None:
-                from .grpc import serve_grpc
 
-                port = await tg.start(functools.partial(
-                    serve_grpc, server, host=options.host, port=options.grpc_port,
-                    max_message_size=options.grpc_max_message_size,
-                    restricted=options.grpc_restricted, tls=options.grpc_tls,
-                ))
-                grpc = _address(options.host, port)
-            if options.metrics_port is not None:
-                from .metrics import serve_metrics
+async def _serve(
+    options: ServeOptions,
+    setup: Callable[[Server], Any] | None,
+    stop: anyio.Event,
+    *,
+    task_status: TaskStatus[tuple[Server, Addresses]],
+) -> None:
+    with anyio.CancelScope() as scope:
+        async with Server(options.server) as server:
+            if setup is not None:
+                await setup(server) if _is_async(setup) else setup(server)
+            async with anyio.create_task_group() as frontends:
+                addresses = await _start_frontends(frontends, server, options)
+                # From here the stop is ours to run: the caller's cancellation only sets `stop`.
+                scope.shield = True
+                task_status.started((server, addresses))
+                await stop.wait()
+                log.info("stopping: not ready; draining requests in flight (at most %gs)", options.exit_timeout_secs)
+                server.begin_drain()
+                started = anyio.current_time()
+                frontends.cancel_scope.cancel()  # each frontend drains, then returns
+            log.info("drained in %.2fs; unloading models", anyio.current_time() - started)
 
-                metrics_host = options.metrics_address or options.host
-                port = await tg.start(functools.partial(
-                    serve_metrics, server, host=metrics_host, port=options.metrics_port
-                ))
-                metrics = _address(metrics_host, port)
-            task_status.started((server, Addresses(http=http, grpc=grpc, metrics=metrics)))
+
+async def _start_frontends(tg: TaskGroup, server: Server, options: ServeOptions) -> Addresses:
+    timeout = options.exit_timeout_secs
+    http = grpc = metrics = None
+    if options.http_port is not None:
+        from .http import serve_http
+
+        port = await tg.start(functools.partial(
+            serve_http, server, host=options.host, port=options.http_port,
+            max_body_size=options.http_max_body_size, shutdown_timeout=timeout, limits=options.http_limits,
+            restricted=options.http_restricted, tls=options.http_tls,
+        ))
+        http = _address(options.host, port)
+    if options.grpc_port is not None:
+        from .grpc import serve_grpc
+
+        port = await tg.start(functools.partial(
+            serve_grpc, server, host=options.host, port=options.grpc_port,
+            max_message_size=options.grpc_max_message_size, keepalive=options.grpc_keepalive,
+            shutdown_timeout=timeout, restricted=options.grpc_restricted, tls=options.grpc_tls,
+        ))
+        grpc = _address(options.host, port)
+    if options.metrics_port is not None:
+        from .metrics import serve_metrics
+
+        metrics_host = options.metrics_address or options.host
+        port = await tg.start(functools.partial(serve_metrics, server, host=metrics_host, port=options.metrics_port))
+        metrics = _address(metrics_host, port)
+    return Addresses(http=http, grpc=grpc, metrics=metrics)
 
 
 def _address(host: str, port: int) -> str:
