@@ -27,6 +27,7 @@ from .errors import (
     ModelNotReadyError,
     OverloadedError,
     UnsupportedError,
+    WorkerCrashedError,
 )
 from .repository import ModelConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
@@ -56,6 +57,7 @@ __all__ = [
     "TensorRef",
     "TensorSpec",
     "UnsupportedError",
+    "WorkerCrashedError",
     "__version__",
     "infer",
     "infer_sync",
