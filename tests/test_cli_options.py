@@ -4,7 +4,6 @@ port -1, --host, --log-level, --load-model (and an unknown name), the size limit
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -155,11 +154,11 @@ def test_log_level_filters_the_log(repo: Path, level: str, info: bool, debug: bo
 def test_load_model_flag_loads_only_those(repo: Path) -> None:
     """Explicit mode with --load-model twice loads exactly those two models."""
     with serve("--model-repository", str(repo), *PORTS, "--model-control-mode", "explicit",
-               "--load-model", "echo", "--load-model", "cached") as served:
-        with httpclient.InferenceServerClient(served.addresses["HTTP"]) as client:
-            index = client.get_model_repository_index()
-            assert sorted(m["name"] for m in index if m.get("state") == "READY") == ["cached", "echo"]
-            assert client.is_model_ready("other") is False
+               "--load-model", "echo", "--load-model", "cached") as served, \
+            httpclient.InferenceServerClient(served.addresses["HTTP"]) as client:
+        index = client.get_model_repository_index()
+        assert sorted(m["name"] for m in index if m.get("state") == "READY") == ["cached", "echo"]
+        assert client.is_model_ready("other") is False
 
 
 def test_load_model_with_an_unknown_name_refuses_to_start(repo: Path) -> None:
