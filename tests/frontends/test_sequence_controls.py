@@ -5,7 +5,6 @@ state follows each sequence, and sequences interleaved across HTTP and gRPC stay
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
