@@ -5,7 +5,7 @@ repository, one per mode, serves it in this process with ``Server`` and calls ea
 back (concurrency 1, so the figure is the latency each mode adds) and with 16 concurrent callers.
 Prints microseconds per call and requests/s, and each mode's extra cost over ``inline``.
 
-Run: python bench/bench_execution.py [--seconds 3]
+Run: python bench/bench_isolation.py [--seconds 3]
 """
 
 from __future__ import annotations
