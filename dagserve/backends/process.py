@@ -21,9 +21,13 @@ When a worker dies:
   of 1 s doubling to 30 s; the requests' error says why it failed;
 * other models, and other instances of the same model, never notice.
 
+A worker that hangs (an endless loop, a deadlock in a C library) is caught only with the
+parameter ``process_timeout_seconds``: a batch that gets no answer within it fails the same way
+("did not answer within 30 s and was killed"), the worker is killed and replaced. Without it
+(the default, 0) a batch may take as long as it takes.
+
 Limits, by design: BLS calls and decoupled models need the server's event loop, so a
-process-isolated model cannot use them. A worker that hangs (never answers) is not detected:
-its requests wait for their own timeouts.
+process-isolated model cannot use them.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class ProcessModel:
             )
         self._name = context.name
         self._instance_name = context.instance_name
+        self._timeout = _timeout(context)
         self._spec = {
             "name": context.name,
             "version": context.version,
@@ -132,20 +137,34 @@ class ProcessModel:
         wire = [(dict(r.inputs), dict(r.datatypes), r.id, dict(r.parameters), r.outputs) for r in requests]
         try:
             worker.conn.send(wire)
+            if self._timeout and not worker.conn.poll(self._timeout):
+                return self._lost(worker, f"did not answer within {self._timeout:g} s and was killed", len(requests))
             results = worker.conn.recv()
         except (EOFError, OSError):
+            return self._lost(worker, "", len(requests))
+        return [_revive(r) for r in results]
+
+    def _lost(self, worker: _Worker, cause: str, n: int) -> list[Outputs | BaseException]:
+        """Mark ``worker`` gone (killing it if it still runs; the supervisor starts a new one)
+        and fail the ``n`` requests it had, naming ``cause`` or how it ended."""
+        if cause:
+            with self._lock:
+                if self._worker is worker:
+                    self._worker, self._down = None, cause
+            worker.process.kill()
+            worker.exit_cause()  # reap it
+        else:
             cause = worker.exit_cause()
             if worker.process.is_alive():  # a broken pipe to a live worker: replace it too
                 worker.process.kill()
             with self._lock:
                 if self._worker is worker:
                     self._worker, self._down = None, cause
-            crashed = errors.WorkerCrashedError(
-                f"model '{self._name}' is unavailable: its worker process {cause} while running this "
-                "request; a new one is starting"
-            )
-            return [crashed] * len(requests)
-        return [_revive(r) for r in results]
+        crashed = errors.WorkerCrashedError(
+            f"model '{self._name}' is unavailable: its worker process {cause} while running this "
+            "request; a new one is starting"
+        )
+        return [crashed] * n
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -189,6 +208,8 @@ class ProcessModel:
             cause = worker.exit_cause()
             worker.conn.close()
             with self._lock:
+                # A cause the request thread gave (a timeout) says more than "killed by SIGKILL".
+                cause = self._down if self._worker is None and self._down else cause
                 self._worker, self._down = None, cause
             log.error("model '%s' (%s): worker process %s; starting a new one", self._name, self._instance_name, cause)
             delay = _BACKOFF_S[0]
@@ -230,6 +251,20 @@ class ProcessModel:
             _stop(worker.process, grace=10.0)
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _timeout(context: ModelContext) -> float:
+    """The ``process_timeout_seconds`` parameter (0, the default: wait for ever)."""
+    raw = context.config.parameters.get("process_timeout_seconds", "0")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise errors.ConfigError(
+            f"model '{context.name}': parameter process_timeout_seconds must be a number of seconds >= 0, not {raw!r}"
+        )
+    return value
 
 
 def _stop(process: Any, grace: float = 0.0) -> None:

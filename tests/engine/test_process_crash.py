@@ -22,6 +22,7 @@ from dagserve.testing import RunningServer, serve_in_thread
 CRASHY = '''
 import ctypes
 import os
+import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -35,6 +36,8 @@ class TritonPythonModel:
                 ctypes.string_at(0)  # segmentation fault
             if x[0] == 99:
                 os._exit(3)
+            if x[0] == 7:
+                time.sleep(3600)  # hangs
             out.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("Y", x * 2), pb_utils.Tensor("PID", np.array([os.getpid()], np.int64))]))
         return out
@@ -52,13 +55,14 @@ class TritonPythonModel:
 '''
 
 DEADLINE_S = 60.0
+HANG_TIMEOUT_S = 5
 
 
-def _model(repo: Path, name: str, source: str, execution: str, outputs: str) -> None:
+def _model(repo: Path, name: str, source: str, execution: str, outputs: str, parameters: str = "") -> None:
     (repo / name / "1").mkdir(parents=True)
     (repo / name / "1" / "model.py").write_text(source)
     (repo / name / "config.yaml").write_text(
-        f"backend: python\nparameters: {{execution: {execution}}}\n"
+        f"backend: python\nparameters: {{execution: {execution}{parameters}}}\n"
         "inputs: [{name: X, datatype: INT32, shape: [1]}]\n"
         f"outputs: [{outputs}]\n"
     )
@@ -70,6 +74,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
     _model(repo, "crashy", CRASHY, "process",
            "{name: Y, datatype: INT32, shape: [1]}, {name: PID, datatype: INT64, shape: [1]}")
     _model(repo, "steady", STEADY, "thread", "{name: Y, datatype: INT32, shape: [1]}")
+    _model(repo, "hangy", CRASHY, "process",
+           "{name: Y, datatype: INT32, shape: [1]}, {name: PID, datatype: INT64, shape: [1]}",
+           f", process_timeout_seconds: {HANG_TIMEOUT_S}")
     with serve_in_thread(repo, metrics=False) as server:
         yield server
 
@@ -80,22 +87,22 @@ def _inputs(x: int) -> list[httpclient.InferInput]:
     return [tensor]
 
 
-def _pid(client: httpclient.InferenceServerClient, x: int = 4) -> int:
-    result = client.infer("crashy", _inputs(x))
+def _pid(client: httpclient.InferenceServerClient, x: int = 4, model: str = "crashy") -> int:
+    result = client.infer(model, _inputs(x))
     assert result.as_numpy("Y")[0] == 2 * x
     return int(result.as_numpy("PID")[0])
 
 
-def _answers_after_restart(client: httpclient.InferenceServerClient, old_pid: int) -> int:
-    """Poll until crashy answers again (from a new worker); each failure meanwhile must be the
-    clean UNAVAILABLE error. Returns the new worker's pid."""
+def _answers_after_restart(client: httpclient.InferenceServerClient, old_pid: int, model: str = "crashy") -> int:
+    """Poll until the model answers again (from a new worker); each failure meanwhile must be
+    the clean UNAVAILABLE error. Returns the new worker's pid."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
         try:
-            pid = _pid(client)
+            pid = _pid(client, model=model)
         except InferenceServerException as exc:
-            assert exc.status() == "503" and "model 'crashy' is unavailable" in exc.message(), exc
-            assert time.monotonic() < deadline, f"crashy did not come back within {DEADLINE_S} s: {exc}"
+            assert exc.status() == "503" and f"model '{model}' is unavailable" in exc.message(), exc
+            assert time.monotonic() < deadline, f"{model} did not come back within {DEADLINE_S} s: {exc}"
             time.sleep(0.05)
             continue
         assert pid != old_pid
@@ -195,3 +202,29 @@ def test_failures_are_counted_per_model(running: RunningServer) -> None:
         assert failures("crashy") == before_crashy + 1
         assert failures("steady") == before_steady
         _answers_after_restart(client, pid)
+
+
+def test_hung_worker_is_killed_after_process_timeout_seconds(running: RunningServer) -> None:
+    """With process_timeout_seconds, a request that hangs its worker fails 503 saying so, the
+    worker is killed and replaced, and the model answers again."""
+    with httpclient.InferenceServerClient(running.http_url, network_timeout=DEADLINE_S) as client:
+        pid = _pid(client, model="hangy")
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("hangy", _inputs(7))
+        assert info.value.status() == "503"
+        assert f"model 'hangy' is unavailable: its worker process did not answer within {HANG_TIMEOUT_S} s " \
+               "and was killed" in info.value.message()
+        _answers_after_restart(client, pid, model="hangy")
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the hung worker is gone
+
+
+def test_a_bad_process_timeout_fails_the_load(tmp_path: Path) -> None:
+    """process_timeout_seconds that is not a number >= 0 fails the model's load, naming the parameter."""
+    _model(tmp_path, "badtimeout", STEADY, "process", "{name: Y, datatype: INT32, shape: [1]}",
+           ", process_timeout_seconds: soon")
+    with serve_in_thread(tmp_path, grpc=False, metrics=False) as server, \
+            httpclient.InferenceServerClient(server.http_url) as client:
+        entry = next(m for m in client.get_model_repository_index() if m["name"] == "badtimeout")
+    assert entry["state"] == "UNAVAILABLE"
+    assert "process_timeout_seconds must be a number of seconds >= 0, not 'soon'" in entry["reason"]
