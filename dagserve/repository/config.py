@@ -234,6 +234,18 @@ class SequenceState(_Frozen):
 
     _datatype = field_validator("data_type", mode="before")(_parse_datatype)
 
+    @field_validator("initial_state")
+    @classmethod
+    def _zero_data_only(cls, states: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for state in states:
+            if state.get("data_file"):
+                raise PydanticCustomError(
+                    "unsupported",
+                    "not supported by dagserve: an initial state read from data_file is not implemented; "
+                    "use zero_data: true",
+                )
+        return states
+
 
 class OldestStrategy(_Frozen):
     max_candidate_sequences: int = Field(default=0, ge=0)
@@ -263,7 +275,7 @@ class EnsembleStep(_Frozen):
     model_version: int = -1
     input_map: dict[str, str] = Field(default_factory=dict)
     output_map: dict[str, str] = Field(default_factory=dict)
-    model_namespace: str = ""
+    model_namespace: Annotated[str, _unsupported("model namespacing is not implemented; remove it")] = ""
 
 
 class EnsembleScheduling(_Frozen):

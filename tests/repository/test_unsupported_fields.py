@@ -47,6 +47,12 @@ CASES = [
      IO + f"sequence_batching {{ state [ {{ {STATE}\n  use_growable_memory: true }} ] }}\n", "TensorRT"),
     ("sequence_batching.state[0].use_same_buffer_for_input_output",
      IO + f"sequence_batching {{ state [ {{ {STATE}\n  use_same_buffer_for_input_output: true }} ] }}\n", "TensorRT"),
+    ("sequence_batching.state[0].initial_state",
+     IO + f"sequence_batching {{ state [ {{ {STATE}\n  initial_state {{ data_type: TYPE_FP32 dims: [ 1 ] "
+          'data_file: "init.bin" name: "f" } } ] }\n', "data_file"),
+    ("ensemble_scheduling.step[0].model_namespace",
+     IO + 'ensemble_scheduling { step [ { model_name: "m2" model_version: -1\n  model_namespace: "team" '
+       'input_map { key: "X" value: "X" } output_map { key: "Y" value: "Y" } } ] }\n', "namespac"),
     ("cc_model_filenames", IO + 'cc_model_filenames { key: "7.5" value: "m.plan" }\n', "compute capability"),
     ("metric_tags", IO + 'metric_tags { key: "team" value: "a" }\n', "metric labels"),
     ("model_operations", IO + 'model_operations { op_library_filename: "ops.so" }\n', "operation"),
