@@ -3,8 +3,10 @@ the config dims, outputs are reshaped back; impossible reshapes are clear errors
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,6 +79,24 @@ def infer(inputs):
 '''
 
 
+# Decoupled: N responses, each the model's [4] reshaped back to the clients' [2, 2].
+STREAM = """
+backend: python
+model_transaction_policy: {decoupled: true}
+inputs: [{name: N, datatype: INT32, shape: [1]}]
+outputs: [{name: Y, datatype: INT32, shape: [2, 2], reshape: {shape: [4]}}]
+"""
+
+STREAM_MODEL = """
+import numpy as np
+
+
+def infer(inputs):
+    for i in range(int(inputs["N"][0])):
+        yield {"Y": np.arange(4, dtype=np.int32) + 10 * i}
+"""
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("repo")
@@ -84,6 +104,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
         ("reshaped", CONFIG, "config.pbtxt", MODEL),
         ("scalar", SCALAR, "config.yaml", NATIVE),
         ("pairs", PAIRS, "config.yaml", PAIRS_MODEL),
+        ("stream", STREAM, "config.yaml", STREAM_MODEL),
     ):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(model)
@@ -163,3 +184,21 @@ def test_impossible_reshapes_fail_the_load(tensor: str, message: str) -> None:
     with pytest.raises(ConfigError, match="m/config.yaml") as info:
         parse_config(f"backend: python\n{tensor}\n", path=Path("m/config.yaml"), name="m")
     assert message in str(info.value)
+
+
+def test_decoupled_responses_are_reshaped_back(running: RunningServer) -> None:
+    """Each response a decoupled model sends reaches the client in the config dims."""
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    with grpcclient.InferenceServerClient(running.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        tensor = grpcclient.InferInput("N", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([3], np.int32))
+        client.async_stream_infer("stream", [tensor])
+        got = []
+        for _ in range(3):
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            got.append(result.as_numpy("Y"))
+        client.stop_stream()
+    for i, y in enumerate(got):
+        np.testing.assert_array_equal(y, (np.arange(4, dtype=np.int32) + 10 * i).reshape(2, 2))
