@@ -3,6 +3,7 @@ the cause, the worker restarts in the background, and other models never notice.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import threading
@@ -228,3 +229,58 @@ def test_a_bad_process_timeout_fails_the_load(tmp_path: Path) -> None:
         entry = next(m for m in client.get_model_repository_index() if m["name"] == "badtimeout")
     assert entry["state"] == "UNAVAILABLE"
     assert "process_timeout_seconds must be a number of seconds >= 0, not 'soon'" in entry["reason"]
+
+
+DUO = '''
+import os
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FOLDER = {folder!r}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            if x[0] == 99:
+                os._exit(3)
+            if x[0] == 50:  # hold this worker until the test releases it
+                open(os.path.join(FOLDER, "held"), "w").close()
+                while not os.path.exists(os.path.join(FOLDER, "release")):
+                    time.sleep(0.005)
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("Y", x * 2), pb_utils.Tensor("PID", np.array([os.getpid()], np.int64))]))
+        return out
+'''
+
+
+def test_a_crash_leaves_a_sibling_instance_and_its_request_alone(tmp_path: Path) -> None:
+    """With two process instances, one held mid-request while the other crashes: the crash fails
+    only its own request, and the held request then completes from its untouched worker."""
+    repo, folder = tmp_path / "repo", tmp_path / "signals"
+    folder.mkdir()
+    _model(repo, "duo", DUO.format(folder=str(folder)), "process",
+           "{name: Y, datatype: INT32, shape: [1]}, {name: PID, datatype: INT64, shape: [1]}")
+    config = repo / "duo" / "config.yaml"
+    config.write_text(config.read_text() + "instance_group: [{count: 2}]\n")
+    with serve_in_thread(repo, grpc=False, metrics=False) as server, \
+            httpclient.InferenceServerClient(server.http_url) as client, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        def hold() -> np.ndarray:
+            with httpclient.InferenceServerClient(server.http_url) as own:
+                return own.infer("duo", _inputs(50)).as_numpy("Y")
+
+        held = pool.submit(hold)
+        deadline = time.monotonic() + DEADLINE_S
+        while not (folder / "held").exists():
+            assert not held.done(), held.result()
+            assert time.monotonic() < deadline, "the held request never started"
+            time.sleep(0.005)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("duo", _inputs(99))  # the only free instance takes it, and dies
+        assert info.value.status() == "503" and "exited with code 3" in info.value.message()
+        (folder / "release").touch()
+        assert held.result(timeout=DEADLINE_S)[0] == 100
