@@ -27,6 +27,7 @@ from .errors import (
     ModelNotReadyError,
     OverloadedError,
     UnsupportedError,
+    WorkerCrashedError,
 )
 from .limits import Limits
 from .repository import ModelConfig
@@ -58,6 +59,7 @@ __all__ = [
     "TensorRef",
     "TensorSpec",
     "UnsupportedError",
+    "WorkerCrashedError",
     "__version__",
     "infer",
     "infer_sync",

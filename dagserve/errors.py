@@ -20,6 +20,7 @@ __all__ = [
     "OverloadedError",
     "TimeoutError",
     "UnsupportedError",
+    "WorkerCrashedError",
 ]
 
 
@@ -41,6 +42,11 @@ class ModelNotFoundError(DagserveError):
 
 class ModelNotReadyError(DagserveError):
     """The model exists but is not ready (loading, unloading or failed)."""
+
+
+class WorkerCrashedError(ModelNotReadyError):
+    """The worker process of a process-isolated model died (or is being restarted after it
+    died); the message names the model and how the process ended. Retry later."""
 
 
 class OverloadedError(DagserveError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import ConfigError, DagserveError
 from ..repository.config import ModelConfig
 from .base import Backend, ModelContext, ModelInstance
+from .reshape import with_reshape
 
 __all__ = ["Backend", "ModelContext", "ModelInstance", "complete_config", "get_backend"]
 
@@ -28,9 +29,13 @@ _MODULES = {
     "fil": "dagserve.backends.fil",
 }
 
+_RESHAPES_ITSELF = {"onnxruntime"}
+"""Backends that apply the config's ``reshape`` themselves (and check it against the model)."""
+
 
 def get_backend(name: str) -> Backend:
-    """The backend module for a config's backend name.
+    """The backend module for a config's backend name; its instances see each tensor's
+    ``reshape`` dims (see :mod:`.reshape`) while clients keep the config dims.
 
     Raises:
         ConfigError: no backend of that name.
@@ -39,7 +44,21 @@ def get_backend(name: str) -> Backend:
     if module is None:
         known = ", ".join(sorted(_MODULES))
         raise ConfigError(f"unknown backend {name!r} (dagserve has: {known})")
-    return importlib.import_module(module)  # type: ignore[return-value]
+    backend: Backend = importlib.import_module(module)  # type: ignore[assignment]
+    return backend if name in _RESHAPES_ITSELF else _Reshaping(backend)
+
+
+class _Reshaping:
+    """A backend module whose ``load`` wraps each instance with :func:`with_reshape`."""
+
+    def __init__(self, module: Backend) -> None:
+        self._module = module
+
+    def load(self, context: ModelContext) -> ModelInstance:
+        return with_reshape(self._module.load(context), context.config)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._module, name)
 
 
 def complete_config(config: ModelConfig, model_dir: Path, versions: Sequence[int]) -> ModelConfig:

@@ -129,7 +129,8 @@ class TensorRTModel:
                         f"{owner}: {kind} '{tensor.name}' is {tensor.data_type.config_name} in the config but "
                         f"{trt_dtype} in the engine"
                     )
-                rank = len(tensor.dims) + (1 if self._batching else 0)
+                model_dims = tensor.reshape.shape if tensor.reshape is not None else tensor.dims  # the engine's view
+                rank = len(model_dims) + (1 if self._batching else 0)
                 if len(shape) != rank:
                     raise ConfigError(
                         f"{owner}: {kind} '{tensor.name}' has rank {rank} in the config but {len(shape)} in the engine"

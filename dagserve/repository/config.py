@@ -9,16 +9,29 @@ One schema serves both forms a model may be configured in:
   ``TYPE_`` prefix, ``shape`` for ``dims``, and plain ``key: value`` parameters.
 
 Every object is frozen; unknown keys are errors (``extra="forbid"``), so a typo is reported with
-the file and the field path instead of being silently ignored.
+the file and the field path instead of being silently ignored. Every field of Triton's schema
+is declared; the few whose behaviour dagserve does not implement (``label_filename``,
+``allow_ragged_batch``, ``rate_limiter``, ...) accept only their default, and any other value
+fails the load with the field's path and "not supported by dagserve: <why>", never a silent
+no-op.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ..types import DataType, TensorSpec
 
@@ -48,8 +61,33 @@ def _parse_datatype(value: Any) -> Any:
     return value
 
 
+def _unsupported(reason: str) -> AfterValidator:
+    """Marks a field of Triton's schema that dagserve has no behaviour for: its default (unset,
+    false, empty) is accepted, any other value fails with ``reason``."""
+
+    def refuse(value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "not supported by dagserve: {reason}", {"reason": reason})
+        return value
+
+    return AfterValidator(refuse)
+
+
+_TENSORRT_ONLY = "a TensorRT feature dagserve does not implement; remove it"
+
+
 class Reshape(_Frozen):
+    """The dims the model itself sees for a tensor (clients see ``dims``); see backends.reshape."""
+
     shape: tuple[int, ...] = ()
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_valid(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for d in shape:
+            if d < -1 or d == 0:
+                raise ValueError(f"dimension {d} is invalid (use a positive size or -1 for any size)")
+        return shape
 
 
 class TensorConfig(_Frozen):
@@ -60,10 +98,17 @@ class TensorConfig(_Frozen):
     dims: tuple[int, ...] = Field(default=(), validation_alias=AliasChoices("dims", "shape"))
     reshape: Reshape | None = None
     optional: bool = False
-    allow_ragged_batch: bool = False
-    is_shape_tensor: bool = False
-    label_filename: str = ""
-    format: str = "FORMAT_NONE"
+    allow_ragged_batch: Annotated[bool, _unsupported(
+        "ragged batching is not implemented (requests are batched together only when their shapes "
+        "match); remove it"
+    )] = False
+    is_shape_tensor: Annotated[bool, _unsupported(f"shape tensors are {_TENSORRT_ONLY}")] = False
+    is_non_linear_format_io: Annotated[bool, _unsupported(f"non-linear I/O formats are {_TENSORRT_ONLY}")] = False
+    label_filename: Annotated[str, _unsupported(
+        "class labels belong to the classification extension, which is not implemented yet; remove it "
+        "and return labels from the model"
+    )] = ""
+    format: str = "FORMAT_NONE"  # informational in Triton too (the image client reads it)
 
     _datatype = field_validator("data_type", mode="before")(_parse_datatype)
 
@@ -125,6 +170,14 @@ class InstanceGroup(_Frozen):
     count: int = Field(default=1, ge=1)
     kind: InstanceKind = InstanceKind.KIND_AUTO
     gpus: tuple[int, ...] = ()
+    rate_limiter: Annotated[Any, _unsupported(
+        "there is no rate limiter (instances run whenever they are free, as Triton without "
+        "--rate-limit); remove it"
+    )] = None
+    secondary_devices: Annotated[Any, _unsupported("secondary devices are not implemented; remove it")] = None
+    profile: Annotated[Any, _unsupported(f"per-instance optimization profiles are {_TENSORRT_ONLY}")] = None
+    passive: Annotated[bool, _unsupported("passive instances are not implemented; remove it")] = False
+    host_policy: Annotated[str, _unsupported("host policies are not implemented; remove it")] = ""
 
 
 class QueuePolicy(_Frozen):
@@ -176,8 +229,22 @@ class SequenceState(_Frozen):
     data_type: DataType
     dims: tuple[int, ...]
     initial_state: tuple[dict[str, Any], ...] = ()
+    use_same_buffer_for_input_output: Annotated[bool, _unsupported(f"state buffer sharing is {_TENSORRT_ONLY}")] = False
+    use_growable_memory: Annotated[bool, _unsupported(f"growable state memory is {_TENSORRT_ONLY}")] = False
 
     _datatype = field_validator("data_type", mode="before")(_parse_datatype)
+
+    @field_validator("initial_state")
+    @classmethod
+    def _zero_data_only(cls, states: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for state in states:
+            if state.get("data_file"):
+                raise PydanticCustomError(
+                    "unsupported",
+                    "not supported by dagserve: an initial state read from data_file is not implemented; "
+                    "use zero_data: true",
+                )
+        return states
 
 
 class OldestStrategy(_Frozen):
@@ -200,6 +267,7 @@ class SequenceBatching(_Frozen):
     direct: DirectStrategy | None = None
     oldest: OldestStrategy | None = None
     state: tuple[SequenceState, ...] = ()
+    iterative_sequence: Annotated[bool, _unsupported("iterative sequences are not implemented; remove it")] = False
 
 
 class EnsembleStep(_Frozen):
@@ -207,7 +275,7 @@ class EnsembleStep(_Frozen):
     model_version: int = -1
     input_map: dict[str, str] = Field(default_factory=dict)
     output_map: dict[str, str] = Field(default_factory=dict)
-    model_namespace: str = ""
+    model_namespace: Annotated[str, _unsupported("model namespacing is not implemented; remove it")] = ""
 
 
 class EnsembleScheduling(_Frozen):
@@ -247,6 +315,18 @@ class ModelConfig(_Frozen):
     response_cache: ResponseCache | None = None
     model_warmup: tuple[dict[str, Any], ...] = ()
     optimization: dict[str, Any] | None = None
+    batch_input: Annotated[Any, _unsupported(
+        "batch inputs (for ragged batching) are not implemented; remove it"
+    )] = None
+    batch_output: Annotated[Any, _unsupported("batch outputs (for ragged batching) are not implemented; remove it")] = None
+    cc_model_filenames: Annotated[Any, _unsupported(
+        "model files per GPU compute capability are not implemented; use default_model_filename"
+    )] = None
+    metric_tags: Annotated[Any, _unsupported("custom metric labels are not implemented; remove it")] = None
+    model_operations: Annotated[Any, _unsupported("custom operation libraries are not implemented; remove it")] = None
+    model_repository_agents: Annotated[Any, _unsupported("repository agents are not implemented; remove it")] = None
+    runtime: Annotated[str, _unsupported("backend runtimes are not implemented; choose the model's backend with backend")] = ""
+    model_metrics: Annotated[Any, _unsupported("per-model metric settings are not implemented; remove it")] = None
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -271,6 +351,27 @@ class ModelConfig(_Frozen):
                 if t.name in seen:
                     raise ValueError(f"{kind} '{t.name}' is declared twice")
                 seen.add(t.name)
+        return self
+
+    @model_validator(mode="after")
+    def _reshapes_possible(self) -> ModelConfig:
+        # An input is reshaped to reshape.shape, an output back to dims: numpy can infer one
+        # variable dimension of the target, not two; fixed shapes must hold as many elements.
+        for kind, tensors in (("input", self.input), ("output", self.output)):
+            for t in tensors:
+                if t.reshape is None:
+                    continue
+                source, target = (t.dims, t.reshape.shape) if kind == "input" else (t.reshape.shape, t.dims)
+                if target.count(-1) > 1:
+                    raise ValueError(
+                        f"{kind} '{t.name}': reshape from {list(source)} to {list(target)} is ambiguous "
+                        "(at most one -1 in the target shape)"
+                    )
+                if -1 not in source and -1 not in target and _count(source) != _count(target):
+                    raise ValueError(
+                        f"{kind} '{t.name}': dims {list(t.dims)} and reshape {list(t.reshape.shape)} "
+                        "hold different numbers of elements"
+                    )
         return self
 
     @property
@@ -308,6 +409,13 @@ class ModelConfig(_Frozen):
         if not vp:
             data["version_policy"] = {"latest": {"num_versions": 1}}
         return data
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 _PLATFORM_BACKENDS = {

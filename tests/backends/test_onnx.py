@@ -79,7 +79,7 @@ async def test_auto_complete_fills_config_from_the_graph(repo: Path, add_model: 
     assert "dynamic_batching" in config
     assert config["input"] == [
         {"name": "x", "data_type": "TYPE_FP32", "dims": [4], "optional": False, "allow_ragged_batch": False,
-         "is_shape_tensor": False, "label_filename": "", "format": "FORMAT_NONE"}
+         "is_shape_tensor": False, "is_non_linear_format_io": False, "label_filename": "", "format": "FORMAT_NONE"}
     ]
     assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [("y", "TYPE_FP32", [3])]
     np.testing.assert_allclose(response.outputs["y"], ort_direct(model_dir / "1" / "model.onnx", x), rtol=1e-6)
