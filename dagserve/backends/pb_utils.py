@@ -22,6 +22,7 @@ import numpy as np
 from .. import errors
 from ..types import DataType, RequestedOutput, ResponseSender, datatype_of, is_device_tensor, to_host
 from ..types import InferRequest as _EngineRequest
+from ..types import InferResponse as _EngineResponse
 from .base import ModelContext
 
 # Flags, with Triton's values.
@@ -224,8 +225,14 @@ class InferenceRequest:
         self._requested = list(request.output_names() or ())
         self._id = request.id
         params = request.parameters
-        self._correlation_id = params.get("sequence_id", 0) if params else 0
-        self._flags = 0
+        if params:
+            self._correlation_id = params.get("sequence_id", 0)
+            self._flags = (TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if params.get("sequence_start") else 0) | (
+                TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if params.get("sequence_end") else 0
+            )
+        else:
+            self._correlation_id = 0
+            self._flags = 0
         self._timeout = 0
         self._parameters = params  # read-only here: parameters() serializes a copy
         self._engine_request = request
@@ -250,7 +257,11 @@ class InferenceRequest:
         return self._timeout
 
     def parameters(self) -> str:
-        return json.dumps(dict(self._parameters))
+        """The request's own parameters as JSON text, as Triton's Python backend gives them:
+        the ones Triton reserves for itself (``sequence_id``, ``priority``, ``timeout``,
+        ``binary_data_output``, ``triton_*``, ...) are left out, as Triton keeps them out of
+        the C API; string, int, bool and float values keep their types."""
+        return json.dumps(user_parameters(self._parameters))
 
     def requested_output_names(self) -> list[str]:
         return self._requested
@@ -290,14 +301,42 @@ class InferenceRequest:
         )
         return self.model_name, version, request
 
-    def exec(self, decoupled: bool = False) -> InferenceResponse:
+    def exec(self, decoupled: bool = False) -> Any:
+        """Send the request and block until it is answered.
+
+        Returns an :class:`InferenceResponse`, or with ``decoupled=True`` a
+        :class:`ResponseIterator` over every response of the called (decoupled) model.
+        Errors come back as responses with ``has_error()``, never raised.
+        """
         ctx = _bls_context()
         if ctx.run_sync is None:
             raise TritonModelException("BLS exec() is not available here")
+        if decoupled:
+            return ResponseIterator(ctx.run_sync(self._call_stream, ctx))
         return ctx.run_sync(self._call, ctx)
 
-    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
-        return await self._call(_bls_context())
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        """:meth:`exec` without blocking the event loop (from an ``async def execute``)."""
+        ctx = _bls_context()
+        if decoupled:
+            return ResponseIterator(await self._call_stream(ctx))
+        return await self._call(ctx)
+
+    async def _call_stream(self, ctx: ModelContext) -> list[InferenceResponse]:
+        if ctx.infer_stream is None:
+            raise TritonModelException("BLS with decoupled=True is not available here")
+        name, version, request = self._to_engine()
+        responses: list[InferenceResponse] = []
+
+        async def collect(response: _EngineResponse) -> None:
+            tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
+            responses.append(InferenceResponse(tensors, parameters=dict(response.parameters)))
+
+        try:
+            await ctx.infer_stream(name, version, request, collect)
+        except errors.DagserveError as exc:
+            responses.append(_error_response(exc))
+        return responses
 
     async def _call(self, ctx: ModelContext) -> InferenceResponse:
         assert ctx.infer is not None
@@ -305,10 +344,52 @@ class InferenceRequest:
         try:
             response = await ctx.infer(name, version, request)
         except errors.DagserveError as exc:
-            code = _ERROR_TO_CODE.get(type(exc), TritonError.INTERNAL)
-            return InferenceResponse(error=TritonError(str(exc), code))
+            return _error_response(exc)
         tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
         return InferenceResponse(tensors, parameters=dict(response.parameters))
+
+
+RESERVED_PARAMETERS = frozenset({
+    "sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", "binary_data_output",
+})
+"""Request parameters Triton consumes itself; its backends never see them."""
+
+
+def user_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` without the ones Triton reserves (see :data:`RESERVED_PARAMETERS`),
+    bytes values as text."""
+    out: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if key in RESERVED_PARAMETERS or key.startswith("triton_"):
+            continue
+        out[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return out
+
+
+class ResponseIterator:
+    """The responses of a BLS request sent with ``decoupled=True``, in order: each response
+    the called model sent, the last one marked final by the model (it may have no outputs);
+    an error from the called model arrives as a response whose ``has_error()`` is true.
+
+    dagserve collects the responses before the iterator is returned (see
+    docs/differences-from-triton.md), so ``cancel()`` has nothing left to stop.
+    """
+
+    def __init__(self, responses: list[InferenceResponse]) -> None:
+        self._responses = responses
+        self._index = 0
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._index >= len(self._responses):
+            raise StopIteration
+        self._index += 1
+        return self._responses[self._index - 1]
+
+    def cancel(self) -> None:
+        """Triton's cancel(): a no-op here, as every response has already arrived."""
 
 
 class InferenceResponseSender:
@@ -330,6 +411,12 @@ class InferenceResponseSender:
 
     def is_cancelled(self) -> bool:
         return self._sender.is_cancelled()
+
+
+def _error_response(exc: errors.DagserveError) -> InferenceResponse:
+    """A BLS response carrying the called model's error: its message unchanged, its code."""
+    code = _ERROR_TO_CODE.get(type(exc), TritonError.INTERNAL)
+    return InferenceResponse(error=TritonError(str(exc), code))
 
 
 def _bls_context() -> ModelContext:

@@ -147,12 +147,18 @@ def _sequence_inputs(config: ModelConfig) -> list[str]:
 
 
 def _failure(context: ModelContext, exc: BaseException) -> errors.ModelExecutionError:
-    """A client-safe error for an exception raised by model code; the traceback goes to the log."""
+    """The error a request gets when model code raised ``exc``: Triton's message, naming the
+    model instance and carrying the exception's type and text, which clients match on. The
+    traceback goes to the log under an error id, which the message quotes in the place where
+    Triton's shows the stack (its "At:" lines), so no server file paths reach the client."""
     error_id = uuid.uuid4().hex[:12]
-    log.error("model '%s' version %s raised (error id %s)", context.name, context.version, error_id, exc_info=exc)
+    log.error(
+        "model '%s' version %s instance %s raised (error id %s)",
+        context.name, context.version, context.instance_name, error_id, exc_info=exc,
+    )
     return errors.ModelExecutionError(
-        f"model '{context.name}' version {context.version} failed to execute the request: "
-        f"{type(exc).__name__} (error id {error_id}; details in the server log)"
+        f"Failed to process the request(s) for model '{context.instance_name}', "
+        f"message: {type(exc).__name__}: {exc}\n\nerror id {error_id}: traceback in the server log"
     )
 
 
@@ -215,10 +221,7 @@ class TritonModel:
             pb_utils.current_context.reset(token)
 
     def _all_failed(self, requests: Sequence[InferRequest], exc: Exception) -> list[Outputs | BaseException]:
-        if isinstance(exc, pb_utils.TritonModelException):
-            error: BaseException = errors.ModelExecutionError(f"model '{self._context.name}': {exc}")
-        else:
-            error = _failure(self._context, exc)
+        error: BaseException = exc if isinstance(exc, errors.DagserveError) else _failure(self._context, exc)
         return [error] * len(requests)
 
     def _convert(self, requests: Sequence[InferRequest], responses: Any) -> list[Outputs | BaseException]:

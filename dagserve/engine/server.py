@@ -207,6 +207,7 @@ class Server:
                     instance_kind=kind.value.removeprefix("KIND_"),
                     device_id=gpus[i % len(gpus)],
                     infer=self.infer,
+                    infer_stream=self.infer_stream,
                     run_sync=anyio.from_thread.run,
                 ))
         instances = []

@@ -132,6 +132,12 @@ def decode_infer_request(header: bytes, binary: memoryview) -> InferRequest:
     if type(request_id) is not str:
         raise InvalidInputError("inference request 'id' must be a string")
     parameters = _parameters(doc.get("parameters"), "inference request")
+    for key, value in parameters.items():
+        if type(value) is dict or type(value) is list or value is None:
+            # Triton's words: a request parameter is a scalar (its C API has no other kind).
+            raise InvalidInputError(
+                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', 'float', or 'string'."
+            )
     raw_inputs = doc.get("inputs")
     if type(raw_inputs) is not list:
         raise InvalidInputError("inference request must have an 'inputs' list")

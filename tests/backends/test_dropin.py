@@ -1,0 +1,203 @@
+"""Triton Python-backend models behave as on Triton, seen through the real tritonclient over
+HTTP and gRPC: error messages, BLS errors, decoupled BLS, request parameters, readiness."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from dagserve.testing import RunningServer, serve_in_thread
+
+REPO = Path(__file__).parents[1] / "repos" / "dropin"
+PROTOCOLS = ["http", "grpc"]
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[RunningServer]:
+    with serve_in_thread(REPO, metrics=False) as running:
+        yield running
+
+
+def _client(running: RunningServer, protocol: str) -> Any:
+    if protocol == "http":
+        return httpclient.InferenceServerClient(running.http_url)
+    return grpcclient.InferenceServerClient(running.grpc_url)
+
+
+def _int_input(protocol: str, name: str, value: int) -> Any:
+    module = httpclient if protocol == "http" else grpcclient
+    tensor = module.InferInput(name, [1], "INT32")
+    tensor.set_data_from_numpy(np.array([value], np.int32))
+    return tensor
+
+
+def _failure(running: RunningServer, protocol: str, model: str, mode: int) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        _client(running, protocol).infer(model, [_int_input(protocol, "MODE", mode)])
+    return info.value
+
+
+# ----------------------------------------------------------------------------- model errors
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_exception_in_execute_reaches_the_client_with_its_message(
+    running: RunningServer, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception raised in execute answers Triton's message (instance, type, text) with
+    status INTERNAL / 500; its traceback is in the server log under the quoted error id."""
+    with caplog.at_level(logging.ERROR, logger="dagserve.backends.python"):
+        error = _failure(running, protocol, "fails", 1)
+    message = error.message()
+    prefix = "Failed to process the request(s) for model 'fails_0_0', message: ValueError: mode 1 is not supported"
+    assert message.startswith(prefix), message
+    assert error.status() in ("500", "StatusCode.INTERNAL")
+    assert "Traceback" not in message and "model.py" not in message
+    error_id = message.rsplit("error id ", 1)[1].split(":")[0]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None, "the traceback is logged under the error id"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_triton_model_exception_keeps_its_message(running: RunningServer, protocol: str) -> None:
+    """pb_utils.TritonModelException raised in execute is reported like any exception."""
+    message = _failure(running, protocol, "fails", 3).message()
+    assert "for model 'fails_0_0', message: TritonModelException: mode 3 broke the model" in message
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("mode", "message", "http_status", "grpc_status"),
+    [(2, "mode 2 is refused", "400", "StatusCode.INVALID_ARGUMENT"), (4, "mode 4 went wrong", "500", "StatusCode.INTERNAL")],
+)
+def test_triton_error_response_keeps_message_and_code(
+    running: RunningServer, protocol: str, mode: int, message: str, http_status: str, grpc_status: str
+) -> None:
+    """A TritonError response reaches the client with exactly its message, its code mapped."""
+    error = _failure(running, protocol, "fails", mode)
+    assert error.message() == message
+    assert error.status() == (http_status if protocol == "http" else grpc_status)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("mode", "message", "code"),
+    [
+        (1, "Failed to process the request(s) for model 'fails_0_0', message: ValueError: mode 1 is not supported", 1),
+        (2, "mode 2 is refused", 3),
+        (3, "Failed to process the request(s) for model 'fails_0_0', message: TritonModelException: mode 3 broke", 1),
+        (4, "mode 4 went wrong", 1),
+        (0, "", -1),
+    ],
+)
+def test_bls_sees_the_callees_error_unchanged(
+    running: RunningServer, protocol: str, mode: int, message: str, code: int
+) -> None:
+    """A BLS caller reads the callee's own message in error().message(), and its code."""
+    result = _client(running, protocol).infer("bls_errors", [_int_input(protocol, "MODE", mode)])
+    got = result.as_numpy("MESSAGE")[0].decode()
+    direct = "" if mode == 0 else _failure(running, protocol, "fails", mode).message()
+    if mode in (1, 3):  # same text as a direct call, but each failure has its own error id
+        assert got.startswith(message) and got.split("\n\n")[0] == direct.split("\n\n")[0]
+    else:
+        assert got == message == direct
+    assert int(result.as_numpy("CODE")[0]) == code
+
+
+# --------------------------------------------------------------------------- decoupled BLS
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["bls_ticks", "bls_ticks_async"])
+@pytest.mark.parametrize(
+    ("n", "values", "empty", "errors"),
+    [
+        (3, [10, 11, 12], 1, ""),
+        (0, [], 1, ""),
+        (-2, [], 0, "negative count -2"),
+        (99, [10, 11], 0, "message: RuntimeError: ticker cannot count to 99"),
+    ],
+)
+def test_bls_decoupled_iterates_every_response(
+    running: RunningServer, protocol: str, model: str, n: int, values: list[int], empty: int, errors: str
+) -> None:
+    """exec(decoupled=True) / await async_exec(decoupled=True) give an iterator over each
+    response of the decoupled callee, ending with its final (empty) response; a callee's
+    error response, or its exception after some responses, arrives as an error response."""
+    result = _client(running, protocol).infer(model, [_int_input(protocol, "N", n)])
+    assert result.as_numpy("VALUES").tolist() == values
+    assert int(result.as_numpy("EMPTY")[0]) == empty
+    got = result.as_numpy("ERRORS")[0].decode()
+    assert (errors in got) if errors else got == ""
+
+
+# ------------------------------------------------------------------------ request parameters
+
+
+def _params(running: RunningServer, protocol: str, parameters: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    client = _client(running, protocol)
+    module = httpclient if protocol == "http" else grpcclient
+    outputs = [module.InferRequestedOutput("PARAMS", **({"binary_data": True} if protocol == "http" else {}))]
+    result = client.infer("params", [_int_input(protocol, "X", 0)], outputs=outputs, parameters=parameters, **kwargs)
+    return json.loads(result.as_numpy("PARAMS")[0])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_parameters_keep_their_types(running: RunningServer, protocol: str) -> None:
+    """request.parameters() is the JSON of the user's parameters, string, int, bool and float
+    as sent."""
+    sent = {"text": "hello", "count": 7, "negative": -3, "flag": True, "off": False, "ratio": 0.25}
+    assert _params(running, protocol, sent) == sent
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_parameters_leave_out_triton_plumbing(running: RunningServer, protocol: str) -> None:
+    """Parameters Triton consumes itself (priority, timeout, binary_data_output) are not shown
+    to the model, as on Triton."""
+    got = _params(running, protocol, {"user": "u"}, priority=1, timeout=60_000_000)
+    assert got == {"user": "u"}
+
+
+def test_request_parameters_without_binary_output_flag(running: RunningServer) -> None:
+    """binary_data_output, set by tritonclient's HTTP request, never reaches the model."""
+    body = {
+        "inputs": [{"name": "X", "datatype": "INT32", "shape": [1], "data": [0]}],
+        "parameters": {"binary_data_output": False, "k": "v"},
+    }
+    r = httpx.post(f"http://{running.http_url}/v2/models/params/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["outputs"][0]["data"][0]) == {"k": "v"}
+
+
+@pytest.mark.parametrize("value", [{"nested": 1}, [1, 2], None])
+def test_object_or_array_parameter_is_refused(running: RunningServer, value: Any) -> None:
+    """A request parameter that is an object, array or null answers 400 naming it, as Triton."""
+    body = {"inputs": [{"name": "X", "datatype": "INT32", "shape": [1], "data": [0]}], "parameters": {"bad": value}}
+    r = httpx.post(f"http://{running.http_url}/v2/models/params/infer", json=body)
+    assert r.status_code == 400
+    assert "parameter 'bad' has invalid type" in r.json()["error"]
+    ok = httpx.post(f"http://{running.http_url}/v2/models/params/infer", json=body | {"parameters": {"good": 1}})
+    assert ok.status_code == 200
+
+
+# --------------------------------------------------------------------------------- readiness
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_model_ready_is_false_for_unknown_model_or_version(running: RunningServer, protocol: str) -> None:
+    """is_model_ready answers False (no exception) for an unknown model or version."""
+    client = _client(running, protocol)
+    assert client.is_model_ready("fails") is True
+    assert client.is_model_ready("fails", "1") is True
+    assert client.is_model_ready("no_such_model") is False
+    assert client.is_model_ready("fails", "7") is False
