@@ -92,7 +92,8 @@ class _Model:
     def reason(self) -> str:
         if self.error:
             return self.error
-        failed = [v.reason for v in self.versions.values() if v.state is ModelState.FAILED]
+        # FAILED versions, and READY pipelines whose member is gone, say why.
+        failed = [v.reason for v in self.versions.values() if v.reason and (v.state is ModelState.FAILED or not v.ready)]
         return "; ".join(failed)
 
 
@@ -353,7 +354,9 @@ class Server:
             for number, v in sorted(entry.versions.items()):
                 if ready_only and not v.ready:
                     continue
-                entries.append({"name": name, "version": str(number), "state": v.state.triton_name, "reason": v.reason})
+                # READY but not ready: a pipeline whose member was unloaded.
+                state = "UNAVAILABLE" if v.state is ModelState.READY and not v.ready else v.state.triton_name
+                entries.append({"name": name, "version": str(number), "state": state, "reason": v.reason})
         return entries
 
     async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:

@@ -201,3 +201,35 @@ def test_model_ready_is_false_for_unknown_model_or_version(running: RunningServe
     assert client.is_model_ready("fails", "1") is True
     assert client.is_model_ready("no_such_model") is False
     assert client.is_model_ready("fails", "7") is False
+
+
+def test_pipeline_is_not_ready_while_its_member_is_unloaded() -> None:
+    """Unloading a model a pipeline calls makes the pipeline not ready (both protocols, the
+    index says why) and its requests fail naming the missing step; loading it back restores it."""
+    with serve_in_thread(REPO, metrics=False, model_control_mode="explicit", load_models=("*",)) as running:
+        clients = {p: _client(running, p) for p in PROTOCOLS}
+        for protocol, client in clients.items():
+            assert client.is_model_ready("via_fails") is True
+            result = client.infer("via_fails", [_int_input(protocol, "MODE", 0)])
+            assert result.as_numpy("OUT").tolist() == [0]
+
+        clients["http"].unload_model("fails")
+        for protocol, client in clients.items():
+            assert client.is_model_ready("via_fails") is False
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("via_fails", [_int_input(protocol, "MODE", 0)])
+            assert "via_fails" in info.value.message() and "fails" in info.value.message()
+            assert info.value.status() in ("503", "StatusCode.UNAVAILABLE")
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("via_fails", [_int_input(protocol, "MODE", 0)], model_version="1")
+            assert "step 'fails' cannot run" in info.value.message()
+            assert info.value.status() in ("503", "StatusCode.UNAVAILABLE")
+        index = {e["name"]: e for e in clients["http"].get_model_repository_index()}
+        assert index["via_fails"]["state"] == "UNAVAILABLE"
+        assert "unknown model 'fails'" in index["via_fails"]["reason"]
+
+        clients["grpc"].load_model("fails")
+        for protocol, client in clients.items():
+            assert client.is_model_ready("via_fails") is True
+            result = client.infer("via_fails", [_int_input(protocol, "MODE", 0)])
+            assert result.as_numpy("OUT").tolist() == [0]
