@@ -233,3 +233,44 @@ def test_pipeline_is_not_ready_while_its_member_is_unloaded() -> None:
             assert client.is_model_ready("via_fails") is True
             result = client.infer("via_fails", [_int_input(protocol, "MODE", 0)])
             assert result.as_numpy("OUT").tolist() == [0]
+
+
+# --------------------------------------------------------------------------------- sequences
+
+
+def _seq_step(client: Any, protocol: str, seq_id: int, x: int, *, start: bool, end: bool) -> dict[str, Any]:
+    module = httpclient if protocol == "http" else grpcclient
+    tensor = module.InferInput("X", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.array([[x]], np.int32))
+    result = client.infer("seq_flags", [tensor], sequence_id=seq_id, sequence_start=start, sequence_end=end)
+    return {
+        "flags": int(result.as_numpy("FLAGS")[0, 0]),
+        "controls": result.as_numpy("CONTROLS")[0].tolist(),
+        "corrid": int(result.as_numpy("CORR")[0, 0]),
+        "total": int(result.as_numpy("TOTAL")[0, 0]),
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_that_starts_and_ends_a_sequence(running: RunningServer, protocol: str) -> None:
+    """A one-request sequence has flags() == START | END == 3 and START, END and READY set."""
+    got = _seq_step(_client(running, protocol), protocol, 4242, 5, start=True, end=True)
+    assert got == {"flags": 3, "controls": [1, 1, 1], "corrid": 4242, "total": 5}
+
+
+def test_sequences_interleaved_across_http_and_grpc(running: RunningServer) -> None:
+    """Two sequences whose requests alternate between HTTP and gRPC connections each keep their
+    own flags, controls, correlation id and running sum."""
+    clients = {p: _client(running, p) for p in PROTOCOLS}
+    seen: dict[int, list[dict[str, Any]]] = {101: [], 202: []}
+    steps = [  # (sequence, protocol, x, start, end)
+        (101, "http", 1, True, False), (202, "grpc", 10, True, False), (101, "grpc", 2, False, False),
+        (202, "http", 20, False, False), (202, "grpc", 30, False, True), (101, "http", 3, False, True),
+    ]
+    for seq, protocol, x, start, end in steps:
+        seen[seq].append(_seq_step(clients[protocol], protocol, seq, x, start=start, end=end))
+    assert [s["flags"] for s in seen[101]] == [1, 0, 2]
+    assert [s["controls"] for s in seen[101]] == [[1, 0, 1], [0, 0, 1], [0, 1, 1]]
+    assert [s["total"] for s in seen[101]] == [1, 3, 6]
+    assert [s["total"] for s in seen[202]] == [10, 30, 60]
+    assert {s["corrid"] for s in seen[101]} == {101} and {s["corrid"] for s in seen[202]} == {202}
