@@ -33,6 +33,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,6 +173,9 @@ class TritonModel:
         self._decoupled = context.config.model_transaction_policy.decoupled
         self.adaptive = False
         self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._execute) else mode
+        self.compute_split: tuple[int, int] | None = None
+        """(input, output) ns of the last execute: wrapping the requests for the model, and
+        turning its responses into outputs (Triton's compute_input / compute_output)."""
         config_json = json.dumps(context.config.to_triton_json() | {"name": context.name})
         self._config_json = config_json
         if hasattr(self._model, "initialize"):
@@ -199,24 +203,36 @@ class TritonModel:
             return self._execute_async(requests)
         token = pb_utils.current_context.set(self._context)
         try:
+            start = time.perf_counter_ns()
             wrapped = [pb_utils.InferenceRequest._received(r) for r in requests]
+            input_ns = time.perf_counter_ns() - start
+            self.compute_split = (input_ns, 0)
             try:
                 responses = self._execute(wrapped)
             except Exception as exc:  # noqa: BLE001 - model code may raise anything
                 return self._all_failed(requests, exc)
-            return self._convert(requests, responses)
+            start = time.perf_counter_ns()
+            results = self._convert(requests, responses)
+            self.compute_split = (input_ns, time.perf_counter_ns() - start)
+            return results
         finally:
             pb_utils.current_context.reset(token)
 
     async def _execute_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         token = pb_utils.current_context.set(self._context)
         try:
+            start = time.perf_counter_ns()
             wrapped = [pb_utils.InferenceRequest._received(r) for r in requests]
+            input_ns = time.perf_counter_ns() - start
+            self.compute_split = (input_ns, 0)
             try:
                 responses = await self._execute(wrapped)
             except Exception as exc:  # noqa: BLE001
                 return self._all_failed(requests, exc)
-            return self._convert(requests, responses)
+            start = time.perf_counter_ns()
+            results = self._convert(requests, responses)
+            self.compute_split = (input_ns, time.perf_counter_ns() - start)
+            return results
         finally:
             pb_utils.current_context.reset(token)
 
@@ -273,6 +289,7 @@ class NativeModel:
             self._infer = module.infer
         self._decoupled = context.config.model_transaction_policy.decoupled
         is_async = inspect.iscoroutinefunction(self._infer) or inspect.isasyncgenfunction(self._infer)
+        self.compute_split: tuple[int, int] | None = None  # as TritonModel.compute_split
         self.adaptive = False
         self.mode: ExecuteMode = "async" if is_async else mode
         if self._decoupled and not (inspect.isasyncgenfunction(self._infer) or inspect.isgeneratorfunction(self._infer)):
@@ -291,7 +308,10 @@ class NativeModel:
         if self.mode == "async":
             return self._execute_async(requests)
         results: list[Outputs | BaseException] = []
-        for inputs, sizes in self._calls(requests):
+        start = time.perf_counter_ns()
+        calls = self._calls(requests)
+        input_ns, output_ns = time.perf_counter_ns() - start, 0
+        for inputs, sizes in calls:
             try:
                 outputs = self._infer(inputs)
             except errors.DagserveError as exc:
@@ -299,12 +319,18 @@ class NativeModel:
             except Exception as exc:  # noqa: BLE001
                 results.extend([_failure(self._context, exc)] * len(sizes))
             else:
+                start = time.perf_counter_ns()
                 results.extend(self._split(outputs, sizes))
+                output_ns += time.perf_counter_ns() - start
+        self.compute_split = (input_ns, output_ns)
         return results
 
     async def _execute_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         results: list[Outputs | BaseException] = []
-        for inputs, sizes in self._calls(requests):
+        start = time.perf_counter_ns()
+        calls = self._calls(requests)
+        input_ns, output_ns = time.perf_counter_ns() - start, 0
+        for inputs, sizes in calls:
             try:
                 outputs = await self._infer(inputs)
             except errors.DagserveError as exc:
@@ -312,7 +338,10 @@ class NativeModel:
             except Exception as exc:  # noqa: BLE001
                 results.extend([_failure(self._context, exc)] * len(sizes))
             else:
+                start = time.perf_counter_ns()
                 results.extend(self._split(outputs, sizes))
+                output_ns += time.perf_counter_ns() - start
+        self.compute_split = (input_ns, output_ns)
         return results
 
     def _stream(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:

@@ -274,3 +274,63 @@ def test_sequences_interleaved_across_http_and_grpc(running: RunningServer) -> N
     assert [s["total"] for s in seen[101]] == [1, 3, 6]
     assert [s["total"] for s in seen[202]] == [10, 30, 60]
     assert {s["corrid"] for s in seen[101]} == {101} and {s["corrid"] for s in seen[202]} == {202}
+
+
+# -------------------------------------------------------------------------------- statistics
+
+
+def _stats_fields(descriptor: Any, prefix: str = "") -> set[str]:
+    """Every field path of a protobuf message type, e.g. 'inference_stats.compute_input.ns'."""
+    fields = set()
+    for field in descriptor.fields:
+        path = prefix + field.name
+        fields.add(path)
+        if field.message_type is not None and not field.is_repeated:
+            fields |= _stats_fields(field.message_type, path + ".")
+    return fields
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_statistics_split_compute_input_infer_output(running: RunningServer, protocol: str) -> None:
+    """After an inference of a Python model, compute_input, compute_infer and compute_output
+    each have count and ns > 0 (overall and per batch size), and last_inference is set."""
+    client = _client(running, protocol)
+    client.infer("params", [_int_input(protocol, "X", 0)])
+    if protocol == "http":
+        (entry,) = client.get_inference_statistics("params")["model_stats"]
+    else:
+        (entry,) = client.get_inference_statistics("params", as_json=True)["model_stats"]
+    stats = entry["inference_stats"]
+    for key in ("compute_input", "compute_infer", "compute_output", "success", "queue"):
+        assert int(stats[key]["count"]) > 0 and int(stats[key]["ns"]) > 0, (key, stats[key])
+    (batch,) = entry["batch_stats"]
+    for key in ("compute_input", "compute_infer", "compute_output"):
+        assert int(batch[key]["count"]) > 0 and int(batch[key]["ns"]) > 0, (key, batch[key])
+    assert int(entry["last_inference"]) > 1_600_000_000_000  # epoch milliseconds
+
+
+def test_grpc_statistics_carry_every_field(running: RunningServer) -> None:
+    """The gRPC ModelStatistics message sets every field that the HTTP JSON has, with the same
+    values, and the JSON has every field of the message."""
+    from google.protobuf import json_format
+
+    from dagserve._proto import grpc_service_pb2 as pb
+
+    grpc_client = _client(running, "grpc")
+    grpc_client.infer("params", [_int_input("grpc", "X", 0)])
+    http_json = _client(running, "http").get_inference_statistics("params")["model_stats"][0]
+    message = grpc_client.get_inference_statistics("params").model_stats[0]
+    http_msg = json_format.ParseDict(http_json, pb.ModelStatistics(), ignore_unknown_fields=True)
+    # Counters move between the two calls only if another request ran; none did.
+    assert json_format.MessageToDict(message) == json_format.MessageToDict(http_msg)
+    expected = _stats_fields(pb.ModelStatistics.DESCRIPTOR)
+    flat = set()
+
+    def walk(value: Any, prefix: str) -> None:
+        for key, item in value.items():
+            flat.add(prefix + key)
+            if isinstance(item, dict) and key != "response_stats":
+                walk(item, prefix + key + ".")
+
+    walk(http_json, "")
+    assert expected <= flat, sorted(expected - flat)
