@@ -389,13 +389,13 @@ class PipelineRunner:
                 with anyio.fail_after(timeout):
                     outputs = await self._execute(request)
         except builtins.TimeoutError:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="REJECTED")
             raise TimeoutError(
                 f"pipeline '{self.plan.name}' did not finish within its request timeout "
                 f"({request.parameters['timeout']} µs); its steps were cancelled"
             ) from None
-        except BaseException:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+        except BaseException as exc:
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, error=exc)
             raise
         total = time.perf_counter_ns() - start
         self._stats.record_success(total_ns=total, queue_ns=0)

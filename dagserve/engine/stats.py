@@ -7,11 +7,35 @@ is wall-clock milliseconds since the epoch, as Triton reports it.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Duration", "ModelStatistics"]
+from ..errors import CancelledError, OverloadedError, TimeoutError
+
+__all__ = ["FAILURE_REASONS", "Duration", "ModelStatistics", "failure_reason"]
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+"""Triton's ``reason`` label values of ``nv_inference_request_failure``."""
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """Triton's failure reason for a request that failed with ``error`` after validation:
+    REJECTED (queue full, queue timeout), CANCELED (the client went away), BACKEND (the model
+    failed), OTHER (unknown)."""
+    if error is None:
+        return "OTHER"
+    if isinstance(error, (OverloadedError, TimeoutError)):
+        return "REJECTED"
+    if isinstance(error, (CancelledError, asyncio.CancelledError)):
+        return "CANCELED"
+    return "BACKEND"
+
+
+def _nothing_pending() -> int:
+    return 0
 
 
 @dataclass(slots=True)
@@ -54,6 +78,9 @@ class ModelStatistics:
         self.cache_miss = Duration()
         # batch size -> executions and their input / infer / output time
         self.batches: dict[int, tuple[Duration, Duration, Duration]] = {}
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)  # failed requests by reason
+        self.pending: Callable[[], int] = _nothing_pending
+        """Requests waiting to execute now; the scheduler installs its own count."""
         self._last_ns = 0  # perf_counter_ns of the last answered request
         # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
@@ -75,8 +102,12 @@ class ModelStatistics:
             self.success.add(lookup_ns)
             self._last_ns = time.perf_counter_ns()
 
-    def record_failure(self, *, total_ns: int) -> None:
+    def record_failure(self, *, total_ns: int, error: BaseException | None = None, reason: str = "") -> None:
+        """One request failed after ``total_ns``; its ``reason`` (one of
+        :data:`FAILURE_REASONS`) is given, or derived from ``error``. Requests refused by
+        validation never get here, as on Triton: they are not the model's failures."""
         self.fail.add(total_ns)
+        self.failures[reason or failure_reason(error)] += 1
         self._last_ns = time.perf_counter_ns()
 
     def record_execution(
@@ -128,4 +159,7 @@ class ModelStatistics:
                 for size, (d_in, d_infer, d_out) in sorted(self.batches.items())
             ],
             "memory_usage": [],
+            # dagserve's additions, read by the metrics endpoint (clients ignore unknown keys).
+            "pending_request_count": self.pending(),
+            "failure_reasons": dict(self.failures),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,66 @@ def test_grpc_statistics_carry_every_field(running: RunningServer) -> None:
 
     walk(http_json, "")
     assert expected <= flat, sorted(expected - flat)
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+@pytest.fixture(scope="module")
+def metered() -> Iterator[RunningServer]:
+    with serve_in_thread(REPO) as running:
+        yield running
+
+
+def _metric(running: RunningServer, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://{running.metrics_url}/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = ",".join(sorted(line[len(name) + 1 : line.index("}")].split(",")))
+            if got == want:
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{{{want}}} in:\n{text}")
+
+
+def test_failures_are_counted_by_reason_and_validation_is_not(metered: RunningServer) -> None:
+    """A model failure counts as reason BACKEND (both protocols); requests refused by
+    validation (wrong datatype, missing input, unknown input) count as no failure, as on
+    Triton; every reason label is present."""
+    for protocol in PROTOCOLS:
+        with pytest.raises(InferenceServerException):
+            _client(metered, protocol).infer("fails", [_int_input(protocol, "MODE", 1)])
+    client = httpclient.InferenceServerClient(metered.http_url)
+    wrong_type = httpclient.InferInput("MODE", [1], "FP32")
+    wrong_type.set_data_from_numpy(np.array([1], np.float32))
+    unknown = _int_input("http", "OTHER", 1)
+    for inputs in ([wrong_type], [], [_int_input("http", "MODE", 1), unknown]):
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("fails", inputs)
+        assert info.value.status() == "400"
+    labels = {"model": "fails", "version": "1"}
+    assert _metric(metered, "nv_inference_request_failure", reason="BACKEND", **labels) == 2
+    for reason in ("REJECTED", "CANCELED", "OTHER"):
+        assert _metric(metered, "nv_inference_request_failure", reason=reason, **labels) == 0
+    assert client.get_inference_statistics("fails")["model_stats"][0]["inference_stats"]["fail"]["count"] == 2
+
+
+def test_pending_request_count_gauge(metered: RunningServer, tmp_path: Path) -> None:
+    """nv_inference_pending_request_count shows requests waiting for the model's one instance
+    while it is busy, and drops back to 0 when they are answered."""
+    gate = tmp_path / "open"
+    client = httpclient.InferenceServerClient(metered.http_url, concurrency=4)
+    labels = {"model": "gate", "version": "1"}
+    assert _metric(metered, "nv_inference_pending_request_count", **labels) == 0
+    pending = [
+        client.async_infer("gate", [_int_input("http", "X", i)], parameters={"gate": str(gate)}) for i in range(3)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while _metric(metered, "nv_inference_pending_request_count", **labels) != 2:
+            assert time.monotonic() < deadline, "two requests never showed as pending"
+            time.sleep(0.02)
+    finally:
+        gate.touch()
+    assert sorted(int(p.get_result().as_numpy("OUT")[0]) for p in pending) == [0, 1, 2]
+    assert _metric(metered, "nv_inference_pending_request_count", **labels) == 0
