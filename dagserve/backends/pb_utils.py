@@ -535,31 +535,96 @@ class Logger:
 
 
 class ModelConfig:
-    """The config handed to ``auto_complete_config``: a dict with Triton's helper methods."""
+    """The config handed to ``auto_complete_config``, with Triton's methods and checks.
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self._config = config
+    ``as_dict()`` is the config in Triton's JSON shape; the setters refuse what Triton's
+    refuse (a smaller ``max_batch_size`` than the config's, dynamic batching on a sequence
+    model, an input or output that contradicts the config, changing ``decoupled``), with
+    Triton's ValueError messages.
+    """
+
+    def __init__(self, config: dict[str, Any] | str) -> None:
+        self._config: dict[str, Any] = json.loads(config) if isinstance(config, str) else config
+        self._config.setdefault("input", [])
+        self._config.setdefault("output", [])
+        self._config.setdefault("max_batch_size", 0)
 
     def as_dict(self) -> dict[str, Any]:
         return self._config
 
+    def _name(self) -> str:
+        return str(self._config.get("name", ""))
+
     def set_max_batch_size(self, max_batch_size: int) -> None:
+        if self._config["max_batch_size"] > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {self._config['max_batch_size']}, but in "
+                f"auto-complete-config function for model '{self._name()}' specified max_batch_size {max_batch_size}"
+            )
         self._config["max_batch_size"] = max_batch_size
 
     def set_dynamic_batching(self) -> None:
+        for scheduler in ("sequence_batching", "ensemble_scheduling"):
+            if scheduler in self._config:
+                raise ValueError(
+                    f"Configuration specified scheduling_choice as '{scheduler}', but auto-complete-config "
+                    f"function for model '{self._name()}' tries to set scheduling_choice as 'dynamic_batching'"
+                )
         self._config.setdefault("dynamic_batching", {})
 
     def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
-        self._config["model_transaction_policy"] = dict(policy)
+        for key in policy:
+            if key != "decoupled":
+                raise ValueError(
+                    f"model transaction property in auto-complete-config function for model '{self._name()}' "
+                    "contains property other than 'decoupled'."
+                )
+        current = self._config.setdefault("model_transaction_policy", {})
+        if "decoupled" in policy:
+            if "decoupled" in current and current["decoupled"] != policy["decoupled"]:
+                raise ValueError(
+                    f"trying to change decoupled property in auto-complete-config for model '{self._name()}', "
+                    f"which is already set to '{current['decoupled']}'."
+                )
+            current["decoupled"] = policy["decoupled"]
 
     def add_input(self, input: dict[str, Any]) -> None:
-        self._add("input", input)
+        self._add("input", input, ("name", "data_type", "dims", "optional"))
 
     def add_output(self, output: dict[str, Any]) -> None:
-        self._add("output", output)
+        self._add("output", output, ("name", "data_type", "dims"))
 
-    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
-        tensors = self._config.setdefault(kind, [])
-        if any(t["name"] == tensor["name"] for t in tensors):
-            raise ValueError(f"{kind} '{tensor['name']}' already exists in the config")
-        tensors.append(dict(tensor))
+    def _add(self, kind: str, tensor: dict[str, Any], allowed: tuple[str, ...]) -> None:
+        label = tensor.get("name", "")
+        for key in tensor:
+            if key not in allowed:
+                names = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" and '{allowed[-1]}'"
+                raise ValueError(
+                    f"{kind} '{label}' in auto-complete-config function for model '{self._name()}' "
+                    f"contains property other than {names}."
+                )
+        for key in ("name", "data_type", "dims"):
+            if key not in tensor:
+                where = f"{kind} '{label}'" if key != "name" else kind
+                raise ValueError(
+                    f"{where} in auto-complete-config function for model '{self._name()}' is missing '{key}' property."
+                )
+        for current in self._config[kind]:
+            if current["name"] != tensor["name"]:
+                continue
+            if current.get("data_type", "TYPE_INVALID") not in ("TYPE_INVALID", tensor["data_type"]):
+                raise ValueError(
+                    f"unable to load model '{self._name()}', configuration expects datatype "
+                    f"{current['data_type']} for {kind} '{tensor['name']}', model provides {tensor['data_type']}"
+                )
+            if current.get("dims") and list(current["dims"]) != list(tensor["dims"]):
+                raise ValueError(
+                    f"model '{self._name()}', tensor '{tensor['name']}': the model expects dims "
+                    f"{list(tensor['dims'])} but the model configuration specifies dims {list(current['dims'])}"
+                )
+            current["data_type"] = tensor["data_type"]
+            current["dims"] = list(tensor["dims"])
+            if "optional" in tensor:
+                current["optional"] = tensor["optional"]
+            return
+        self._config[kind].append(dict(tensor))

@@ -44,12 +44,13 @@ import numpy as np
 
 from .. import errors
 from ..repository.config import ModelConfig
+from ..repository.loader import validate
 from ..types import InferRequest
 from . import pb_utils
 from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
 from .process import ProcessModel
 
-__all__ = ["load"]
+__all__ = ["complete_config", "load"]
 
 log = logging.getLogger("dagserve.backends.python")
 
@@ -79,6 +80,44 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
         )
     instance.adaptive = adaptive and instance.mode == "inline"
     return instance
+
+
+def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
+    """Triton's auto-complete for Python models: the model's
+    ``TritonPythonModel.auto_complete_config(config)`` staticmethod, when it has one, gets the
+    config as a ``pb_utils.ModelConfig`` and returns it completed (inputs, outputs,
+    ``max_batch_size``, dynamic batching, transaction policy), as Triton calls it at load.
+
+    Blocking (imports the model). Raises ConfigError when the hook fails or returns something
+    else; the caller then serves the config as written.
+    """
+    path = version_dir / (config.default_model_filename or "model.py")
+    if not path.is_file() or "auto_complete_config" not in path.read_text():
+        return config  # not importing a model that has no hook saves a second import
+    module = _import(path, f"_dagserve_autocomplete_{config.name}_{uuid.uuid4().hex[:8]}")
+    hook = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+    if hook is None:
+        return config
+    data = config.to_triton_json() | {"name": config.name}
+    if "model_transaction_policy" not in config.model_fields_set:
+        data.pop("model_transaction_policy", None)  # unset, so the hook may set it (a default is not a choice)
+    data.setdefault("input", [])
+    data.setdefault("output", [])
+    owner = f"model '{config.name}'"
+    try:
+        result = hook(pb_utils.ModelConfig(data))
+    except Exception as exc:  # model code may raise anything
+        log.error("%s: auto_complete_config raised; serving the config as written", owner, exc_info=exc)
+        raise errors.ConfigError(f"{owner}: auto_complete_config raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(result, pb_utils.ModelConfig):
+        log.error("%s: auto_complete_config returned %s, not the pb_utils.ModelConfig it was given", owner,
+                  type(result).__name__)
+        raise errors.ConfigError(
+            f"{owner}: auto_complete_config must return the pb_utils.ModelConfig it was given, "
+            f"not {type(result).__name__}"
+        )
+    completed = validate(result.as_dict(), path=path, strict=False)
+    return completed.model_copy(update={"name": config.name, "version_policy": config.version_policy})
 
 
 def _import(path: Path, module_name: str) -> ModuleType:

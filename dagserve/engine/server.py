@@ -68,6 +68,8 @@ class ServerOptions:
     ``strict_readiness``: the server is ready only when every model is.
     ``response_cache_bytes``: size of the response cache shared by models that enable it
     (0 = no cache, as Triton without ``--cache-config``).
+    ``auto_complete_config``: let backends complete configs from the models (Python
+    ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
     """
 
     model_repository: Path | None = None
@@ -75,6 +77,7 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()
     strict_readiness: bool = True
     response_cache_bytes: int = 0
+    auto_complete_config: bool = True  # False: --disable-auto-complete-config
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,7 +171,9 @@ class Server:
             log.error("model '%s' cannot load: %s", source.name, source.error)
             return
         # Backends that can read the model file (ONNX) fill in what the config leaves out.
-        config = await anyio.to_thread.run_sync(complete_config, source.config, source.path, source.versions)
+        config = source.config
+        if self.options.auto_complete_config:
+            config = await anyio.to_thread.run_sync(complete_config, config, source.path, source.versions)
         platform = config.platform or config.backend_name
         assert self._tg is not None
         for number in source.versions:

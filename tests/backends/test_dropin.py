@@ -398,3 +398,103 @@ def test_pending_request_count_gauge(metered: RunningServer, tmp_path: Path) -> 
         gate.touch()
     assert sorted(int(p.get_result().as_numpy("OUT")[0]) for p in pending) == [0, 1, 2]
     assert _metric(metered, "nv_inference_pending_request_count", **labels) == 0
+
+
+# -------------------------------------------------------------------------- auto-complete
+
+
+def _config(running: RunningServer, protocol: str, model: str) -> dict[str, Any]:
+    client = _client(running, protocol)
+    if protocol == "http":
+        return client.get_model_config(model)  # type: ignore[no-any-return]
+    return client.get_model_config(model, as_json=True)["config"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_auto_complete_config_fills_the_config_and_metadata(running: RunningServer, protocol: str) -> None:
+    """What auto_complete_config adds (inputs, outputs, max_batch_size, dynamic batching,
+    transaction policy) is in the served config and metadata."""
+    config = _config(running, protocol, "autocomplete")
+    assert int(config["max_batch_size"]) == 8
+    assert "dynamic_batching" in config
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]] == [
+        ("INPUT0", "TYPE_FP32", [2])
+    ]
+    assert [t["name"] for t in config["output"]] == ["OUTPUT0", "BATCH"]
+    metadata = _client(running, protocol).get_model_metadata("autocomplete")
+    inputs = metadata["inputs"] if protocol == "http" else [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in metadata.inputs
+    ]
+    assert inputs == [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 2]}]
+    stream_config = _config(running, protocol, "autocomplete_stream")
+    assert stream_config["model_transaction_policy"]["decoupled"] is True
+
+
+def test_auto_completed_model_batches(running: RunningServer) -> None:
+    """The completed config is used: concurrent requests of the auto-completed batching model
+    are batched by the dynamic batcher the hook asked for."""
+    client = httpclient.InferenceServerClient(running.http_url, concurrency=8)
+    pending = []
+    for i in range(8):
+        tensor = httpclient.InferInput("INPUT0", [1, 2], "FP32")
+        tensor.set_data_from_numpy(np.array([[i, i + 0.5]], np.float32))
+        pending.append(client.async_infer("autocomplete", [tensor]))
+    results = [p.get_result() for p in pending]
+    for i, result in enumerate(results):
+        assert result.as_numpy("OUTPUT0").tolist() == [[2 * i, 2 * i + 1]]
+    assert all(1 <= int(r.as_numpy("BATCH")[0, 0]) <= 8 for r in results)
+    stats = client.get_inference_statistics("autocomplete")["model_stats"][0]
+    assert int(stats["inference_count"]) >= 8
+
+
+def test_auto_completed_decoupled_model_streams(running: RunningServer) -> None:
+    """set_model_transaction_policy({'decoupled': True}) makes the model decoupled: gRPC
+    streaming gets each of its responses."""
+    import queue
+
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(running.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("autocomplete_stream", [_int_input("grpc", "N", 3)])
+        got = [results.get(timeout=60) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    assert [e for _, e in got] == [None] * 3
+    assert [int(r.as_numpy("I")[0]) for r, _ in got] == [0, 1, 2]
+
+
+def test_disable_auto_complete_config_flag(tmp_path: Path) -> None:
+    """`dagserve serve --disable-auto-complete-config` does not call the hook: the model's
+    config is the one on disk (no inputs, max_batch_size 0)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "autocomplete").mkdir(parents=True)
+    for rel in ("config.pbtxt", "1/model.py"):
+        target = repo / "autocomplete" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text((REPO / "autocomplete" / rel).read_text())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(repo), "--http-port", "0",
+         "--grpc-port", "-1", "--metrics-port", "-1", "--disable-auto-complete-config"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+    )
+    try:
+        assert proc.stdout is not None
+        address = ""
+        for line in proc.stdout:
+            match = re.search(r"HTTP service listening on (?:http://)?(\S+)", line)
+            if match:
+                address = match.group(1)
+                break
+        assert address, f"server exited (code {proc.poll()})"
+        config = httpx.get(f"http://{address}/v2/models/autocomplete/config", timeout=30).json()
+        assert config.get("input", []) == [] and config.get("max_batch_size", 0) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
