@@ -498,3 +498,42 @@ def test_disable_auto_complete_config_flag(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+# ---------------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("model", "served"),
+    [("versions_all", [1, 2, 3]), ("versions_latest2", [2, 3]), ("versions_specific", [1, 3])],
+)
+def test_version_policy_decides_the_served_versions(
+    running: RunningServer, protocol: str, model: str, served: list[int]
+) -> None:
+    """version_policy all / latest N / specific serves exactly those versions: each answers as
+    itself, the others are not ready and refuse requests, metadata lists exactly the served
+    ones, and no version means the newest served."""
+    client = _client(running, protocol)
+    for version in (1, 2, 3):
+        ready = client.is_model_ready(model, str(version))
+        assert ready is (version in served)
+        if version in served:
+            result = client.infer(model, [_int_input(protocol, "X", 0)], model_version=str(version))
+            assert int(result.as_numpy("VERSION")[0]) == version
+        else:
+            with pytest.raises(InferenceServerException, match=f"no version {version}"):
+                client.infer(model, [_int_input(protocol, "X", 0)], model_version=str(version))
+    metadata = client.get_model_metadata(model)
+    versions = metadata["versions"] if protocol == "http" else list(metadata.versions)
+    assert versions == [str(v) for v in served]
+    newest = client.infer(model, [_int_input(protocol, "X", 0)])
+    assert int(newest.as_numpy("VERSION")[0]) == max(served)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_pipeline_step_pinned_to_a_version(running: RunningServer, protocol: str) -> None:
+    """An ensemble step with model_version: 1 calls version 1; one with -1 the newest."""
+    result = _client(running, protocol).infer("pinned", [_int_input(protocol, "X", 0)])
+    assert int(result.as_numpy("V_PINNED")[0]) == 1
+    assert int(result.as_numpy("V_LATEST")[0]) == 3
