@@ -191,6 +191,26 @@ def test_object_or_array_parameter_is_refused(running: RunningServer, value: Any
     assert ok.status_code == 200
 
 
+def test_triton_prefixed_parameter_is_refused(running: RunningServer) -> None:
+    """A request parameter named triton_* answers 400 / INVALID_ARGUMENT with Triton's message
+    (tritonclient refuses to send one, so this speaks the wire protocols directly)."""
+    import grpc
+
+    from dagserve._proto import grpc_service_pb2 as pb
+    from dagserve._proto import grpc_service_pb2_grpc as pb_grpc
+
+    reserved = "parameter keys starting with 'triton_' are reserved for Triton usage"
+    body = {"inputs": [{"name": "X", "datatype": "INT32", "shape": [1], "data": [0]}], "parameters": {"triton_x": 1}}
+    r = httpx.post(f"http://{running.http_url}/v2/models/params/infer", json=body)
+    assert r.status_code == 400 and reserved in r.json()["error"]
+    request = pb.ModelInferRequest(model_name="params")
+    request.inputs.add(name="X", datatype="INT32", shape=[1]).contents.int_contents.append(0)
+    request.parameters["triton_x"].int64_param = 1
+    with grpc.insecure_channel(running.grpc_url) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reserved in str(info.value.details())
+
+
 # --------------------------------------------------------------------------------- readiness
 
 
