@@ -88,8 +88,11 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
     config as a ``pb_utils.ModelConfig`` and returns it completed (inputs, outputs,
     ``max_batch_size``, dynamic batching, transaction policy), as Triton calls it at load.
 
-    Blocking (imports the model). Raises ConfigError when the hook fails or returns something
-    else; the caller then serves the config as written.
+    Blocking (imports the model).
+
+    Raises:
+        ConfigError: the hook raised, returned something else, or made an invalid config; the
+            model then fails to load with that reason, as on Triton.
     """
     path = version_dir / (config.default_model_filename or "model.py")
     if not path.is_file() or "auto_complete_config" not in path.read_text():
@@ -107,11 +110,9 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
     try:
         result = hook(pb_utils.ModelConfig(data))
     except Exception as exc:  # model code may raise anything
-        log.error("%s: auto_complete_config raised; serving the config as written", owner, exc_info=exc)
+        log.error("%s: auto_complete_config raised", owner, exc_info=exc)
         raise errors.ConfigError(f"{owner}: auto_complete_config raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(result, pb_utils.ModelConfig):
-        log.error("%s: auto_complete_config returned %s, not the pb_utils.ModelConfig it was given", owner,
-                  type(result).__name__)
         raise errors.ConfigError(
             f"{owner}: auto_complete_config must return the pb_utils.ModelConfig it was given, "
             f"not {type(result).__name__}"

@@ -30,6 +30,7 @@ from ..backends.base import ModelContext, ModelInstance
 from ..errors import (
     AlreadyExistsError,
     ConfigError,
+    DagserveError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -173,7 +174,12 @@ class Server:
         # Backends that can read the model file (ONNX) fill in what the config leaves out.
         config = source.config
         if self.options.auto_complete_config:
-            config = await anyio.to_thread.run_sync(complete_config, config, source.path, source.versions)
+            try:
+                config = await anyio.to_thread.run_sync(complete_config, config, source.path, source.versions)
+            except DagserveError as exc:
+                entry.error = str(exc)
+                log.error("model '%s' cannot load: %s", source.name, exc)
+                return
         platform = config.platform or config.backend_name
         assert self._tg is not None
         for number in source.versions:

@@ -484,6 +484,35 @@ def test_auto_completed_decoupled_model_streams(running: RunningServer) -> None:
     assert [int(r.as_numpy("I")[0]) for r, _ in got] == [0, 1, 2]
 
 
+BROKEN_HOOK = """
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.set_max_batch_size(2)
+        return config
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def test_failing_auto_complete_config_fails_the_model(tmp_path: Path) -> None:
+    """A hook that raises (here Triton's own check: max_batch_size below the config's) fails
+    the model's load with the hook's message, and the other models still serve."""
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 4\n')
+    (tmp_path / "broken" / "1" / "model.py").write_text(BROKEN_HOOK)
+    (tmp_path / "params").symlink_to(REPO / "params")
+    with serve_in_thread(tmp_path, metrics=False) as running:
+        for protocol in PROTOCOLS:
+            client = _client(running, protocol)
+            assert client.is_model_ready("broken") is False
+            assert client.is_model_ready("params") is True
+        index = {e["name"]: e for e in httpclient.InferenceServerClient(running.http_url).get_model_repository_index()}
+        assert index["broken"]["state"] == "UNAVAILABLE"
+        assert "configuration specified max_batch_size 4, but in auto-complete-config function" in index["broken"]["reason"]
+
+
 def test_disable_auto_complete_config_flag(tmp_path: Path) -> None:
     """`dagserve serve --disable-auto-complete-config` does not call the hook: the model's
     config is the one on disk (no inputs, max_batch_size 0)."""
