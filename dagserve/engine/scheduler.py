@@ -106,6 +106,9 @@ class DirectScheduler:
             self._waiting += 1
             try:
                 instance = await self._pool.acquire()
+            except anyio.get_cancelled_exc_class():  # the caller went away while waiting
+                self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="CANCELED")
+                raise
             finally:
                 self._waiting -= 1
         return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
@@ -184,8 +187,10 @@ class DynamicBatcher:
                         f"model '{self._stats.name}': request timed out after {timeout * 1e6:.0f} µs in the queue"
                     )
             await item.done.wait()
-        except BaseException:
+        except BaseException as exc:
             item.cancelled = True
+            if isinstance(exc, anyio.get_cancelled_exc_class()):  # the caller is gone
+                self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="CANCELED")
             raise
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)

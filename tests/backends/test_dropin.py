@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -403,20 +404,24 @@ def test_pending_request_count_gauge(metered: RunningServer, tmp_path: Path) -> 
     """nv_inference_pending_request_count shows requests waiting for the model's one instance
     while it is busy, and drops back to 0 when they are answered."""
     gate = tmp_path / "open"
-    client = httpclient.InferenceServerClient(metered.http_url, concurrency=4)
     labels = {"model": "gate", "version": "1"}
     assert _metric(metered, "nv_inference_pending_request_count", **labels) == 0
-    pending = [
-        client.async_infer("gate", [_int_input("http", "X", i)], parameters={"gate": str(gate)}) for i in range(3)
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while _metric(metered, "nv_inference_pending_request_count", **labels) != 2:
-            assert time.monotonic() < deadline, "two requests never showed as pending"
-            time.sleep(0.02)
-    finally:
-        gate.touch()
-    assert sorted(int(p.get_result().as_numpy("OUT")[0]) for p in pending) == [0, 1, 2]
+
+    def call(i: int) -> int:
+        client = httpclient.InferenceServerClient(metered.http_url)
+        result = client.infer("gate", [_int_input("http", "X", i)], parameters={"gate": str(gate)})
+        return int(result.as_numpy("OUT")[0])
+
+    with ThreadPoolExecutor(3) as pool:
+        pending = [pool.submit(call, i) for i in range(3)]
+        try:
+            deadline = time.monotonic() + 60
+            while _metric(metered, "nv_inference_pending_request_count", **labels) != 2:
+                assert time.monotonic() < deadline, "two requests never showed as pending"
+                time.sleep(0.02)
+        finally:
+            gate.touch()
+        assert sorted(p.result(timeout=60) for p in pending) == [0, 1, 2]
     assert _metric(metered, "nv_inference_pending_request_count", **labels) == 0
 
 
@@ -586,3 +591,32 @@ def test_pipeline_step_pinned_to_a_version(running: RunningServer, protocol: str
     result = _client(running, protocol).infer("pinned", [_int_input(protocol, "X", 0)])
     assert int(result.as_numpy("V_PINNED")[0]) == 1
     assert int(result.as_numpy("V_LATEST")[0]) == 3
+
+
+def test_request_cancelled_while_waiting_counts_as_canceled(metered: RunningServer, tmp_path: Path) -> None:
+    """A gRPC request whose deadline passes while it waits for the busy model is cancelled and
+    counted as reason CANCELED; the model goes on serving."""
+    gate = tmp_path / "open"
+    labels = {"model": "gate", "version": "1"}
+    before = _metric(metered, "nv_inference_request_failure", reason="CANCELED", **labels)
+    started = tmp_path / "started"
+    http = httpclient.InferenceServerClient(metered.http_url)
+    pool = ThreadPoolExecutor(1)
+    busy = pool.submit(
+        http.infer, "gate", [_int_input("http", "X", 7)], parameters={"gate": str(gate), "started": str(started)}
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline, "the first request never started"
+            time.sleep(0.02)
+        grpc_client = grpcclient.InferenceServerClient(metered.grpc_url)
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            grpc_client.infer("gate", [_int_input("grpc", "X", 1)], client_timeout=0.5)
+        while _metric(metered, "nv_inference_request_failure", reason="CANCELED", **labels) != before + 1:
+            assert time.monotonic() < deadline, "the cancelled request was not counted"
+            time.sleep(0.02)
+    finally:
+        gate.touch()
+        pool.shutdown(wait=False)
+    assert int(busy.result(timeout=60).as_numpy("OUT")[0]) == 7

@@ -1,5 +1,6 @@
 """Holds each request until the file named by its "gate" parameter exists (at most 60 s),
-then answers OUT = X; so a test can keep requests pending for as long as it needs."""
+then answers OUT = X; so a test can keep requests pending for as long as it needs. A
+"started" parameter names a file it creates when it begins a request."""
 import json
 import os
 import time
@@ -11,7 +12,10 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            gate = json.loads(request.parameters()).get("gate", "")
+            params = json.loads(request.parameters())
+            gate = params.get("gate", "")
+            if params.get("started"):
+                open(params["started"], "w").close()
             deadline = time.monotonic() + 60
             while gate and not os.path.exists(gate) and time.monotonic() < deadline:
                 time.sleep(0.01)
