@@ -13,10 +13,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import queue
 import struct
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anyio.from_thread
+import anyio.lowlevel
 import numpy as np
 
 from .. import errors
@@ -312,31 +316,35 @@ class InferenceRequest:
         if ctx.run_sync is None:
             raise TritonModelException("BLS exec() is not available here")
         if decoupled:
-            return ResponseIterator(ctx.run_sync(self._call_stream, ctx))
+            return _LiveResponseIterator(self, ctx)
         return ctx.run_sync(self._call, ctx)
 
     async def async_exec(self, decoupled: bool = False) -> Any:
         """:meth:`exec` without blocking the event loop (from an ``async def execute``)."""
         ctx = _bls_context()
         if decoupled:
-            return ResponseIterator(await self._call_stream(ctx))
+            responses: list[InferenceResponse] = []
+            await self._call_stream(ctx, responses.append)
+            return ResponseIterator(responses)
         return await self._call(ctx)
 
-    async def _call_stream(self, ctx: ModelContext) -> list[InferenceResponse]:
+    async def _call_stream(self, ctx: ModelContext, deliver: Callable[[InferenceResponse], None]) -> None:
+        """Stream the request's responses into ``deliver``, an error as a last error response.
+        ``deliver`` may raise :class:`_StopStream` to cancel the request."""
         if ctx.infer_stream is None:
             raise TritonModelException("BLS with decoupled=True is not available here")
         name, version, request = self._to_engine()
-        responses: list[InferenceResponse] = []
 
-        async def collect(response: _EngineResponse) -> None:
+        async def emit(response: _EngineResponse) -> None:
             tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
-            responses.append(InferenceResponse(tensors, parameters=dict(response.parameters)))
+            deliver(InferenceResponse(tensors, parameters=dict(response.parameters)))
 
         try:
-            await ctx.infer_stream(name, version, request, collect)
+            await ctx.infer_stream(name, version, request, emit)
+        except _StopStream:
+            pass
         except errors.DagserveError as exc:
-            responses.append(_error_response(exc))
-        return responses
+            deliver(_error_response(exc))
 
     async def _call(self, ctx: ModelContext) -> InferenceResponse:
         assert ctx.infer is not None
@@ -371,8 +379,10 @@ class ResponseIterator:
     the called model sent, the last one marked final by the model (it may have no outputs);
     an error from the called model arrives as a response whose ``has_error()`` is true.
 
-    dagserve collects the responses before the iterator is returned (see
-    docs/differences-from-triton.md), so ``cancel()`` has nothing left to stop.
+    From ``await async_exec(decoupled=True)`` the responses are all in when the iterator is
+    returned (iterating must not block the event loop the called model runs on), so
+    ``cancel()`` has nothing left to stop; ``exec(decoupled=True)`` streams them
+    (:class:`_LiveResponseIterator`).
     """
 
     def __init__(self, responses: list[InferenceResponse]) -> None:
@@ -390,6 +400,62 @@ class ResponseIterator:
 
     def cancel(self) -> None:
         """Triton's cancel(): a no-op here, as every response has already arrived."""
+
+
+class _StopStream(Exception):
+    """Raised into a decoupled BLS stream whose iterator was cancelled."""
+
+
+_END = object()
+
+
+class _LiveResponseIterator(ResponseIterator):
+    """The iterator of a blocking ``exec(decoupled=True)``: each response is yielded as the
+    called model sends it. A pump thread runs the request on the event loop and hands the
+    responses over through a queue; ``cancel()`` stops the request (the called model's
+    sender reports ``is_cancelled()``) and ends the iteration."""
+
+    def __init__(self, request: InferenceRequest, ctx: ModelContext) -> None:
+        super().__init__([])
+        assert ctx.run_sync is not None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancelled = False
+        token = ctx.run_sync(_loop_token)  # from the model's worker thread, the loop we run on
+        self._pump = threading.Thread(
+            target=self._run, args=(request, ctx, token), name="dagserve-bls-stream", daemon=True
+        )
+        self._pump.start()
+
+    def _run(self, request: InferenceRequest, ctx: ModelContext, token: Any) -> None:
+        try:
+            anyio.from_thread.run(request._call_stream, ctx, self._deliver, token=token)
+        except BaseException as exc:  # noqa: BLE001 - the loop is gone (server stopping), or a bug
+            self._queue.put(InferenceResponse(error=TritonError(f"BLS stream failed: {exc}")))
+        finally:
+            self._queue.put(_END)
+
+    def _deliver(self, response: InferenceResponse) -> None:
+        if self._cancelled:
+            raise _StopStream
+        self._queue.put(response)
+
+    def __next__(self) -> InferenceResponse:
+        if self._cancelled:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._cancelled = True  # nothing more will come
+            raise StopIteration
+        return item  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        """Stop the request: no more responses are delivered, and the called model sees
+        ``is_cancelled()`` on its sender when it sends its next one."""
+        self._cancelled = True
+
+
+async def _loop_token() -> Any:
+    return anyio.lowlevel.current_token()
 
 
 class InferenceResponseSender:

@@ -143,6 +143,32 @@ def test_bls_decoupled_iterates_every_response(
     assert (errors in got) if errors else got == ""
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_blocking_decoupled_bls_streams_each_response(running: RunningServer, protocol: str, tmp_path: Path) -> None:
+    """exec(decoupled=True) yields each response as the callee sends it: this callee sends
+    its next response only after the caller acknowledged the previous one."""
+    result = _client(running, protocol).infer(
+        "bls_live", [_int_input(protocol, "N", 4)], parameters={"mode": "handshake", "dir": str(tmp_path)}
+    )
+    assert result.as_numpy("ERRORS")[0].decode() == ""
+    assert result.as_numpy("VALUES").tolist() == [0, 1, 2, 3]
+
+
+def test_cancelling_a_decoupled_bls_iterator_stops_the_callee(running: RunningServer, tmp_path: Path) -> None:
+    """cancel() on the iterator ends the iteration and the callee's sender reports
+    is_cancelled(), so it stops long before its 6000 responses."""
+    result = _client(running, "grpc").infer(
+        "bls_live", [_int_input("grpc", "N", 0)], parameters={"mode": "endless", "dir": str(tmp_path)}
+    )
+    assert result.as_numpy("VALUES").tolist() == [0, 1, 2]
+    stopped = tmp_path / "stopped"
+    deadline = time.monotonic() + 60
+    while not stopped.exists():
+        assert time.monotonic() < deadline, "the callee never saw the cancellation"
+        time.sleep(0.02)
+    assert int(stopped.read_text()) < 6000
+
+
 # ------------------------------------------------------------------------ request parameters
 
 
