@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(env DAGSERVE_LOAD_MODEL: comma-separated)")
     s.add_argument("--strict-readiness", type=_bool, default=_bool(_env("strict-readiness", "true") or "true"),
                    help="ready only when every model is ready (default true)")
+    s.add_argument("--disable-auto-complete-config", action="store_true",
+                   default=_bool(_env("disable-auto-complete-config", "false") or "false"),
+                   help="do not complete configs from the models (Python auto_complete_config, ONNX graphs)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
                    help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
     s.add_argument("--grpc-max-message-size", type=int,
@@ -214,6 +217,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
             load_models=tuple(args.load_model if args.load_model is not None
                               else [m for m in (_env("load-model", "") or "").split(",") if m]),
             strict_readiness=args.strict_readiness,
+            auto_complete_config=not args.disable_auto_complete_config,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
             **cli_security.server_options(args),
         ),

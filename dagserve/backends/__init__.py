@@ -66,9 +66,13 @@ def complete_config(config: ModelConfig, model_dir: Path, versions: Sequence[int
     auto-complete), from the newest served version; ``config`` itself when the backend has no
     ``complete_config`` hook or there is no version.
 
-    Blocking (it may open the model): call it from a worker thread. Never raises: when the
-    model cannot be read, the config is returned as is and the backend's ``load()``, which
-    checks the same things, reports why the model cannot load.
+    Blocking (it may open the model): call it from a worker thread. When the model cannot be
+    read, the config is returned as is and the backend's ``load()``, which checks the same
+    things, reports why the model cannot load.
+
+    Raises:
+        DagserveError: a Python model's ``auto_complete_config`` failed (Triton fails the
+            model's load then).
     """
     module_name = _MODULES.get(config.backend_name)
     if module_name is None or not versions:
@@ -79,6 +83,8 @@ def complete_config(config: ModelConfig, model_dir: Path, versions: Sequence[int
     try:
         completed: ModelConfig = hook(config, model_dir / str(max(versions)))
     except DagserveError as exc:
+        if config.backend_name == "python":
+            raise  # the model's own auto_complete_config failed: the model fails, as on Triton
         log.debug("model '%s': config auto-complete skipped: %s", config.name, exc)
         return config
     except Exception:  # a broken model file must not stop the other models

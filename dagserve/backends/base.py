@@ -44,6 +44,7 @@ __all__ = [
 Outputs = Mapping[str, np.ndarray]
 ExecuteMode = Literal["thread", "inline", "async"]
 InferCallback = Callable[[str, str, InferRequest], Awaitable[InferResponse]]
+InferStreamCallback = Callable[[str, str, InferRequest, Callable[[InferResponse], Awaitable[None]]], Awaitable[None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +52,9 @@ class ModelContext:
     """What a backend instance knows of its model and may ask of the server.
 
     ``infer(model, version, request)`` is an async call into the server (used for BLS); it
-    must be awaited on the server's event loop. ``run_sync`` runs such a coroutine from a
+    must be awaited on the server's event loop; ``infer_stream(model, version, request, emit)``
+    awaits ``emit`` for each response (0..N from a decoupled model, the last one final), for BLS
+    with ``decoupled=True``. ``run_sync`` runs such a coroutine from a
     worker thread and blocks until it is done.
     """
 
@@ -65,6 +68,7 @@ class ModelContext:
     instance_kind: str = "CPU"  # CPU, GPU, MODEL, or AUTO: the backend picks a GPU if it can
     device_id: int = 0
     infer: InferCallback | None = None
+    infer_stream: InferStreamCallback | None = None
     run_sync: Callable[..., Any] | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
 

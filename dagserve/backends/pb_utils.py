@@ -13,15 +13,20 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import queue
 import struct
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anyio.from_thread
+import anyio.lowlevel
 import numpy as np
 
 from .. import errors
 from ..types import DataType, RequestedOutput, ResponseSender, datatype_of, is_device_tensor, to_host
 from ..types import InferRequest as _EngineRequest
+from ..types import InferResponse as _EngineResponse
 from .base import ModelContext
 
 # Flags, with Triton's values.
@@ -224,8 +229,14 @@ class InferenceRequest:
         self._requested = list(request.output_names() or ())
         self._id = request.id
         params = request.parameters
-        self._correlation_id = params.get("sequence_id", 0) if params else 0
-        self._flags = 0
+        if params:
+            self._correlation_id = params.get("sequence_id", 0)
+            self._flags = (TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if params.get("sequence_start") else 0) | (
+                TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if params.get("sequence_end") else 0
+            )
+        else:
+            self._correlation_id = 0
+            self._flags = 0
         self._timeout = 0
         self._parameters = params  # read-only here: parameters() serializes a copy
         self._engine_request = request
@@ -250,7 +261,11 @@ class InferenceRequest:
         return self._timeout
 
     def parameters(self) -> str:
-        return json.dumps(dict(self._parameters))
+        """The request's own parameters as JSON text, as Triton's Python backend gives them:
+        the ones Triton reserves for itself (``sequence_id``, ``priority``, ``timeout``,
+        ``binary_data_output``, ``triton_*``, ...) are left out, as Triton keeps them out of
+        the C API; string, int, bool and float values keep their types."""
+        return json.dumps(user_parameters(self._parameters))
 
     def requested_output_names(self) -> list[str]:
         return self._requested
@@ -290,14 +305,46 @@ class InferenceRequest:
         )
         return self.model_name, version, request
 
-    def exec(self, decoupled: bool = False) -> InferenceResponse:
+    def exec(self, decoupled: bool = False) -> Any:
+        """Send the request and block until it is answered.
+
+        Returns an :class:`InferenceResponse`, or with ``decoupled=True`` a
+        :class:`ResponseIterator` over every response of the called (decoupled) model.
+        Errors come back as responses with ``has_error()``, never raised.
+        """
         ctx = _bls_context()
         if ctx.run_sync is None:
             raise TritonModelException("BLS exec() is not available here")
+        if decoupled:
+            return _LiveResponseIterator(self, ctx)
         return ctx.run_sync(self._call, ctx)
 
-    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
-        return await self._call(_bls_context())
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        """:meth:`exec` without blocking the event loop (from an ``async def execute``)."""
+        ctx = _bls_context()
+        if decoupled:
+            responses: list[InferenceResponse] = []
+            await self._call_stream(ctx, responses.append)
+            return ResponseIterator(responses)
+        return await self._call(ctx)
+
+    async def _call_stream(self, ctx: ModelContext, deliver: Callable[[InferenceResponse], None]) -> None:
+        """Stream the request's responses into ``deliver``, an error as a last error response.
+        ``deliver`` may raise :class:`_StopStream` to cancel the request."""
+        if ctx.infer_stream is None:
+            raise TritonModelException("BLS with decoupled=True is not available here")
+        name, version, request = self._to_engine()
+
+        async def emit(response: _EngineResponse) -> None:
+            tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
+            deliver(InferenceResponse(tensors, parameters=dict(response.parameters)))
+
+        try:
+            await ctx.infer_stream(name, version, request, emit)
+        except _StopStream:
+            pass
+        except errors.DagserveError as exc:
+            deliver(_error_response(exc))
 
     async def _call(self, ctx: ModelContext) -> InferenceResponse:
         assert ctx.infer is not None
@@ -305,10 +352,110 @@ class InferenceRequest:
         try:
             response = await ctx.infer(name, version, request)
         except errors.DagserveError as exc:
-            code = _ERROR_TO_CODE.get(type(exc), TritonError.INTERNAL)
-            return InferenceResponse(error=TritonError(str(exc), code))
+            return _error_response(exc)
         tensors = [Tensor(n, a, response.datatypes.get(n)) for n, a in response.outputs.items()]
         return InferenceResponse(tensors, parameters=dict(response.parameters))
+
+
+RESERVED_PARAMETERS = frozenset({
+    "sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", "binary_data_output",
+})
+"""Request parameters Triton consumes itself; its backends never see them."""
+
+
+def user_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` without the ones Triton reserves (see :data:`RESERVED_PARAMETERS`),
+    bytes values as text."""
+    out: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if key in RESERVED_PARAMETERS or key.startswith("triton_"):
+            continue
+        out[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return out
+
+
+class ResponseIterator:
+    """The responses of a BLS request sent with ``decoupled=True``, in order: each response
+    the called model sent, the last one marked final by the model (it may have no outputs);
+    an error from the called model arrives as a response whose ``has_error()`` is true.
+
+    From ``await async_exec(decoupled=True)`` the responses are all in when the iterator is
+    returned (iterating must not block the event loop the called model runs on), so
+    ``cancel()`` has nothing left to stop; ``exec(decoupled=True)`` streams them
+    (:class:`_LiveResponseIterator`).
+    """
+
+    def __init__(self, responses: list[InferenceResponse]) -> None:
+        self._responses = responses
+        self._index = 0
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._index >= len(self._responses):
+            raise StopIteration
+        self._index += 1
+        return self._responses[self._index - 1]
+
+    def cancel(self) -> None:
+        """Triton's cancel(): a no-op here, as every response has already arrived."""
+
+
+class _StopStream(Exception):
+    """Raised into a decoupled BLS stream whose iterator was cancelled."""
+
+
+_END = object()
+
+
+class _LiveResponseIterator(ResponseIterator):
+    """The iterator of a blocking ``exec(decoupled=True)``: each response is yielded as the
+    called model sends it. A pump thread runs the request on the event loop and hands the
+    responses over through a queue; ``cancel()`` stops the request (the called model's
+    sender reports ``is_cancelled()``) and ends the iteration."""
+
+    def __init__(self, request: InferenceRequest, ctx: ModelContext) -> None:
+        super().__init__([])
+        assert ctx.run_sync is not None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancelled = False
+        token = ctx.run_sync(_loop_token)  # from the model's worker thread, the loop we run on
+        self._pump = threading.Thread(
+            target=self._run, args=(request, ctx, token), name="dagserve-bls-stream", daemon=True
+        )
+        self._pump.start()
+
+    def _run(self, request: InferenceRequest, ctx: ModelContext, token: Any) -> None:
+        try:
+            anyio.from_thread.run(request._call_stream, ctx, self._deliver, token=token)
+        except BaseException as exc:  # noqa: BLE001 - the loop is gone (server stopping), or a bug
+            self._queue.put(InferenceResponse(error=TritonError(f"BLS stream failed: {exc}")))
+        finally:
+            self._queue.put(_END)
+
+    def _deliver(self, response: InferenceResponse) -> None:
+        if self._cancelled:
+            raise _StopStream
+        self._queue.put(response)
+
+    def __next__(self) -> InferenceResponse:
+        if self._cancelled:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._cancelled = True  # nothing more will come
+            raise StopIteration
+        return item  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        """Stop the request: no more responses are delivered, and the called model sees
+        ``is_cancelled()`` on its sender when it sends its next one."""
+        self._cancelled = True
+
+
+async def _loop_token() -> Any:
+    return anyio.lowlevel.current_token()
 
 
 class InferenceResponseSender:
@@ -330,6 +477,12 @@ class InferenceResponseSender:
 
     def is_cancelled(self) -> bool:
         return self._sender.is_cancelled()
+
+
+def _error_response(exc: errors.DagserveError) -> InferenceResponse:
+    """A BLS response carrying the called model's error: its message unchanged, its code."""
+    code = _ERROR_TO_CODE.get(type(exc), TritonError.INTERNAL)
+    return InferenceResponse(error=TritonError(str(exc), code))
 
 
 def _bls_context() -> ModelContext:
@@ -448,31 +601,96 @@ class Logger:
 
 
 class ModelConfig:
-    """The config handed to ``auto_complete_config``: a dict with Triton's helper methods."""
+    """The config handed to ``auto_complete_config``, with Triton's methods and checks.
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self._config = config
+    ``as_dict()`` is the config in Triton's JSON shape; the setters refuse what Triton's
+    refuse (a smaller ``max_batch_size`` than the config's, dynamic batching on a sequence
+    model, an input or output that contradicts the config, changing ``decoupled``), with
+    Triton's ValueError messages.
+    """
+
+    def __init__(self, config: dict[str, Any] | str) -> None:
+        self._config: dict[str, Any] = json.loads(config) if isinstance(config, str) else config
+        self._config.setdefault("input", [])
+        self._config.setdefault("output", [])
+        self._config.setdefault("max_batch_size", 0)
 
     def as_dict(self) -> dict[str, Any]:
         return self._config
 
+    def _name(self) -> str:
+        return str(self._config.get("name", ""))
+
     def set_max_batch_size(self, max_batch_size: int) -> None:
+        if self._config["max_batch_size"] > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {self._config['max_batch_size']}, but in "
+                f"auto-complete-config function for model '{self._name()}' specified max_batch_size {max_batch_size}"
+            )
         self._config["max_batch_size"] = max_batch_size
 
     def set_dynamic_batching(self) -> None:
+        for scheduler in ("sequence_batching", "ensemble_scheduling"):
+            if scheduler in self._config:
+                raise ValueError(
+                    f"Configuration specified scheduling_choice as '{scheduler}', but auto-complete-config "
+                    f"function for model '{self._name()}' tries to set scheduling_choice as 'dynamic_batching'"
+                )
         self._config.setdefault("dynamic_batching", {})
 
     def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
-        self._config["model_transaction_policy"] = dict(policy)
+        for key in policy:
+            if key != "decoupled":
+                raise ValueError(
+                    f"model transaction property in auto-complete-config function for model '{self._name()}' "
+                    "contains property other than 'decoupled'."
+                )
+        current = self._config.setdefault("model_transaction_policy", {})
+        if "decoupled" in policy:
+            if "decoupled" in current and current["decoupled"] != policy["decoupled"]:
+                raise ValueError(
+                    f"trying to change decoupled property in auto-complete-config for model '{self._name()}', "
+                    f"which is already set to '{current['decoupled']}'."
+                )
+            current["decoupled"] = policy["decoupled"]
 
     def add_input(self, input: dict[str, Any]) -> None:
-        self._add("input", input)
+        self._add("input", input, ("name", "data_type", "dims", "optional"))
 
     def add_output(self, output: dict[str, Any]) -> None:
-        self._add("output", output)
+        self._add("output", output, ("name", "data_type", "dims"))
 
-    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
-        tensors = self._config.setdefault(kind, [])
-        if any(t["name"] == tensor["name"] for t in tensors):
-            raise ValueError(f"{kind} '{tensor['name']}' already exists in the config")
-        tensors.append(dict(tensor))
+    def _add(self, kind: str, tensor: dict[str, Any], allowed: tuple[str, ...]) -> None:
+        label = tensor.get("name", "")
+        for key in tensor:
+            if key not in allowed:
+                names = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" and '{allowed[-1]}'"
+                raise ValueError(
+                    f"{kind} '{label}' in auto-complete-config function for model '{self._name()}' "
+                    f"contains property other than {names}."
+                )
+        for key in ("name", "data_type", "dims"):
+            if key not in tensor:
+                where = f"{kind} '{label}'" if key != "name" else kind
+                raise ValueError(
+                    f"{where} in auto-complete-config function for model '{self._name()}' is missing '{key}' property."
+                )
+        for current in self._config[kind]:
+            if current["name"] != tensor["name"]:
+                continue
+            if current.get("data_type", "TYPE_INVALID") not in ("TYPE_INVALID", tensor["data_type"]):
+                raise ValueError(
+                    f"unable to load model '{self._name()}', configuration expects datatype "
+                    f"{current['data_type']} for {kind} '{tensor['name']}', model provides {tensor['data_type']}"
+                )
+            if current.get("dims") and list(current["dims"]) != list(tensor["dims"]):
+                raise ValueError(
+                    f"model '{self._name()}', tensor '{tensor['name']}': the model expects dims "
+                    f"{list(tensor['dims'])} but the model configuration specifies dims {list(current['dims'])}"
+                )
+            current["data_type"] = tensor["data_type"]
+            current["dims"] = list(tensor["dims"])
+            if "optional" in tensor:
+                current["optional"] = tensor["optional"]
+            return
+        self._config[kind].append(dict(tensor))

@@ -33,6 +33,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,13 +44,14 @@ import numpy as np
 
 from .. import errors
 from ..repository.config import ModelConfig
+from ..repository.loader import validate
 from ..types import InferRequest
 from . import pb_utils
 from ._imports import user_code_lock
 from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
 from .process import ProcessModel
 
-__all__ = ["load"]
+__all__ = ["complete_config", "load"]
 
 log = logging.getLogger("dagserve.backends.python")
 
@@ -80,6 +82,45 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
             )
     instance.adaptive = adaptive and instance.mode == "inline"
     return instance
+
+
+def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
+    """Triton's auto-complete for Python models: the model's
+    ``TritonPythonModel.auto_complete_config(config)`` staticmethod, when it has one, gets the
+    config as a ``pb_utils.ModelConfig`` and returns it completed (inputs, outputs,
+    ``max_batch_size``, dynamic batching, transaction policy), as Triton calls it at load.
+
+    Blocking (imports the model).
+
+    Raises:
+        ConfigError: the hook raised, returned something else, or made an invalid config; the
+            model then fails to load with that reason, as on Triton.
+    """
+    path = version_dir / (config.default_model_filename or "model.py")
+    if not path.is_file() or "auto_complete_config" not in path.read_text():
+        return config  # not importing a model that has no hook saves a second import
+    module = _import(path, f"_dagserve_autocomplete_{config.name}_{uuid.uuid4().hex[:8]}")
+    hook = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+    if hook is None:
+        return config
+    data = config.to_triton_json() | {"name": config.name}
+    if "model_transaction_policy" not in config.model_fields_set:
+        data.pop("model_transaction_policy", None)  # unset, so the hook may set it (a default is not a choice)
+    data.setdefault("input", [])
+    data.setdefault("output", [])
+    owner = f"model '{config.name}'"
+    try:
+        result = hook(pb_utils.ModelConfig(data))
+    except Exception as exc:  # model code may raise anything
+        log.error("%s: auto_complete_config raised", owner, exc_info=exc)
+        raise errors.ConfigError(f"{owner}: auto_complete_config raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(result, pb_utils.ModelConfig):
+        raise errors.ConfigError(
+            f"{owner}: auto_complete_config must return the pb_utils.ModelConfig it was given, "
+            f"not {type(result).__name__}"
+        )
+    completed = validate(result.as_dict(), path=path, strict=False)
+    return completed.model_copy(update={"name": config.name, "version_policy": config.version_policy})
 
 
 def _import(path: Path, module_name: str) -> ModuleType:
@@ -149,12 +190,18 @@ def _sequence_inputs(config: ModelConfig) -> list[str]:
 
 
 def _failure(context: ModelContext, exc: BaseException) -> errors.ModelExecutionError:
-    """A client-safe error for an exception raised by model code; the traceback goes to the log."""
+    """The error a request gets when model code raised ``exc``: Triton's message, naming the
+    model instance and carrying the exception's type and text, which clients match on. The
+    traceback goes to the log under an error id, which the message quotes in the place where
+    Triton's shows the stack (its "At:" lines), so no server file paths reach the client."""
     error_id = uuid.uuid4().hex[:12]
-    log.error("model '%s' version %s raised (error id %s)", context.name, context.version, error_id, exc_info=exc)
+    log.error(
+        "model '%s' version %s instance %s raised (error id %s)",
+        context.name, context.version, context.instance_name, error_id, exc_info=exc,
+    )
     return errors.ModelExecutionError(
-        f"model '{context.name}' version {context.version} failed to execute the request: "
-        f"{type(exc).__name__} (error id {error_id}; details in the server log)"
+        f"Failed to process the request(s) for model '{context.instance_name}', "
+        f"message: {type(exc).__name__}: {exc}\n\nerror id {error_id}: traceback in the server log"
     )
 
 
@@ -168,6 +215,9 @@ class TritonModel:
         self._decoupled = context.config.model_transaction_policy.decoupled
         self.adaptive = False
         self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._execute) else mode
+        self.compute_split: tuple[int, int] | None = None
+        """(input, output) ns of the last execute: wrapping the requests for the model, and
+        turning its responses into outputs (Triton's compute_input / compute_output)."""
         config_json = json.dumps(context.config.to_triton_json() | {"name": context.name})
         self._config_json = config_json
         if hasattr(self._model, "initialize"):
@@ -195,32 +245,41 @@ class TritonModel:
             return self._execute_async(requests)
         token = pb_utils.current_context.set(self._context)
         try:
+            start = time.perf_counter_ns()
             wrapped = [pb_utils.InferenceRequest._received(r) for r in requests]
+            input_ns = time.perf_counter_ns() - start
+            self.compute_split = (input_ns, 0)
             try:
                 responses = self._execute(wrapped)
             except Exception as exc:  # noqa: BLE001 - model code may raise anything
                 return self._all_failed(requests, exc)
-            return self._convert(requests, responses)
+            start = time.perf_counter_ns()
+            results = self._convert(requests, responses)
+            self.compute_split = (input_ns, time.perf_counter_ns() - start)
+            return results
         finally:
             pb_utils.current_context.reset(token)
 
     async def _execute_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         token = pb_utils.current_context.set(self._context)
         try:
+            start = time.perf_counter_ns()
             wrapped = [pb_utils.InferenceRequest._received(r) for r in requests]
+            input_ns = time.perf_counter_ns() - start
+            self.compute_split = (input_ns, 0)
             try:
                 responses = await self._execute(wrapped)
             except Exception as exc:  # noqa: BLE001
                 return self._all_failed(requests, exc)
-            return self._convert(requests, responses)
+            start = time.perf_counter_ns()
+            results = self._convert(requests, responses)
+            self.compute_split = (input_ns, time.perf_counter_ns() - start)
+            return results
         finally:
             pb_utils.current_context.reset(token)
 
     def _all_failed(self, requests: Sequence[InferRequest], exc: Exception) -> list[Outputs | BaseException]:
-        if isinstance(exc, pb_utils.TritonModelException):
-            error: BaseException = errors.ModelExecutionError(f"model '{self._context.name}': {exc}")
-        else:
-            error = _failure(self._context, exc)
+        error: BaseException = exc if isinstance(exc, errors.DagserveError) else _failure(self._context, exc)
         return [error] * len(requests)
 
     def _convert(self, requests: Sequence[InferRequest], responses: Any) -> list[Outputs | BaseException]:
@@ -272,6 +331,7 @@ class NativeModel:
             self._infer = module.infer
         self._decoupled = context.config.model_transaction_policy.decoupled
         is_async = inspect.iscoroutinefunction(self._infer) or inspect.isasyncgenfunction(self._infer)
+        self.compute_split: tuple[int, int] | None = None  # as TritonModel.compute_split
         self.adaptive = False
         self.mode: ExecuteMode = "async" if is_async else mode
         if self._decoupled and not (inspect.isasyncgenfunction(self._infer) or inspect.isgeneratorfunction(self._infer)):
@@ -290,7 +350,10 @@ class NativeModel:
         if self.mode == "async":
             return self._execute_async(requests)
         results: list[Outputs | BaseException] = []
-        for inputs, sizes in self._calls(requests):
+        start = time.perf_counter_ns()
+        calls = self._calls(requests)
+        input_ns, output_ns = time.perf_counter_ns() - start, 0
+        for inputs, sizes in calls:
             try:
                 outputs = self._infer(inputs)
             except errors.DagserveError as exc:
@@ -298,12 +361,18 @@ class NativeModel:
             except Exception as exc:  # noqa: BLE001
                 results.extend([_failure(self._context, exc)] * len(sizes))
             else:
+                start = time.perf_counter_ns()
                 results.extend(self._split(outputs, sizes))
+                output_ns += time.perf_counter_ns() - start
+        self.compute_split = (input_ns, output_ns)
         return results
 
     async def _execute_async(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
         results: list[Outputs | BaseException] = []
-        for inputs, sizes in self._calls(requests):
+        start = time.perf_counter_ns()
+        calls = self._calls(requests)
+        input_ns, output_ns = time.perf_counter_ns() - start, 0
+        for inputs, sizes in calls:
             try:
                 outputs = await self._infer(inputs)
             except errors.DagserveError as exc:
@@ -311,7 +380,10 @@ class NativeModel:
             except Exception as exc:  # noqa: BLE001
                 results.extend([_failure(self._context, exc)] * len(sizes))
             else:
+                start = time.perf_counter_ns()
                 results.extend(self._split(outputs, sizes))
+                output_ns += time.perf_counter_ns() - start
+        self.compute_split = (input_ns, output_ns)
         return results
 
     def _stream(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:

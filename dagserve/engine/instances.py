@@ -93,7 +93,8 @@ class InstancePool:
             raise ModelExecutionError(
                 f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
             )
-        self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns)
+        split = getattr(instance, "compute_split", None)  # (input_ns, output_ns) a backend measured
+        self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split)
         return results
 
     def _seen(self, instance: ModelInstance) -> bool:

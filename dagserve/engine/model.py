@@ -279,14 +279,20 @@ class ModelVersion:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._submit_decoupled, replace(request, sender=sender), batch_size, sender)
                 async with sender.receive:
-                    async for outputs, final in sender.receive:
-                        if isinstance(outputs, BaseException):
-                            failure = outputs
-                            break
-                        checked = self.check_outputs(outputs, wanted) if outputs is not None else {}
-                        await emit(self._response(request, checked, final))
-                        if final:
-                            break
+                    try:
+                        async for outputs, final in sender.receive:
+                            if isinstance(outputs, BaseException):
+                                failure = outputs
+                                break
+                            checked = self.check_outputs(outputs, wanted) if outputs is not None else {}
+                            await emit(self._response(request, checked, final))
+                            if final:
+                                break
+                    except BaseException:
+                        # The reader is gone (cancelled, or emit failed): tell the model now, as
+                        # the task group waits for a model running in a thread to return.
+                        sender.cancel()
+                        raise
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # One request, one error: report it as itself, not wrapped in a group.

@@ -41,13 +41,14 @@ from ..errors import (
     DagserveError,
     InvalidInputError,
     ModelExecutionError,
+    ModelNotFoundError,
     ModelNotReadyError,
     TimeoutError,
 )
 from ..repository.config import ModelConfig, TensorConfig
 from ..repository.loader import ModelSource
 from ..types import InferRequest, InferResponse, shape_matches
-from .model import ModelVersion
+from .model import ModelState, ModelVersion
 from .stats import Duration, ModelStatistics
 
 __all__ = [
@@ -201,15 +202,69 @@ class PipelineVersion(ModelVersion):
     is complete (inferred output types, inputs declared in a pipeline file); its statistics
     have per-step entries; its responses may lack the outputs of skipped branches."""
 
-    def __init__(self, *, runner: PipelineRunner | None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, runner: PipelineRunner | None, member_problem: Callable[[str, str], str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.stats = PipelineStatistics(self.name, self.version_str)
         self._may_be_missing: frozenset[str] = frozenset()
+        self._members: tuple[tuple[str, str, str], ...] = ()
+        self._member_problem = member_problem
+        self._reason = ""
         if runner is not None:
             runner.bind(self.stats)
             self._may_be_missing = runner.may_be_missing
             # A priority every step can take is checked before any step runs.
             self._priority_levels = runner.priority_levels
+            self._members = tuple((s.name, s.model, s.version) for s in runner.plan.steps)
+
+    def missing_member(self) -> str:
+        """Why a step's member cannot serve now (unloaded, not ready), or "" when all can.
+
+        Members are checked when the pipeline loads; this is for a member unloaded later: the
+        pipeline is then not ready until the member is loaded back."""
+        if self._member_problem is None:
+            return ""
+        for step, model, version in self._members:
+            problem = self._member_problem(model, version)
+            if problem:
+                return f"step '{step}' cannot run: {problem}"
+        return ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY and not self.missing_member()
+
+    @property
+    def reason(self) -> str:
+        """Why the version is not ready: its load failure, or a member that is gone."""
+        if self._reason or self.state is not ModelState.READY:
+            return self._reason
+        return self.missing_member()
+
+    @reason.setter
+    def reason(self, value: str) -> None:
+        self._reason = value
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        try:
+            return await super().infer(request)
+        except (ModelNotFoundError, ModelNotReadyError):
+            self._explain_missing_member()
+            raise
+
+    async def infer_stream(self, request: InferRequest, emit: Callable[[InferResponse], Awaitable[None]]) -> None:
+        try:
+            await super().infer_stream(request, emit)
+        except (ModelNotFoundError, ModelNotReadyError):
+            self._explain_missing_member()
+            raise
+
+    def _explain_missing_member(self) -> None:
+        # Checked only after a failure, so the request path pays nothing for it.
+        missing = self.missing_member()
+        if missing:
+            raise ModelNotReadyError(f"pipeline '{self.name}' version {self.version} is not ready: {missing}") from None
 
     def check_outputs(self, outputs: Outputs, wanted: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         if self._may_be_missing:
@@ -243,7 +298,16 @@ async def pipeline_version(
         config = runner.config
     except Exception as exc:  # noqa: BLE001 - reported through the version's state and reason
         failure = exc
-    version = PipelineVersion(name=source.name, version=number, config=config, runner=runner, **kwargs)
+    def member_problem(model: str, version: str) -> str:
+        try:
+            found = server.get_version(model, version)
+        except DagserveError as exc:
+            return str(exc)
+        return "" if found.ready else f"model '{model}' is not ready"
+
+    version = PipelineVersion(
+        name=source.name, version=number, config=config, runner=runner, member_problem=member_problem, **kwargs
+    )
 
     async def load() -> PipelineRunner:
         if failure is not None:
@@ -342,13 +406,13 @@ class PipelineRunner:
                 with anyio.fail_after(timeout):
                     outputs = await self._execute(request)
         except builtins.TimeoutError:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="REJECTED")
             raise TimeoutError(
                 f"pipeline '{self.plan.name}' did not finish within its request timeout "
                 f"({request.parameters['timeout']} µs); its steps were cancelled"
             ) from None
-        except BaseException:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+        except BaseException as exc:
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, error=exc)
             raise
         total = time.perf_counter_ns() - start
         self._stats.record_success(total_ns=total, queue_ns=0)

@@ -65,8 +65,8 @@ class DecoupledPipelineRunner(PipelineRunner):
         start = time.perf_counter_ns()
         try:
             await self._stream(request, sender)
-        except BaseException:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+        except BaseException as exc:
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, error=exc)
             raise
         total = time.perf_counter_ns() - start
         self._stats.record_success(total_ns=total, queue_ns=0)

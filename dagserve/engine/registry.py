@@ -47,7 +47,8 @@ class ModelEntry:
     def reason(self) -> str:
         if self.error:
             return self.error
-        failed = [v.reason for v in self.versions.values() if v.state is ModelState.FAILED]
+        # FAILED versions, and READY pipelines whose member is gone, say why.
+        failed = [v.reason for v in self.versions.values() if v.reason and (v.state is ModelState.FAILED or not v.ready)]
         return "; ".join(failed)
 
     def serving(self) -> bool:

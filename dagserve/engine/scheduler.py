@@ -95,11 +95,22 @@ class DirectScheduler:
     def __init__(self, pool: InstancePool, stats: ModelStatistics) -> None:
         self._pool = pool
         self._stats = stats
+        self._waiting = 0  # requests waiting for a free instance
+        stats.pending = lambda: self._waiting
 
     async def submit(self, request: InferRequest, batch_size: int) -> Outputs:
         """Run ``request``; return its outputs or raise its error."""
         start = time.perf_counter_ns()
-        instance = await self._pool.acquire()
+        instance = self._pool.try_acquire()
+        if instance is None:
+            self._waiting += 1
+            try:
+                instance = await self._pool.acquire()
+            except anyio.get_cancelled_exc_class():  # the caller went away while waiting
+                self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="CANCELED")
+                raise
+            finally:
+                self._waiting -= 1
         return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -135,6 +146,7 @@ class DynamicBatcher:
         # The direct path keeps Triton's semantics only when a batch would not wait for more
         # requests and responses need not keep the order of other instances' batches.
         self._direct = policy.max_queue_delay == 0 and not policy.preferred_batch_sizes and not preserve_ordering
+        stats.pending = queue.__len__
 
     def statistics(self) -> dict[str, int]:
         return {"queued": len(self._queue)}
@@ -166,6 +178,7 @@ class DynamicBatcher:
         try:
             self._queue.push(item)
         except OverloadedError as exc:
+            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="REJECTED")
             raise OverloadedError(f"model '{self._stats.name}': {exc}") from None
         self._arrived.set()
         try:
@@ -174,13 +187,15 @@ class DynamicBatcher:
                     await item.done.wait()
                 if not item.done.is_set() and not item.started:
                     self._queue.discard(item)
-                    self._stats.record_failure(total_ns=time.perf_counter_ns() - start)
+                    self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="REJECTED")
                     raise TimeoutError(
                         f"model '{self._stats.name}': request timed out after {timeout * 1e6:.0f} µs in the queue"
                     )
             await item.done.wait()
-        except BaseException:
+        except BaseException as exc:
             self._queue.discard(item)  # a cancelled caller leaves the queue at once
+            if isinstance(exc, anyio.get_cancelled_exc_class()):  # the caller is gone
+                self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="CANCELED")
             raise
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)
@@ -268,8 +283,8 @@ async def _run_alone(
     queue_ns = time.perf_counter_ns() - start
     try:
         result = (await pool.run(instance, [request], batch_size))[0]
-    except BaseException:
-        stats.record_failure(total_ns=time.perf_counter_ns() - start)
+    except BaseException as exc:
+        stats.record_failure(total_ns=time.perf_counter_ns() - start, error=exc)
         raise
     finally:
         pool.release(instance)
@@ -279,7 +294,7 @@ async def _run_alone(
 def _settle(result: Outputs | BaseException, stats: ModelStatistics, start: int, queue_ns: int) -> Outputs:
     total = time.perf_counter_ns() - start
     if isinstance(result, BaseException):
-        stats.record_failure(total_ns=total)
+        stats.record_failure(total_ns=total, error=result)
         raise result
     stats.record_success(total_ns=total, queue_ns=queue_ns)
     return result

@@ -34,6 +34,7 @@ from ..backends.base import ModelContext, ModelInstance
 from ..errors import (
     AlreadyExistsError,
     ConfigError,
+    DagserveError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -89,6 +90,8 @@ class ServerOptions:
     ``allow_symlinks_outside_repository``: follow symlinks in model directories that lead out
     of the repository (refused by default; see ``repository/confine.py``).
     ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
+    ``auto_complete_config``: let backends complete configs from the models (Python
+    ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
     """
 
     model_repository: Path | None = None
@@ -99,6 +102,7 @@ class ServerOptions:
     response_cache_bytes: int = 0
     allow_symlinks_outside_repository: bool = False
     limits: Limits = field(default_factory=Limits)
+    auto_complete_config: bool = True  # False: --disable-auto-complete-config
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -214,7 +218,14 @@ class Server:
                 {s.model for s in spec.steps} if spec is not None else await pipeline_members(source)
             )
         # Backends that can read the model file (ONNX) fill in what the config leaves out.
-        config = await anyio.to_thread.run_sync(complete_config, source.config, source.path, source.versions)
+        config = source.config
+        if self.options.auto_complete_config:
+            try:
+                config = await anyio.to_thread.run_sync(complete_config, config, source.path, source.versions)
+            except DagserveError as exc:
+                entry.error = str(exc)
+                log.error("model '%s' cannot load: %s", source.name, exc)
+                return
         platform = config.platform or config.backend_name
         assert self._tg is not None
         for number in source.versions:
@@ -325,6 +336,7 @@ class Server:
                     instance_kind=kind.value.removeprefix("KIND_"),
                     device_id=gpus[i % len(gpus)],
                     infer=self.infer,
+                    infer_stream=self.infer_stream,
                     run_sync=anyio.from_thread.run,
                 ))
         instances = []
@@ -490,9 +502,11 @@ class Server:
             for number, v in sorted(entry.versions.items()):
                 if ready_only and not v.ready:
                     continue
+                # READY but not ready: a pipeline whose member was unloaded.
+                state = "UNAVAILABLE" if v.state is ModelState.READY and not v.ready else v.state.triton_name
                 reason = v.reason or (f"reload failed, still serving the loaded version: {entry.load_error}"
                                       if entry.load_error and v.ready else "")
-                entries.append({"name": name, "version": str(number), "state": v.state.triton_name, "reason": reason})
+                entries.append({"name": name, "version": str(number), "state": state, "reason": reason})
         return entries
 
     async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:

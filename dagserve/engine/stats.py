@@ -7,11 +7,35 @@ is wall-clock milliseconds since the epoch, as Triton reports it.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Duration", "ModelStatistics"]
+from ..errors import CancelledError, OverloadedError, TimeoutError
+
+__all__ = ["FAILURE_REASONS", "Duration", "ModelStatistics", "failure_reason"]
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+"""Triton's ``reason`` label values of ``nv_inference_request_failure``."""
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """Triton's failure reason for a request that failed with ``error`` after validation:
+    REJECTED (queue full, queue timeout), CANCELED (the client went away), BACKEND (the model
+    failed), OTHER (unknown)."""
+    if error is None:
+        return "OTHER"
+    if isinstance(error, (OverloadedError, TimeoutError)):
+        return "REJECTED"
+    if isinstance(error, (CancelledError, asyncio.CancelledError)):
+        return "CANCELED"
+    return "BACKEND"
+
+
+def _nothing_pending() -> int:
+    return 0
 
 
 @dataclass(slots=True)
@@ -44,10 +68,19 @@ class ModelStatistics:
         self.success = Duration()
         self.fail = Duration()
         self.queue = Duration()
-        self.compute_infer = Duration()  # per request: a batch's time counts once per request in it
+        # Per request: a batch's time counts once per request in it (as Triton's). A backend
+        # that measures them splits its execute time into input preparation, the model's own
+        # compute and output extraction; other backends' whole execute is compute_infer.
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
         self.cache_hit = Duration()
         self.cache_miss = Duration()
-        self.batches: dict[int, Duration] = {}  # batch size -> executions and their time
+        # batch size -> executions and their input / infer / output time
+        self.batches: dict[int, tuple[Duration, Duration, Duration]] = {}
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)  # failed requests by reason
+        self.pending: Callable[[], int] = _nothing_pending
+        """Requests waiting to execute now; the scheduler installs its own count."""
         self._last_ns = 0  # perf_counter_ns of the last answered request
         # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
@@ -69,28 +102,36 @@ class ModelStatistics:
             self.success.add(lookup_ns)
             self._last_ns = time.perf_counter_ns()
 
-    def record_failure(self, *, total_ns: int) -> None:
+    def record_failure(self, *, total_ns: int, error: BaseException | None = None, reason: str = "") -> None:
+        """One request failed after ``total_ns``; its ``reason`` (one of
+        :data:`FAILURE_REASONS`) is given, or derived from ``error``. Requests refused by
+        validation never get here, as on Triton: they are not the model's failures."""
         self.fail.add(total_ns)
+        self.failures[reason or failure_reason(error)] += 1
         self._last_ns = time.perf_counter_ns()
 
-    def record_execution(self, *, batch_size: int, requests: int, infer_ns: int) -> None:
+    def record_execution(
+        self, *, batch_size: int, requests: int, infer_ns: int, split: tuple[int, int] | None = None
+    ) -> None:
         """One backend execution of ``requests`` requests holding ``batch_size`` inferences,
-        taking ``infer_ns``."""
+        taking ``infer_ns``; ``split`` is the (input, output) part of that time the backend
+        measured, if it did."""
         self.execution_count += 1
         self.inference_count += batch_size
-        infer = self.compute_infer
-        infer.count += requests
-        infer.ns += infer_ns * requests
+        input_ns, output_ns = split if split is not None else (0, 0)
+        compute_ns = max(infer_ns - input_ns - output_ns, 0)
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(compute_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
         per_size = self.batches.get(batch_size)
         if per_size is None:
-            per_size = self.batches[batch_size] = Duration()
-        per_size.count += 1
-        per_size.ns += infer_ns
+            per_size = self.batches[batch_size] = (Duration(), Duration(), Duration())
+        per_size[0].add(input_ns)
+        per_size[1].add(compute_ns)
+        per_size[2].add(output_ns)
 
     def snapshot(self) -> dict[str, Any]:
         """Triton's JSON shape for one entry of ``model_stats``."""
-        executed = self.compute_infer.count
-        nothing = {"count": executed, "ns": 0}  # input/output copies are not timed apart
         return {
             "name": self.name,
             "version": self.version,
@@ -101,9 +142,9 @@ class ModelStatistics:
                 "success": self.success.as_dict(),
                 "fail": self.fail.as_dict(),
                 "queue": self.queue.as_dict(),
-                "compute_input": nothing,
+                "compute_input": self.compute_input.as_dict(),
                 "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": nothing,
+                "compute_output": self.compute_output.as_dict(),
                 "cache_hit": self.cache_hit.as_dict(),
                 "cache_miss": self.cache_miss.as_dict(),
             },
@@ -111,11 +152,14 @@ class ModelStatistics:
             "batch_stats": [
                 {
                     "batch_size": size,
-                    "compute_input": {"count": d.count, "ns": 0},
-                    "compute_infer": d.as_dict(),
-                    "compute_output": {"count": d.count, "ns": 0},
+                    "compute_input": d_in.as_dict(),
+                    "compute_infer": d_infer.as_dict(),
+                    "compute_output": d_out.as_dict(),
                 }
-                for size, d in sorted(self.batches.items())
+                for size, (d_in, d_infer, d_out) in sorted(self.batches.items())
             ],
             "memory_usage": [],
+            # dagserve's additions, read by the metrics endpoint (clients ignore unknown keys).
+            "pending_request_count": self.pending(),
+            "failure_reasons": dict(self.failures),
         }

@@ -132,7 +132,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._server.model_ready(request.name, request.version))
+        # As Triton: an unknown model, or a version it does not serve, is simply not ready.
+        try:
+            ready = self._server.model_ready(request.name, request.version)
+        except ModelNotFoundError:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext

@@ -329,6 +329,10 @@ def decode_infer_request(
     parameters = decode_parameters(msg.parameters)
     for key in drop_parameters:
         parameters.pop(key, None)
+    if any(key.startswith("triton_") for key in parameters):
+        raise InvalidInputError(
+            "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified."
+        )
     return InferRequest(inputs=inputs, id=msg.id, datatypes=datatypes, parameters=parameters, outputs=outputs)
 
 

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, InvalidInputError, ModelNotFoundError
 from ..limits import Limits
 from ..types import InferResponse
 from .asgi import serve_asgi
@@ -262,9 +262,14 @@ def _routes(core: InferCore, server: Server, max_body_size: int) -> list[Route]:
         return _json_response(server.model_metadata(p["model"], p.get("version", "")))
 
     async def model_ready(request: Request) -> Response:
-        """200 when ready; 400 when known but not ready (as Triton); unknown model: 404."""
+        """200 when ready, else 400, as Triton: also for an unknown model or a version it
+        does not serve (its core answers "not ready" there, not "not found")."""
         p = request.path_params
-        if server.model_ready(p["model"], p.get("version", "")):
+        try:
+            ready = server.model_ready(p["model"], p.get("version", ""))
+        except ModelNotFoundError as exc:
+            return _json_response({"error": str(exc)}, 400)
+        if ready:
             return Response(status_code=200)
         return _json_response({"error": f"model '{p['model']}' is not ready"}, 400)
 

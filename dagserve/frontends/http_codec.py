@@ -135,6 +135,14 @@ def decode_infer_request(header: bytes, binary: memoryview, limits: Limits = DEF
     if type(request_id) is not str:
         raise InvalidInputError("inference request 'id' must be a string")
     parameters = _parameters(doc.get("parameters"), "inference request")
+    for key, value in parameters.items():
+        if key.startswith("triton_"):
+            raise InvalidInputError(TRITON_RESERVED)
+        if type(value) is dict or type(value) is list or value is None:
+            # Triton's words: a request parameter is a scalar (its C API has no other kind).
+            raise InvalidInputError(
+                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', 'float', or 'string'."
+            )
     raw_inputs = doc.get("inputs")
     if type(raw_inputs) is not list:
         raise InvalidInputError("inference request must have an 'inputs' list")
@@ -243,6 +251,10 @@ def decode_raw_request(body: memoryview, metadata: Mapping[str, Any], limits: Li
     return InferRequest(
         inputs={name: array}, datatypes={name: dt} if dt is DataType.BF16 else {}, outputs=None
     )
+
+
+TRITON_RESERVED = "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified."
+"""Triton's words for a request parameter named ``triton_*`` (its frontends refuse them)."""
 
 
 def _parameters(value: Any, owner: str) -> dict[str, Any]:

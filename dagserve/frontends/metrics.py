@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..engine import Server
+from ..engine.stats import FAILURE_REASONS
 from .asgi import serve_asgi
 
 __all__ = ["create_metrics_app", "render_metrics", "serve_metrics"]
@@ -27,8 +28,6 @@ __all__ = ["create_metrics_app", "render_metrics", "serve_metrics"]
 _COUNTERS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
      ("inference_stats", "success", "count"), 1),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
-     ("inference_stats", "fail", "count"), 1),
     ("nv_inference_count", "Number of inferences performed (a batch of N counts N)",
      ("inference_count",), 1),
     ("nv_inference_exec_count", "Number of model executions performed (a batch counts once)",
@@ -75,6 +74,14 @@ def render_metrics(server: Server) -> bytes:
         for entry in stats:
             labels = {"model": entry["name"], "version": entry["version"]}
             lines.append(_sample(name, labels, _lookup(entry, path) * scale))
+        if name == "nv_inference_request_success":
+            lines += _failures(stats)
+    name = "nv_inference_pending_request_count"
+    lines += [f"# HELP {name} Instantaneous number of pending requests awaiting execution per-model.",
+              f"# TYPE {name} gauge"]
+    for entry in stats:
+        labels = {"model": entry["name"], "version": entry["version"]}
+        lines.append(_sample(name, labels, float(entry.get("pending_request_count", 0))))
     for name, doc, path, scale in _STEP_COUNTERS:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
         for entry in stats:
@@ -83,6 +90,19 @@ def render_metrics(server: Server) -> bytes:
                           "model": step["model"]}
                 lines.append(_sample(name, labels, _lookup(step, path) * scale))
     return ("\n".join(lines) + "\n").encode()
+
+
+def _failures(stats: list[dict[str, Any]]) -> list[str]:
+    """``nv_inference_request_failure`` by Triton's ``reason`` label (every reason, as Triton
+    creates them all for each model). Requests refused by validation are not counted."""
+    name = "nv_inference_request_failure"
+    lines = [f"# HELP {name} Number of failed inference requests, all batch sizes", f"# TYPE {name} counter"]
+    for entry in stats:
+        reasons = entry.get("failure_reasons") or {}
+        for reason in FAILURE_REASONS:
+            labels = {"model": entry["name"], "reason": reason, "version": entry["version"]}
+            lines.append(_sample(name, labels, float(reasons.get(reason, 0))))
+    return lines
 
 
 def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float:

@@ -119,8 +119,6 @@ async def test_full_queue_rejects_at_once(tmp_path: Path) -> None:
     assert stats["success"]["count"] == 3
 
 
-@pytest.mark.xfail(reason="bug: a queue-full rejection is not counted in the failure statistics (Triton counts "
-                   "it, nv_inference_request_failure reason REJECTED); DynamicBatcher.submit's OverloadedError path")
 async def test_full_queue_rejection_counts_as_a_failure(tmp_path: Path) -> None:
     """A request refused because the queue is full counts as a failed request."""
     repo, gate = make_repo(tmp_path, "{default_queue_policy: {max_queue_size: 1}}")

@@ -150,7 +150,8 @@ async def test_first_failure_cancels_the_rest_and_keeps_its_class() -> None:
         assert str(info.value) == "pipeline 'guarded', step 'check' (model 'checker'): X must not be negative"
         with pytest.raises(
             ModelExecutionError,
-            match=r"pipeline 'guarded', step 'check' \(model 'checker'\): model 'checker'",
+            match=r"pipeline 'guarded', step 'check' \(model 'checker'\): Failed to process the request\(s\) "
+            r"for model 'checker_0_0', message: RuntimeError: overflow",
         ):
             await server.infer("guarded", "", InferRequest(inputs={"X": floats(5000)}))
         stats = server.statistics("guarded")["model_stats"][0]
@@ -159,11 +160,12 @@ async def test_first_failure_cancels_the_rest_and_keeps_its_class() -> None:
 
 
 async def test_request_parameters_reach_every_step() -> None:
-    """Every step sees the request's parameters."""
+    """Every step sees the request's own parameters (not priority, which Triton consumes and
+    keeps from its models)."""
     async with serve("param_echo", "params_chain") as server:
-        request = InferRequest(inputs={"X": floats(1)}, parameters={"tenant": "a", "priority": 1})
+        request = InferRequest(inputs={"X": floats(1)}, parameters={"tenant": "a", "count": 2, "priority": 1})
         response = await server.infer("params_chain", "", request)
-    expected = b'{"priority": 1, "tenant": "a"}'
+    expected = b'{"count": 2, "tenant": "a"}'
     assert response.outputs["FIRST"].tolist() == [expected]
     assert response.outputs["SECOND"].tolist() == [expected]
 

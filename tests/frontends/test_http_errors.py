@@ -95,10 +95,12 @@ def _infer(http: httpx.Client, body: Any, model: str = ADD_SUB, **kwargs: Any) -
 
 
 def test_unknown_model_is_404(http: httpx.Client, client: Any) -> None:
-    """Unknown models answer 404 on infer, metadata, ready, config and stats."""
+    """Unknown models answer 404 on infer, metadata, config and stats; ready answers 400, as
+    Triton's (its core says "not ready" for a model it does not know)."""
     _error(_infer(http, {"inputs": GOOD_INPUTS}, model="nope"), 404, "nope")
-    for suffix in ("", "/ready", "/config", "/stats"):
+    for suffix in ("", "/config", "/stats"):
         _error(http.get(f"/v2/models/nope{suffix}"), 404, "nope")
+    _error(http.get("/v2/models/nope/ready"), 400, "nope")
     with pytest.raises(httpclient.InferenceServerException) as info:
         client.infer("nope", _add_sub_inputs())
     assert info.value.status() == "404"
@@ -106,10 +108,11 @@ def test_unknown_model_is_404(http: httpx.Client, client: Any) -> None:
 
 
 def test_unknown_version_is_404(http: httpx.Client) -> None:
-    """A version the model does not serve answers 404; a non-numeric one 400."""
+    """A version the model does not serve answers 404 (its ready route 400, as Triton); a
+    non-numeric one 400."""
     _error(http.post(f"/v2/models/{ADD_SUB}/versions/99/infer", json={"inputs": GOOD_INPUTS}), 404, "99")
     _error(http.get("/v2/models/versioned/versions/2"), 404, "2")
-    _error(http.get("/v2/models/versioned/versions/2/ready"), 404)
+    _error(http.get("/v2/models/versioned/versions/2/ready"), 400)
     _error(http.get(f"/v2/models/{ADD_SUB}/versions/latest/config"), 400, "latest")
 
 
@@ -361,11 +364,13 @@ def _mode(mode: int) -> dict[str, Any]:
     return {"inputs": [_json_input("MODE", "INT32", [1], [mode])]}
 
 
-def test_execute_raises_is_500_without_leaking_details(http: httpx.Client, client: Any) -> None:
-    """A model whose execute raises answers 500; the exception text stays in the server log."""
+def test_execute_raises_is_500_with_the_models_message(http: httpx.Client, client: Any) -> None:
+    """A model whose execute raises answers 500 with Triton's message (the exception's type and
+    text); the traceback stays in the server log."""
     r = _infer(http, _mode(1), model=RAISER)
     message = _error(r, 500)
-    assert "secret internal detail" not in message
+    assert message.startswith("Failed to process the request(s) for model 'raiser_0_0', message: ValueError: secret")
+    assert "Traceback" not in message and "model.py" not in message
     inp = httpclient.InferInput("MODE", [1], "INT32")
     inp.set_data_from_numpy(np.array([1], dtype=np.int32))
     with pytest.raises(httpclient.InferenceServerException) as info:
