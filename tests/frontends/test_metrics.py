@@ -17,12 +17,16 @@ PIPELINES = Path(__file__).parents[1] / "repos" / "pipelines"
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """The value of the sample ``name{labels}`` in Prometheus text (labels in any order)."""
+    """The sum of the samples of ``name`` whose labels include ``labels`` (in any order), in
+    Prometheus text: one sample, or e.g. every ``reason`` of nv_inference_request_failure."""
+    values = []
     for line in text.splitlines():
         match = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
         if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
-            return float(match.group(2))
-    raise AssertionError(f"no sample {name}{labels}")
+            values.append(float(match.group(2)))
+    if not values:
+        raise AssertionError(f"no sample {name}{labels}")
+    return sum(values)
 
 
 FAMILIES = (

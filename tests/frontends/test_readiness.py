@@ -98,14 +98,15 @@ def test_server_readiness_follows_strict_readiness(repo: Path, strict: bool) -> 
 
 def test_model_readiness_of_a_failed_and_an_unknown_model(repo: Path) -> None:
     """A failed model is not ready: HTTP 400 naming it, gRPC ready false, health NOT_SERVING;
-    the good model is ready everywhere; an unknown model is 404 on HTTP."""
+    the good model is ready everywhere; an unknown model is not ready either (HTTP 400, as Triton's
+    core reports an unknown model as not ready)."""
     with serve_in_thread(repo, metrics=False) as running:
         url = running.http_url
         assert _http_ready(url, "/v2/models/good/ready") == 200
         reply = httpx.get(f"http://{url}/v2/models/broken/ready", timeout=10)
         assert reply.status_code == 400
         assert "broken" in reply.json()["error"]
-        assert _http_ready(url, "/v2/models/no_such_model/ready") == 404
+        assert _http_ready(url, "/v2/models/no_such_model/ready") == 400
         with httpclient.InferenceServerClient(url) as client:
             assert client.is_model_ready("good") is True
             assert client.is_model_ready("broken") is False
