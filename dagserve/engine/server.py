@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._version import __version__
@@ -207,7 +208,8 @@ class Server:
                     instance_kind=kind.value.removeprefix("KIND_"),
                     device_id=gpus[i % len(gpus)],
                     infer=self.infer,
-                    run_sync=anyio.from_thread.run,
+                    # with the loop's token: callable from any thread (an instance's own thread)
+                    run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
                 ))
         instances = []
         try:

@@ -1,4 +1,5 @@
-"""Where Python model code runs: on the event loop, or moved to a worker thread when it blocks."""
+"""Where Python model code runs: sync code on a worker thread by default, on the event loop only
+when configured ``execution: inline``, and never moved from one to the other."""
 
 from __future__ import annotations
 
@@ -44,25 +45,39 @@ async def call(server: Server, ms: int) -> int:
     return thread_of(await server.infer("sleepy", "", InferRequest(inputs={"MS": np.array([ms], np.int32)})))
 
 
-async def test_auto_runs_on_the_loop_until_a_call_blocks(tmp_path: Path) -> None:
-    import threading
-
-    loop_thread = threading.get_ident()
-    async with Server(model_repository=make_repo(tmp_path, None)) as server:
-        assert await call(server, 20) == loop_thread  # a first call may be slow (imports, caches)
-        assert await call(server, 0) == loop_thread
-        assert await call(server, 20) == loop_thread  # this call is over budget...
-        assert await call(server, 0) != loop_thread  # ...so later calls run in a thread
-
-
-@pytest.mark.parametrize(("execution", "on_loop"), [("inline", True), ("thread", False)])
-async def test_explicit_modes_stay(tmp_path: Path, execution: str, on_loop: bool) -> None:
+@pytest.mark.parametrize("execution", [None, "auto", "thread"])
+async def test_sync_code_runs_off_the_loop_by_default(tmp_path: Path, execution: str | None) -> None:
+    """Sync code runs on a worker thread by default (``auto`` and ``thread`` mean the same)."""
     import threading
 
     loop_thread = threading.get_ident()
     async with Server(model_repository=make_repo(tmp_path, execution)) as server:
-        await call(server, 20)
-        assert (await call(server, 0) == loop_thread) is on_loop
+        first = await call(server, 0)
+        assert first != loop_thread
+        assert await call(server, 0) == first  # the instance's own thread, every call
+
+
+async def test_inline_stays_on_the_loop_after_slow_calls(tmp_path: Path) -> None:
+    """``execution: inline`` runs on the loop, and slow calls never move it off (no adaptive flip)."""
+    import threading
+
+    loop_thread = threading.get_ident()
+    async with Server(model_repository=make_repo(tmp_path, "inline")) as server:
+        for ms in (20, 0, 20, 20, 0):  # the old adaptive mode moved it after the second slow call
+            assert await call(server, ms) == loop_thread
+
+
+async def test_inline_with_blocking_bls_is_refused(tmp_path: Path) -> None:
+    """Inline code calling the blocking BLS ``.exec(`` would wait on the loop it holds: refused."""
+    make_repo(tmp_path, "inline")
+    (tmp_path / "sleepy" / "1" / "model.py").write_text(
+        SLEEPY + "\n\ndef unused(request):\n    return request.exec()\n"
+    )
+    async with Server(model_repository=tmp_path) as server:
+        index = {m["name"]: m for m in server.repository_index()}
+        assert index["sleepy"]["state"] == "UNAVAILABLE", index
+        assert "execution: inline" in index["sleepy"]["reason"]
+        assert ".exec(" in index["sleepy"]["reason"]
 
 
 async def test_models_with_same_named_helpers_keep_their_own(tmp_path: Path) -> None:
