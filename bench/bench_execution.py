@@ -25,17 +25,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serverproc  # noqa: E402
+import serverproc
 
 HERE = Path(__file__).resolve().parents[1]
 REPO = HERE / "bench" / "repos" / "identity"
 X = np.arange(16, dtype=np.float32)
 
 
-async def closed_loop(call, concurrency: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+async def closed_loop(call, concurrency: int, seconds: float, cpu) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Requests/s, and the server's CPU microseconds per request (``cpu()``: its CPU seconds)."""
     for _ in range(50):
         await call()
     done = 0
+    cpu_start = cpu()
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
@@ -46,37 +48,40 @@ async def closed_loop(call, concurrency: int, seconds: float) -> float:  # type:
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (cpu() - cpu_start) / done * 1e6
 
 
-async def over_http(address: str, seconds: float) -> float:
-    import tritonclient.http as http
+async def over_http(address: str, seconds: float, cpu) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     import tritonclient.http.aio as http_aio
+    from tritonclient import http
 
     client = http_aio.InferenceServerClient(address, conn_limit=16)
     x = http.InferInput("INPUT0", [16], "FP32")
     x.set_data_from_numpy(X, binary_data=True)
     out = [http.InferRequestedOutput("OUTPUT0", binary_data=True)]
     try:
-        return await closed_loop(lambda: client.infer("identity", [x], outputs=out), 16, seconds)
+        return await closed_loop(lambda: client.infer("identity", [x], outputs=out), 16, seconds, cpu)
     finally:
         await client.close()
 
 
-async def over_grpc(address: str, seconds: float) -> float:
-    import tritonclient.grpc as grpc
+async def over_grpc(address: str, seconds: float, cpu) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     import tritonclient.grpc.aio as grpc_aio
+    from tritonclient import grpc
 
     client = grpc_aio.InferenceServerClient(address)
     x = grpc.InferInput("INPUT0", [16], "FP32")
     x.set_data_from_numpy(X)
     try:
-        return await closed_loop(lambda: client.infer("identity", [x]), 16, seconds)
+        return await closed_loop(lambda: client.infer("identity", [x]), 16, seconds, cpu)
     finally:
         await client.close()
 
 
-def run_once(tree: Path, execution: str, seconds: float, tmp: Path) -> tuple[float, float]:
+Result = tuple[tuple[float, float], tuple[float, float]]  # (req/s, server CPU us/req) for http, grpc
+
+
+def run_once(tree: Path, execution: str, seconds: float, tmp: Path) -> Result:
     repo = tmp / f"repo-{execution}"
     if not repo.exists():
         shutil.copytree(REPO, repo)
@@ -92,7 +97,8 @@ def run_once(tree: Path, execution: str, seconds: float, tmp: Path) -> tuple[flo
         else:
             os.environ["PYTHONPATH"] = old
     try:
-        return asyncio.run(over_http(server.http, seconds)), asyncio.run(over_grpc(server.grpc, seconds))
+        return (asyncio.run(over_http(server.http, seconds, server.cpu_seconds)),
+                asyncio.run(over_grpc(server.grpc, seconds, server.cpu_seconds)))
     finally:
         server.stop()
 
@@ -105,20 +111,27 @@ def main() -> int:
     parser.add_argument("--modes", default="inline,thread")
     args = parser.parse_args()
     configs = [(tree, mode) for tree in [HERE, *args.tree] for mode in args.modes.split(",")]
-    results: dict[tuple[Path, str], list[tuple[float, float]]] = {c: [] for c in configs}
+    results: dict[tuple[Path, str], list[Result]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for config in configs:
-                results[config].append(run_once(config[0], config[1], args.seconds, Path(tmp)))
-                print(f"  {config[0]} {config[1]}: http {results[config][-1][0]:.0f}  grpc {results[config][-1][1]:.0f}", flush=True)
+                (h, hc), (g, gc) = run_once(config[0], config[1], args.seconds, Path(tmp))
+                results[config].append(((h, hc), (g, gc)))
+                print(f"  {config[0]} {config[1]}: http {h:.0f} req/s {hc:.0f} us/req  grpc {g:.0f} req/s {gc:.0f} us/req",
+                      flush=True)
+
+    def med(config: tuple[Path, str], proto: int, what: int) -> float:
+        return statistics.median(r[proto][what] for r in results[config])
+
     first = configs[0]
-    base_http = statistics.median(r[0] for r in results[first])
-    base_grpc = statistics.median(r[1] for r in results[first])
+    print("median over rounds; CPU = server process user+sys time per request (less sensitive to other load)")
     for config in configs:
-        h = statistics.median(r[0] for r in results[config])
-        g = statistics.median(r[1] for r in results[config])
-        print(f"{str(config[0]):40s} {config[1]:7s} http c16 {h:6.0f} req/s (x{h / base_http:.2f})  "
-              f"grpc c16 {g:6.0f} req/s (x{g / base_grpc:.2f})")
+        line = "  ".join(
+            f"{name} c16 {med(config, i, 0):6.0f} req/s (x{med(config, i, 0) / med(first, i, 0):.2f}) "
+            f"{med(config, i, 1):5.0f} us CPU/req (x{med(config, i, 1) / med(first, i, 1):.2f})"
+            for i, name in enumerate(("http", "grpc"))
+        )
+        print(f"{config[0]!s:32s} {config[1]:7s} {line}")
     return 0
 
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serverproc  # noqa: E402
+import serverproc
 
 REPO = Path(__file__).resolve().parent / "repos" / "identity"
 BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [16], "data": list(range(16))}]}).encode()

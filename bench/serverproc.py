@@ -23,6 +23,11 @@ class ServerProcess:
     metrics: str = ""
     lines: list[str] = field(default_factory=list)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serverproc  # noqa: E402
+import serverproc
 
 REPO = Path(__file__).resolve().parent / "repos" / "triton_ensemble"
 W = np.zeros((16, 4), dtype=np.float32)
@@ -80,10 +80,9 @@ class Traffic:
     """One client per protocol; builds and checks requests of every kind."""
 
     def __init__(self, http_address: str, grpc_address: str, tally: Tally, kinds: tuple[str, ...]) -> None:
-        import tritonclient.grpc as grpc
         import tritonclient.grpc.aio as grpc_aio
-        import tritonclient.http as http
         import tritonclient.http.aio as http_aio
+        from tritonclient import grpc, http
 
         self.mods = {"http": http, "grpc": grpc}
         self.clients: dict[str, Any] = {
@@ -143,7 +142,7 @@ class Traffic:
                 self.tally.invalid[f"{kind}: answered"] += 1
                 return
         except Exception as exc:  # noqa: BLE001
-            outcome = "client error" if _is_client_error(exc) else f"SERVER ERROR {str(getattr(exc, 'status', lambda: '')())}"
+            outcome = "client error" if _is_client_error(exc) else f"SERVER ERROR {getattr(exc, 'status', lambda: '')()!s}"
             self.tally.invalid[f"{kind}: {outcome}"] += 1
             return
         self.tally.invalid[f"{kind}: WRONGLY ACCEPTED"] += 1
