@@ -2,7 +2,8 @@
 
     python bench/bench_health.py [--seconds 20] [--concurrency 256] [--execution thread|inline]
 
-Serves ``bench/repos/identity`` (a copy, with the ``execution`` parameter when given) with
+Serves ``bench/repos/identity`` (a copy, with the ``execution`` parameter when given, and
+``--model-ms`` of pure-Python work per call on ``--instances`` instances) with
 ``dagserve serve`` on ephemeral ports. A load process keeps ``--concurrency`` keep-alive HTTP
 connections each sending KServe v2 JSON inference requests back to back (closed loop). Meanwhile
 this process probes ``/v2/health/ready`` and ``/metrics`` every 10 ms, each on a new connection
@@ -92,13 +93,28 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--execution", choices=["thread", "inline"], help="the model's execution parameter")
+    parser.add_argument("--model-ms", type=float, default=0.0,
+                        help="pure-Python work (holding the GIL) the model does per call, in ms")
+    parser.add_argument("--instances", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         shutil.copytree(REPO, repo)
+        config = repo / "identity" / "config.pbtxt"
+        extra = f"instance_group [ {{ count: {args.instances} kind: KIND_CPU }} ]\n"
         if args.execution:
-            config = repo / "identity" / "config.pbtxt"
-            config.write_text(config.read_text() + f'parameters {{ key: "execution" value {{ string_value: "{args.execution}" }} }}\n')
+            extra += f'parameters {{ key: "execution" value {{ string_value: "{args.execution}" }} }}\n'
+        config.write_text(config.read_text() + extra)
+        if args.model_ms:
+            model = repo / "identity" / "1" / "model.py"
+            model.write_text(model.read_text().replace(
+                "    def execute(self, requests):\n",
+                "    def execute(self, requests):\n"
+                "        import time\n"
+                f"        end = time.perf_counter() + {args.model_ms / 1e3}\n"
+                "        while time.perf_counter() < end:\n"
+                "            pass\n",
+            ))
         server = serverproc.start(repo)
         try:
             out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
@@ -117,7 +133,8 @@ def main() -> int:
         finally:
             code = server.stop()
     total = sum(n for status, n in counts.items() if status == 200)
-    print(f"load: c{args.concurrency} over {args.seconds + 2:.0f} s, execution {args.execution or 'default'}: "
+    print(f"load: c{args.concurrency} over {args.seconds + 2:.0f} s, execution {args.execution or 'default'}, "
+          f"model {args.model_ms} ms of Python x {args.instances} instance(s): "
           f"{total / (args.seconds + 2):.0f} req/s answered 200; statuses {dict(sorted(counts.items()))}; server exit {code}")
     print(_summary("ready", ready))
     print(_summary("metrics", metrics))
