@@ -25,6 +25,7 @@ import asyncio
 import collections
 import random
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -149,12 +150,12 @@ class Traffic:
 
 
 async def soak(args: argparse.Namespace) -> int:
-    server = serverproc.start(REPO, "--model-control-mode", "explicit", "--load-model", "*")
+    server = serverproc.start(args.repository, "--model-control-mode", "explicit", "--load-model", "*")
     tally = Tally(window=args.window)
     kinds = tuple(k for k in args.invalid.split(",") if k)
     traffic = Traffic(server.http, server.grpc, tally, kinds)
     stopping = asyncio.Event()
-    print(f"serving {REPO.name} on http {server.http} grpc {server.grpc}; {args.duration:.0f} s at c{args.concurrency}",
+    print(f"serving {args.repository.name} on http {server.http} grpc {server.grpc}; {args.duration:.0f} s at c{args.concurrency}",
           flush=True)
 
     async def worker(index: int) -> None:
@@ -201,7 +202,13 @@ async def soak(args: argparse.Namespace) -> int:
     for t in side:
         t.cancel()
     await asyncio.gather(*side, return_exceptions=True)
-    code = await asyncio.to_thread(server.proc.wait, 120)
+    try:
+        code: int | str = await asyncio.to_thread(server.proc.wait, args.exit_timeout)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        await asyncio.to_thread(server.proc.wait)
+        code = f"none: still running {args.exit_timeout:.0f} s after SIGTERM, killed"
+        print("server output (last 30 lines):\n  " + "\n  ".join(server.lines[-30:]))
     exit_s = time.monotonic() - signalled
     await traffic.close()
 
@@ -225,8 +232,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic before SIGTERM")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repository", type=Path, default=REPO,
+                        help="a copy of bench/repos/triton_ensemble (e.g. with other execution parameters)")
     parser.add_argument("--reload-every", type=float, default=10.0, help="seconds between reloads of classifier")
     parser.add_argument("--window", type=float, default=10.0, help="seconds per throughput window")
+    parser.add_argument("--exit-timeout", type=float, default=60.0, help="seconds to wait for the exit after SIGTERM")
     parser.add_argument("--invalid", default=",".join(INVALID_KINDS),
                         help=f"comma-separated kinds of invalid request to mix in (default: all of {', '.join(INVALID_KINDS)})")
     return asyncio.run(soak(parser.parse_args()))

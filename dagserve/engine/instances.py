@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from ..backends.base import ModelInstance, Outputs
-from ..errors import ModelExecutionError
+from ..errors import ModelExecutionError, ModelNotReadyError
 from ..types import InferRequest
 from .stats import ModelStatistics
 
@@ -49,14 +49,19 @@ class InstanceThread:
     Cheaper than a shared pool: a call is one ``SimpleQueue.put`` to wake the thread and one
     ``call_soon_threadsafe`` to hand the result back (no capacity-limiter checkpoint, no pool
     bookkeeping), measured in docs/performance.md. The thread starts with the first call and
-    ends with :meth:`close`. It is a daemon thread: a model blocked for ever cannot keep the
-    process from exiting.
+    ends with :meth:`close`, after the calls submitted before it; a call submitted after
+    :meth:`close` fails at once (it would otherwise wait for a thread that is gone). It is a
+    daemon thread: a model blocked for ever cannot keep the process from exiting.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, owner: str = "model") -> None:
         self.name = name
+        self._owner = owner
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        # Orders submissions against close(): no call can be queued behind the thread's end.
+        self._lock = threading.Lock()
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` on this thread, in a copy of the caller's context; return its
@@ -65,13 +70,19 @@ class InstanceThread:
         On cancellation the call is not abandoned: this waits for ``func`` to return (as
         ``anyio.to_thread.run_sync`` does), so the instance is never handed out while it is
         still executing, then re-raises the cancellation.
+
+        Raises:
+            ModelNotReadyError: :meth:`close` was called (the instance is being unloaded).
         """
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-            self._thread.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put((func, args, contextvars.copy_context(), future, loop))
+        with self._lock:
+            if self._closed:
+                raise ModelNotReadyError(f"{self._owner}: the instance is unloaded")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._jobs.put((func, args, contextvars.copy_context(), future, loop))
         try:
             # shield: a cancelled caller must not cancel the future the thread will resolve.
             return await asyncio.shield(future)
@@ -81,11 +92,15 @@ class InstanceThread:
             raise
 
     def close(self) -> None:
-        """Let the thread finish the calls already submitted, then end it (blocking)."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+        """Refuse new calls, let the thread finish those already submitted, then end it
+        (blocking; idempotent)."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._jobs.put(None)
+        if thread is not None:
+            thread.join()
 
     def _work(self) -> None:
         jobs = self._jobs
@@ -127,7 +142,7 @@ class InstancePool:
         self._available = anyio.Semaphore(len(instances))
         self._stats = stats
         self._threads = {
-            id(instance): InstanceThread(f"dagserve-{stats.name}-{i}")
+            id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")
             for i, instance in enumerate(self.instances)
         }
         self._warned_ns = -_WARN_EVERY_NS
