@@ -67,6 +67,20 @@ async def test_inline_stays_on_the_loop_after_slow_calls(tmp_path: Path) -> None
             assert await call(server, ms) == loop_thread
 
 
+async def test_slow_inline_call_is_logged_not_moved(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An inline call holding the loop over the threshold is logged once, naming the model."""
+    import threading
+
+    loop_thread = threading.get_ident()
+    async with Server(model_repository=make_repo(tmp_path, "inline")) as server:
+        with caplog.at_level("WARNING", logger="dagserve.engine"):
+            await call(server, 30)  # sleeps at least 30 ms: over the 10 ms threshold
+            await call(server, 30)
+        assert await call(server, 0) == loop_thread
+    warnings = [r.getMessage() for r in caplog.records if "held the event loop" in r.getMessage()]
+    assert len(warnings) == 1 and "model 'sleepy'" in warnings[0]
+
+
 async def test_inline_with_blocking_bls_is_refused(tmp_path: Path) -> None:
     """Inline code calling the blocking BLS ``.exec(`` would wait on the loop it holds: refused."""
     make_repo(tmp_path, "inline")
