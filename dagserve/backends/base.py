@@ -9,8 +9,10 @@ alone (other requests of the batch still succeed).
 
 ``mode`` tells the engine how to call ``execute``:
 
-* ``"thread"``: a blocking call, run in a worker thread behind the model's capacity limiter;
-* ``"inline"``: a short non-blocking call, run directly on the event loop (no thread hop);
+* ``"thread"``: a blocking call, run on a worker thread of the instance's own (one call at a
+  time; a call that blocks holds only that instance);
+* ``"inline"``: a short non-blocking call, run directly on the event loop (no thread hop); the
+  engine never changes an instance's mode;
 * ``"async"``: ``execute`` is a coroutine function, awaited on the event loop.
 
 Backends import no engine code; what they may ask of the server (BLS calls) goes through the

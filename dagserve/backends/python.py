@@ -13,15 +13,17 @@ Two forms are accepted in ``<model>/<version>/model.py`` (or ``default_model_fil
 
 Where sync code runs is the config parameter ``execution``:
 
-* ``auto`` (default): on the event loop, which saves a thread hop (about 0.1 ms here) per
-  call, unless the code makes blocking BLS calls (``.exec(``), which need a worker thread; and
-  the engine moves an instance to a worker thread for good the second time one call holds the
-  loop longer than a few milliseconds (see ``InstancePool``).
-* ``thread``: always in a worker thread — for code that blocks (I/O, sleeps, long compute).
-* ``inline``: always on the event loop.
+* ``thread`` (default; ``auto`` is the same): on a worker thread of the instance's own, so code
+  that blocks (I/O, sleeps, long C calls, blocking BLS) holds only that instance — the event
+  loop keeps serving health, metrics and every other model. The hand-off costs a few tens of
+  microseconds per call (docs/performance.md).
+* ``inline``: on the event loop, saving that hand-off, for code its author knows is short and
+  never blocks: while it runs nothing else does. It is never moved off the loop; a call that
+  holds the loop over 10 ms is logged. Code that calls the blocking BLS ``.exec(`` cannot run
+  inline (it would wait on the loop it holds) and is refused at load.
 * ``process``: in a worker process of its own, for GIL-bound code (see :mod:`.process`).
 
-``async def`` code always runs on the loop.
+``async def`` code always runs on the loop: it is non-blocking by contract, as on Triton.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
     instance: TritonModel | NativeModel
     with _IMPORT_LOCK:  # the import and the construction (lazy imports in initialize), see _imports
         module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
-        mode, adaptive = _mode(context, path)
+        mode = _mode(context)
         if hasattr(module, "TritonPythonModel"):
             instance = TritonModel(module.TritonPythonModel, context, mode)
         elif hasattr(module, "Model") or hasattr(module, "infer"):
@@ -80,7 +82,12 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
             raise errors.ConfigError(
                 f"{path}: defines neither a TritonPythonModel class, a Model class nor an infer function"
             )
-    instance.adaptive = adaptive and instance.mode == "inline"
+    if instance.mode == "inline" and _calls_blocking_bls(path):
+        raise errors.ConfigError(
+            f"model '{context.name}': execution: inline cannot run code that calls the blocking BLS "
+            "'.exec(' (it would wait on the event loop it holds); use the default execution (thread) "
+            "or 'async_exec'"
+        )
     return instance
 
 
@@ -147,19 +154,17 @@ def _import(path: Path, module_name: str) -> ModuleType:
     return module
 
 
-def _mode(context: ModelContext, path: Path) -> tuple[ExecuteMode, bool]:
-    """The execute mode from the ``execution`` parameter, and whether the engine may move the
-    instance to a thread later (``auto``)."""
-    execution = context.config.parameters.get("execution", "auto")
-    if execution == "thread":
-        return "thread", False
+def _mode(context: ModelContext) -> ExecuteMode:
+    """The execute mode of sync code from the ``execution`` parameter (``process`` is handled
+    before the module is imported)."""
+    execution = context.config.parameters.get("execution", "thread")
+    if execution in ("thread", "auto"):
+        return "thread"
     if execution == "inline":
-        return "inline", False
-    if execution == "auto":
-        return ("thread", False) if _calls_blocking_bls(path) else ("inline", True)
+        return "inline"
     raise errors.ConfigError(
-        f"model '{context.name}': parameter execution must be 'auto', 'thread', 'inline' or 'process', "
-        f"not {execution!r}"
+        f"model '{context.name}': parameter execution must be 'thread' (the default), 'inline' or "
+        f"'process', not {execution!r}"
     )
 
 
@@ -213,7 +218,6 @@ class TritonModel:
         self._model = cls()
         self._execute = self._model.execute
         self._decoupled = context.config.model_transaction_policy.decoupled
-        self.adaptive = False
         self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._execute) else mode
         self.compute_split: tuple[int, int] | None = None
         """(input, output) ns of the last execute: wrapping the requests for the model, and
@@ -332,7 +336,6 @@ class NativeModel:
         self._decoupled = context.config.model_transaction_policy.decoupled
         is_async = inspect.iscoroutinefunction(self._infer) or inspect.isasyncgenfunction(self._infer)
         self.compute_split: tuple[int, int] | None = None  # as TritonModel.compute_split
-        self.adaptive = False
         self.mode: ExecuteMode = "async" if is_async else mode
         if self._decoupled and not (inspect.isasyncgenfunction(self._infer) or inspect.isgeneratorfunction(self._infer)):
             raise errors.ConfigError(

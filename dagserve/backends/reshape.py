@@ -57,18 +57,14 @@ class ReshapedInstance:
         self._batching = batching
         self._owner = owner
 
-    # The engine reads and may change ``mode`` (and reads ``adaptive``) on the instance it holds.
     @property
     def mode(self) -> ExecuteMode:
+        """The inner instance's mode: the engine runs this wrapper as it would run it."""
         return self.inner.mode
 
     @mode.setter
     def mode(self, value: ExecuteMode) -> None:
         self.inner.mode = value
-
-    @property
-    def adaptive(self) -> bool:
-        return bool(getattr(self.inner, "adaptive", False))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

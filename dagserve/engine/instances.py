@@ -1,30 +1,134 @@
 """The pool of loaded instances of one model version, and how a batch runs on one.
 
-Instances run concurrently with each other, one batch at a time each. Blocking backends run in
-worker threads behind a capacity limiter sized by the instance count (not anyio's shared default
-pool), so one slow model cannot starve the threads of another.
+Instances run concurrently with each other, one batch at a time each. An instance whose
+``execute`` blocks (``mode == "thread"``: every sync Python model by default, torch, ONNX
+Runtime) runs it on a thread of its own (:class:`InstanceThread`), so a model that blocks — a
+sleep, a long C call, a lock — holds only its own thread: the event loop keeps answering
+health, metrics and every other model. The threads of a pool are its capacity: one call per
+instance at a time, never more threads than instances, none shared with another model.
+
+An ``inline`` instance runs on the event loop, by the user's explicit choice; the pool never
+changes an instance's mode. A call that holds the loop longer than :data:`INLINE_WARN_NS` is
+logged (at most once a minute per model) so that an operator sees which model to move.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 
 from ..backends.base import ModelInstance, Outputs
-from ..errors import ModelExecutionError
+from ..errors import ModelExecutionError, ModelNotReadyError
 from ..types import InferRequest
 from .stats import ModelStatistics
 
-__all__ = ["INLINE_BUDGET_NS", "InstancePool"]
+__all__ = ["INLINE_WARN_NS", "InstancePool", "InstanceThread"]
 
 log = logging.getLogger("dagserve.engine")
 
-INLINE_BUDGET_NS = 5_000_000
-"""Longest an adaptive instance may hold the event loop in one call before it is moved to a
-worker thread (5 ms)."""
+INLINE_WARN_NS = 10_000_000
+"""An ``inline`` call holding the event loop longer than this (10 ms) is logged as a warning;
+its mode does not change."""
+
+_WARN_EVERY_NS = 60_000_000_000
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+class InstanceThread:
+    """The one thread that runs one instance's blocking calls, in the order they are submitted.
+
+    Cheaper than a shared pool: a call is one ``SimpleQueue.put`` to wake the thread and one
+    ``call_soon_threadsafe`` to hand the result back (no capacity-limiter checkpoint, no pool
+    bookkeeping), measured in docs/performance.md. The thread starts with the first call and
+    ends with :meth:`close`, after the calls submitted before it; a call submitted after
+    :meth:`close` fails at once (it would otherwise wait for a thread that is gone). It is a
+    daemon thread: a model blocked for ever cannot keep the process from exiting.
+    """
+
+    def __init__(self, name: str, owner: str = "model") -> None:
+        self.name = name
+        self._owner = owner
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Orders submissions against close(): no call can be queued behind the thread's end.
+        self._lock = threading.Lock()
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` on this thread, in a copy of the caller's context; return its
+        result or raise its exception.
+
+        On cancellation the call is not abandoned: this waits for ``func`` to return (as
+        ``anyio.to_thread.run_sync`` does), so the instance is never handed out while it is
+        still executing, then re-raises the cancellation.
+
+        Raises:
+            ModelNotReadyError: :meth:`close` was called (the instance is being unloaded).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise ModelNotReadyError(f"{self._owner}: the instance is unloaded")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._jobs.put((func, args, contextvars.copy_context(), future, loop))
+        try:
+            # shield: a cancelled caller must not cancel the future the thread will resolve.
+            return await asyncio.shield(future)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([future])
+            raise
+
+    def close(self) -> None:
+        """Refuse new calls, let the thread finish those already submitted, then end it
+        (blocking; idempotent)."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._jobs.put(None)
+        if thread is not None:
+            thread.join()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while (job := jobs.get()) is not None:
+            func, args, context, future, loop = job
+            try:
+                result = context.run(func, *args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                _call_soon(loop, _fail, future, exc)
+            else:
+                _call_soon(loop, _succeed, future, result)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class InstancePool:
@@ -36,9 +140,12 @@ class InstancePool:
         self.instances = tuple(instances)
         self._free = list(instances)
         self._available = anyio.Semaphore(len(instances))
-        self._threads = anyio.CapacityLimiter(len(instances))
         self._stats = stats
-        self._ran: set[int] = set()  # ids of inline instances already over budget once
+        self._threads = {
+            id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")
+            for i, instance in enumerate(self.instances)
+        }
+        self._warned_ns = -_WARN_EVERY_NS
 
     async def acquire(self) -> ModelInstance:
         """Wait for a free instance and take it; give it back with :meth:`release`.
@@ -67,28 +174,23 @@ class InstancePool:
     async def run(self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int) -> Sequence[Outputs | BaseException]:
         """Execute one batch on ``instance``: one result (outputs or error) per request.
 
+        ``thread`` instances run on their own :class:`InstanceThread`, ``async`` ones are
+        awaited and ``inline`` ones called on the event loop.
+
         Raises:
             ModelExecutionError: the backend broke its contract (wrong number of results).
         """
         start = time.perf_counter_ns()
-        if instance.mode == "thread":
-            results = await anyio.to_thread.run_sync(instance.execute, requests, limiter=self._threads)
-        elif instance.mode == "async":
+        mode = instance.mode
+        if mode == "thread":
+            results = await self._threads[id(instance)].run(instance.execute, requests)
+        elif mode == "async":
             results = await instance.execute(requests)
         else:
             results = instance.execute(requests)
         infer_ns = time.perf_counter_ns() - start
-        if (
-            instance.mode == "inline"
-            and infer_ns > INLINE_BUDGET_NS
-            and getattr(instance, "adaptive", False)
-            and self._seen(instance)  # one slow call is forgiven: first calls pay one-off costs
-        ):
-            # This call held the event loop (and every other request) too long: from now on
-            # the instance runs in a worker thread.
-            instance.mode = "thread"
-            log.info("model '%s': execute took %.1f ms on the event loop; moving it to a worker thread",
-                     self._stats.name, infer_ns / 1e6)
+        if mode == "inline" and infer_ns > INLINE_WARN_NS:
+            self._warn_inline(infer_ns)
         if len(results) != len(requests):
             raise ModelExecutionError(
                 f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
@@ -97,15 +199,20 @@ class InstancePool:
         self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split)
         return results
 
-    def _seen(self, instance: ModelInstance) -> bool:
-        """Whether ``instance`` was over budget before (and remember that it has been now)."""
-        key = id(instance)
-        if key in self._ran:
-            return True
-        self._ran.add(key)
-        return False
+    def _warn_inline(self, infer_ns: int) -> None:
+        now = time.monotonic_ns()
+        if now - self._warned_ns < _WARN_EVERY_NS:
+            return
+        self._warned_ns = now
+        log.warning(
+            "model '%s' (execution: inline): execute held the event loop for %.1f ms, delaying every "
+            "other request, health and metrics; remove 'execution: inline' to run it in a worker thread",
+            self._stats.name, infer_ns / 1e6,
+        )
 
     def close(self) -> None:
-        """Close every instance (blocking; call from a worker thread)."""
+        """Stop the instances' threads, then close every instance (blocking; call from a worker
+        thread once no batch is in flight)."""
         for instance in self.instances:
+            self._threads[id(instance)].close()
             instance.close()

@@ -337,7 +337,8 @@ class Server:
                     device_id=gpus[i % len(gpus)],
                     infer=self.infer,
                     infer_stream=self.infer_stream,
-                    run_sync=anyio.from_thread.run,
+                    # with the loop's token: callable from any thread (an instance's own thread)
+                    run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
                 ))
         instances = []
         try:

@@ -1,4 +1,5 @@
-"""Where Python model code runs: on the event loop, or moved to a worker thread when it blocks."""
+"""Where Python model code runs: sync code on a worker thread by default, on the event loop only
+when configured ``execution: inline``, and never moved from one to the other."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 
 from dagserve import InferRequest, Server
-from dagserve.engine import instances
 
 pytestmark = pytest.mark.anyio
 
@@ -45,30 +45,53 @@ async def call(server: Server, ms: int) -> int:
     return thread_of(await server.infer("sleepy", "", InferRequest(inputs={"MS": np.array([ms], np.int32)})))
 
 
-async def test_auto_runs_on_the_loop_until_a_call_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An adaptive instance stays on the event loop until a call (after its first) goes over
-    the inline budget; then it runs in a worker thread. The budget is raised to 0.3 s here so
-    that a fast call on a busy machine never goes over it, and a slow one always does."""
-    import threading
-
-    monkeypatch.setattr(instances, "INLINE_BUDGET_NS", 300_000_000)
-    slow = 400
-    loop_thread = threading.get_ident()
-    async with Server(model_repository=make_repo(tmp_path, None)) as server:
-        assert await call(server, slow) == loop_thread  # a first call may be slow (imports, caches)
-        assert await call(server, 0) == loop_thread
-        assert await call(server, slow) == loop_thread  # this call is over budget...
-        assert await call(server, 0) != loop_thread  # ...so later calls run in a thread
-
-
-@pytest.mark.parametrize(("execution", "on_loop"), [("inline", True), ("thread", False)])
-async def test_explicit_modes_stay(tmp_path: Path, execution: str, on_loop: bool) -> None:
+@pytest.mark.parametrize("execution", [None, "auto", "thread"])
+async def test_sync_code_runs_off_the_loop_by_default(tmp_path: Path, execution: str | None) -> None:
+    """Sync code runs on a worker thread by default (``auto`` and ``thread`` mean the same)."""
     import threading
 
     loop_thread = threading.get_ident()
     async with Server(model_repository=make_repo(tmp_path, execution)) as server:
-        await call(server, 20)
-        assert (await call(server, 0) == loop_thread) is on_loop
+        first = await call(server, 0)
+        assert first != loop_thread
+        assert await call(server, 0) == first  # the instance's own thread, every call
+
+
+async def test_inline_stays_on_the_loop_after_slow_calls(tmp_path: Path) -> None:
+    """``execution: inline`` runs on the loop, and slow calls never move it off (no adaptive flip)."""
+    import threading
+
+    loop_thread = threading.get_ident()
+    async with Server(model_repository=make_repo(tmp_path, "inline")) as server:
+        for ms in (20, 0, 20, 20, 0):  # the old adaptive mode moved it after the second slow call
+            assert await call(server, ms) == loop_thread
+
+
+async def test_slow_inline_call_is_logged_not_moved(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An inline call holding the loop over the threshold is logged once, naming the model."""
+    import threading
+
+    loop_thread = threading.get_ident()
+    async with Server(model_repository=make_repo(tmp_path, "inline")) as server:
+        with caplog.at_level("WARNING", logger="dagserve.engine"):
+            await call(server, 30)  # sleeps at least 30 ms: over the 10 ms threshold
+            await call(server, 30)
+        assert await call(server, 0) == loop_thread
+    warnings = [r.getMessage() for r in caplog.records if "held the event loop" in r.getMessage()]
+    assert len(warnings) == 1 and "model 'sleepy'" in warnings[0]
+
+
+async def test_inline_with_blocking_bls_is_refused(tmp_path: Path) -> None:
+    """Inline code calling the blocking BLS ``.exec(`` would wait on the loop it holds: refused."""
+    make_repo(tmp_path, "inline")
+    (tmp_path / "sleepy" / "1" / "model.py").write_text(
+        SLEEPY + "\n\ndef unused(request):\n    return request.exec()\n"
+    )
+    async with Server(model_repository=tmp_path) as server:
+        index = {m["name"]: m for m in server.repository_index()}
+        assert index["sleepy"]["state"] == "UNAVAILABLE", index
+        assert "execution: inline" in index["sleepy"]["reason"]
+        assert ".exec(" in index["sleepy"]["reason"]
 
 
 async def test_models_with_same_named_helpers_keep_their_own(tmp_path: Path) -> None:
