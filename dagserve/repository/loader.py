@@ -133,6 +133,10 @@ def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            if mark is not None:
+                problem = getattr(exc, "problem", None) or exc
+                raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}") from None
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
