@@ -300,3 +300,30 @@ def test_yaml_index_and_hint() -> None:
     assert yaml_index("a:\n  - {b: 1}\n")[("a", 0, "b")] == (2, 6)
     assert did_you_mean("onnxrntime", ["python", "onnxruntime"]) == " (did you mean 'onnxruntime'?)"
     assert did_you_mean("zzz", ["python", "onnxruntime"]) == ""
+
+
+# -- on the wire -----------------------------------------------------------------------------------
+def test_a_misspelt_input_tensor_gets_a_hint_over_http() -> None:
+    """A client sending a misspelt input name gets 400 naming it, the closest input and the list."""
+    import numpy as np
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from dagserve.testing import serve_in_thread
+
+    repo = Path(__file__).parent / "repos" / "triton_python"
+    with serve_in_thread(repo, grpc=False, metrics=False, model_control_mode="explicit",
+                         load_models=("add_sub",)) as running:
+        client = httpclient.InferenceServerClient(running.http_url)
+        tensors = []
+        for name in ("INPUT0", "INPTU1"):
+            t = httpclient.InferInput(name, [4], "FP32")
+            t.set_data_from_numpy(np.ones(4, np.float32))
+            tensors.append(t)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("add_sub", tensors)
+        client.close()
+    assert info.value.status() == "400"
+    assert "model 'add_sub' has no input 'INPTU1' (did you mean 'INPUT1'?) (its inputs: INPUT0, INPUT1)" in str(
+        info.value.message()
+    )
