@@ -36,7 +36,7 @@ alive() { kill -0 "$SERVER" 2>/dev/null; }
 URL=
 for _ in $(seq 1 1200); do   # wait up to 120 s for the models to load and the port to be bound
   alive || { echo "demo: dagserve (pid $SERVER) exited during startup; see its message above (DAGSERVE_HTTP_PORT=N serves the demo on port N)" >&2; exit 1; }
-  URL=$(sed -n 's|^HTTP service listening on \(http://[^ ]*\).*|\1|p' "$LOG" | head -n 1)
+  URL=$(sed -n 's|^HTTP service listening on \(http://[^ ]*\).*|\1|p;T;q' "$LOG")
   [ -n "$URL" ] && break
   sleep 0.1
 done
