@@ -40,10 +40,18 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def _port(value: str) -> int | None:
-    port = int(value)
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number (0-65535; 0 picks a free port, -1 disables), got {value!r}"
+        ) from None
     if port < -1 or port > 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535, 0 picks one, -1 disables)")
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535; 0 picks a free port, -1 disables)")
     return None if port == -1 else port
+
+
+_port.__name__ = "port"  # argparse names the type in its messages ("invalid port value")
 
 
 def _bool(value: str) -> bool:
@@ -137,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         env = _env(flag)
         s.add_argument(f"--{flag}", type=convert, dest="grpc_" + field, default=None if env is None else convert(env),
                        help=text)
-    s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"))
+    s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"),
+                   help="the least severe log messages shown (default info; env DAGSERVE_LOG_LEVEL)")
     cli_security.add_arguments(s)  # security: confinement, limits, restricted APIs, TLS
 
     v = commands.add_parser(
@@ -191,6 +200,18 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a timeout or limit out of range
         print(f"dagserve: {exc}", file=sys.stderr)
         return 2
+    if options.server.load_models and options.server.model_control_mode != "explicit":
+        # Triton refuses this too: in modes none and poll every model loads, so the flag would
+        # silently do nothing.
+        print(f"dagserve: --load-model (or DAGSERVE_LOAD_MODEL) requires --model-control-mode=explicit (the mode is "
+              f"{options.server.model_control_mode}, which loads every model of the repository); "
+              "add --model-control-mode=explicit or remove --load-model", file=sys.stderr)
+        return 2
+    busy = _busy_port(options)
+    if busy is not None:  # before any model loads: a port conflict is known at once
+        print(f"dagserve: {busy}", file=sys.stderr)
+        return 1
+    _warn_if_empty(options.server.model_repository)
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
         anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": uvloop})
@@ -200,8 +221,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"dagserve: {config_error}", file=sys.stderr)
             return 2
         os_error = _find(exc, OSError)
-        if os_error is not None:
-            print(f"dagserve: cannot listen: {os_error}", file=sys.stderr)
+        if os_error is not None:  # e.g. a port taken after the check above
+            print(f"dagserve: cannot listen: {os_error} (HTTP {_show(options.http_port)}, "
+                  f"gRPC {_show(options.grpc_port)}, metrics {_show(options.metrics_port)} on {options.host}; "
+                  "choose free ports with --http-port, --grpc-port, --metrics-port, or 0 for any)", file=sys.stderr)
             return 1
         raise
     _exit_now(0)
@@ -232,6 +255,63 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
         http_limits=HttpLimits(**{field: getattr(args, field) for _, field, _, _ in _HTTP_LIMIT_FLAGS}),
         grpc_keepalive=GrpcKeepalive(**{field: getattr(args, "grpc_" + field) for _, field, _ in _GRPC_KEEPALIVE_FLAGS}),
     )
+
+
+_PORT_FLAGS = (("HTTP", "--http-port", "http_port"), ("gRPC", "--grpc-port", "grpc_port"),
+               ("metrics", "--metrics-port", "metrics_port"))
+
+
+def _busy_port(options: ServeOptions) -> str | None:
+    """Why a port the server would listen on cannot be had (in use, the same port twice, not
+    permitted), naming the port and the flag to change; ``None`` when every port is free.
+
+    Each port is bound once with the frontends' own socket options (``SO_REUSEADDR``, no
+    ``SO_REUSEPORT``), then released: whatever listens there makes the bind fail. A port taken
+    between this check and the frontends' start is still reported, later, as "cannot listen".
+    """
+    import errno
+    import socket
+
+    wanted: dict[tuple[str, int], str] = {}
+    for what, flag, field in _PORT_FLAGS:
+        port = getattr(options, field)
+        if not port:
+            continue  # disabled, or 0: any free port
+        host = (options.metrics_address or options.host) if field == "metrics_port" else options.host
+        if (host, port) in wanted:
+            return f"{flag} {port} is also given to {wanted[(host, port)]}; each service needs its own port"
+        wanted[(host, port)] = flag
+        try:
+            family, _, _, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            where = f"{what} port {port} on {host}"
+            if exc.errno == errno.EADDRINUSE:
+                return (f"{where} is already in use (another dagserve or tritonserver?); stop what listens "
+                        f"there (e.g. `ss -ltnp 'sport = :{port}'` shows it), or choose another port with "
+                        f"{flag} PORT (0 picks a free one, -1 disables the {what} service)")
+            return f"cannot listen on {where}: {exc.strerror or exc}; choose another port with {flag} PORT"
+    return None
+
+
+def _show(port: int | None) -> str:
+    return "off" if port is None else str(port)
+
+
+def _warn_if_empty(repository: Path | None) -> None:
+    """Say so when the repository has no model directory: the server would start and serve
+    nothing, which is rarely what was meant (a wrong path, or models one level too deep)."""
+    if repository is None or not repository.is_dir():
+        return  # the server reports a missing repository itself
+    if any(c.is_dir() and not c.name.startswith((".", "_")) for c in repository.iterdir()):
+        return
+    print(f"dagserve: warning: model repository {repository} has no model directories; the server starts "
+          f"with no models (expected {repository}/<model>/config.pbtxt or config.yaml, and version "
+          f"directories such as {repository}/<model>/1/)", file=sys.stderr, flush=True)
 
 
 def _exit_now(status: int) -> None:

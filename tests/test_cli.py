@@ -88,7 +88,7 @@ def test_validate_reports_config_errors_with_file_and_field(capsys: pytest.Captu
     assert len(errors) == 3
     assert (
         errors[0].startswith("error: broken_bad_type: ")
-        and "config.yaml: field 'max_batch_size'" in errors[0]
+        and "config.yaml:2:1: field 'max_batch_size'" in errors[0]
     )
     assert "field 'inputs[0].data_type': required field is missing" in errors[1]
     assert "field 'max_batch_sise': unknown field" in errors[2]

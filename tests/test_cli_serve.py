@@ -84,7 +84,7 @@ def test_port_in_use_is_a_clear_error() -> None:
                      "--metrics-port", "0")
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "cannot listen" in out and "Traceback" not in out
+    assert f"HTTP port {port} on 127.0.0.1 is already in use" in out and "Traceback" not in out
 
 
 @pytest.mark.parametrize("flag", ["--http-port=70000", "--strict-readiness=maybe"])

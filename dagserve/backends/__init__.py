@@ -17,7 +17,7 @@ from ..repository.config import ModelConfig
 from .base import Backend, ModelContext, ModelInstance
 from .reshape import with_reshape
 
-__all__ = ["Backend", "ModelContext", "ModelInstance", "complete_config", "get_backend"]
+__all__ = ["Backend", "ModelContext", "ModelInstance", "backend_names", "complete_config", "get_backend"]
 
 log = logging.getLogger("dagserve.backends")
 
@@ -33,6 +33,12 @@ _RESHAPES_ITSELF = {"onnxruntime"}
 """Backends that apply the config's ``reshape`` themselves (and check it against the model)."""
 
 
+def backend_names() -> frozenset[str]:
+    """Every name a config's ``backend`` may give: the backends here, and the pipeline kinds
+    (``ensemble``, ``pipeline``) that the engine runs itself."""
+    return frozenset((*_MODULES, "ensemble", "pipeline"))
+
+
 def get_backend(name: str) -> Backend:
     """The backend module for a config's backend name; its instances see each tensor's
     ``reshape`` dims (see :mod:`.reshape`) while clients keep the config dims.
@@ -42,8 +48,10 @@ def get_backend(name: str) -> Backend:
     """
     module = _MODULES.get(name)
     if module is None:
+        from ..repository.locations import did_you_mean
+
         known = ", ".join(sorted(_MODULES))
-        raise ConfigError(f"unknown backend {name!r} (dagserve has: {known})")
+        raise ConfigError(f"unknown backend {name!r}{did_you_mean(name, _MODULES)} (dagserve has: {known})")
     backend: Backend = importlib.import_module(module)  # type: ignore[assignment]
     return backend if name in _RESHAPES_ITSELF else _Reshaping(backend)
 

@@ -88,6 +88,7 @@ class Pipeline:
         self._steps: list[tuple[dict[str, Any], dict[str, SourceLike], str | Condition | None]] = []
         self._outputs: list[tuple[dict[str, Any], SourceLike]] = []
         self._scope: Condition | None = None
+        self._origin = _caller()  # errors about the pipeline as a whole point here
 
     def input(
         self, name: str, datatype: DataType | str, shape: Sequence[int], *, optional: bool = False
@@ -119,7 +120,7 @@ class Pipeline:
             ConfigError: ``when`` given inside a switch case.
         """
         if when is not None and self._scope is not None:
-            raise ConfigError(f"step '{name}': a step inside a switch case cannot have its own 'when'")
+            raise ConfigError(f"{_caller()}: step '{name}': a step inside a switch case cannot have its own 'when'")
         fields = {
             "name": name,
             "model": model,
@@ -148,6 +149,7 @@ class Pipeline:
             "datatype": dtype,
             "shape": None if shape is None else tuple(shape),
             "optional": optional,
+            "origin": _caller(),
         }
         self._outputs.append((fields, source))
 
@@ -184,7 +186,7 @@ class Pipeline:
             try:
                 outputs.append(OutputSpec(source=_source(source, names), **fields))
             except ValueError as exc:
-                raise ConfigError(f"pipeline '{self.name}': output '{fields['name']}': {exc}") from None
+                raise ConfigError(f"{fields['origin']}: output '{fields['name']}': {exc}") from None
         return PipelineSpec(
             name=self.name,
             inputs=tuple(self._inputs),
@@ -192,7 +194,7 @@ class Pipeline:
             steps=tuple(steps),
             max_batch_size=self.max_batch_size,
             max_inflight_requests=self.max_inflight_requests,
-            origin=_caller(),
+            origin=self._origin,
         )
 
 
@@ -229,7 +231,7 @@ class Switch:
     @contextlib.contextmanager
     def _scoped(self, condition: Condition) -> Iterator[None]:
         if self._pipeline._scope is not None:
-            raise ConfigError("switch cases cannot be nested")
+            raise ConfigError(f"{_caller()}: switch cases cannot be nested")
         self._pipeline._scope = condition
         try:
             yield

@@ -347,7 +347,7 @@ class RepositoryChecker:
             try:
                 with _forgetting_imports(source.path):
                     spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
-                checked = check_pipeline(spec, self._member)
+                checked = check_pipeline(spec, self._member, known_models=self.names)
             except ConfigError as exc:
                 findings += _errors(name, str(exc))
                 self._failed[name] = {0: str(exc)}

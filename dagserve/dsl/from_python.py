@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import sys
+import traceback
 import uuid
 from pathlib import Path
 
@@ -76,7 +78,20 @@ def _import(path: Path) -> object:
         except ConfigError:
             raise
         except Exception as exc:  # user code may raise anything while importing
-            raise ConfigError(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"{path}{_line_in(exc, path)}: failed to import: {type(exc).__name__}: {exc}") from exc
         finally:
             sys.path.remove(str(path.parent))
     return module
+
+
+def _line_in(exc: BaseException, path: Path) -> str:
+    """``":line"`` of the last place in ``path`` that the exception went through (a syntax
+    error's own line), or ``""``."""
+    target = os.path.realpath(path)
+    if isinstance(exc, SyntaxError) and exc.filename and os.path.realpath(exc.filename) == target and exc.lineno:
+        return f":{exc.lineno}"
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if os.path.realpath(frame.f_code.co_filename) == target:
+            line = lineno
+    return f":{line}" if line else ""

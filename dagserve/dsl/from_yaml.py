@@ -44,11 +44,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from ..errors import ConfigError
 from ..repository.config import ModelConfig
+from ..repository.locations import describe_validation, did_you_mean, loc_text, locate, yaml_index
 from .conditions import Condition, Op, parse_condition
 from .spec import STEP_NAME, LoopSpec, OutputSpec, PipelineSpec, StepSpec, parse_source
 
@@ -99,24 +99,29 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
     ``path`` is the config file; it is re-read only to point error messages at lines.
 
     Raises:
-        ConfigError: the ``pipeline`` section is malformed; ``file:line: field 'a.b': message``.
+        ConfigError: the ``pipeline`` section is malformed;
+            ``file:line:column: field 'a.b': message`` (an unknown key with a did-you-mean hint).
     """
     assert config.pipeline is not None
-    lines = _line_index(path)
+    lines = yaml_index(path.read_text()) if path is not None and path.is_file() else {}
     origin = str(path) if path else f"pipeline '{config.name}'"
     try:
         graph = _Pipeline.model_validate(config.pipeline)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin, lines)) from None
+        raise ConfigError(
+            describe_validation(exc, path=origin, index=lines, model=_Pipeline, prefix=("pipeline",),
+                                tags=("step", "switch"))
+        ) from None
 
     inputs = tuple(t.name for t in config.input)
 
     def where(*loc: Any) -> str:
-        line = _nearest_line(("pipeline", *loc), lines)
-        return f"{origin}:{line}" if line else origin
+        """``file:line`` of a step (its origin, shown before 'pipeline ..., step ...')."""
+        return origin + locate(("pipeline", *loc), lines, column=False)
 
     def fail(loc: tuple[Any, ...], message: str) -> ConfigError:
-        return ConfigError(f"{where(*loc)}: field '{_loc_text(('pipeline', *loc))}': {message}")
+        at = origin + locate(("pipeline", *loc), lines)
+        return ConfigError(f"{at}: field '{loc_text(('pipeline', *loc))}': {message}")
 
     steps: list[StepSpec] = []
     for i, entry in enumerate(graph.steps):
@@ -140,7 +145,8 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
         if name not in graph.outputs:
             raise fail(
                 ("outputs",),
-                f"output '{name}' is declared but pipeline.outputs does not say which step writes it",
+                f"output '{name}' is declared but pipeline.outputs does not say which step writes it"
+                + did_you_mean(name, [n for n in graph.outputs if n not in declared]),
             )
     outputs = []
     for name, source_text in graph.outputs.items():
@@ -156,6 +162,7 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
                 datatype=t.data_type if t else None,
                 shape=t.dims if t else None,
                 optional=t.optional if t else False,
+                origin=where("outputs", name),
             )
         )
     # Declared outputs keep their declared order (metadata shows them so); inferred ones follow.
@@ -219,61 +226,3 @@ def _step(
         loop=loop,
         origin=where(*loc),
     )
-
-
-# -- error messages that point at lines --------------------------------------------------------
-def _line_index(path: Path | None) -> dict[tuple[Any, ...], int]:
-    """1-based line of every node of the file's YAML, keyed by its path of keys and indices."""
-    if path is None or not path.is_file():
-        return {}
-    try:
-        root = yaml.compose(path.read_text())
-    except yaml.YAMLError:
-        return {}
-    index: dict[tuple[Any, ...], int] = {}
-
-    def walk(node: yaml.Node, at: tuple[Any, ...]) -> None:
-        index[at] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                k = key.value if isinstance(key, yaml.ScalarNode) else None
-                index[(*at, k)] = key.start_mark.line + 1
-                walk(value, (*at, k))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*at, i))
-
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _describe(exc: ValidationError, origin: str, lines: dict[tuple[Any, ...], int]) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        loc = tuple(p for p in e["loc"] if p not in ("step", "switch") or p == e["loc"][-1])
-        loc = ("pipeline", *loc)
-        line = _nearest_line(loc, lines)
-        msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(
-            e["type"], e["msg"]
-        )
-        parts.append(f"{origin}{f':{line}' if line else ''}: field '{_loc_text(loc)}': {msg}")
-    more = len(exc.errors()) - 5
-    if more > 0:
-        parts.append(f"... and {more} more")
-    return "; ".join(parts)
-
-
-def _nearest_line(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
-    while loc:
-        if loc in lines:
-            return lines[loc]
-        loc = loc[:-1]
-    return None
-
-
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

@@ -209,7 +209,8 @@ class OutputSpec:
     """A pipeline output: where it comes from and, optionally, its declared type.
 
     ``datatype``/``shape`` None are inferred from the producing step at load time. An
-    ``optional`` output may be missing from a response (its producer was skipped).
+    ``optional`` output may be missing from a response (its producer was skipped). ``origin``
+    is where it was declared (``file:line``), for error messages.
     """
 
     name: str
@@ -217,6 +218,7 @@ class OutputSpec:
     datatype: DataType | None = None
     shape: tuple[int, ...] | None = None
     optional: bool = False
+    origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.shape is not None:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
 from ..repository.confine import check_model_name
+from ..repository.locations import did_you_mean
 from ..types import DataType
 from .conditions import Condition, Op, Param
 from .spec import OutputSpec, PipelineSpec, Source, StepSpec, TensorRef, source_refs
@@ -117,19 +118,21 @@ class CheckedPipeline:
     decoupled: tuple[str, ...] = ()
 
 
-def check_pipeline(spec: PipelineSpec, lookup: MemberLookup) -> CheckedPipeline:
-    """Check ``spec`` against its members (see the module doc).
+def check_pipeline(spec: PipelineSpec, lookup: MemberLookup, *, known_models: Collection[str] = ()) -> CheckedPipeline:
+    """Check ``spec`` against its members (see the module doc). ``known_models`` (the names a
+    member could have) give an unknown member's message its "did you mean" hint.
 
     Raises:
         ConfigError: every problem found, separated by ``"; "``.
     """
-    return _Checker(spec, lookup).run()
+    return _Checker(spec, lookup, known_models).run()
 
 
 class _Checker:
-    def __init__(self, spec: PipelineSpec, lookup: MemberLookup) -> None:
+    def __init__(self, spec: PipelineSpec, lookup: MemberLookup, known_models: Collection[str] = ()) -> None:
         self.spec = spec
         self.lookup = lookup
+        self.known_models = known_models
         self.problems: list[str] = []
         self.members: dict[str, ModelConfig] = {}
         self.types: dict[TensorRef, TensorType] = {}
@@ -137,8 +140,10 @@ class _Checker:
         self.batching = spec.max_batch_size > 0
 
     # -- reporting ---------------------------------------------------------------------------
-    def problem(self, message: str, step: StepSpec | None = None) -> None:
-        origin = (step.origin if step is not None and step.origin else "") or self.spec.origin
+    def problem(self, message: str, step: StepSpec | None = None, *, at: str = "") -> None:
+        """Record a problem, located at ``step``'s origin, else ``at`` (e.g. an output's), else
+        the pipeline's."""
+        origin = (step.origin if step is not None and step.origin else "") or at or self.spec.origin
         where = f"{origin}: " if origin else ""
         which = f", step '{step.name}'" if step is not None else ""
         self.problems.append(f"{where}pipeline '{self.spec.name}'{which}: {message}")
@@ -202,7 +207,8 @@ class _Checker:
             check_model_name(step.model, field="model")  # security: confinement of member names
             config = self.lookup(step.model, step.model_version)
         except Exception as exc:  # noqa: BLE001 - the lookup's message says why the member is unusable
-            self.problem(f"{exc}", step)
+            hint = did_you_mean(step.model, self.known_models) if str(exc).startswith("unknown model") else ""
+            self.problem(f"{exc}{hint}", step)
             return
         self.members[step.name] = config
         mapped = bool(step.map_over)
@@ -232,7 +238,8 @@ class _Checker:
         for name in step.inputs:
             if name not in specs:
                 self.problem(
-                    f"{model} has no input '{name}' (its inputs: {', '.join(specs) or 'none'})", step
+                    f"{model} has no input '{name}'{did_you_mean(name, specs)} (its inputs: {', '.join(specs) or 'none'})",
+                    step,
                 )
         for name, t in specs.items():
             if name not in step.inputs and not t.optional:
@@ -250,30 +257,36 @@ class _Checker:
         if step.loop is not None:
             self.check_loop(step, member)
 
-    def resolve(self, step: StepSpec | None, ref: TensorRef, reader: str) -> TensorType | None:
+    def resolve(self, step: StepSpec | None, ref: TensorRef, reader: str, *, at: str = "") -> TensorType | None:
         """The type of ``ref``, or None after reporting why it cannot be read (None silently
-        when its producer's member failed: that is already reported)."""
+        when its producer's member failed: that is already reported); ``at`` locates a reader
+        that is not a step."""
         if ref.step is None:
             found = self.types.get(ref)
             if found is None:
-                names = ", ".join(t.name for t in self.spec.inputs) or "none"
+                inputs = [t.name for t in self.spec.inputs]
                 self.problem(
-                    f"{reader} reads '{ref.name}', which is not a pipeline input (inputs: {names})", step
+                    f"{reader} reads '{ref.name}', which is not a pipeline input{did_you_mean(ref.name, inputs)} "
+                    f"(inputs: {', '.join(inputs) or 'none'})",
+                    step,
+                    at=at,
                 )
             return found
         producer = self.steps.get(ref.step)
         if producer is None:
-            self.problem(f"{reader} reads '{ref}', but no step is named '{ref.step}'", step)
+            hint = did_you_mean(ref.step, self.steps)
+            self.problem(f"{reader} reads '{ref}', but no step is named '{ref.step}'{hint}", step, at=at)
             return None
         if producer.name not in self.members:
             return None
         found = self.types.get(ref)
         if found is None:
-            outputs = ", ".join(o.name for o in self.members[producer.name].output) or "none"
+            names = [o.name for o in self.members[producer.name].output]
             self.problem(
                 f"{reader} reads '{ref}', but model '{producer.model}' of step '{producer.name}' has no output "
-                f"'{ref.name}' (its outputs: {outputs})",
+                f"'{ref.name}'{did_you_mean(ref.name, names)} (its outputs: {', '.join(names) or 'none'})",
                 step,
+                at=at,
             )
         return found
 
@@ -394,24 +407,27 @@ class _Checker:
     def check_output(self, output: OutputSpec) -> OutputSpec:
         found: TensorType | None = None
         for ref in source_refs(output.source):
-            t = self.resolve(None, ref, f"output '{output.name}'")
+            t = self.resolve(None, ref, f"output '{output.name}'", at=output.origin)
             if t is None:
                 continue
             if found is not None and t.datatype is not found.datatype:
                 self.problem(
-                    f"output '{output.name}': '{ref}' is {t.datatype.value} but an alternative is {found.datatype.value}"
+                    f"output '{output.name}': '{ref}' is {t.datatype.value} but an alternative is {found.datatype.value}",
+                    at=output.origin,
                 )
             found = found or t
             if output.datatype is not None and t.datatype is not output.datatype:
                 self.problem(
                     f"datatype mismatch on output '{output.name}': {t.producer} is {t.datatype.value}, "
-                    f"but the output is declared {output.datatype.value}"
+                    f"but the output is declared {output.datatype.value}",
+                    at=output.origin,
                 )
             if output.shape is not None and adapt(t, output.shape, self.batching) is None:
                 declared = [-1, *output.shape] if self.batching else list(output.shape)
                 self.problem(
                     f"shape mismatch on output '{output.name}': {t.producer} has shape {list(t.full)}, "
-                    f"but the output is declared {declared}"
+                    f"but the output is declared {declared}",
+                    at=output.origin,
                 )
         if found is None or (output.datatype is not None and output.shape is not None):
             return output

@@ -27,6 +27,7 @@ from ..errors import (
     UnsupportedError,
 )
 from ..repository.config import DynamicBatching, ModelConfig
+from ..repository.locations import did_you_mean
 from ..types import (
     DataType,
     InferRequest,
@@ -332,7 +333,8 @@ class ModelVersion:
             for name in inputs:
                 if name not in specs:
                     raise InvalidInputError(
-                        f"{self._owner} has no input '{name}' (its inputs: {', '.join(specs) or 'none'})"
+                        f"{self._owner} has no input '{name}'{did_you_mean(name, specs)} "
+                        f"(its inputs: {', '.join(specs) or 'none'})"
                     )
         declared = request.datatypes
         batch = 0
@@ -384,7 +386,10 @@ class ModelVersion:
         checks = self._output_checks
         for name in outputs:
             if name not in checks:
-                raise ModelExecutionError(f"{self._owner} returned output '{name}', which its config does not declare")
+                raise ModelExecutionError(
+                    f"{self._owner} returned output '{name}', which its config does not declare"
+                    f"{did_you_mean(name, checks)}"
+                )
         result: dict[str, np.ndarray] = {}
         for name in wanted or self._output_names:
             array = outputs.get(name)

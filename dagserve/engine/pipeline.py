@@ -86,7 +86,7 @@ async def load_pipeline(
         members.append(found)
         return found
 
-    checked = check_pipeline(spec, member)
+    checked = check_pipeline(spec, member, known_models=server.model_names())
     plan, config = build_plan(checked), served_config(config, checked)
     runner: PipelineRunner
     if config.model_transaction_policy.decoupled:

@@ -52,6 +52,7 @@ from ..repository.loader import (
     read_model,
     scan,
 )
+from ..repository.locations import did_you_mean
 from ..types import InferRequest, InferResponse
 from .cache import ResponseCache
 from .model import ModelState, ModelVersion
@@ -173,7 +174,8 @@ class Server:
             if "*" not in wanted:
                 unknown = wanted - set(sources)
                 if unknown:
-                    raise ConfigError(f"--load-model names unknown models: {', '.join(sorted(unknown))}")
+                    named = ", ".join(f"'{n}'{did_you_mean(n, sources)}" for n in sorted(unknown))
+                    raise ConfigError(f"--load-model names unknown models: {named}")
                 # A pipeline comes with the models it calls, as Triton loads an ensemble's.
                 wanted = await with_members(wanted, sources)
                 sources = {n: s for n, s in sources.items() if n in wanted}

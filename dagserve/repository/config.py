@@ -36,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from ..types import DataType, TensorSpec
 
 __all__ = [
+    "PLATFORMS",
     "DynamicBatching",
     "EnsembleScheduling",
     "EnsembleStep",
@@ -57,7 +58,11 @@ def _parse_datatype(value: Any) -> Any:
         try:
             return DataType.parse(value)
         except ValueError:
-            raise ValueError(f"unknown datatype {value!r} (expected e.g. FP32, INT64, BYTES)") from None
+            from .locations import did_you_mean
+
+            names = [d.value for d in DataType] + [f"TYPE_{d.value}" for d in DataType]
+            hint = did_you_mean(value.upper(), names) or " (expected e.g. FP32, INT64, BYTES)"
+            raise ValueError(f"unknown datatype {value!r}{hint}") from None
     return value
 
 
@@ -425,3 +430,5 @@ _PLATFORM_BACKENDS = {
     "ensemble": "ensemble",
     "pipeline": "pipeline",
 }
+PLATFORMS = tuple(_PLATFORM_BACKENDS)
+"""The ``platform`` names dagserve knows (each implies a backend)."""

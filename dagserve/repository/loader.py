@@ -30,9 +30,10 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, InvalidInputError
 from .config import ModelConfig
+from .locations import Index, describe_validation, did_you_mean, loc_text, locate, yaml_index
 
 __all__ = [
-    "ModelSource", "fingerprint", "load_config", "materialize_override", "override_files", "parse_config", "parse_json_config", "read_model", "scan",
+    "ModelSource", "check_backend", "fingerprint", "load_config", "materialize_override", "override_files", "parse_config", "parse_json_config", "read_model", "scan",
 ]
 
 log = logging.getLogger("dagserve.repository")
@@ -121,23 +122,63 @@ def parse_config(text: str, *, path: Path, name: str) -> ModelConfig:
     Raises:
         ConfigError: naming ``path`` and the field.
     """
+    column = True
     if path.suffix == ".pbtxt":
-        from .pbtxt import pbtxt_to_dict
+        from .pbtxt import pbtxt_locations, pbtxt_to_dict
 
         data = pbtxt_to_dict(text, path=path)
-        strict = False
+        strict, column = False, False
+        index: Index = pbtxt_locations(text)
     else:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            if mark is not None:
+                problem = getattr(exc, "problem", None) or exc
+                raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}") from None
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
         strict = True
-    config = validate(data, path=path, strict=strict)
+        index = yaml_index(text)
+    config = validate(data, path=path, strict=strict, index=index, column=column)
     if config.name and config.name != name:
-        raise ConfigError(f"{path}: field 'name': '{config.name}' does not match the directory name '{name}'")
-    return config.model_copy(update={"name": name})
+        raise ConfigError(
+            f"{path}{locate(('name',), index, column=column)}: field 'name': '{config.name}' does not match "
+            f"the directory name '{name}'"
+        )
+    config = config.model_copy(update={"name": name})
+    check_backend(config, path=path, index=index, column=column)
+    return config
+
+
+def check_backend(config: ModelConfig, *, path: Path, index: Index = {}, column: bool = True) -> None:  # noqa: B006
+    """Refuse a ``backend`` or ``platform`` that names no backend dagserve has, with the
+    closest name as a hint ("unknown backend 'onnxrntime' (did you mean 'onnxruntime'?)").
+
+    Raises:
+        ConfigError: ``file:line: field 'backend': unknown backend ...``.
+    """
+    from ..backends import backend_names  # the backends import this package: import late
+
+    known = backend_names()
+    field = "backend" if config.backend else "platform"
+    if config.backend_name in known:
+        return
+    if not config.backend_name:
+        raise ConfigError(
+            f"{path}: field 'backend': no backend or platform set (e.g. backend: \"python\" with 1/model.py; "
+            f"dagserve has: {', '.join(sorted(known))})"
+        )
+    from .config import PLATFORMS
+
+    spelt = config.backend if config.backend else config.platform
+    candidates = known if config.backend else (*known, *PLATFORMS)
+    raise ConfigError(
+        f"{path}{locate((field,), index, column=column)}: field '{field}': unknown {field} '{spelt}'"
+        f"{did_you_mean(spelt, candidates)}; dagserve has: {', '.join(sorted(candidates))}"
+    )
 
 
 def parse_json_config(text: str, *, name: str) -> ModelConfig:
@@ -173,18 +214,24 @@ def parse_json_config(text: str, *, name: str) -> ModelConfig:
     config = validate(data, path=where, strict=strict)
     if config.name and config.name != name:
         raise ConfigError(f"{where}: field 'name': '{config.name}' does not match the model name '{name}'")
-    return config.model_copy(update={"name": name})
+    config = config.model_copy(update={"name": name})
+    check_backend(config, path=where)
+    return config
 
 
-def validate(data: dict[str, Any], *, path: Path, strict: bool = True) -> ModelConfig:
-    """Validate ``data`` as a ModelConfig.
+def validate(
+    data: dict[str, Any], *, path: Path, strict: bool = True, index: Index = {}, column: bool = True  # noqa: B006
+) -> ModelConfig:
+    """Validate ``data`` as a ModelConfig; ``index`` locates the fields in the file (see
+    :mod:`.locations`), ``column`` whether messages give the column too.
 
     With ``strict=False`` (Triton pbtxt, where protobuf already checked field names), fields
     of Triton's schema that dagserve does not model are dropped with a warning instead of
     failing the model.
 
     Raises:
-        ConfigError: the first problems, each as ``file: field 'a.b[0].c': message``.
+        ConfigError: the first problems, each as ``file:line:col: field 'a.b[0].c': message``
+            (an unknown field with the closest known name as a hint).
     """
     while True:
         try:
@@ -192,30 +239,12 @@ def validate(data: dict[str, Any], *, path: Path, strict: bool = True) -> ModelC
         except ValidationError as exc:
             extras = [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"]
             if strict or not extras or len(extras) != len(exc.errors()):
-                raise ConfigError(_describe(exc, path)) from None
+                raise ConfigError(
+                    describe_validation(exc, path=path, index=index, model=ModelConfig, column=column)
+                ) from None
             for loc in extras:
-                log.warning("%s: field '%s' is not supported by dagserve and is ignored", path, _loc(loc))
+                log.warning("%s: field '%s' is not supported by dagserve and is ignored", path, loc_text(loc))
                 _drop(data, loc)
-
-
-def _describe(exc: ValidationError, path: Path) -> str:
-    lines = []
-    for e in exc.errors()[:5]:
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        if e["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"{path}: field '{_loc(e['loc'])}': {msg}")
-    more = len(exc.errors()) - 5
-    if more > 0:
-        lines.append(f"... and {more} more")
-    return "; ".join(lines)
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _drop(data: Any, loc: tuple[Any, ...]) -> None:

@@ -2,8 +2,10 @@
 
 Parsing goes through protobuf itself with the ``ModelConfig`` definition from our copy of
 ``model_config.proto``, so every file Triton accepts parses the same way here, and a typo gets
-protobuf's message with its line and column. A field of Triton's schema that dagserve does not
+protobuf's message with its line and column (and, for a misspelt field or enum value, the
+closest name: "did you mean 'dims'?"). A field of Triton's schema that dagserve does not
 implement is refused here too, with its line (the schema in :mod:`.config` says which).
+:func:`pbtxt_locations` indexes where each field is set, for the loader's field errors.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pydantic import ValidationError
 from .._proto import model_config_pb2
 from ..errors import ConfigError
 from .config import ModelConfig
+from .locations import did_you_mean, loc_text, locate, pbtxt_index
 
-__all__ = ["pbtxt_to_dict"]
+__all__ = ["pbtxt_locations", "pbtxt_to_dict"]
 
 
 def pbtxt_to_dict(text: str, *, path: Path) -> dict[str, Any]:
@@ -34,10 +37,39 @@ def pbtxt_to_dict(text: str, *, path: Path) -> dict[str, Any]:
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ConfigError(f"{path}:{exc}") from None
+        raise ConfigError(f"{path}:{exc}{_hint(str(exc))}") from None
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     _refuse_unsupported(data, text, path)
     return data
+
+
+def pbtxt_locations(text: str) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """Where each field of a ``config.pbtxt`` is set: path -> ``(line, column)``."""
+    return pbtxt_index(text, model_config_pb2.ModelConfig.DESCRIPTOR)
+
+
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+_NO_VALUE = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+
+
+def _hint(message: str) -> str:
+    """" (did you mean 'x'?)" for protobuf's unknown-field and unknown-enum-value errors."""
+    pool = model_config_pb2.DESCRIPTOR.pool
+    found = _NO_FIELD.search(message)
+    if found:
+        try:
+            fields = pool.FindMessageTypeByName(found.group(1)).fields_by_name
+        except KeyError:
+            return ""
+        return did_you_mean(found.group(2), fields)
+    found = _NO_VALUE.search(message)
+    if found:
+        try:
+            values = pool.FindEnumTypeByName(found.group(1)).values_by_name
+        except KeyError:
+            return ""
+        return did_you_mean(found.group(2), values)
+    return ""
 
 
 def _refuse_unsupported(data: dict[str, Any], text: str, path: Path) -> None:
@@ -47,30 +79,9 @@ def _refuse_unsupported(data: dict[str, Any], text: str, path: Path) -> None:
         found = [e for e in exc.errors() if e["type"] == "unsupported"]
         if not found:
             return  # other problems are reported by the loader, field by field
-        seen: dict[str, int] = {}
-        lines = []
-        for e in found:
-            name = str(e["loc"][-1])
-            nth = seen.get(name, 0)
-            seen[name] = nth + 1
-            where = _line_of(text, name, nth)
-            lines.append(f"{path}:{where}: field '{_loc(e['loc'])}': {e['msg']}" if where else
-                         f"{path}: field '{_loc(e['loc'])}': {e['msg']}")
+        index = pbtxt_locations(text)
+        lines = [
+            f"{path}{locate(tuple(e['loc']), index, column=False)}: field '{loc_text(e['loc'])}': {e['msg']}"
+            for e in found
+        ]
         raise ConfigError("; ".join(lines)) from None
-
-
-def _line_of(text: str, field: str, nth: int) -> int | None:
-    """The line of the ``nth`` place (0-based) where ``field`` is set, ignoring comments; the
-    first one when there are fewer."""
-    pattern = re.compile(rf"(?<![\w.]){re.escape(field)}\s*[:{{\[]")
-    hits = [i for i, line in enumerate(text.splitlines(), 1) if pattern.search(line.split("#", 1)[0])]
-    if not hits:
-        return None
-    return hits[nth] if nth < len(hits) else hits[0]
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

@@ -82,13 +82,14 @@ def test_good_pipeline_passes_with_types_and_order() -> None:
         ({"clf_model": "nope"}, "step 'clf': unknown model 'nope'"),
         (
             {"clf": {"FEATURE": "pre.FEATURES"}},
-            "step 'clf': model 'clf' has no input 'FEATURE' (its inputs: FEATURES)",
+            "step 'clf': model 'clf' has no input 'FEATURE' (did you mean 'FEATURES'?) (its inputs: FEATURES)",
         ),
         ({"clf": {"FEATURES": "pre.FEATURES", "EXTRA": "RAW"}}, "model 'clf' has no input 'EXTRA'"),
         ({"post": {}}, "step 'post': input 'LOGITS' of model 'post' is not mapped to any tensor"),
         (
             {"clf": {"FEATURES": "pre.FEAT"}},
-            "reads 'pre.FEAT', but model 'pre' of step 'pre' has no output 'FEAT' (its outputs: FEATURES)",
+            "reads 'pre.FEAT', but model 'pre' of step 'pre' has no output 'FEAT' (did you mean 'FEATURES'?) "
+            "(its outputs: FEATURES)",
         ),
         (
             {"clf": {"FEATURES": "ghost.FEATURES"}},

@@ -66,7 +66,7 @@ def serve(*models: str) -> Server:
             "broken_syntax",
             ("double",),
             [
-                "broken_syntax/config.yaml:7: field 'pipeline.steps[1].model': required field is missing",
+                "broken_syntax/config.yaml:7:7: field 'pipeline.steps[1].model': required field is missing",
                 "field 'pipeline.steps[1].modle': unknown field",
             ],
         ),

@@ -4,6 +4,7 @@ config.yaml; none is silently ignored."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,14 +85,19 @@ def test_pbtxt_refuses_the_field_with_its_line(field: str, extra: str, why: str)
 
 @pytest.mark.parametrize(("field", "extra", "why"), CASES, ids=IDS)
 def test_yaml_refuses_the_field(field: str, extra: str, why: str) -> None:
-    """config.yaml with the same fields: the error names the file, the field path and the reason."""
+    """config.yaml with the same fields: the error names the file, the line and column of the
+    field, the field path and the reason."""
     data = json_format.MessageToDict(
         text_format.Parse(HEAD + extra, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
     )
+    text = yaml.safe_dump(data)
     with pytest.raises(ConfigError) as info:
-        parse_config(yaml.safe_dump(data), path=Path("m/config.yaml"), name="m")
+        parse_config(text, path=Path("m/config.yaml"), name="m")
     message = str(info.value)
-    assert f"m/config.yaml: field '{field}': not supported by dagserve: " in message, message
+    found = re.search(rf"m/config\.yaml:(\d+):(\d+): field '{re.escape(field)}': not supported by dagserve: ", message)
+    assert found, message
+    line, column = int(found[1]), int(found[2])
+    assert text.splitlines()[line - 1][column - 1:].startswith(field.split(".")[-1].split("[")[0] + ":"), message
     assert why in message
 
 
