@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serverproc
+import _serverproc
 
 HERE = Path(__file__).resolve().parents[1]
 REPO = HERE / "bench" / "repos" / "identity"
@@ -90,7 +90,7 @@ def run_once(tree: Path, execution: str, seconds: float, tmp: Path) -> Result:
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(tree)
     try:
-        server = serverproc.start(repo)
+        server = _serverproc.start(repo)
     finally:
         if old is None:
             del os.environ["PYTHONPATH"]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serverproc
+import _serverproc
 
 REPO = Path(__file__).resolve().parent / "repos" / "identity"
 BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [16], "data": list(range(16))}]}).encode()
@@ -115,7 +115,7 @@ def main() -> int:
                 "        while time.perf_counter() < end:\n"
                 "            pass\n",
             ))
-        server = serverproc.start(repo)
+        server = _serverproc.start(repo)
         try:
             out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
             load = multiprocessing.Process(target=_load, args=(server.http, "identity", args.concurrency, args.seconds + 2, out))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serverproc
+import _serverproc
 
 REPO = Path(__file__).resolve().parent / "repos" / "triton_ensemble"
 W = np.zeros((16, 4), dtype=np.float32)
@@ -150,7 +150,7 @@ class Traffic:
 
 
 async def soak(args: argparse.Namespace) -> int:
-    server = serverproc.start(args.repository, "--model-control-mode", "explicit", "--load-model", "*")
+    server = _serverproc.start(args.repository, "--model-control-mode", "explicit", "--load-model", "*")
     tally = Tally(window=args.window)
     kinds = tuple(k for k in args.invalid.split(",") if k)
     traffic = Traffic(server.http, server.grpc, tally, kinds)
