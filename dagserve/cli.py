@@ -28,7 +28,7 @@ from .frontends.runner import (
     DEFAULT_EXIT_TIMEOUT_SECS,
     DEFAULT_GRPC_MAX_MESSAGE_SIZE,
     DEFAULT_HTTP_MAX_BODY_SIZE,
-    ServeOptions,
+    FrontendOptions,
     serve,
 )
 
@@ -208,8 +208,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _serve_options(args: argparse.Namespace) -> ServeOptions:
-    return ServeOptions(
+def _serve_options(args: argparse.Namespace) -> FrontendOptions:
+    return FrontendOptions(
         server=ServerOptions(
             model_repository=args.model_repository,
             model_control_mode=args.model_control_mode,
@@ -258,7 +258,7 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _serve_until_signalled(options: ServeOptions) -> None:
+async def _serve_until_signalled(options: FrontendOptions) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully (:func:`serve`); a second signal
     exits the process at once with status 128 + the signal's number."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
