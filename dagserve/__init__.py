@@ -16,9 +16,7 @@ Inside a native Python model, :func:`call_model` / :func:`call_model_sync` call 
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
+from ._deprecation import renamed
 from ._version import __version__
 from .dsl.builder import Pipeline, Switch, loop, pipeline
 from .dsl.conditions import Condition
@@ -88,13 +86,4 @@ __all__ = [
     "serve",
 ]
 
-_DEPRECATED: dict[str, Any] = {"infer": call_model, "infer_sync": call_model_sync, "ServeOptions": FrontendOptions}
-
-
-def __getattr__(name: str) -> Any:
-    """Old public names, still working, with a DeprecationWarning."""
-    new = _DEPRECATED.get(name)
-    if new is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"dagserve.{name} is deprecated; use dagserve.{new.__name__}", DeprecationWarning, stacklevel=2)
-    return new
+__getattr__ = renamed(__name__, {"infer": call_model, "infer_sync": call_model_sync, "ServeOptions": FrontendOptions})

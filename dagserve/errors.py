@@ -26,8 +26,7 @@ shadowed the builtin ``TimeoutError`` and read like ``asyncio.CancelledError``).
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+from ._deprecation import renamed
 
 __all__ = [
     "AlreadyExistsError",
@@ -106,13 +105,4 @@ class InternalError(DagserveError):
     """An unexpected failure; the client sees a generic message and the log has the details."""
 
 
-_DEPRECATED = {"TimeoutError": RequestTimeoutError, "CancelledError": RequestCancelledError}
-
-
-def __getattr__(name: str) -> Any:
-    """The old names, still importable, with a DeprecationWarning."""
-    new = _DEPRECATED.get(name)
-    if new is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"dagserve.errors.{name} is deprecated; use {new.__name__}", DeprecationWarning, stacklevel=2)
-    return new
+__getattr__ = renamed(__name__, {"TimeoutError": RequestTimeoutError, "CancelledError": RequestCancelledError})

@@ -28,6 +28,7 @@ LAYERS = {
     "dagserve.types": 1,
     "dagserve.errors": 0,
     "dagserve._version": 0,
+    "dagserve._deprecation": 0,
     "dagserve._proto": 0,
 }
 """Top-level modules and packages of dagserve by layer. A new one must be placed here."""

@@ -198,6 +198,9 @@ class PipelineRunner:
     pipeline version), calling its steps' models through ``members``. ``config`` is the
     complete config the version serves."""
 
+    deadline = True
+    """Whether a request's ``timeout`` parameter bounds the whole pipeline."""
+
     def __init__(
         self, members: Members, plan: Plan, config: ModelConfig, may_be_missing: frozenset[str]
     ) -> None:
@@ -237,7 +240,7 @@ class PipelineRunner:
                 every step in flight.
         """
         start = time.perf_counter_ns()
-        timeout = request_timeout(request)
+        timeout = request_timeout(request) if self.deadline else None
         try:
             if timeout is None:
                 outputs = await self._execute(request)

@@ -3,7 +3,6 @@ that step, through the steps downstream of it (see :class:`DecoupledPipelineRunn
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +30,8 @@ class DecoupledPipelineRunner(PipelineRunner):
     and first-failure handling are the core's (:class:`PipelineRunner`).
     """
 
+    deadline = False  # a stream's responses are sent as they come; no whole-request deadline
+
     def __init__(self, members: Members, plan: Plan, config: ModelConfig, may_be_missing: frozenset[str]) -> None:
         super().__init__(members, plan, config, may_be_missing)
         self._stream_routes: dict[frozenset[str] | None, StreamRoute] = {None: plan.stream_route(None)}
@@ -50,16 +51,13 @@ class DecoupledPipelineRunner(PipelineRunner):
         sender = request.sender
         if sender is None:
             raise UnsupportedError(f"pipeline '{self.plan.name}' is decoupled: call it through infer_stream")
-        start = time.perf_counter_ns()
-        try:
-            await self._stream(request, sender)
-        except BaseException as exc:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, error=exc)
-            raise
-        total = time.perf_counter_ns() - start
-        self._stats.record_success(total_ns=total, queue_ns=0)
-        self._stats.record_execution(batch_size=batch_size, requests=1, infer_ns=total)
+        await super().submit(request, batch_size)  # timed and counted as any pipeline request
         sender.send(None, final=True)
+        return {}
+
+    async def _execute(self, request: InferRequest) -> dict[str, np.ndarray]:
+        assert request.sender is not None  # submit() checked
+        await self._stream(request, request.sender)
         return {}
 
     async def _stream(self, request: InferRequest, sender: ResponseSender) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._deprecation import renamed
 from ..engine import Server, ServerOptions
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
@@ -164,9 +164,4 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def __getattr__(name: str) -> Any:
-    """``ServeOptions``, the old name of :class:`FrontendOptions`, with a DeprecationWarning."""
-    if name == "ServeOptions":
-        warnings.warn("ServeOptions is deprecated; use FrontendOptions", DeprecationWarning, stacklevel=2)
-        return FrontendOptions
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, {"ServeOptions": FrontendOptions})
