@@ -99,10 +99,11 @@ class FirstFailure:
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._tg.__aexit__(exc_type, exc, tb)
+    ) -> bool:
+        suppressed = await self._tg.__aexit__(exc_type, exc, tb)  # e.g. its own cancellation
         if self._failure is not None:
             raise self._failure
+        return bool(suppressed)
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``func(*args)`` in a new task of the group."""
