@@ -28,7 +28,7 @@ from .frontends.runner import (
     DEFAULT_EXIT_TIMEOUT_SECS,
     DEFAULT_GRPC_MAX_MESSAGE_SIZE,
     DEFAULT_HTTP_MAX_BODY_SIZE,
-    ServeOptions,
+    FrontendOptions,
     serve,
 )
 
@@ -231,8 +231,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _serve_options(args: argparse.Namespace) -> ServeOptions:
-    return ServeOptions(
+def _serve_options(args: argparse.Namespace) -> FrontendOptions:
+    return FrontendOptions(
         server=ServerOptions(
             model_repository=args.model_repository,
             model_control_mode=args.model_control_mode,
@@ -261,7 +261,7 @@ _PORT_FLAGS = (("HTTP", "--http-port", "http_port"), ("gRPC", "--grpc-port", "gr
                ("metrics", "--metrics-port", "metrics_port"))
 
 
-def _busy_port(options: ServeOptions) -> str | None:
+def _busy_port(options: FrontendOptions) -> str | None:
     """Why a port the server would listen on cannot be had (in use, the same port twice, not
     permitted), naming the port and the flag to change; ``None`` when every port is free.
 
@@ -338,7 +338,7 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _serve_until_signalled(options: ServeOptions) -> None:
+async def _serve_until_signalled(options: FrontendOptions) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully (:func:`serve`); a second signal
     exits the process at once with status 128 + the signal's number."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

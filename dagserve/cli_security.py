@@ -2,7 +2,7 @@
 
 Kept beside :mod:`dagserve.cli` so that the flags of one concern live together;
 ``cli.build_parser`` calls :func:`add_arguments`, and ``cli._serve`` spreads
-:func:`server_options` into ``ServerOptions`` and :func:`serve_options` into ``ServeOptions``.
+:func:`server_options` into ``ServerOptions`` and :func:`serve_options` into ``FrontendOptions``.
 Every flag reads ``DAGSERVE_<FLAG>`` from the environment when not given (the flag winning).
 See ``docs/security.md``.
 """
@@ -100,7 +100,7 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for ``ServeOptions`` (the frontends) from the parsed flags.
+    """Keyword arguments for ``FrontendOptions`` (the frontends) from the parsed flags.
 
     A malformed restriction or an incomplete TLS setting prints a one-line error and exits
     with status 2, as a usage error.

@@ -3,13 +3,33 @@
 Every failure a client can cause or see is a :class:`DagserveError` subclass named by the
 condition, never by a transport code. The frontends own the single table that maps each class
 to an HTTP status and a gRPC code (``dagserve.frontends.status``).
+
+The tree::
+
+    DagserveError
+      InvalidInputError          the request is malformed or does not fit the model
+      ModelNotFoundError         no such model or version
+      ModelNotReadyError         loading, unloading or failed
+        WorkerCrashedError       a process-isolated model's worker died
+      OverloadedError            a queue is full, or the server is stopping
+      RequestTimeoutError        the request's deadline passed
+      RequestCancelledError      the client cancelled the request
+      UnsupportedError           a feature this server does not have
+      AlreadyExistsError         the name is taken
+      ConfigError                a model or pipeline configuration is invalid
+      ModelExecutionError        the model's own code failed
+      InternalError              a bug in dagserve
+
+``TimeoutError`` and ``CancelledError`` are deprecated aliases of the ``Request*`` names (they
+shadowed the builtin ``TimeoutError`` and read like ``asyncio.CancelledError``).
 """
 
 from __future__ import annotations
 
+from ._deprecation import renamed
+
 __all__ = [
     "AlreadyExistsError",
-    "CancelledError",
     "ConfigError",
     "DagserveError",
     "InternalError",
@@ -18,7 +38,8 @@ __all__ = [
     "ModelNotFoundError",
     "ModelNotReadyError",
     "OverloadedError",
-    "TimeoutError",
+    "RequestCancelledError",
+    "RequestTimeoutError",
     "UnsupportedError",
     "WorkerCrashedError",
 ]
@@ -53,11 +74,11 @@ class OverloadedError(DagserveError):
     """The request was refused because a queue is full or the server is shutting down."""
 
 
-class TimeoutError(DagserveError):
+class RequestTimeoutError(DagserveError):
     """The request did not complete within its deadline."""
 
 
-class CancelledError(DagserveError):
+class RequestCancelledError(DagserveError):
     """The request was cancelled by its client."""
 
 
@@ -82,3 +103,6 @@ class ModelExecutionError(DagserveError):
 
 class InternalError(DagserveError):
     """An unexpected failure; the client sees a generic message and the log has the details."""
+
+
+__getattr__ = renamed(__name__, {"TimeoutError": RequestTimeoutError, "CancelledError": RequestCancelledError})

@@ -28,7 +28,7 @@ import anyio
 import anyio.from_thread
 
 from .engine import Server, ServerOptions
-from .frontends.runner import Addresses, ServeOptions, serve
+from .frontends.runner import Addresses, FrontendOptions, serve
 
 __all__ = ["FileGate", "RunningServer", "in_flight", "serve_in_thread", "wait_until", "wait_until_async"]
 
@@ -143,16 +143,16 @@ def serve_in_thread(
     """Serve ``repository`` on 127.0.0.1 with every enabled frontend on a free port.
 
     Keyword ``options`` go to :class:`ServerOptions` (e.g. ``model_control_mode``) or, when
-    they name a :class:`ServeOptions` field (e.g. ``http_max_body_size``), to that. On exit the
+    they name a :class:`FrontendOptions` field (e.g. ``http_max_body_size``), to that. On exit the
     frontends stop, then every model unloads; an error while shutting down is raised (after
     the body's own exception, if any).
     """
-    serve_fields = set(ServeOptions.__dataclass_fields__)
+    serve_fields = set(FrontendOptions.__dataclass_fields__)
     serve_kwargs = {k: v for k, v in options.items() if k in serve_fields}
     server_kwargs = {k: v for k, v in options.items() if k not in serve_fields}
     if repository is not None:
         server_kwargs["model_repository"] = Path(repository)
-    serve_options = ServeOptions(
+    serve_options = FrontendOptions(
         server=ServerOptions(**server_kwargs),
         http_port=0 if http else None,
         grpc_port=0 if grpc else None,

@@ -79,7 +79,7 @@ _CODE_TO_ERROR: dict[int, type[errors.DagserveError]] = {
     TritonError.UNAVAILABLE: errors.ModelNotReadyError,
     TritonError.UNSUPPORTED: errors.UnsupportedError,
     TritonError.ALREADY_EXISTS: errors.AlreadyExistsError,
-    TritonError.CANCELLED: errors.CancelledError,
+    TritonError.CANCELLED: errors.RequestCancelledError,
 }
 _ERROR_TO_CODE = {v: k for k, v in _CODE_TO_ERROR.items()}
 

@@ -38,7 +38,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -82,8 +82,10 @@ class ProcessModel:
 
     mode: ExecuteMode = "thread"
 
-    def __init__(self, context: ModelContext) -> None:
-        """Start the worker and wait until it has loaded the model.
+    def __init__(self, context: ModelContext, load: Callable[[ModelContext], Any]) -> None:
+        """Start the worker and wait until it has loaded the model with ``load`` (the python
+        backend's ``load``, a module-level function: the worker gets it pickled by name, so
+        this module need not import the backend that uses it).
 
         Raises:
             ConfigError: the model is decoupled, or the worker failed to load it.
@@ -95,6 +97,7 @@ class ProcessModel:
         self._name = context.name
         self._instance_name = context.instance_name
         self._timeout = _timeout(context)
+        self._load = load
         self._spec = {
             "name": context.name,
             "version": context.version,
@@ -176,7 +179,7 @@ class ProcessModel:
         """
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_child_main, args=(child, self._spec), name=f"dagserve-{self._instance_name}", daemon=True
+            target=_child_main, args=(child, self._spec, self._load), name=f"dagserve-{self._instance_name}", daemon=True
         )
         process.start()
         child.close()
@@ -303,13 +306,11 @@ def _revive(result: tuple[str, Any, Any]) -> Outputs | BaseException:
     return cls(b)
 
 
-def _child_main(conn: Connection, spec: dict[str, Any]) -> None:
+def _child_main(conn: Connection, spec: dict[str, Any], load: Callable[[ModelContext], Any]) -> None:
     """The worker process: load the model inline, then answer batches until told to stop."""
     # The server decides when its workers stop: a Ctrl-C in the terminal reaches the whole
     # process group, and must not kill the workers under requests the server is draining.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from . import python
-
     config = ModelConfig.model_validate(spec["config"])
     params = dict(config.parameters, execution="inline")
     context = ModelContext(
@@ -322,7 +323,7 @@ def _child_main(conn: Connection, spec: dict[str, Any]) -> None:
         instance_name=spec["instance_name"],
     )
     try:
-        instance = python.load(context)
+        instance = load(context)
     except Exception as exc:  # noqa: BLE001 - reported to the server, which fails the load
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return

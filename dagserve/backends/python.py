@@ -69,7 +69,7 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
     if not path.is_file():
         raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
     if context.config.parameters.get("execution") == "process":
-        return ProcessModel(context)
+        return ProcessModel(context, load)
     instance: TritonModel | NativeModel
     with _IMPORT_LOCK:  # the import and the construction (lazy imports in initialize), see _imports
         module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")

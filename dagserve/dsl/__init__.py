@@ -2,10 +2,9 @@
 frozen graph spec, checked against the member models, and lowered to an execution plan.
 
 Layering: imports the repository schema, backends' context protocol and types; never the
-engine, web frameworks or ML frameworks.
+engine, web frameworks or ML frameworks. Runtime (BLS calls, execution) is the engine's.
 """
 
-from .bls import infer, infer_sync
 from .builder import Pipeline, StepRef, Switch, loop, pipeline
 from .compile import compile_config
 from .conditions import Condition, Op, Param, parse_condition
@@ -28,8 +27,6 @@ __all__ = [
     "TensorRef",
     "check_pipeline",
     "compile_config",
-    "infer",
-    "infer_sync",
     "loop",
     "parse_condition",
     "pipeline",

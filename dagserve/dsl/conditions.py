@@ -22,12 +22,11 @@ import ast
 import enum
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .spec import TensorRef
+from .refs import TensorRef, parse_source
 
 __all__ = ["Condition", "Op", "Param", "holds", "parse_condition"]
 
@@ -101,8 +100,6 @@ def parse_condition(text: str | Condition, *, inputs: tuple[str, ...] | frozense
     """
     if isinstance(text, Condition):
         return text
-    from .spec import TensorRef, parse_source
-
     match = _GRAMMAR.match(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(

@@ -126,8 +126,8 @@ class ModelVersion:
     ) -> None:
         """Load, serve until :meth:`unload` is called, then drain and close.
 
-        ``load`` is an async callable returning either a list of backend instances or a ready
-        :class:`Runner` (pipelines). Signals ``task_status`` once READY or FAILED; a failed load
+        ``load`` is an async callable returning what :meth:`_make_runner` turns into the
+        :class:`Runner`: the backend instances of a model, the ready runner of a pipeline. Signals ``task_status`` once READY or FAILED; a failed load
         is recorded in ``state``/``reason``, never raised.
         """
         self._transition(ModelState.LOADING, ModelState.UNLOADED, ModelState.FAILED)
@@ -163,8 +163,9 @@ class ModelVersion:
             self._closed.set()
 
     def _make_runner(self, loaded: Any) -> Runner:
-        if not isinstance(loaded, list):
-            return loaded  # a pipeline executor, already a Runner
+        """The runner over what ``load`` returned: here the backend's instances, behind the
+        scheduler the config asks for (a :class:`~.pipeline.PipelineVersion` is handed its
+        runner ready made and overrides this)."""
         self._pool = InstancePool(loaded, self.stats)
         sequence = self.config.sequence_batching
         if sequence is not None:

@@ -3,24 +3,19 @@ that step, through the steps downstream of it (see :class:`DecoupledPipelineRunn
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
 import numpy as np
 
-from ..dsl.conditions import holds
-from ..dsl.plan import Plan, Route, StepPlan, StreamRoute, Wire
-from ..errors import (
-    DagserveError,
-    UnsupportedError,
-)
+from ..dsl.plan import Plan, StepPlan, StreamRoute
+from ..errors import UnsupportedError
 from ..repository.config import ModelConfig
 from ..types import InferRequest, InferResponse, ResponseSender
-from .pipeline import InferCall, InferStreamCall, PipelineRunner, cached_route, read_wire
+from .pipeline_runner import FirstFailure, Members, PipelineRunner, cached_route, collect
 
 __all__ = ["DecoupledPipelineRunner"]
+
 
 class DecoupledPipelineRunner(PipelineRunner):
     """The runner of a decoupled pipeline: one with a decoupled step, or declared decoupled.
@@ -31,20 +26,14 @@ class DecoupledPipelineRunner(PipelineRunner):
     its responses the steps downstream of it, on a copy of the tensors holding that response.
     Responses of one decoupled step are handled one after the other, so the pipeline's
     responses keep their order; the member keeps answering meanwhile (its responses queue).
-    Ordinary pipelines never run this code.
+    Ordinary pipelines never run this code. Gating, step calls (timing, slots, attribution)
+    and first-failure handling are the core's (:class:`PipelineRunner`).
     """
 
-    def __init__(
-        self,
-        infer: InferCall,
-        plan: Plan,
-        config: ModelConfig,
-        may_be_missing: frozenset[str],
-        *,
-        infer_stream: InferStreamCall,
-    ) -> None:
-        super().__init__(infer, plan, config, may_be_missing)
-        self._infer_stream = infer_stream
+    deadline = False  # a stream's responses are sent as they come; no whole-request deadline
+
+    def __init__(self, members: Members, plan: Plan, config: ModelConfig, may_be_missing: frozenset[str]) -> None:
+        super().__init__(members, plan, config, may_be_missing)
         self._stream_routes: dict[frozenset[str] | None, StreamRoute] = {None: plan.stream_route(None)}
 
     async def submit(self, request: InferRequest, batch_size: int) -> Mapping[str, np.ndarray]:
@@ -62,16 +51,13 @@ class DecoupledPipelineRunner(PipelineRunner):
         sender = request.sender
         if sender is None:
             raise UnsupportedError(f"pipeline '{self.plan.name}' is decoupled: call it through infer_stream")
-        start = time.perf_counter_ns()
-        try:
-            await self._stream(request, sender)
-        except BaseException as exc:
-            self._stats.record_failure(total_ns=time.perf_counter_ns() - start, error=exc)
-            raise
-        total = time.perf_counter_ns() - start
-        self._stats.record_success(total_ns=total, queue_ns=0)
-        self._stats.record_execution(batch_size=batch_size, requests=1, infer_ns=total)
+        await super().submit(request, batch_size)  # timed and counted as any pipeline request
         sender.send(None, final=True)
+        return {}
+
+    async def _execute(self, request: InferRequest) -> dict[str, np.ndarray]:
+        assert request.sender is not None  # submit() checked
+        await self._stream(request, request.sender)
         return {}
 
     async def _stream(self, request: InferRequest, sender: ResponseSender) -> None:
@@ -81,52 +67,20 @@ class DecoupledPipelineRunner(PipelineRunner):
         streams = []
         for i in route.decoupled:
             step = self._steps[i]
-            inputs = self._ready(step, values, request)
+            inputs = self._inputs_for(step, values, request)
             if inputs is not None:
                 streams.append((step, inputs))
         if not streams:
             await self._run(route.after, values, request)
-            sender.send(_collect(route.outputs, values), final=False)
+            sender.send(collect(route.outputs, values), final=False)
         elif len(streams) == 1:
             await self._stream_step(*streams[0], values, route, request, sender)
         else:
             # Decoupled steps side by side (a switch's cases that both ran, or independent
             # branches): their responses interleave as they come, each stream in its order.
-            failure: list[Exception] = []
-            async with anyio.create_task_group() as tg:
-
-                async def one(step: StepPlan, inputs: dict[str, Any]) -> None:
-                    try:
-                        await self._stream_step(step, inputs, values, route, request, sender)
-                    except Exception as exc:  # noqa: BLE001 - the first failure cancels the others
-                        if not failure:
-                            failure.append(exc)
-                        tg.cancel_scope.cancel()
-
+            async with FirstFailure() as group:
                 for step, inputs in streams:
-                    tg.start_soon(one, step, inputs)
-            if failure:
-                raise failure[0]
-
-    async def _run(self, route: Route, values: list[Any], request: InferRequest) -> None:
-        if route.sequential:
-            for i in route.steps:
-                await self._step(self._steps[i], values, request)
-        elif route.steps:
-            await self._concurrently(route, values, request)
-
-    def _ready(self, step: StepPlan, values: list[Any], request: InferRequest) -> dict[str, Any] | None:
-        """The inputs of ``step``, or None when it is skipped (as :meth:`_step` decides)."""
-        gate = step.gate
-        if gate is not None:
-            actual = values[gate.slot] if gate.param is None else request.parameters.get(gate.param)
-            if not holds(gate.condition, actual):
-                self._step_stats[step.index].skipped += 1
-                return None
-        inputs = self._gather(step, values)
-        if inputs is None:
-            self._step_stats[step.index].skipped += 1
-        return inputs
+                    group.start_soon(self._stream_step, step, inputs, values, route, request, sender)
 
     async def _stream_step(
         self,
@@ -138,15 +92,7 @@ class DecoupledPipelineRunner(PipelineRunner):
         sender: ResponseSender,
     ) -> None:
         """Call decoupled ``step`` and send one pipeline response per response it sends."""
-        sub = InferRequest(
-            inputs=inputs,
-            id=request.id,
-            datatypes=step.datatypes,
-            parameters=request.parameters,
-            outputs=step.requested,
-        )
         after, wires = route.after, route.outputs
-        downstream: list[Exception] = []  # a failure after this step, already attributed
 
         async def each(response: InferResponse) -> None:
             produced = response.outputs
@@ -158,40 +104,20 @@ class DecoupledPipelineRunner(PipelineRunner):
             try:
                 await self._run(after, chunk, request)
             except Exception as exc:
-                downstream.append(exc)
-                raise
-            sender.send(_collect(wires, chunk), final=False)
+                raise _Downstream(exc) from exc
+            sender.send(collect(wires, chunk), final=False)
 
-        stats = self._step_stats[step.index]
-        start = time.perf_counter_ns()
         try:
-            if self._limiters is None:
-                await self._infer_stream(step.model, step.version, sub, each)
-                queued = start
-            else:
-                async with self._limiters[step.index]:
-                    queued = time.perf_counter_ns()
-                    await self._infer_stream(step.model, step.version, sub, each)
-        except Exception as exc:
-            if downstream:
-                raise downstream[0] from None
-            if not isinstance(exc, DagserveError):
-                raise
-            stats.fail.add(time.perf_counter_ns() - start)
-            raise self._attributed(exc, step) from exc
-        end = time.perf_counter_ns()
-        stats.success.add(end - start)
-        stats.queue.add(queued - start)
-        stats.compute.add(end - queued)
+            await self._call(step, inputs, request, each)
+        except _Downstream as exc:
+            # A step after this one failed (already attributed to itself), not this step.
+            raise exc.error from None
 
 
-def _collect(wires: tuple[Wire, ...], values: list[Any]) -> dict[str, Any]:
-    """The outputs of ``wires`` that exist."""
-    result = {}
-    for wire in wires:
-        value = read_wire(wire, values)
-        if value is not None:
-            result[wire.name] = value
-    return result
+class _Downstream(Exception):
+    """Carries a failure of a step downstream of a decoupled step out through the member's
+    stream, so the core does not count it or attribute it to the decoupled step."""
 
-
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error

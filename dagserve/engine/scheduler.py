@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..backends.base import ModelInstance, Outputs
-from ..errors import CancelledError, OverloadedError, TimeoutError
+from ..errors import OverloadedError, RequestCancelledError, RequestTimeoutError
 from ..types import InferRequest
 from .instances import InstancePool
 from .queue import QueuedRequest, RequestQueue
@@ -156,7 +156,7 @@ class DynamicBatcher:
 
         Raises:
             OverloadedError: the request's priority level already holds ``max_queue_size``.
-            TimeoutError: its queue policy rejects it after its timeout while still queued.
+            RequestTimeoutError: its queue policy rejects it after its timeout while still queued.
             InvalidInputError: a bad ``priority`` parameter.
         """
         # Everything that can refuse the request runs before an instance or a queue entry is
@@ -188,7 +188,7 @@ class DynamicBatcher:
                 if not item.done.is_set() and not item.started:
                     self._queue.discard(item)
                     self._stats.record_failure(total_ns=time.perf_counter_ns() - start, reason="REJECTED")
-                    raise TimeoutError(
+                    raise RequestTimeoutError(
                         f"model '{self._stats.name}': request timed out after {timeout * 1e6:.0f} µs in the queue"
                     )
             await item.done.wait()
@@ -255,7 +255,7 @@ class DynamicBatcher:
         finally:
             self._pool.release(instance)
             if len(results) != len(batch):  # cancelled (the model is unloading) or interrupted
-                results = [CancelledError(f"model '{self._stats.name}': the batch was cancelled")] * len(batch)
+                results = [RequestCancelledError(f"model '{self._stats.name}': the batch was cancelled")] * len(batch)
             for item, result in zip(batch, results):
                 item.result = result
                 item.queue_ns = started - item.enqueued

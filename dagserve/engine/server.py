@@ -4,8 +4,10 @@ A :class:`Server` is an async context manager that owns a task group; every mode
 lifecycle task and scheduler lives in it, so leaving the context unloads every model, drains
 what is in flight, and leaves no task behind::
 
-    async with Server(ServerOptions(model_repository=Path("models"))) as server:
+    async with Server("models") as server:      # or Server(ServerOptions(model_repository=...))
         response = await server.infer("add_sub", "", request)
+
+Models and pipelines can also be added from Python objects (:meth:`Server.add_model`).
 
 Frontends call only this class; it knows nothing of HTTP or gRPC.
 """
@@ -17,7 +19,7 @@ import logging
 import shutil
 import tempfile
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +32,8 @@ from anyio.abc import TaskGroup
 
 from .._version import __version__
 from ..backends import complete_config, get_backend
-from ..backends.base import ModelContext, ModelInstance
+from ..backends.base import Backend, ModelContext, ModelInstance
+from ..backends.objects import ObjectBackend
 from ..errors import (
     AlreadyExistsError,
     ConfigError,
@@ -51,6 +54,7 @@ from ..repository.loader import (
     parse_json_config,
     read_model,
     scan,
+    validate,
 )
 from ..repository.locations import did_you_mean
 from ..types import InferRequest, InferResponse
@@ -60,6 +64,7 @@ from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fing
 from .warmup import warm_up
 
 if TYPE_CHECKING:
+    from ..dsl.builder import Pipeline
     from ..dsl.spec import PipelineSpec
     from .poll import Changes
 
@@ -106,6 +111,10 @@ class ServerOptions:
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model_repository, str):  # a str is accepted where a Path is meant
+            object.__setattr__(self, "model_repository", Path(self.model_repository))
+
 
 class Server:
     """Serves the models of one repository; see the module docstring for the lifecycle."""
@@ -114,8 +123,23 @@ class Server:
     version = __version__
     extensions = EXTENSIONS
 
-    def __init__(self, options: ServerOptions | None = None, **kwargs: Any) -> None:
-        self.options = options or ServerOptions(**kwargs)
+    def __init__(self, options: ServerOptions | str | Path | None = None, **kwargs: Any) -> None:
+        """``Server(options)``, ``Server("models", **fields)`` (a repository path and other
+        :class:`ServerOptions` fields), ``Server(**fields)``, or ``Server()`` (no repository:
+        models come from :meth:`add_model`). Nothing loads until the context is entered.
+
+        Raises:
+            TypeError: options of another type, or fields beside a ServerOptions.
+        """
+        if isinstance(options, (str, Path)):
+            options = ServerOptions(model_repository=Path(options), **kwargs)
+        elif options is None:
+            options = ServerOptions(**kwargs)
+        elif not isinstance(options, ServerOptions):
+            raise TypeError(f"Server() takes ServerOptions or a repository path, not {type(options).__name__}")
+        elif kwargs:
+            raise TypeError(f"Server() takes ServerOptions or fields, not both (got {', '.join(sorted(kwargs))})")
+        self.options = options
         self._models: dict[str, ModelEntry] = {}
         self._tg: TaskGroup | None = None
         self._started = False
@@ -200,15 +224,20 @@ class Server:
             source = await anyio.to_thread.run_sync(read_model, source.path)
             await self._reload(self._confined(source), digest)  # security: confinement
 
-    async def _load_source(self, source: ModelSource, spec: PipelineSpec | None = None) -> None:
+    async def _load_source(
+        self, source: ModelSource, spec: PipelineSpec | None = None, backend: Backend | None = None
+    ) -> None:
         """Register a new entry for ``source`` and load its versions (nothing served it)."""
         entry = ModelEntry(source.name, source)
         self._models[source.name] = entry
-        await self._start(entry, spec)
+        await self._start(entry, spec, backend)
 
-    async def _start(self, entry: ModelEntry, spec: PipelineSpec | None = None) -> None:
+    async def _start(
+        self, entry: ModelEntry, spec: PipelineSpec | None = None, backend: Backend | None = None
+    ) -> None:
         """Load every version of ``entry`` (registered or not); failures are recorded in the
-        versions' state and reason, never raised."""
+        versions' state and reason, never raised. ``spec``: a pipeline built in Python;
+        ``backend``: the one that loads the instances, when not the config's (in-memory models)."""
         source = entry.source
         assert source is not None
         entry.spec = spec
@@ -243,7 +272,7 @@ class Server:
                 version = ModelVersion(
                     name=source.name, version=number, config=config, platform=platform, cache=self.cache
                 )
-                load = functools.partial(self._load_instances, source, config, number)
+                load = functools.partial(self._load_instances, source, config, number, backend)
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
             entry.started.append(version)
@@ -318,8 +347,11 @@ class Server:
             lock = self._locks[name] = anyio.Lock()
         return lock
 
-    async def _load_instances(self, source: ModelSource, config: ModelConfig, number: int) -> list[ModelInstance]:
-        backend = get_backend(config.backend_name)
+    async def _load_instances(
+        self, source: ModelSource, config: ModelConfig, number: int, backend: Backend | None = None
+    ) -> list[ModelInstance]:
+        if backend is None:
+            backend = get_backend(config.backend_name)
         contexts = []
         for g, group in enumerate(config.instance_group or (None,)):
             count = group.count if group else 1
@@ -358,23 +390,79 @@ class Server:
             raise
         return instances
 
-    async def add_pipeline(self, spec: PipelineSpec) -> None:
-        """Serve a pipeline built in Python (``dagserve.Pipeline``) as model ``spec.name``,
-        beside the repository's models; its members must be loaded.
+    async def add_pipeline(self, spec: PipelineSpec | Pipeline) -> None:
+        """Serve a pipeline built in Python (a ``dagserve.Pipeline`` or its built
+        :class:`PipelineSpec`) as model ``spec.name``, beside the repository's models; its
+        members must be loaded.
 
         Raises:
             AlreadyExistsError: a model of that name is served.
             ConfigError: the pipeline is invalid; the message names the step and tensor.
         """
+        from ..dsl.spec import PipelineSpec
         from .pipeline import pipeline_source
 
-        async with self._lock(spec.name):
-            if spec.name in self._models:
-                raise AlreadyExistsError(f"a model named '{spec.name}' is already served")
-            await self._load_source(pipeline_source(spec), spec)
-            reason = self._models[spec.name].reason()
+        if not isinstance(spec, PipelineSpec):
+            spec = spec.build()
+        await self._add(spec.name, pipeline_source(spec), spec=spec)
+
+    async def add_model(
+        self, name: str, model: Any, config: ModelConfig | Mapping[str, Any] | None = None, *, version: int = 1
+    ) -> None:
+        """Serve ``model``, a native Python model made of objects in memory, as ``name``
+        (version ``version``) beside the repository's models, until the server stops.
+
+        ``model`` is a class (instantiated once per instance, with the
+        :class:`~dagserve.backends.base.ModelContext` when its constructor takes an argument),
+        an object with an ``infer`` method, or an ``infer`` function, as a native ``model.py``
+        defines them (docs/models.md); ``config`` is a :class:`ModelConfig` or a dict spelled
+        as a ``config.yaml`` (``inputs``, ``outputs``, ``max_batch_size``, ...), the backend
+        being ``python``. A ``dagserve.Pipeline`` (``config`` None) goes to :meth:`add_pipeline`.
+        The model is served as from a repository: validation, batching, statistics, BLS.
+
+        Raises:
+            AlreadyExistsError: a model of that name is served.
+            ConfigError: a malformed name, an invalid config, or the model failed to load
+                (the message says why).
+        """
+        from ..dsl.builder import Pipeline
+        from ..dsl.spec import PipelineSpec
+
+        if isinstance(model, (Pipeline, PipelineSpec)) and config is None:
+            spec = model if isinstance(model, PipelineSpec) else model.build()
+            if spec.name != name:
+                raise ConfigError(f"add_model('{name}'): the pipeline is named '{spec.name}'")
+            await self.add_pipeline(spec)
+            return
+        try:
+            confine.check_model_name(name)
+        except InvalidInputError as exc:
+            raise ConfigError(str(exc)) from None
+        where = Path(f"add_model('{name}')")
+        if config is None:
+            raise ConfigError(f"{where}: a config is needed (inputs and outputs)")
+        if not isinstance(config, ModelConfig):
+            config = validate(dict(config), path=where)
+        if config.name and config.name != name:
+            raise ConfigError(f"{where}: field 'name': '{config.name}' does not match the model name '{name}'")
+        if config.backend_name not in ("", "python"):
+            raise ConfigError(f"{where}: an in-memory model is served by the python backend, not '{config.backend_name}'")
+        config = config.model_copy(update={"name": name, "backend": "python"})
+        backend = ObjectBackend(model)
+        source = ModelSource(name=name, path=where, config=config, config_path=None, versions=(version,))
+        await self._add(name, source, backend=backend)
+
+    async def _add(
+        self, name: str, source: ModelSource, *, spec: PipelineSpec | None = None, backend: Backend | None = None
+    ) -> None:
+        """Serve ``source`` (made in Python) as the new model ``name``; a failure leaves nothing."""
+        async with self._lock(name):
+            if name in self._models:
+                raise AlreadyExistsError(f"a model named '{name}' is already served")
+            await self._load_source(source, spec, backend)
+            reason = self._models[name].reason()
             if reason:
-                del self._models[spec.name]
+                await self._stop(self._models.pop(name))
                 raise ConfigError(reason)
 
     def begin_drain(self) -> None:

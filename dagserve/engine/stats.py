@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CancelledError, OverloadedError, TimeoutError
+from ..errors import OverloadedError, RequestCancelledError, RequestTimeoutError
 
 __all__ = ["FAILURE_REASONS", "Duration", "ModelStatistics", "failure_reason"]
 
@@ -27,9 +27,9 @@ def failure_reason(error: BaseException | None) -> str:
     failed), OTHER (unknown)."""
     if error is None:
         return "OTHER"
-    if isinstance(error, (OverloadedError, TimeoutError)):
+    if isinstance(error, (OverloadedError, RequestTimeoutError)):
         return "REJECTED"
-    if isinstance(error, (CancelledError, asyncio.CancelledError)):
+    if isinstance(error, (RequestCancelledError, asyncio.CancelledError)):
         return "CANCELED"
     return "BACKEND"
 

@@ -1,6 +1,6 @@
 """Connection limits and timeouts of the frontends: what a slow or idle client may hold.
 
-Two small frozen value objects built at the edge (the CLI, :class:`~.runner.ServeOptions`):
+Two small frozen value objects built at the edge (the CLI, :class:`~.runner.FrontendOptions`):
 :class:`HttpLimits` for dagserve's own HTTP/1.1 server and :class:`GrpcKeepalive` for gRPC,
 whose field names (and milliseconds) are Triton's ``--grpc-*`` flags. docs/operations.md
 ("Timeouts and slow clients") explains each one.

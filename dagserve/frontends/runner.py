@@ -21,12 +21,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._deprecation import renamed
 from ..engine import Server, ServerOptions
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
 
-__all__ = ["Addresses", "ServeOptions", "serve"]
+__all__ = ["Addresses", "FrontendOptions", "serve"]
 
 log = logging.getLogger("dagserve.frontends")
 
@@ -36,9 +37,10 @@ DEFAULT_EXIT_TIMEOUT_SECS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServeOptions:
-    """Where and how the frontends listen. A port of ``None`` disables that frontend; 0 picks a
-    free port. Security (docs/security.md): ``*_restricted`` close API categories behind a
+class FrontendOptions:
+    """Where and how the frontends listen, and the :class:`ServerOptions` of the server they
+    serve (this was ``ServeOptions``, a name too close to ``ServerOptions``). A port of
+    ``None`` disables that frontend; 0 picks a free port. Security (docs/security.md): ``*_restricted`` close API categories behind a
     header, ``*_tls`` serve TLS, ``metrics_address`` binds the plain metrics port elsewhere
     than ``host`` (e.g. a private interface). ``exit_timeout_secs`` bounds the wait for requests in flight on a graceful stop
     (Triton's ``--exit-timeout-secs``); ``http_limits`` and ``grpc_keepalive`` bound slow and
@@ -75,7 +77,7 @@ class Addresses:
 
 
 async def serve(
-    options: ServeOptions,
+    options: FrontendOptions,
     *,
     setup: Callable[[Server], Any] | None = None,
     task_status: TaskStatus[tuple[Server, Addresses]] = anyio.TASK_STATUS_IGNORED,
@@ -99,7 +101,7 @@ async def serve(
 
 
 async def _serve(
-    options: ServeOptions,
+    options: FrontendOptions,
     setup: Callable[[Server], Any] | None,
     stop: anyio.Event,
     *,
@@ -122,7 +124,7 @@ async def _serve(
             log.info("drained in %.2fs; unloading models", anyio.current_time() - started)
 
 
-async def _start_frontends(tg: TaskGroup, server: Server, options: ServeOptions) -> Addresses:
+async def _start_frontends(tg: TaskGroup, server: Server, options: FrontendOptions) -> Addresses:
     timeout = options.exit_timeout_secs
     http = grpc = metrics = None
     if options.http_port is not None:
@@ -160,3 +162,6 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     import inspect
 
     return inspect.iscoroutinefunction(fn)
+
+
+__getattr__ = renamed(__name__, {"ServeOptions": FrontendOptions})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dagserve import InferRequest, InvalidInputError, OverloadedError, Server
-from dagserve.errors import TimeoutError as QueueTimeout
+from dagserve.errors import RequestTimeoutError as QueueTimeout
 from dagserve.testing import FileGate, in_flight, wait_until_async
 
 pytestmark = pytest.mark.anyio

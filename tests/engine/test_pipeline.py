@@ -308,7 +308,7 @@ async def test_max_inflight_requests_bounds_each_step() -> None:
 
 async def test_request_timeout_bounds_the_whole_pipeline(tmp_path: Path) -> None:
     """The `timeout` parameter (µs) is a deadline for the whole pipeline: its steps are cancelled."""
-    from dagserve.errors import TimeoutError as DeadlineError
+    from dagserve.errors import RequestTimeoutError as DeadlineError
 
     (tmp_path / "nap" / "1").mkdir(parents=True)
     (tmp_path / "nap" / "1" / "model.py").write_text(

@@ -1,4 +1,4 @@
-"""BLS: native Python models call models with dagserve.infer (batched at the target when
+"""BLS: native Python models call models with dagserve.call_model (batched at the target when
 gathered), and pb_utils BLS can call a pipeline."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ async def test_gathered_native_calls_batch_at_the_target() -> None:
 
 
 async def test_native_call_errors_are_raised_with_their_class() -> None:
-    """dagserve.infer raises the target's error; the caller's client sees its class."""
+    """dagserve.call_model raises the target's error; the caller's client sees its class."""
     async with serve("classifier", "bls_gather") as server:
         with pytest.raises(ModelNotFoundError, match="unknown model 'no_such_model'"):
             await server.infer(
@@ -40,7 +40,7 @@ async def test_native_call_errors_are_raised_with_their_class() -> None:
 
 
 async def test_sync_native_calls_from_a_worker_thread() -> None:
-    """dagserve.infer_sync works from a model whose code runs in a worker thread."""
+    """dagserve.call_model_sync works from a model whose code runs in a worker thread."""
     async with serve("double", "triple", "bls_sync") as server:
         response = await server.infer(
             "bls_sync", "", InferRequest(inputs={"X": np.array([1, 2], np.float32)})

@@ -6,6 +6,6 @@ class Model:
         self.context = context
 
     def infer(self, inputs):
-        a = dagserve.infer_sync(self.context, "double", inputs)
-        b = dagserve.infer_sync(self.context, "triple", inputs, outputs=["Y"])
+        a = dagserve.call_model_sync(self.context, "double", inputs)
+        b = dagserve.call_model_sync(self.context, "triple", inputs, outputs=["Y"])
         return {"Y": a["Y"] + b["Y"]}

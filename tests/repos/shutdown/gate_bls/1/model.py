@@ -18,5 +18,5 @@ class Model:
         (self.gate / "arrived" / uuid.uuid4().hex).touch()
         while not (self.gate / "open").exists():
             await anyio.sleep(0.01)
-        out = await dagserve.infer(self.context, "double", inputs)
+        out = await dagserve.call_model(self.context, "double", inputs)
         return {"Y": out["Y"] + 1}

@@ -1,7 +1,7 @@
 """Calling models and pipelines from a native Python model: the async BLS API.
 
 A native model gets its :class:`~dagserve.backends.base.ModelContext` in ``Model(context)``;
-:func:`infer` turns that context's engine-level callback into a call over plain dicts of
+:func:`call_model` turns that context's engine-level callback into a call over plain dicts of
 numpy arrays, raising on error (no response objects to unwrap, unlike ``pb_utils``)::
 
     import anyio, dagserve
@@ -11,12 +11,12 @@ numpy arrays, raising on error (no response objects to unwrap, unlike ``pb_utils
             self.context = context
 
         async def infer(self, inputs):
-            a = await dagserve.infer(self.context, "embed", {"TEXT": inputs["TEXT"]})
+            a = await dagserve.call_model(self.context, "embed", {"TEXT": inputs["TEXT"]})
             return {"EMB": a["EMB"]}
 
 Calls are ordinary requests to the target: concurrent calls (``asyncio.gather`` or an anyio
 task group) queue together and are batched by the target's dynamic batcher. Use
-:func:`infer_sync` from a model whose plain ``infer`` runs in a worker thread (config
+:func:`call_model_sync` from a model whose plain ``infer`` runs in a worker thread (config
 parameter ``execution: thread``).
 """
 
@@ -31,10 +31,10 @@ from ..backends.base import ModelContext
 from ..errors import UnsupportedError
 from ..types import InferRequest, Parameters, RequestedOutput
 
-__all__ = ["infer", "infer_sync"]
+__all__ = ["call_model", "call_model_sync"]
 
 
-async def infer(
+async def call_model(
     context: ModelContext,
     model: str,
     inputs: Mapping[str, np.ndarray],
@@ -65,13 +65,13 @@ async def infer(
     return dict(response.outputs)
 
 
-def infer_sync(
+def call_model_sync(
     context: ModelContext, model: str, inputs: Mapping[str, np.ndarray], **kwargs: Any
 ) -> dict[str, np.ndarray]:
-    """:func:`infer` for a model whose code runs in a worker thread: blocks until the answer.
+    """:func:`call_model` for a model whose code runs in a worker thread: blocks until the answer.
 
     Raises:
-        DagserveError: as :func:`infer`.
+        DagserveError: as :func:`call_model`.
         UnsupportedError: not called from one of the server's worker threads (e.g. from code
             running on the event loop, which would deadlock waiting for itself).
     """
@@ -83,8 +83,8 @@ def infer_sync(
         if "worker thread" not in str(exc):
             raise
         raise UnsupportedError(
-            f"model '{context.name}': infer_sync needs the model to run in a worker thread "
-            "(set the config parameter execution: thread), or use 'await dagserve.infer(...)'"
+            f"model '{context.name}': call_model_sync needs the model to run in a worker thread "
+            "(set the config parameter execution: thread), or use 'await dagserve.call_model(...)'"
         ) from None
     return result
 
@@ -92,4 +92,4 @@ def infer_sync(
 async def _call(
     context: ModelContext, model: str, inputs: Mapping[str, np.ndarray], kwargs: dict[str, Any]
 ) -> dict[str, np.ndarray]:
-    return await infer(context, model, inputs, **kwargs)
+    return await call_model(context, model, inputs, **kwargs)
