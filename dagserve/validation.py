@@ -1,6 +1,6 @@
-"""Checking a whole model repository without serving it (``dagserve validate``).
+"""Validating a whole model repository without serving it (``dagserve validate``).
 
-:class:`RepositoryChecker` reads each model directory as the server would and collects every
+:class:`RepositoryValidator` reads each model directory as the server would and collects every
 problem it can find before anything is served:
 
 * configs that do not parse (file and field), unknown backends, missing version directories;
@@ -12,7 +12,7 @@ problem it can find before anything is served:
   config is auto-completed from it where the backend can (ONNX). The framework itself is not
   needed; when it is not installed, that is a warning, since validation may run elsewhere;
 * pipelines (Triton ensembles, YAML, Python DSL): compiled, then checked against their members'
-  configs by :func:`~dagserve.dsl.validate.check_pipeline`, the server's own load-time check.
+  configs by :func:`~dagserve.dsl.typecheck.check_pipeline`, the server's own load-time check.
   A pipeline calling another pipeline is checked against the config the inner one is served
   with (its inferred outputs included).
 
@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends import get_backend
-from ..backends.base import ModelContext
-from ..errors import ConfigError, DagserveError, UnsupportedError
-from ..repository.config import ModelConfig
-from ..repository.loader import ModelSource, scan
-from ..types import InferRequest, InferResponse
-from .compile import compile_config
-from .validate import CheckedPipeline, check_pipeline, served_config
+from .backends import get_backend
+from .backends.base import ModelContext
+from .dsl.compile import compile_config
+from .dsl.typecheck import CheckedPipeline, check_pipeline, served_config
+from .errors import ConfigError, DagserveError, UnsupportedError
+from .repository.config import ModelConfig
+from .repository.loader import ModelSource, scan
+from .types import InferRequest, InferResponse
 
-__all__ = ["Finding", "ModelReport", "RepositoryChecker", "RepositoryReport", "Severity", "check_repository"]
+__all__ = ["Finding", "ModelReport", "RepositoryReport", "RepositoryValidator", "Severity", "validate_repository"]
 
 PIPELINE_BACKENDS = ("ensemble", "pipeline")
 
@@ -159,17 +159,17 @@ class RepositoryReport:
         )
 
 
-def check_repository(repository: Path, *, load_models: bool = True) -> RepositoryReport:
-    """Check every model and pipeline of ``repository`` (see the module doc).
+def validate_repository(repository: Path, *, load_models: bool = True) -> RepositoryReport:
+    """Validate every model and pipeline of ``repository`` (see the module doc).
 
     Raises:
         ConfigError: ``repository`` is not a directory. Problems of models never raise.
     """
-    return RepositoryChecker(repository, load_models=load_models).check_all()
+    return RepositoryValidator(repository, load_models=load_models).validate_all()
 
 
-class RepositoryChecker:
-    """Checks the models of one repository on demand, each once.
+class RepositoryValidator:
+    """Validates the models of one repository on demand, each once.
 
     ``load_models=False`` skips creating Python model instances (configs, files and pipelines
     are still checked): enough to type a pipeline's tensors for ``dagserve graph``.
@@ -196,14 +196,14 @@ class RepositoryChecker:
         """Every model directory's name, sorted."""
         return tuple(self._sources)
 
-    def check_all(self) -> RepositoryReport:
-        """Check every model and pipeline."""
+    def validate_all(self) -> RepositoryReport:
+        """Validate every model and pipeline."""
         return RepositoryReport(
-            repository=self.repository, models=tuple(self.check(n) for n in self._sources)
+            repository=self.repository, models=tuple(self.validate(n) for n in self._sources)
         )
 
-    def check(self, name: str) -> ModelReport:
-        """Check model ``name`` (and, for a pipeline, the members it calls).
+    def validate(self, name: str) -> ModelReport:
+        """Validate model ``name`` (and, for a pipeline, the members it calls).
 
         Raises:
             KeyError: no model directory of that name.
@@ -372,7 +372,7 @@ class RepositoryChecker:
         if model in self._checking:
             path = " -> ".join([*self._checking[self._checking.index(model) :], model])
             raise ConfigError(f"pipelines call each other: {path}")
-        report = self.check(model)
+        report = self.validate(model)
         failed = self._failed.get(model, {})  # version 0: the whole model
         which = f"model '{model}'" + (f" version {version}" if version >= 0 else "")
         if report.is_pipeline and not report.ok:

@@ -36,7 +36,7 @@ from ..dsl.compile import compile_config, member_names
 from ..dsl.conditions import Param, holds
 from ..dsl.plan import Plan, Route, StepPlan, Wire, build_plan
 from ..dsl.spec import PipelineSpec
-from ..dsl.validate import Adapt, check_pipeline, output_config, served_config
+from ..dsl.typecheck import Adapt, check_pipeline, output_config, served_config
 from ..errors import (
     DagserveError,
     InvalidInputError,
