@@ -29,7 +29,6 @@ import contextlib
 import enum
 import importlib.util
 import logging
-import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
+from .backends._imports import forgetting_imports
 from .backends.base import ModelContext
 from .dsl.compile import compile_config
 from .dsl.typecheck import CheckedPipeline, check_pipeline, served_config
@@ -327,7 +327,7 @@ class RepositoryValidator:
 
         # A worker thread, as when served: model code may start its own event loop, and this
         # checker may be called from a running one (a test, an async caller).
-        with _forgetting_imports(source.path), ThreadPoolExecutor(max_workers=1) as pool:
+        with forgetting_imports(source.path), ThreadPoolExecutor(max_workers=1) as pool:
             try:
                 pool.submit(load_and_close).result()
             except DagserveError as exc:
@@ -345,8 +345,8 @@ class RepositoryValidator:
         checked = None
         with self._log.capturing() as logged:
             try:
-                with _forgetting_imports(source.path):
-                    spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
+                # A pipeline_file is imported by the backends' one importer, helpers forgotten.
+                spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
                 checked = check_pipeline(spec, self._member)
             except ConfigError as exc:
                 findings += _errors(name, str(exc))
@@ -419,21 +419,6 @@ async def _no_bls(model: str, version: str, request: InferRequest) -> InferRespo
     raise UnsupportedError(
         f"model '{model}' cannot be called while validating: nothing is served (BLS during initialize)"
     )
-
-
-@contextlib.contextmanager
-def _forgetting_imports(directory: Path) -> Iterator[None]:
-    """Forget the modules imported from under ``directory`` while inside: helper modules that
-    sit beside a model's file would otherwise shadow the next model's helpers of that name."""
-    before = set(sys.modules)
-    root = directory.resolve()
-    try:
-        yield
-    finally:
-        for name in set(sys.modules) - before:
-            file = getattr(sys.modules.get(name), "__file__", None)
-            if file and Path(file).resolve().is_relative_to(root):
-                del sys.modules[name]
 
 
 class _Capture(logging.Handler):

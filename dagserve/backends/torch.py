@@ -46,11 +46,8 @@ worker thread (``mode = "thread"``): torch releases the GIL while it computes.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
-import sys
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -62,7 +59,7 @@ import numpy as np
 from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecutionError, UnsupportedError
 from ..types import DataType, InferRequest
 from ._framework import execution_error, flag, integer, require
-from ._imports import user_code_lock
+from ._imports import import_file
 from .base import ExecuteMode, ModelContext, Outputs
 
 __all__ = ["TorchModel", "load"]
@@ -180,7 +177,7 @@ def _load_exported(torch: Any, path: Path, device: Any, owner: str) -> tuple[Any
 def _load_module(
     torch: Any, path: Path, context: ModelContext, device: Any, owner: str
 ) -> tuple[Any, list[str]]:
-    module = _import(path, f"_dagserve_torch_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
+    module = import_file(path, f"torch_{context.name}_{context.version}")
     model = _build(torch, module, context, path, owner)
     weights = path.with_suffix(".pt")
     if weights.is_file():
@@ -200,21 +197,6 @@ def _load_module(
     if len(params) == 1 and _is_dict_annotation(params[0].annotation):
         names = ["**dict"]
     return model, names
-
-
-def _import(path: Path, module_name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Let the file import helper modules that sit beside it; one import of user code at a time
-    # (sys.path is global, and parallel imports of one package collide: see _imports).
-    with user_code_lock:
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.parent))
-    return module
 
 
 def _build(torch: Any, module: ModuleType, context: ModelContext, path: Path, owner: str) -> Any:
