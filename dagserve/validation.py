@@ -30,40 +30,22 @@ import enum
 import importlib.util
 import logging
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .backends import get_backend
 from .backends._imports import forgetting_imports
-from .backends.base import ModelContext
+from .backends.base import Backend, instance_contexts
 from .dsl.compile import compile_config
 from .dsl.typecheck import CheckedPipeline, check_pipeline, served_config
 from .errors import ConfigError, DagserveError, UnsupportedError
-from .repository.config import ModelConfig
+from .repository.config import PIPELINE_BACKENDS, ModelConfig
 from .repository.loader import ModelSource, scan
 from .types import InferRequest, InferResponse
 
 __all__ = ["Finding", "ModelReport", "RepositoryReport", "RepositoryValidator", "Severity", "validate_repository"]
-
-PIPELINE_BACKENDS = ("ensemble", "pipeline")
-
-# What each framework backend needs in a version directory (any one of the names), the modules
-# that run it (any one suffices: FIL reads XGBoost, LightGBM or Treelite files), and the extra
-# that installs them. A config's default_model_filename overrides the names.
-_FRAMEWORKS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "onnxruntime": (("model.onnx",), ("onnxruntime",), "onnx"),
-    "pytorch": (("model.py", "model.pt2", "model.pt"), ("torch",), "torch"),
-    "tensorrt": (("model.plan",), ("tensorrt",), "tensorrt"),
-    "fil": (
-        ("xgboost.json", "xgboost.ubj", "xgboost.model", "model.txt", "checkpoint.tl"),
-        ("xgboost", "lightgbm", "treelite"),
-        "fil",
-    ),
-}
-
 
 class Severity(enum.Enum):
     """How bad a finding is: an ERROR stops the model from loading; a WARNING does not."""
@@ -221,7 +203,7 @@ class RepositoryValidator:
             findings += _errors(name, source.error)
             self._failed[name] = {0: source.error}
             report = ModelReport(name=name, kind=kind, versions=source.versions, findings=tuple(findings))
-        elif source.config.backend_name in PIPELINE_BACKENDS:
+        elif source.config.is_pipeline:
             report = self._check_pipeline(source, source.config, findings)
         else:
             report = self._check_model(source, source.config, findings)
@@ -239,7 +221,7 @@ class RepositoryValidator:
                 backend = None
                 findings += _errors(name, f"{source.config_path}: {exc}")
                 failed[0] = str(exc)
-            if backend is not None and config.backend_name in _FRAMEWORKS:
+            if backend is not None and backend.FILES.frameworks:
                 config = self._check_framework(source, config, backend, findings)
             elif backend is not None and config.backend_name == "python" and self.load_models:
                 for version in source.versions:
@@ -254,13 +236,12 @@ class RepositoryValidator:
         )
 
     def _check_framework(
-        self, source: ModelSource, config: ModelConfig, backend: Any, findings: list[Finding]
+        self, source: ModelSource, config: ModelConfig, backend: Backend, findings: list[Finding]
     ) -> ModelConfig:
         """Model files present in every version; the config auto-completed where the backend
         can read the file and its framework is installed here. Returns the config as served."""
-        names, modules, extra = _FRAMEWORKS[config.backend_name]
-        if config.default_model_filename:
-            names = (config.default_model_filename,)
+        files = backend.FILES  # the backend's own declaration, as its load() reads it
+        names, modules, extra = files.candidates(config), files.frameworks, files.extra
         failed = self._failed[source.name]
         for version in source.versions:
             version_dir = source.path / str(version)
@@ -302,24 +283,13 @@ class RepositoryValidator:
             return config
         return completed
 
-    def _load(self, source: ModelSource, config: ModelConfig, version: int, backend: Any) -> str:
+    def _load(self, source: ModelSource, config: ModelConfig, version: int, backend: Backend) -> str:
         """Create one instance of a Python model version and close it; why it failed, or ""."""
         if config.parameters.get("execution") == "process":
             # Import it here rather than start a worker process: the same code is checked.
             config = config.model_copy(update={"parameters": {**config.parameters, "execution": "thread"}})
-        group = config.instance_group[0] if config.instance_group else None
-        context = ModelContext(
-            name=source.name,
-            version=version,
-            config=config,
-            model_dir=source.path,
-            version_dir=source.path / str(version),
-            repository=source.path.parent,
-            instance_name=f"{source.name}_0_0",
-            instance_kind=group.kind.value.removeprefix("KIND_").replace("AUTO", "CPU") if group else "CPU",
-            device_id=(group.gpus[0] if group and group.gpus else 0),
-            infer=_no_bls,
-        )
+        # The first instance the server would create (KIND_AUTO mapped as the server maps it).
+        context = instance_contexts(source.name, version, config, source.path, infer=_no_bls)[0]
 
         def load_and_close() -> None:
             instance = backend.load(context)

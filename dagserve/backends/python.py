@@ -47,10 +47,12 @@ from ..repository.loader import validate
 from ..types import InferRequest
 from . import pb_utils
 from ._imports import import_file, user_code_lock
-from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs, concat_requests, split_outputs
 from .process import ProcessModel
 
-__all__ = ["complete_config", "load"]
+__all__ = ["FILES", "complete_config", "load"]
+
+FILES = ModelFiles(names=("model.py",))
 
 log = logging.getLogger("dagserve.backends.python")
 
@@ -61,7 +63,7 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
     Raises:
         ConfigError: no model file, or it defines neither form.
     """
-    filename = context.config.default_model_filename or "model.py"
+    filename = FILES.candidates(context.config)[0]
     path = context.version_dir / filename
     if not path.is_file():
         raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
@@ -95,7 +97,7 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
         ConfigError: the hook raised, returned something else, or made an invalid config; the
             model then fails to load with that reason, as on Triton.
     """
-    path = version_dir / (config.default_model_filename or "model.py")
+    path = version_dir / FILES.candidates(config)[0]
     if not path.is_file() or "auto_complete_config" not in path.read_text():
         return config  # not importing a model that has no hook saves a second import
     module = _import(path, f"autocomplete_{config.name}")

@@ -60,11 +60,11 @@ from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecuti
 from ..types import DataType, InferRequest
 from ._framework import execution_error, flag, integer, require
 from ._imports import import_file
-from .base import ExecuteMode, ModelContext, Outputs
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs
 
-__all__ = ["TorchModel", "load"]
+__all__ = ["FILES", "TorchModel", "load"]
 
-_DEFAULT_FILES = ("model.py", "model.pt2", "model.pt")
+FILES = ModelFiles(names=("model.py", "model.pt2", "model.pt"), frameworks=("torch",), extra="torch")
 _INDEXED = re.compile(r"^(.+)__(\d+)$")
 _PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -77,7 +77,7 @@ def load(context: ModelContext) -> TorchModel:
             without CUDA, a ``model.py`` without a module, or inputs/outputs torch cannot take.
     """
     owner = f"model '{context.name}' version {context.version}"
-    torch = require("torch", extra="torch", owner=owner)
+    torch = require("torch", extra=FILES.extra, owner=owner)
     for spec in (*context.config.input, *context.config.output):
         if spec.data_type is DataType.BYTES:
             raise ConfigError(f"{owner}: tensor '{spec.name}' is BYTES, which the pytorch backend does not support")
@@ -103,12 +103,12 @@ def _model_file(context: ModelContext, owner: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"{owner}: model file {path} not found (default_model_filename)")
         return path
-    for candidate in _DEFAULT_FILES:
+    for candidate in FILES.names:
         path = context.version_dir / candidate
         if path.is_file():
             return path
     raise ConfigError(
-        f"{owner}: no model file in {context.version_dir} (expected one of {', '.join(_DEFAULT_FILES)}, "
+        f"{owner}: no model file in {context.version_dir} (expected one of {', '.join(FILES.names)}, "
         "or set default_model_filename)"
     )
 

@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup
 
 from .._version import __version__
 from ..backends import complete_config, get_backend
-from ..backends.base import ModelContext, ModelInstance
+from ..backends.base import ModelInstance, instance_contexts
 from ..errors import (
     AlreadyExistsError,
     ConfigError,
@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..limits import Limits
 from ..repository import confine
-from ..repository.config import InstanceKind, ModelConfig
+from ..repository.config import ModelConfig
 from ..repository.loader import (
     ModelSource,
     fingerprint,
@@ -318,27 +318,10 @@ class Server:
 
     async def _load_instances(self, source: ModelSource, config: ModelConfig, number: int) -> list[ModelInstance]:
         backend = get_backend(config.backend_name)
-        contexts = []
-        for g, group in enumerate(config.instance_group or (None,)):
-            count = group.count if group else 1
-            # No group: KIND_AUTO, as Triton (a GPU where the backend can use one, else the CPU).
-            kind = group.kind if group else InstanceKind.KIND_AUTO
-            gpus = (group.gpus if group else ()) or (0,)
-            for i in range(count):
-                contexts.append(ModelContext(
-                    name=source.name,
-                    version=number,
-                    config=config,
-                    model_dir=source.path,
-                    version_dir=source.path / str(number),
-                    repository=source.path.parent,
-                    instance_name=f"{source.name}_{g}_{i}",
-                    instance_kind=kind.value.removeprefix("KIND_"),
-                    device_id=gpus[i % len(gpus)],
-                    infer=self.infer,
-                    infer_stream=self.infer_stream,
-                    run_sync=anyio.from_thread.run,
-                ))
+        contexts = instance_contexts(
+            source.name, number, config, source.path,
+            infer=self.infer, infer_stream=self.infer_stream, run_sync=anyio.from_thread.run,
+        )
         instances = []
         try:
             for ctx in contexts:
