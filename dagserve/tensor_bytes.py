@@ -50,9 +50,6 @@ WIRE_DTYPES: dict[DataType, np.dtype[Any]] = {
 """The little-endian numpy dtype of each fixed-size datatype on the wire (on a little-endian
 host the native dtype, so ``frombuffer`` is a plain view)."""
 
-_BF16_HOST = np.dtype(np.uint16)
-
-
 def holds(array: Any, datatype: DataType) -> bool:
     """Whether ``array`` (numpy, or a torch / CuPy tensor) holds elements of ``datatype``.
 
@@ -60,8 +57,13 @@ def holds(array: Any, datatype: DataType) -> bool:
     array; a BF16 tensor in numpy is its uint16 bit patterns (a torch tensor must be
     bfloat16). Nothing is copied or moved off a device.
     """
-    if datatype is DataType.BF16 and isinstance(array, np.ndarray):
-        return array.dtype.newbyteorder("=") == _BF16_HOST
+    if isinstance(array, np.ndarray):
+        dtype, expected = array.dtype, datatype.numpy_dtype
+        if dtype is expected:  # the common case: numpy's native dtypes are singletons
+            return True
+        if datatype is DataType.BYTES:
+            return dtype.kind in "OSU"
+        return bool(dtype.newbyteorder("=") == expected)
     try:
         return datatype_of(array) is datatype
     except ValueError:
@@ -78,12 +80,12 @@ def check_output(array: np.ndarray, datatype: DataType, *, name: str) -> None:
 # -------------------------------------------------------------------------------- encoding
 
 
-def encode(array: np.ndarray, datatype: DataType, *, name: str) -> bytes | memoryview:
+def encode(array: np.ndarray, datatype: DataType, *, name: str, copy: bool = False) -> bytes | memoryview:
     """The wire bytes of host tensor ``array`` of ``datatype``.
 
     A fixed-size tensor comes back as a memoryview over the array (no copy when it is already
-    little-endian and contiguous); a BYTES tensor as the joined elements (see
-    :func:`encode_bytes`).
+    little-endian and contiguous), or as ``bytes`` with ``copy`` (for a protobuf field); a
+    BYTES tensor as the joined elements (see :func:`encode_bytes`).
 
     Raises:
         InternalError: ``array`` does not hold ``datatype`` (see :func:`holds`); the message
@@ -95,6 +97,8 @@ def encode(array: np.ndarray, datatype: DataType, *, name: str) -> bytes | memor
     wire = WIRE_DTYPES[datatype]
     if array.dtype != wire:
         array = array.astype(wire)  # only for big-endian arrays; same kind and size
+    if copy:
+        return array.tobytes()
     array = np.ascontiguousarray(array)
     return memoryview(array).cast("B") if array.size else b""  # type: ignore[arg-type]
 

@@ -118,8 +118,9 @@ def tensor_to_raw(array: np.ndarray, datatype: DataType, *, name: str) -> bytes:
         InternalError: the array's dtype is not the one ``datatype`` is held in (the model
             produced something its config does not declare).
     """
-    raw = tensor_bytes.encode(array, datatype, name=name)
-    return raw if type(raw) is bytes else bytes(raw)
+    raw = tensor_bytes.encode(array, datatype, name=name, copy=True)
+    assert isinstance(raw, bytes)
+    return raw
 
 
 def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[tuple[int, ...], int]:
