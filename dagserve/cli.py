@@ -20,7 +20,7 @@ import anyio.abc
 
 from . import cli_security
 from ._version import __version__
-from .dsl.graph import FORMATS
+from .drawing import FORMATS
 from .engine import ServerOptions
 from .errors import ConfigError, DagserveError
 from .frontends.limits import GrpcKeepalive, HttpLimits
@@ -383,10 +383,10 @@ async def _serve_until_signalled(options: FrontendOptions) -> None:
 
 def _validate(repository: Path) -> int:
     """Print every finding, an ``ok:`` line per sound model, and a summary; 1 when any error."""
-    from .dsl.check import check_repository
+    from .validation import validate_repository
 
     try:
-        report = check_repository(repository)
+        report = validate_repository(repository)
     except ConfigError as exc:
         print(f"error: {exc}")
         return 2
@@ -401,8 +401,8 @@ def _validate(repository: Path) -> int:
 
 def _graph(repository: Path, name: str, fmt: str, output: Path | None) -> int:
     """Draw pipeline ``name`` as ``fmt``; 1 when the pipeline has errors, 2 for a usage error."""
-    from .dsl.check import RepositoryChecker
-    from .dsl.graph import pipeline_graph, render, to_dot, to_mermaid
+    from .drawing import pipeline_graph, render, to_dot, to_mermaid
+    from .validation import RepositoryValidator
 
     def fail(message: str, status: int = 2) -> int:
         print(f"dagserve graph: {message}", file=sys.stderr)
@@ -412,14 +412,14 @@ def _graph(repository: Path, name: str, fmt: str, output: Path | None) -> int:
         return fail("png is binary: write it to a file with -o FILE")
     try:
         # Python models need not be imported to know a pipeline's tensors: their configs say.
-        checker = RepositoryChecker(repository, load_models=False)
+        validator = RepositoryValidator(repository, load_models=False)
     except ConfigError as exc:
         return fail(str(exc))
-    if name not in checker.names:
+    if name not in validator.names:
         return fail(f"no model '{name}' in {repository}")
-    report = checker.check(name)
+    report = validator.validate(name)
     if not report.is_pipeline:
-        pipelines = [n for n in checker.names if checker.check(n).is_pipeline]
+        pipelines = [n for n in validator.names if validator.validate(n).is_pipeline]
         listed = ", ".join(pipelines) or "none"
         return fail(f"'{name}' is a {report.kind} model, not a pipeline (pipelines: {listed})")
     for finding in report.findings:

@@ -56,15 +56,15 @@ class DataType(enum.Enum):
     BYTES = "BYTES"
     BF16 = "BF16"
 
+    numpy_dtype: np.dtype[Any]
+    """The numpy dtype holding this type (object for BYTES; uint16 bits for BF16). A plain
+    attribute of each member, set below: read on hot paths, where a property and a lookup
+    keyed by the member (an Enum's ``__hash__`` runs in Python) would cost more."""
+
     @property
     def config_name(self) -> str:
         """Triton's model-config name, e.g. ``TYPE_FP32`` (``TYPE_STRING`` for BYTES)."""
         return "TYPE_STRING" if self is DataType.BYTES else "TYPE_" + self.value
-
-    @property
-    def numpy_dtype(self) -> np.dtype[Any]:
-        """The numpy dtype holding this type (object for BYTES; uint16 bits for BF16)."""
-        return _NUMPY[self]
 
     @property
     def itemsize(self) -> int:
@@ -148,6 +148,8 @@ _NUMPY: dict[DataType, np.dtype[Any]] = {
     DataType.BYTES: np.dtype(np.object_),
     DataType.BF16: np.dtype(np.uint16),
 }
+for _datatype, _dtype in _NUMPY.items():
+    _datatype.numpy_dtype = _dtype
 _FROM_NUMPY = {v: k for k, v in _NUMPY.items() if k not in (DataType.BYTES, DataType.BF16)}
 _FROM_NUMPY_FAST: dict[Any, DataType] = {**_FROM_NUMPY, np.dtype(np.object_): DataType.BYTES}
 _FROM_TORCH = {

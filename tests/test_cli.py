@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dagserve.cli import main
-from dagserve.dsl.check import check_repository
+from dagserve.validation import validate_repository
 
 REPOS = Path(__file__).parent / "repos"
 PIPELINES = REPOS / "pipelines"
@@ -177,7 +177,7 @@ def test_validate_leaves_no_model_modules_behind(tmp_path: Path) -> None:
             f"import helpers_dsv\nassert helpers_dsv.VALUE == {value}, helpers_dsv.VALUE\n"
             "def infer(inputs):\n    return {}\n"
         )
-    report = check_repository(write(tmp_path, files))
+    report = validate_repository(write(tmp_path, files))
     assert report.ok, [str(f) for f in report.findings]
     assert "helpers_dsv" not in sys.modules
 

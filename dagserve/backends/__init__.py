@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DagserveError
 from ..repository.config import ModelConfig
-from .base import Backend, ModelContext, ModelInstance
+from .base import Backend, ModelContext, ModelFiles, ModelInstance
 from .reshape import with_reshape
 
 __all__ = ["Backend", "ModelContext", "ModelInstance", "backend_names", "complete_config", "get_backend"]
@@ -61,6 +61,10 @@ class _Reshaping:
 
     def __init__(self, module: Backend) -> None:
         self._module = module
+
+    @property
+    def FILES(self) -> ModelFiles:
+        return self._module.FILES
 
     def load(self, context: ModelContext) -> ModelInstance:
         return with_reshape(self._module.load(context), context.config)

@@ -36,9 +36,11 @@ __all__ = [
     "Backend",
     "ExecuteMode",
     "ModelContext",
+    "ModelFiles",
     "ModelInstance",
     "Outputs",
     "concat_requests",
+    "instance_contexts",
     "run_batch",
     "split_outputs",
 ]
@@ -75,6 +77,64 @@ class ModelContext:
     extras: Mapping[str, Any] = field(default_factory=dict)
 
 
+def instance_contexts(
+    name: str,
+    version: int,
+    config: ModelConfig,
+    model_dir: Path,
+    *,
+    infer: InferCallback | None = None,
+    infer_stream: InferStreamCallback | None = None,
+    run_sync: Callable[..., Any] | None = None,
+) -> list[ModelContext]:
+    """One context per instance the config's ``instance_group`` asks for, named as Triton
+    names instances (``<model>_<group>_<index>``). No group is one instance of ``KIND_AUTO``,
+    as on Triton (a GPU where the backend can use one, else the CPU); a group's GPUs are dealt
+    out to its instances in turn."""
+    contexts = []
+    for g, group in enumerate(config.instance_group or (None,)):
+        count = group.count if group else 1
+        kind = group.kind.value.removeprefix("KIND_") if group else "AUTO"
+        gpus = (group.gpus if group else ()) or (0,)
+        for i in range(count):
+            contexts.append(ModelContext(
+                name=name,
+                version=version,
+                config=config,
+                model_dir=model_dir,
+                version_dir=model_dir / str(version),
+                repository=model_dir.parent,
+                instance_name=f"{name}_{g}_{i}",
+                instance_kind=kind,
+                device_id=gpus[i % len(gpus)],
+                infer=infer,
+                infer_stream=infer_stream,
+                run_sync=run_sync,
+            ))
+    return contexts
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelFiles:
+    """What a backend reads from a version directory, declared once as its module's ``FILES``:
+    for its own ``load`` and for ``dagserve validate``, which asks the backend rather than
+    keeping a table of its own.
+
+    ``names``: the default file names, any one of which serves (the first present wins);
+    ``frameworks``: the modules that run such a file (any one suffices), imported only in
+    ``load``; ``extra``: dagserve's optional dependency group that installs them.
+    """
+
+    names: tuple[str, ...]
+    frameworks: tuple[str, ...] = ()
+    extra: str = ""
+
+    def candidates(self, config: ModelConfig) -> tuple[str, ...]:
+        """The names a version directory may hold the model under: the config's
+        ``default_model_filename`` alone when it sets one, else :attr:`names`."""
+        return (config.default_model_filename,) if config.default_model_filename else self.names
+
+
 @runtime_checkable
 class ModelInstance(Protocol):
     """One loaded, executable instance of a model version."""
@@ -91,7 +151,11 @@ class ModelInstance(Protocol):
 
 
 class Backend(Protocol):
-    """A backend module: a ``load`` function creating instances of one kind of model."""
+    """A backend module: a ``load`` function creating instances of one kind of model, and
+    the model files it reads (``FILES``)."""
+
+    @property
+    def FILES(self) -> ModelFiles: ...
 
     def load(self, context: ModelContext) -> ModelInstance: ...
 

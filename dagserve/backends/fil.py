@@ -48,9 +48,9 @@ from ..errors import ConfigError, DagserveError, ModelExecutionError
 from ..repository.config import ModelConfig
 from ..types import DataType, InferRequest, is_device_tensor, to_host
 from ._framework import execution_error, flag, integer, require
-from .base import ExecuteMode, ModelContext, Outputs, concat_requests, run_batch, split_outputs
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs, concat_requests, run_batch, split_outputs
 
-__all__ = ["FilModel", "load"]
+__all__ = ["FILES", "FilModel", "load"]
 
 log = logging.getLogger("dagserve.backends.fil")
 
@@ -62,7 +62,7 @@ MODEL_FILES = {
     "treelite_checkpoint": "checkpoint.tl",
 }
 _STORAGE_TYPES = ("AUTO", "DENSE", "SPARSE", "SPARSE8")
-_EXTRA = "fil"
+FILES = ModelFiles(names=tuple(MODEL_FILES.values()), frameworks=("xgboost", "lightgbm", "treelite"), extra="fil")
 
 Predictor = Callable[[Any], Any]
 """Rows (n, features) -> scores: (n,) or (n, k) regression values or class probabilities."""
@@ -162,7 +162,7 @@ def _installed(module: str) -> bool:
 
 
 def _xgboost_predictor(path: Path, n_features: int, owner: str) -> Predictor:
-    xgb = require("xgboost", extra=_EXTRA, owner=owner, purpose="XGBoost models")
+    xgb = require("xgboost", extra=FILES.extra, owner=owner, purpose="XGBoost models")
     booster = xgb.Booster()
     try:
         booster.load_model(str(path))
@@ -177,7 +177,7 @@ def _xgboost_predictor(path: Path, n_features: int, owner: str) -> Predictor:
 
 
 def _lightgbm_predictor(path: Path, n_features: int, owner: str) -> Predictor:
-    lgb = require("lightgbm", extra=_EXTRA, owner=owner, purpose="LightGBM models")
+    lgb = require("lightgbm", extra=FILES.extra, owner=owner, purpose="LightGBM models")
     try:
         booster = lgb.Booster(model_file=str(path))
     except Exception as exc:  # noqa: BLE001
@@ -187,7 +187,7 @@ def _lightgbm_predictor(path: Path, n_features: int, owner: str) -> Predictor:
 
 
 def _treelite_predictor(model_type: str, path: Path, params: dict[str, str], n_features: int, owner: str) -> Predictor:
-    treelite = require("treelite", extra=_EXTRA, owner=owner, purpose=f"{model_type} models")
+    treelite = require("treelite", extra=FILES.extra, owner=owner, purpose=f"{model_type} models")
     gtil = importlib.import_module("treelite.gtil")
     frontend = treelite.frontend
     try:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..errors import ConfigError
-from .base import ExecuteMode, ModelContext, ModelInstance
+from .base import ExecuteMode, ModelContext, ModelFiles, ModelInstance
 from .reshape import with_reshape
 
 __all__ = ["ObjectBackend"]
@@ -30,6 +30,8 @@ __all__ = ["ObjectBackend"]
 
 class ObjectBackend:
     """The :class:`~.base.Backend` of one in-memory model object."""
+
+    FILES = ModelFiles(names=())  # nothing on disk: the model is the object
 
     def __init__(self, model: Any) -> None:
         """Raises ConfigError: ``model`` is none of the forms above."""

@@ -44,9 +44,11 @@ from ..errors import ConfigError, DagserveError, InvalidInputError
 from ..repository.config import DynamicBatching, ModelConfig, Reshape, TensorConfig
 from ..types import DataType, InferRequest, to_host
 from ._framework import execution_error, flag, integer, require
-from .base import ExecuteMode, ModelContext, Outputs, concat_requests, run_batch, split_outputs
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs, concat_requests, run_batch, split_outputs
 
-__all__ = ["OnnxModel", "complete_config", "load"]
+__all__ = ["FILES", "OnnxModel", "complete_config", "load"]
+
+FILES = ModelFiles(names=("model.onnx",), frameworks=("onnxruntime",), extra="onnx")
 
 DEFAULT_MAX_BATCH_SIZE = 4
 """What auto-complete sets ``max_batch_size`` to for a graph that can batch (Triton's default)."""
@@ -110,7 +112,7 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
     if config.input and config.output:
         return config
     owner = f"model '{config.name}'"
-    ort = require("onnxruntime", extra="onnx", owner=owner)
+    ort = require("onnxruntime", extra=FILES.extra, owner=owner)
     path = _model_file(config, version_dir, owner)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
@@ -164,7 +166,7 @@ def load(context: ModelContext) -> OnnxModel:
     """
     config = context.config
     owner = f"model '{context.name}' version {context.version}"
-    ort = require("onnxruntime", extra="onnx", owner=owner)
+    ort = require("onnxruntime", extra=FILES.extra, owner=owner)
     path = _model_file(config, context.version_dir, owner)
     session = _open(ort, path, _session_options(ort, config, owner), _providers(ort, context, owner), owner)
     _check_io(config, _graph_inputs(session), _graph_outputs(session), owner)
@@ -176,7 +178,7 @@ def load(context: ModelContext) -> OnnxModel:
 
 
 def _model_file(config: ModelConfig, version_dir: Path, owner: str) -> Path:
-    path = version_dir / (config.default_model_filename or "model.onnx")
+    path = version_dir / FILES.candidates(config)[0]
     if not path.exists():
         raise ConfigError(f"{owner}: model file {path} not found")
     return path

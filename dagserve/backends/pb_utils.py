@@ -14,7 +14,6 @@ import contextvars
 import json
 import logging
 import queue
-import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,7 +22,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import numpy as np
 
-from .. import errors
+from .. import errors, tensor_bytes
 from ..types import DataType, RequestedOutput, ResponseSender, datatype_of, is_device_tensor, to_host
 from ..types import InferRequest as _EngineRequest
 from ..types import InferResponse as _EngineResponse
@@ -548,26 +547,20 @@ def triton_to_numpy_type(code: int) -> type | None:
 
 
 def serialize_byte_tensor(array: np.ndarray) -> np.ndarray:
-    """Length-prefix each element (4-byte little-endian), as Triton lays out BYTES tensors."""
+    """Length-prefix each element (4-byte little-endian), as Triton lays out BYTES tensors:
+    a 0-d object array holding the bytes (see :mod:`dagserve.tensor_bytes`)."""
     if array.size == 0:
         return np.empty([0], dtype=np.object_)
-    chunks = []
-    for item in array.reshape(-1, order="C"):
-        b = item if isinstance(item, bytes) else str(item).encode()
-        chunks.append(struct.pack("<I", len(b)))
-        chunks.append(b)
-    return np.asarray(b"".join(chunks), dtype=np.object_)
+    return np.asarray(tensor_bytes.encode_bytes(array), dtype=np.object_)
 
 
 def deserialize_bytes_tensor(encoded: bytes) -> np.ndarray:
-    """The inverse of :func:`serialize_byte_tensor`: a flat object array of ``bytes``."""
-    out, offset = [], 0
-    while offset < len(encoded):
-        (length,) = struct.unpack_from("<I", encoded, offset)
-        offset += 4
-        out.append(encoded[offset : offset + length])
-        offset += length
-    return np.array(out, dtype=np.object_)
+    """The inverse of :func:`serialize_byte_tensor`: a flat object array of ``bytes``.
+
+    Raises:
+        dagserve.errors.InvalidInputError: ``encoded`` is truncated.
+    """
+    return tensor_bytes.decode_bytes(encoded, name="serialized BYTES tensor")
 
 
 def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:

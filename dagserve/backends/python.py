@@ -29,7 +29,6 @@ Where sync code runs is the config parameter ``execution``:
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import json
 import logging
@@ -49,11 +48,13 @@ from ..repository.config import ModelConfig
 from ..repository.loader import validate
 from ..types import InferRequest
 from . import pb_utils
-from ._imports import user_code_lock
-from .base import ExecuteMode, ModelContext, Outputs, concat_requests, split_outputs
+from ._imports import import_file, user_code_lock
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs, concat_requests, split_outputs
 from .process import ProcessModel
 
-__all__ = ["complete_config", "load"]
+__all__ = ["FILES", "complete_config", "load"]
+
+FILES = ModelFiles(names=("model.py",))
 
 log = logging.getLogger("dagserve.backends.python")
 
@@ -64,7 +65,7 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
     Raises:
         ConfigError: no model file, or it defines neither form.
     """
-    filename = context.config.default_model_filename or "model.py"
+    filename = FILES.candidates(context.config)[0]
     path = context.version_dir / filename
     if not path.is_file():
         raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
@@ -72,7 +73,7 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
         return ProcessModel(context, load)
     instance: TritonModel | NativeModel
     with _IMPORT_LOCK:  # the import and the construction (lazy imports in initialize), see _imports
-        module = _import(path, f"_dagserve_model_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
+        module = _import(path, f"model_{context.name}_{context.version}")
         mode = _mode(context)
         if hasattr(module, "TritonPythonModel"):
             instance = TritonModel(module.TritonPythonModel, context, mode)
@@ -103,10 +104,10 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
         ConfigError: the hook raised, returned something else, or made an invalid config; the
             model then fails to load with that reason, as on Triton.
     """
-    path = version_dir / (config.default_model_filename or "model.py")
+    path = version_dir / FILES.candidates(config)[0]
     if not path.is_file() or "auto_complete_config" not in path.read_text():
         return config  # not importing a model that has no hook saves a second import
-    module = _import(path, f"_dagserve_autocomplete_{config.name}_{uuid.uuid4().hex[:8]}")
+    module = _import(path, f"autocomplete_{config.name}")
     hook = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
     if hook is None:
         return config
@@ -130,28 +131,10 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
     return completed.model_copy(update={"name": config.name, "version_policy": config.version_policy})
 
 
-def _import(path: Path, module_name: str) -> ModuleType:
+def _import(path: Path, label: str) -> ModuleType:
     # Unmodified Triton models import this name; it must resolve before their code runs.
     sys.modules.setdefault("triton_python_backend_utils", pb_utils)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    folder = str(path.parent)
-    # Let the model import helper modules that sit beside it in its version directory, then
-    # forget them by name, so that another model's helper of the same name (utils.py, say) is
-    # its own and not this one. Imports are serialized: sys.path and sys.modules are global.
-    with _IMPORT_LOCK:
-        before = set(sys.modules)
-        sys.path.insert(0, folder)
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(folder)
-            for name in set(sys.modules) - before:
-                origin = getattr(sys.modules[name], "__file__", None) or ""
-                if origin.startswith(folder + "/"):
-                    del sys.modules[name]
-    return module
+    return import_file(path, label)
 
 
 def _mode(context: ModelContext) -> ExecuteMode:

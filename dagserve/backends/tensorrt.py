@@ -28,9 +28,11 @@ import numpy as np
 from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecutionError
 from ..types import DataType, InferRequest
 from ._framework import execution_error, require
-from .base import ExecuteMode, ModelContext, Outputs, run_batch
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs, run_batch
 
-__all__ = ["TensorRTModel", "load", "pick_profile"]
+__all__ = ["FILES", "TensorRTModel", "load", "pick_profile"]
+
+FILES = ModelFiles(names=("model.plan",), frameworks=("tensorrt",), extra="tensorrt")
 
 Shape = tuple[int, ...]
 Profile = Mapping[str, tuple[Shape, Shape]]
@@ -68,13 +70,13 @@ def load(context: ModelContext) -> TensorRTModel:
     """
     config = context.config
     owner = f"model '{context.name}' version {context.version}"
-    trt = require("tensorrt", extra="tensorrt", owner=owner)
-    torch = require("torch", extra="tensorrt", owner=owner, purpose="TensorRT's device buffers")
+    trt = require("tensorrt", extra=FILES.extra, owner=owner)
+    torch = require("torch", extra=FILES.extra, owner=owner, purpose="TensorRT's device buffers")
     if context.instance_kind not in ("GPU", "AUTO"):
         raise ConfigError(f"{owner}: TensorRT plans run on a GPU; use instance_group kind KIND_GPU or KIND_AUTO")
     if not torch.cuda.is_available():
         raise ConfigError(f"{owner}: TensorRT needs a CUDA device, and torch finds none")
-    path = context.version_dir / (config.default_model_filename or "model.plan")
+    path = context.version_dir / FILES.candidates(config)[0]
     if not path.is_file():
         raise ConfigError(f"{owner}: model file {path} not found")
     device = torch.device("cuda", context.device_id)

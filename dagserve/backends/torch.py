@@ -46,11 +46,8 @@ worker thread (``mode = "thread"``): torch releases the GIL while it computes.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
-import sys
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -62,12 +59,12 @@ import numpy as np
 from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecutionError, UnsupportedError
 from ..types import DataType, InferRequest
 from ._framework import execution_error, flag, integer, require
-from ._imports import user_code_lock
-from .base import ExecuteMode, ModelContext, Outputs
+from ._imports import import_file
+from .base import ExecuteMode, ModelContext, ModelFiles, Outputs
 
-__all__ = ["TorchModel", "load"]
+__all__ = ["FILES", "TorchModel", "load"]
 
-_DEFAULT_FILES = ("model.py", "model.pt2", "model.pt")
+FILES = ModelFiles(names=("model.py", "model.pt2", "model.pt"), frameworks=("torch",), extra="torch")
 _INDEXED = re.compile(r"^(.+)__(\d+)$")
 _PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -80,7 +77,7 @@ def load(context: ModelContext) -> TorchModel:
             without CUDA, a ``model.py`` without a module, or inputs/outputs torch cannot take.
     """
     owner = f"model '{context.name}' version {context.version}"
-    torch = require("torch", extra="torch", owner=owner)
+    torch = require("torch", extra=FILES.extra, owner=owner)
     for spec in (*context.config.input, *context.config.output):
         if spec.data_type is DataType.BYTES:
             raise ConfigError(f"{owner}: tensor '{spec.name}' is BYTES, which the pytorch backend does not support")
@@ -106,12 +103,12 @@ def _model_file(context: ModelContext, owner: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"{owner}: model file {path} not found (default_model_filename)")
         return path
-    for candidate in _DEFAULT_FILES:
+    for candidate in FILES.names:
         path = context.version_dir / candidate
         if path.is_file():
             return path
     raise ConfigError(
-        f"{owner}: no model file in {context.version_dir} (expected one of {', '.join(_DEFAULT_FILES)}, "
+        f"{owner}: no model file in {context.version_dir} (expected one of {', '.join(FILES.names)}, "
         "or set default_model_filename)"
     )
 
@@ -180,7 +177,7 @@ def _load_exported(torch: Any, path: Path, device: Any, owner: str) -> tuple[Any
 def _load_module(
     torch: Any, path: Path, context: ModelContext, device: Any, owner: str
 ) -> tuple[Any, list[str]]:
-    module = _import(path, f"_dagserve_torch_{context.name}_{context.version}_{uuid.uuid4().hex[:8]}")
+    module = import_file(path, f"torch_{context.name}_{context.version}")
     model = _build(torch, module, context, path, owner)
     weights = path.with_suffix(".pt")
     if weights.is_file():
@@ -200,21 +197,6 @@ def _load_module(
     if len(params) == 1 and _is_dict_annotation(params[0].annotation):
         names = ["**dict"]
     return model, names
-
-
-def _import(path: Path, module_name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Let the file import helper modules that sit beside it; one import of user code at a time
-    # (sys.path is global, and parallel imports of one package collide: see _imports).
-    with user_code_lock:
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.parent))
-    return module
 
 
 def _build(torch: Any, module: ModuleType, context: ModelContext, path: Path, owner: str) -> Any:

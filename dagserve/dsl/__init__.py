@@ -9,7 +9,7 @@ from .builder import Pipeline, StepRef, Switch, loop, pipeline
 from .compile import compile_config
 from .conditions import Condition, Op, Param, parse_condition
 from .spec import FirstOf, LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
-from .validate import CheckedPipeline, check_pipeline
+from .typecheck import CheckedPipeline, check_pipeline
 
 __all__ = [
     "CheckedPipeline",

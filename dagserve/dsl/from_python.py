@@ -9,14 +9,11 @@ directory's name; the file declares the inputs and outputs, so the config does n
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 import traceback
-import uuid
 from pathlib import Path
 
-from ..backends._imports import user_code_lock
+from ..backends._imports import import_file
 from ..errors import ConfigError
 from ..repository.config import ModelConfig
 from .builder import Pipeline
@@ -67,21 +64,12 @@ def spec_of(module: object, path: Path) -> PipelineSpec:
 
 
 def _import(path: Path) -> object:
-    name = f"_dagserve_pipeline_{path.parent.name}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    with user_code_lock:  # sys.path is global; parallel imports collide (see backends._imports)
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        except ConfigError:
-            raise
-        except Exception as exc:  # user code may raise anything while importing
-            raise ConfigError(f"{path}{_line_in(exc, path)}: failed to import: {type(exc).__name__}: {exc}") from exc
-        finally:
-            sys.path.remove(str(path.parent))
-    return module
+    try:
+        return import_file(path, f"pipeline_{path.parent.name}")
+    except ConfigError:
+        raise
+    except Exception as exc:  # user code may raise anything while importing
+        raise ConfigError(f"{path}{_line_in(exc, path)}: failed to import: {type(exc).__name__}: {exc}") from exc
 
 
 def _line_in(exc: BaseException, path: Path) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from ..types import DataType, RequestedOutput
 from .conditions import Condition, Param
 from .spec import FrozenMap, Source, TensorRef, source_refs
-from .validate import Adapt, CheckedPipeline, TensorType, adapt
+from .typecheck import Adapt, CheckedPipeline, TensorType, adapt
 
 __all__ = ["Candidate", "Gate", "LoopPlan", "Plan", "Route", "StepPlan", "StreamRoute", "Wire", "build_plan"]
 

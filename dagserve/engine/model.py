@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..repository.config import DynamicBatching, ModelConfig
 from ..repository.locations import did_you_mean
+from ..tensor_bytes import holds
 from ..types import (
     DataType,
     InferRequest,
@@ -399,16 +400,14 @@ class ModelVersion:
             datatype, expected = checks[name]
             if type(array) is not np.ndarray or datatype is DataType.BYTES:
                 array = _as_array(array, datatype)
-            if datatype is not DataType.BF16 or not isinstance(array, np.ndarray):
+            if not holds(array, datatype):
                 try:
-                    actual: DataType | None = datatype_of(array)
+                    got = datatype_of(array).value
                 except ValueError:
-                    actual = None
-                if actual is not datatype:
-                    got = actual.value if actual else str(array.dtype)
-                    raise ModelExecutionError(
-                        f"{self._owner} returned output '{name}' as {got}, but its config declares {datatype.value}"
-                    )
+                    got = str(array.dtype)
+                raise ModelExecutionError(
+                    f"{self._owner} returned output '{name}' as {got}, but its config declares {datatype.value}"
+                )
             if not shape_matches(array.shape, expected):
                 raise ModelExecutionError(
                     f"{self._owner} returned output '{name}' with shape {list(array.shape)}, "

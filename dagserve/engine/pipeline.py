@@ -33,7 +33,7 @@ from ..backends.base import Outputs
 from ..dsl.compile import compile_config, member_names
 from ..dsl.plan import build_plan
 from ..dsl.spec import PipelineSpec
-from ..dsl.validate import check_pipeline, output_config, served_config
+from ..dsl.typecheck import check_pipeline, output_config, served_config
 from ..errors import DagserveError, ModelNotFoundError, ModelNotReadyError
 from ..repository.config import ModelConfig, TensorConfig
 from ..repository.loader import ModelSource

@@ -57,7 +57,7 @@ class ModelEntry:
 
 def is_pipeline(source: ModelSource) -> bool:
     """Whether ``source`` is a pipeline (a Triton ensemble or a native pipeline)."""
-    return source.config is not None and source.config.backend_name in ("ensemble", "pipeline")
+    return source.config is not None and source.config.is_pipeline
 
 
 async def pipeline_members(source: ModelSource) -> set[str]:

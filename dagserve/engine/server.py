@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from .._version import __version__
 from ..backends import complete_config, get_backend
-from ..backends.base import Backend, ModelContext, ModelInstance
+from ..backends.base import Backend, ModelInstance, instance_contexts
 from ..backends.objects import ObjectBackend
 from ..errors import (
     AlreadyExistsError,
@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..limits import Limits
 from ..repository import confine
-from ..repository.config import InstanceKind, ModelConfig
+from ..repository.config import ModelConfig
 from ..repository.loader import (
     ModelSource,
     fingerprint,
@@ -352,28 +352,12 @@ class Server:
     ) -> list[ModelInstance]:
         if backend is None:
             backend = get_backend(config.backend_name)
-        contexts = []
-        for g, group in enumerate(config.instance_group or (None,)):
-            count = group.count if group else 1
-            # No group: KIND_AUTO, as Triton (a GPU where the backend can use one, else the CPU).
-            kind = group.kind if group else InstanceKind.KIND_AUTO
-            gpus = (group.gpus if group else ()) or (0,)
-            for i in range(count):
-                contexts.append(ModelContext(
-                    name=source.name,
-                    version=number,
-                    config=config,
-                    model_dir=source.path,
-                    version_dir=source.path / str(number),
-                    repository=source.path.parent,
-                    instance_name=f"{source.name}_{g}_{i}",
-                    instance_kind=kind.value.removeprefix("KIND_"),
-                    device_id=gpus[i % len(gpus)],
-                    infer=self.infer,
-                    infer_stream=self.infer_stream,
-                    # with the loop's token: callable from any thread (an instance's own thread)
-                    run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
-                ))
+        contexts = instance_contexts(
+            source.name, number, config, source.path,
+            infer=self.infer, infer_stream=self.infer_stream,
+            # with the loop's token: callable from any thread (an instance's own thread)
+            run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
+        )
         instances = []
         try:
             for ctx in contexts:

@@ -12,22 +12,20 @@ elements each prefixed with their 4-byte little-endian length.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .. import tensor_bytes
 from .._proto import grpc_service_pb2 as pb
 from ..errors import InternalError, InvalidInputError, UnsupportedError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
-    "decode_bytes_tensor",
     "decode_infer_request",
     "decode_parameters",
-    "encode_bytes_tensor",
     "encode_infer_response",
     "encode_parameters",
     "tensor_to_raw",
@@ -35,7 +33,6 @@ __all__ = [
 
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
-_LENGTH = struct.Struct("<I")
 
 # The InferTensorContents list that carries each datatype. The narrow integer types travel
 # widened in the 32-bit lists; FP16 and BF16 have no list and must come as raw bytes.
@@ -114,99 +111,21 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
 # Tensors
 
 
-def decode_bytes_tensor(
-    raw: bytes | memoryview, *, name: str, expected: int, limits: Limits = DEFAULT_LIMITS
-) -> np.ndarray:
-    """Split length-prefixed BYTES data into a flat object array of ``bytes``.
-
-    Raises:
-        InvalidInputError: the data is truncated, or holds a different number of elements
-            than ``expected``.
-    """
-    view = memoryview(raw)
-    end = len(view)
-    # Each element costs at least its 4-byte prefix: a larger claim cannot be satisfied, and
-    # refusing it first bounds the loop below by the bytes actually received.
-    if expected * _LENGTH.size > end:
-        raise InvalidInputError(
-            f"input '{name}': raw BYTES data of {end} bytes cannot hold {expected} elements"
-        )
-    items: list[bytes] = []
-    offset = 0
-    while offset < end:
-        if offset + _LENGTH.size > end:
-            raise InvalidInputError(f"input '{name}': raw BYTES data ends inside a length prefix")
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += _LENGTH.size
-        if length > limits.max_bytes_element_size:
-            limits.check_bytes_element(name, len(items), length)
-        if offset + length > end:
-            raise InvalidInputError(
-                f"input '{name}': raw BYTES element {len(items)} claims {length} bytes, "
-                f"only {end - offset} remain"
-            )
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if len(items) != expected:
-        raise InvalidInputError(
-            f"input '{name}': raw BYTES data holds {len(items)} elements, its shape needs {expected}"
-        )
-    return np.fromiter(items, dtype=np.object_, count=len(items))
-
-
-def encode_bytes_tensor(array: np.ndarray) -> bytes:
-    """Serialize a BYTES tensor (row-major) as 4-byte little-endian length + bytes per element.
-
-    ``str`` elements are UTF-8 encoded; other non-bytes elements are encoded via ``str()``.
-    """
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        if isinstance(item, bytes):
-            data = item
-        elif isinstance(item, str):
-            data = item.encode("utf-8")
-        else:
-            data = str(item).encode("utf-8")
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
 def tensor_to_raw(array: np.ndarray, datatype: DataType, *, name: str) -> bytes:
-    """The wire bytes of an output tensor of ``datatype``.
+    """The wire bytes of an output tensor of ``datatype`` (see :mod:`dagserve.tensor_bytes`).
 
     Raises:
         InternalError: the array's dtype is not the one ``datatype`` is held in (the model
             produced something its config does not declare).
     """
-    if datatype is DataType.BYTES:
-        return encode_bytes_tensor(array)
-    expected = datatype.numpy_dtype
-    if array.dtype.newbyteorder("=") != expected:
-        raise InternalError(
-            f"output '{name}' is declared {datatype.value} but the model produced numpy {array.dtype}"
-        )
-    little = expected.newbyteorder("<")
-    return np.ascontiguousarray(array, dtype=little).tobytes()
+    raw = tensor_bytes.encode(array, datatype, name=name, copy=True)
+    assert isinstance(raw, bytes)
+    return raw
 
 
 def _shape_of(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[tuple[int, ...], int]:
     """The declared shape and its element count (see :func:`~dagserve.types.check_shape`)."""
     return check_shape(list(tensor.shape), tensor.name)
-
-
-def _from_raw(
-    raw: bytes, datatype: DataType, shape: tuple[int, ...], count: int, name: str, limits: Limits
-) -> np.ndarray:
-    if datatype is DataType.BYTES:
-        return decode_bytes_tensor(raw, name=name, expected=count, limits=limits).reshape(shape)
-    needed = count * datatype.itemsize
-    if len(raw) != needed:
-        raise InvalidInputError(
-            f"input '{name}': raw data is {len(raw)} bytes, but shape {list(shape)} of "
-            f"{datatype.value} needs {needed} bytes"
-        )
-    return np.frombuffer(raw, dtype=datatype.numpy_dtype.newbyteorder("<")).reshape(shape)
 
 
 def _from_contents(
@@ -309,7 +228,7 @@ def decode_infer_request(
                     f"input '{name}': has typed contents while the request uses raw_input_contents; "
                     "send every input one way"
                 )
-            array = _from_raw(raw[index], datatype, shape, count, name, limits)
+            array = tensor_bytes.decode(raw[index], datatype, shape, count, name=name, limits=limits)
         elif _has_contents(tensor):
             array = _from_contents(tensor, datatype, shape, count, limits)
         elif count == 0:

@@ -18,14 +18,14 @@ Wire facts this module follows (Triton's ``http_server.cc`` and ``tritonclient.h
 from __future__ import annotations
 
 import json
-import struct
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import InternalError, InvalidInputError, UnsupportedError
+from .. import tensor_bytes
+from ..errors import InvalidInputError, UnsupportedError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
@@ -37,15 +37,9 @@ __all__ = [
     "encode_infer_response",
 ]
 
-# Every wire value is little-endian; on a little-endian host these are the native dtypes and
-# ``frombuffer`` is a plain view.
-_WIRE_DTYPE: dict[DataType, np.dtype[Any]] = {
-    dt: dt.numpy_dtype.newbyteorder("<") for dt in DataType if dt is not DataType.BYTES
-}
 # Keyed by wire name: the decoder looks types up by the string it parsed, and hashing a str
 # is cheaper than hashing an Enum member (a Python-level __hash__).
 _BY_NAME: dict[str, DataType] = {dt.value: dt for dt in DataType}
-_WIRE_BY_NAME: dict[str, np.dtype[Any]] = {dt.value: d for dt, d in _WIRE_DTYPE.items()}
 _INT_LIMITS: dict[DataType, tuple[int, int]] = {
     dt: (int(np.iinfo(dt.numpy_dtype).min), int(np.iinfo(dt.numpy_dtype).max))
     for dt in DataType
@@ -53,7 +47,6 @@ _INT_LIMITS: dict[DataType, tuple[int, int]] = {
 }
 _FLOAT_TYPES = frozenset({DataType.FP32, DataType.FP64})
 _SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-_LEN = struct.Struct("<I")
 _NO_PARAMETERS: Mapping[str, Any] = {}  # shared, never mutated
 
 
@@ -180,7 +173,7 @@ def decode_infer_request(header: bytes, binary: memoryview, limits: Limits = DEF
                     f"input '{name}': binary_data_size {size} runs past the end of the request body "
                     f"({len(binary) - offset} binary bytes left)"
                 )
-            array = _from_binary(name, dt, shape, count, binary[offset : offset + size], limits)
+            array = tensor_bytes.decode(binary[offset : offset + size], dt, shape, count, name=name, limits=limits)
             offset += size
         elif "data" in raw:
             array = _from_json(name, dt, shape, count, raw["data"], limits)
@@ -234,7 +227,7 @@ def decode_raw_request(body: memoryview, metadata: Mapping[str, Any], limits: Li
         if d != -1:
             fixed *= d
     if dt is DataType.BYTES:
-        total = _count_bytes_elements(name, body, limits)
+        total = tensor_bytes.count_bytes(body, name=name, limits=limits)
     else:
         if len(body) % dt.itemsize:
             raise InvalidInputError(
@@ -247,7 +240,7 @@ def decode_raw_request(body: memoryview, metadata: Mapping[str, Any], limits: Li
         dims[dims.index(-1)] = total // fixed
     shape = tuple(dims)
     limits.check_elements(name, shape, total)
-    array = _from_binary(name, dt, shape, total, body, limits)
+    array = tensor_bytes.decode(body, dt, shape, total, name=name, limits=limits)
     return InferRequest(
         inputs={name: array}, datatypes={name: dt} if dt is DataType.BF16 else {}, outputs=None
     )
@@ -306,68 +299,6 @@ def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
             raise InvalidInputError(f"output '{name}': binary_data must be true or false")
         outputs.append(RequestedOutput(name=name, parameters=params))
     return tuple(outputs)
-
-
-def _from_binary(
-    name: str, dt: DataType, shape: tuple[int, ...], count: int, data: memoryview, limits: Limits
-) -> np.ndarray:
-    if dt is DataType.BYTES:
-        return _bytes_from_binary(name, shape, count, data, limits)
-    wire = _WIRE_BY_NAME[dt.value]
-    expected = count * wire.itemsize
-    if expected != len(data):
-        raise InvalidInputError(
-            f"input '{name}': shape {list(shape)} of {dt.value} needs {expected} bytes, "
-            f"binary_data_size is {len(data)}"
-        )
-    return np.frombuffer(data, dtype=wire, count=count).reshape(shape)
-
-
-def _count_bytes_elements(name: str, data: memoryview, limits: Limits) -> int:
-    count = offset = 0
-    end = len(data)
-    while offset < end:
-        if offset + 4 > end:
-            raise InvalidInputError(f"input '{name}': BYTES data ends inside an element's length prefix")
-        length = _LEN.unpack_from(data, offset)[0]
-        limits.check_bytes_element(name, count, length)
-        offset += 4 + length
-        count += 1
-    if offset != end:
-        raise InvalidInputError(f"input '{name}': BYTES element length runs past the end of its data")
-    return count
-
-
-def _bytes_from_binary(
-    name: str, shape: tuple[int, ...], count: int, data: memoryview, limits: Limits
-) -> np.ndarray:
-    end = len(data)
-    # Every element needs at least its 4-byte length: checked before allocating ``count`` slots.
-    if count * 4 > end:
-        raise InvalidInputError(
-            f"input '{name}': shape {list(shape)} needs {count} BYTES elements, binary data has {end} bytes"
-        )
-    out = np.empty(count, dtype=np.object_)
-    offset = 0
-    unpack = _LEN.unpack_from
-    for i in range(count):
-        if offset + 4 > end:
-            raise InvalidInputError(
-                f"input '{name}': BYTES data holds fewer than the {count} elements its shape needs"
-            )
-        length = unpack(data, offset)[0]
-        offset += 4
-        if length > limits.max_bytes_element_size:
-            limits.check_bytes_element(name, i, length)
-        if offset + length > end:
-            raise InvalidInputError(f"input '{name}': BYTES element {i} runs past the end of its data")
-        out[i] = bytes(data[offset : offset + length])
-        offset += length
-    if offset != end:
-        raise InvalidInputError(
-            f"input '{name}': BYTES data holds more than the {count} elements its shape needs"
-        )
-    return out.reshape(shape)
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -486,7 +417,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
         if not binary:
             data = _json_data(name, dt, array)
         if data is None:
-            raw = _binary_data(name, dt, array)
+            raw = tensor_bytes.encode(array, dt, name=name)
             entry["parameters"] = {"binary_data_size": len(raw)}
             buffers.append(raw)
         else:
@@ -525,32 +456,5 @@ def _json_data(name: str, dt: DataType, array: np.ndarray) -> list[Any] | None:
     if dt is DataType.BF16:
         # BF16 travels as the upper 16 bits of a float32; JSON clients want the number.
         return (flat.astype(np.uint32) << 16).view(np.float32).tolist()
-    _check_dtype(name, dt, array)
+    tensor_bytes.check_output(array, dt, name=name)
     return flat.tolist()
-
-
-def _binary_data(name: str, dt: DataType, array: np.ndarray) -> bytes | memoryview:
-    if dt is DataType.BYTES:
-        parts: list[bytes] = []
-        pack = _LEN.pack
-        for value in array.reshape(-1):
-            if isinstance(value, str):
-                value = value.encode()
-            elif not isinstance(value, (bytes, bytearray)):
-                value = bytes(value) if isinstance(value, memoryview) else str(value).encode()
-            parts.append(pack(len(value)))
-            parts.append(value)
-        return b"".join(parts)
-    _check_dtype(name, dt, array)
-    wire = _WIRE_DTYPE[dt]
-    if array.dtype != wire:
-        array = array.astype(wire)  # only for big-endian arrays; same kind and size
-    array = np.ascontiguousarray(array)
-    # A memoryview over the array; the caller's single join is the only copy.
-    return memoryview(array).cast("B") if array.size else b""  # type: ignore[arg-type]
-
-
-def _check_dtype(name: str, dt: DataType, array: np.ndarray) -> None:
-    expected = dt.numpy_dtype
-    if array.dtype.kind != expected.kind or array.dtype.itemsize != expected.itemsize:
-        raise InternalError(f"output '{name}' is declared {dt.value} but the model produced {array.dtype}")

@@ -36,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from ..types import DataType, TensorSpec
 
 __all__ = [
+    "PIPELINE_BACKENDS",
     "PLATFORMS",
     "DynamicBatching",
     "EnsembleScheduling",
@@ -391,6 +392,12 @@ class ModelConfig(_Frozen):
             return self.backend
         return _PLATFORM_BACKENDS.get(self.platform, self.platform)
 
+    @property
+    def is_pipeline(self) -> bool:
+        """Whether this is a pipeline (a Triton ensemble or a dagserve pipeline), served by
+        the engine from its members rather than by a backend from model files."""
+        return self.backend_name in PIPELINE_BACKENDS
+
     def input_specs(self) -> dict[str, TensorSpec]:
         return {t.name: t.spec() for t in self.input}
 
@@ -422,6 +429,9 @@ def _count(shape: tuple[int, ...]) -> int:
         n *= d
     return n
 
+
+PIPELINE_BACKENDS = ("ensemble", "pipeline")
+"""The backend names of pipelines (see :attr:`ModelConfig.is_pipeline`)."""
 
 _PLATFORM_BACKENDS = {
     "pytorch_libtorch": "pytorch",

@@ -84,12 +84,12 @@ def read_model(model_dir: Path, config: ModelConfig | None = None, *, name: str 
     available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
     versions = tuple(config.version_policy.select(available))
     error = ""
-    if config.backend_name not in ("ensemble", "pipeline") and not versions:
+    if not config.is_pipeline and not versions:
         error = (
             f"{model_dir}: no version directory to serve (found {sorted(available) or 'none'}; "
             "add e.g. 1/ with the model files)"
         )
-    elif config.backend_name in ("ensemble", "pipeline") and not versions:
+    elif config.is_pipeline and not versions:
         # Ensembles need no files; Triton still serves them as version 1.
         versions = (1,)
     return ModelSource(

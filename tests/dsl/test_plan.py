@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagserve import ModelConfig, Pipeline
 from dagserve.dsl import check_pipeline
 from dagserve.dsl.plan import Plan, build_plan
-from dagserve.dsl.validate import Adapt
+from dagserve.dsl.typecheck import Adapt
 
 
 def member(name: str, batch: int = 0, dims: list[int] | None = None) -> ModelConfig:

@@ -9,7 +9,7 @@ import pytest
 
 from dagserve import ConfigError, ModelConfig, ModelNotFoundError, Pipeline, PipelineSpec, loop
 from dagserve.dsl import check_pipeline
-from dagserve.dsl.validate import Adapt, TensorType, adapt
+from dagserve.dsl.typecheck import Adapt, TensorType, adapt
 from dagserve.types import DataType
 
 

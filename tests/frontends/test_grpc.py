@@ -25,12 +25,8 @@ from dagserve._proto import health_pb2, health_pb2_grpc
 from dagserve.engine import Server, ServerOptions
 from dagserve.errors import InvalidInputError, UnsupportedError
 from dagserve.frontends.grpc import serve_grpc
-from dagserve.frontends.grpc_codec import (
-    decode_bytes_tensor,
-    decode_infer_request,
-    encode_bytes_tensor,
-    encode_infer_response,
-)
+from dagserve.frontends.grpc_codec import decode_infer_request, encode_infer_response
+from dagserve.tensor_bytes import decode_bytes, encode_bytes
 from dagserve.testing import FileGate, RunningServer, serve_in_thread, wait_until
 from dagserve.types import DataType, InferResponse
 
@@ -706,9 +702,9 @@ def test_port_in_use_is_an_error(running: RunningServer) -> None:
 def test_bytes_codec_round_trip() -> None:
     """BYTES tensors encode with 4-byte little-endian prefixes and decode back."""
     array = np.array([b"a", b"", "\u00e9", b"xyz"], dtype=np.object_)
-    raw = encode_bytes_tensor(array)
+    raw = encode_bytes(array)
     assert raw[:5] == struct.pack("<I", 1) + b"a"
-    decoded = decode_bytes_tensor(raw, name="T", expected=4)
+    decoded = decode_bytes(raw, name="T", count=4)
     assert decoded.tolist() == [b"a", b"", "\u00e9".encode(), b"xyz"]
 
 
@@ -726,7 +722,7 @@ def test_bytes_codec_round_trip() -> None:
 def test_bytes_decode_rejects_malformed(raw: bytes, expected: int, fragment: str) -> None:
     """Truncated or miscounted BYTES data is an InvalidInputError naming the problem."""
     with pytest.raises(InvalidInputError, match=fragment):
-        decode_bytes_tensor(raw, name="T", expected=expected)
+        decode_bytes(raw, name="T", count=expected)
 
 
 def test_decode_raw_is_zero_copy_and_typed() -> None:

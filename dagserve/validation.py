@@ -1,6 +1,6 @@
-"""Checking a whole model repository without serving it (``dagserve validate``).
+"""Validating a whole model repository without serving it (``dagserve validate``).
 
-:class:`RepositoryChecker` reads each model directory as the server would and collects every
+:class:`RepositoryValidator` reads each model directory as the server would and collects every
 problem it can find before anything is served:
 
 * configs that do not parse (file and field), unknown backends, missing version directories;
@@ -12,7 +12,7 @@ problem it can find before anything is served:
   config is auto-completed from it where the backend can (ONNX). The framework itself is not
   needed; when it is not installed, that is a warning, since validation may run elsewhere;
 * pipelines (Triton ensembles, YAML, Python DSL): compiled, then checked against their members'
-  configs by :func:`~dagserve.dsl.validate.check_pipeline`, the server's own load-time check.
+  configs by :func:`~dagserve.dsl.typecheck.check_pipeline`, the server's own load-time check.
   A pipeline calling another pipeline is checked against the config the inner one is served
   with (its inferred outputs included).
 
@@ -29,41 +29,23 @@ import contextlib
 import enum
 import importlib.util
 import logging
-import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..backends import get_backend
-from ..backends.base import ModelContext
-from ..errors import ConfigError, DagserveError, UnsupportedError
-from ..repository.config import ModelConfig
-from ..repository.loader import ModelSource, scan
-from ..types import InferRequest, InferResponse
-from .compile import compile_config
-from .validate import CheckedPipeline, check_pipeline, served_config
+from .backends import get_backend
+from .backends._imports import forgetting_imports
+from .backends.base import Backend, instance_contexts
+from .dsl.compile import compile_config
+from .dsl.typecheck import CheckedPipeline, check_pipeline, served_config
+from .errors import ConfigError, DagserveError, UnsupportedError
+from .repository.config import PIPELINE_BACKENDS, ModelConfig
+from .repository.loader import ModelSource, scan
+from .types import InferRequest, InferResponse
 
-__all__ = ["Finding", "ModelReport", "RepositoryChecker", "RepositoryReport", "Severity", "check_repository"]
-
-PIPELINE_BACKENDS = ("ensemble", "pipeline")
-
-# What each framework backend needs in a version directory (any one of the names), the modules
-# that run it (any one suffices: FIL reads XGBoost, LightGBM or Treelite files), and the extra
-# that installs them. A config's default_model_filename overrides the names.
-_FRAMEWORKS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "onnxruntime": (("model.onnx",), ("onnxruntime",), "onnx"),
-    "pytorch": (("model.py", "model.pt2", "model.pt"), ("torch",), "torch"),
-    "tensorrt": (("model.plan",), ("tensorrt",), "tensorrt"),
-    "fil": (
-        ("xgboost.json", "xgboost.ubj", "xgboost.model", "model.txt", "checkpoint.tl"),
-        ("xgboost", "lightgbm", "treelite"),
-        "fil",
-    ),
-}
-
+__all__ = ["Finding", "ModelReport", "RepositoryReport", "RepositoryValidator", "Severity", "validate_repository"]
 
 class Severity(enum.Enum):
     """How bad a finding is: an ERROR stops the model from loading; a WARNING does not."""
@@ -159,17 +141,17 @@ class RepositoryReport:
         )
 
 
-def check_repository(repository: Path, *, load_models: bool = True) -> RepositoryReport:
-    """Check every model and pipeline of ``repository`` (see the module doc).
+def validate_repository(repository: Path, *, load_models: bool = True) -> RepositoryReport:
+    """Validate every model and pipeline of ``repository`` (see the module doc).
 
     Raises:
         ConfigError: ``repository`` is not a directory. Problems of models never raise.
     """
-    return RepositoryChecker(repository, load_models=load_models).check_all()
+    return RepositoryValidator(repository, load_models=load_models).validate_all()
 
 
-class RepositoryChecker:
-    """Checks the models of one repository on demand, each once.
+class RepositoryValidator:
+    """Validates the models of one repository on demand, each once.
 
     ``load_models=False`` skips creating Python model instances (configs, files and pipelines
     are still checked): enough to type a pipeline's tensors for ``dagserve graph``.
@@ -196,14 +178,14 @@ class RepositoryChecker:
         """Every model directory's name, sorted."""
         return tuple(self._sources)
 
-    def check_all(self) -> RepositoryReport:
-        """Check every model and pipeline."""
+    def validate_all(self) -> RepositoryReport:
+        """Validate every model and pipeline."""
         return RepositoryReport(
-            repository=self.repository, models=tuple(self.check(n) for n in self._sources)
+            repository=self.repository, models=tuple(self.validate(n) for n in self._sources)
         )
 
-    def check(self, name: str) -> ModelReport:
-        """Check model ``name`` (and, for a pipeline, the members it calls).
+    def validate(self, name: str) -> ModelReport:
+        """Validate model ``name`` (and, for a pipeline, the members it calls).
 
         Raises:
             KeyError: no model directory of that name.
@@ -221,7 +203,7 @@ class RepositoryChecker:
             findings += _errors(name, source.error)
             self._failed[name] = {0: source.error}
             report = ModelReport(name=name, kind=kind, versions=source.versions, findings=tuple(findings))
-        elif source.config.backend_name in PIPELINE_BACKENDS:
+        elif source.config.is_pipeline:
             report = self._check_pipeline(source, source.config, findings)
         else:
             report = self._check_model(source, source.config, findings)
@@ -239,7 +221,7 @@ class RepositoryChecker:
                 backend = None
                 findings += _errors(name, f"{source.config_path}: {exc}")
                 failed[0] = str(exc)
-            if backend is not None and config.backend_name in _FRAMEWORKS:
+            if backend is not None and backend.FILES.frameworks:
                 config = self._check_framework(source, config, backend, findings)
             elif backend is not None and config.backend_name == "python" and self.load_models:
                 for version in source.versions:
@@ -254,13 +236,12 @@ class RepositoryChecker:
         )
 
     def _check_framework(
-        self, source: ModelSource, config: ModelConfig, backend: Any, findings: list[Finding]
+        self, source: ModelSource, config: ModelConfig, backend: Backend, findings: list[Finding]
     ) -> ModelConfig:
         """Model files present in every version; the config auto-completed where the backend
         can read the file and its framework is installed here. Returns the config as served."""
-        names, modules, extra = _FRAMEWORKS[config.backend_name]
-        if config.default_model_filename:
-            names = (config.default_model_filename,)
+        files = backend.FILES  # the backend's own declaration, as its load() reads it
+        names, modules, extra = files.candidates(config), files.frameworks, files.extra
         failed = self._failed[source.name]
         for version in source.versions:
             version_dir = source.path / str(version)
@@ -302,24 +283,13 @@ class RepositoryChecker:
             return config
         return completed
 
-    def _load(self, source: ModelSource, config: ModelConfig, version: int, backend: Any) -> str:
+    def _load(self, source: ModelSource, config: ModelConfig, version: int, backend: Backend) -> str:
         """Create one instance of a Python model version and close it; why it failed, or ""."""
         if config.parameters.get("execution") == "process":
             # Import it here rather than start a worker process: the same code is checked.
             config = config.model_copy(update={"parameters": {**config.parameters, "execution": "thread"}})
-        group = config.instance_group[0] if config.instance_group else None
-        context = ModelContext(
-            name=source.name,
-            version=version,
-            config=config,
-            model_dir=source.path,
-            version_dir=source.path / str(version),
-            repository=source.path.parent,
-            instance_name=f"{source.name}_0_0",
-            instance_kind=group.kind.value.removeprefix("KIND_").replace("AUTO", "CPU") if group else "CPU",
-            device_id=(group.gpus[0] if group and group.gpus else 0),
-            infer=_no_bls,
-        )
+        # The first instance the server would create (KIND_AUTO mapped as the server maps it).
+        context = instance_contexts(source.name, version, config, source.path, infer=_no_bls)[0]
 
         def load_and_close() -> None:
             instance = backend.load(context)
@@ -327,7 +297,7 @@ class RepositoryChecker:
 
         # A worker thread, as when served: model code may start its own event loop, and this
         # checker may be called from a running one (a test, an async caller).
-        with _forgetting_imports(source.path), ThreadPoolExecutor(max_workers=1) as pool:
+        with forgetting_imports(source.path), ThreadPoolExecutor(max_workers=1) as pool:
             try:
                 pool.submit(load_and_close).result()
             except DagserveError as exc:
@@ -345,8 +315,8 @@ class RepositoryChecker:
         checked = None
         with self._log.capturing() as logged:
             try:
-                with _forgetting_imports(source.path):
-                    spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
+                # A pipeline_file is imported by the backends' one importer, helpers forgotten.
+                spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
                 checked = check_pipeline(spec, self._member, known_models=self.names)
             except ConfigError as exc:
                 findings += _errors(name, str(exc))
@@ -372,7 +342,7 @@ class RepositoryChecker:
         if model in self._checking:
             path = " -> ".join([*self._checking[self._checking.index(model) :], model])
             raise ConfigError(f"pipelines call each other: {path}")
-        report = self.check(model)
+        report = self.validate(model)
         failed = self._failed.get(model, {})  # version 0: the whole model
         which = f"model '{model}'" + (f" version {version}" if version >= 0 else "")
         if report.is_pipeline and not report.ok:
@@ -419,21 +389,6 @@ async def _no_bls(model: str, version: str, request: InferRequest) -> InferRespo
     raise UnsupportedError(
         f"model '{model}' cannot be called while validating: nothing is served (BLS during initialize)"
     )
-
-
-@contextlib.contextmanager
-def _forgetting_imports(directory: Path) -> Iterator[None]:
-    """Forget the modules imported from under ``directory`` while inside: helper modules that
-    sit beside a model's file would otherwise shadow the next model's helpers of that name."""
-    before = set(sys.modules)
-    root = directory.resolve()
-    try:
-        yield
-    finally:
-        for name in set(sys.modules) - before:
-            file = getattr(sys.modules.get(name), "__file__", None)
-            if file and Path(file).resolve().is_relative_to(root):
-                del sys.modules[name]
 
 
 class _Capture(logging.Handler):

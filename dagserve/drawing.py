@@ -22,10 +22,10 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..errors import InternalError, UnsupportedError
-from .conditions import Condition, Op
-from .spec import FirstOf, PipelineSpec, StepSpec, TensorRef
-from .validate import TensorType
+from .dsl.conditions import Condition, Op
+from .dsl.spec import FirstOf, PipelineSpec, StepSpec, TensorRef
+from .dsl.typecheck import TensorType
+from .errors import InternalError, UnsupportedError
 
 __all__ = ["Edge", "Node", "NodeKind", "PipelineGraph", "pipeline_graph", "render", "to_dot", "to_mermaid"]
 
