@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ..backends.base import Outputs
 from ..dsl.conditions import Param, holds
 from ..dsl.plan import Plan, Route, StepPlan, Wire
-from ..dsl.validate import Adapt
+from ..dsl.typecheck import Adapt
 from ..errors import DagserveError, InvalidInputError, ModelExecutionError, RequestTimeoutError
 from ..repository.config import ModelConfig
 from ..types import InferRequest, InferResponse, shape_matches
