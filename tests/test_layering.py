@@ -19,6 +19,8 @@ LAYERS = {
     "dagserve.cli": 6,
     "dagserve.cli_security": 6,
     "dagserve.testing": 6,
+    "dagserve.validation": 6,  # `dagserve validate`: asks the backends and the dsl, like the CLI
+    "dagserve.drawing": 6,  # `dagserve graph`
     "dagserve.frontends": 5,
     "dagserve.engine": 4,
     "dagserve.dsl": 3,
@@ -26,6 +28,7 @@ LAYERS = {
     "dagserve.repository": 2,
     "dagserve.limits": 1,
     "dagserve.types": 1,
+    "dagserve.tensor_bytes": 1,
     "dagserve.errors": 0,
     "dagserve._version": 0,
     "dagserve._deprecation": 0,

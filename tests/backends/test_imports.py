@@ -60,5 +60,5 @@ def test_pipeline_files_forget_their_helpers_too(tmp_path: Path) -> None:
     assert spec.name == "pipe"
     assert "helper_dspipe" not in sys.modules
     (model_dir / "pipeline.py").write_text("import no_such_module_dsimp\n")
-    with pytest.raises(ConfigError, match=r"pipeline\.py: failed to import: ModuleNotFoundError"):
+    with pytest.raises(ConfigError, match=r"pipeline\.py:1: failed to import: ModuleNotFoundError"):
         load_pipeline_file(config, model_dir=model_dir)
