@@ -167,14 +167,15 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body_since", "_broken", "_head_size", "_headers_pending", "_idle_since", "_in_infer", "_loop",
-        "_message_since", "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running", "_scope", "_state",
-        "_stopping", "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since", "closed",
-        "max_body_size", "write_paused",
+        "_max_head", "_message_since", "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running",
+        "_scope", "_state", "_stopping", "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since",
+        "closed", "max_body_size", "write_paused",
     )
 
     def __init__(self, state: _State) -> None:
         self._state = state
         self.max_body_size = state.max_body_size
+        self._max_head = state.limits.max_header_size
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         try:
@@ -251,7 +252,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._malformed(exc)
             return
-        if pending and self._headers_pending and self._head_size > self._state.limits.max_header_size:
+        if pending and self._headers_pending and self._head_size > self._max_head:
             self._head_too_large()
 
     def eof_received(self) -> bool | None:
@@ -284,14 +285,14 @@ class _Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
-        if self._head_size > self._state.limits.max_header_size:
+        if self._head_size > self._max_head:
             self._head_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._parsing
         assert request is not None
         self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        if self._head_size > self._state.limits.max_header_size:
+        if self._head_size > self._max_head:
             self._head_too_large()
             return
         name = name.lower()
@@ -583,7 +584,7 @@ class _Connection(asyncio.Protocol):
         self._headers_pending = False
         request.bad = True
         request.refused = _HeadTooLargeError(
-            f"request head larger than {self._state.limits.max_header_size} bytes"
+            f"request head larger than {self._max_head} bytes"
         )
         self._enqueue(request)
         self._wake()
