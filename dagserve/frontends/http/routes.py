@@ -275,8 +275,6 @@ async def serve_http(
         ConfigError: a TLS file is unusable.
         ValueError: ``max_body_size`` is not positive.
     """
-    if max_body_size <= 0:
-        raise ValueError(f"max_body_size must be positive, got {max_body_size}")
     ssl_context = tls.ssl_context() if tls is not None else None  # security: HTTPS
     await serve_http11(
         create_app(server, max_body_size=max_body_size, restricted=restricted),

@@ -97,8 +97,6 @@ class _State:
         self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
-        if max_body_size <= 0:
-            raise ValueError(f"max_body_size must be positive, got {max_body_size}")
         self.app = app
         self.infer = infer
         self.limits = limits or HttpLimits()
@@ -166,7 +164,7 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_body_since", "_broken", "_head_size", "_headers_pending", "_idle_since", "_in_infer", "_loop",
+        "_body_since", "_broken", "_chunk_size", "_head_size", "_headers_pending", "_idle_since", "_in_infer", "_loop",
         "_max_head", "_message_since", "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running",
         "_scope", "_state", "_stopping", "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since",
         "closed", "max_body_size", "write_paused",
@@ -198,7 +196,8 @@ class _Connection(asyncio.Protocol):
         self._running = False  # the task has been started
         self._idle_since = self._message_since = self._body_since = self._loop.time()
         self._headers_pending = False  # a request's first bytes came, its headers not yet whole
-        self._head_size = 0  # bytes of the pending head seen so far
+        self._head_size = 0  # bytes received while the pending head was pending
+        self._chunk_size = 0  # bytes of the chunk being parsed
         self._reused = False  # a response was sent: idle time is keep-alive time
         self._write_size = 0
         self._write_stalled_since: float | None = None
@@ -234,13 +233,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
-        # Bytes arriving while a head is pending belong to it, bar what follows its end in
-        # this chunk: counted before feeding, checked after, when the head is still pending.
-        # This bounds a single endless header, which httptools would buffer whole before
-        # on_header sees it.
-        pending = self._headers_pending
-        if pending:
-            self._head_size += len(data)
+        # The head limit, cheaply: bytes arriving while a head is pending belong to it (bar
+        # what follows its end), counted before feeding and checked after, which bounds a
+        # single endless header that httptools would buffer whole; a head that ends in this
+        # chunk is measured exactly by on_headers_complete, only when it might be too large.
+        self._chunk_size = size = len(data)
+        if self._headers_pending:
+            self._head_size += size
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -252,7 +251,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._malformed(exc)
             return
-        if pending and self._headers_pending and self._head_size > self._max_head:
+        if self._headers_pending and self._head_size > self._max_head:
             self._head_too_large()
 
     def eof_received(self) -> bool | None:
@@ -284,17 +283,10 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_size += len(url)
-        if self._head_size > self._max_head:
-            self._head_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._parsing
         assert request is not None
-        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        if self._head_size > self._max_head:
-            self._head_too_large()
-            return
         name = name.lower()
         request.headers.append((name, value))
         if name == b"content-length":
@@ -307,6 +299,11 @@ class _Connection(asyncio.Protocol):
         assert request is not None
         if self._broken:
             return  # the head was too large: answered 431 already
+        if self._head_size + self._chunk_size > self._max_head and (
+            len(self._url) + sum(len(name) + len(value) + 4 for name, value in request.headers) > self._max_head
+        ):
+            self._head_too_large()
+            return
         self._headers_pending = False
         self._body_since = self._loop.time()
         parser = self._parser
