@@ -32,7 +32,7 @@ from ..limits import HttpLimits
 from ..restricted import RestrictedASGI, Restrictions
 from ..tls import TLSConfig
 from .infer import InferCore
-from .replies import Reply, error_reply
+from .replies import Reply, error_reply, json_error
 from .server import serve_http11
 
 if TYPE_CHECKING:
@@ -129,10 +129,10 @@ def _routes(server: Server, max_body_size: int) -> list[Route]:
         try:
             ready = server.model_ready(p["model"], p.get("version", ""))
         except ModelNotFoundError as exc:
-            return _json_response({"error": str(exc)}, 400)
+            return _reply_response(json_error(400, str(exc)))
         if ready:
             return Response(status_code=200)
-        return _json_response({"error": f"model '{p['model']}' is not ready"}, 400)
+        return _reply_response(json_error(400, f"model '{p['model']}' is not ready"))
 
     async def model_config(request: Request) -> Response:
         p = request.path_params
@@ -228,7 +228,7 @@ def _routes(server: Server, max_body_size: int) -> list[Route]:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Unknown route / wrong method: the protocol's ``{"error": ...}`` body, not plain text."""
     assert isinstance(exc, HTTPException)
-    return _json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+    return _reply_response(json_error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"))
 
 
 def create_app(server: Server, *, max_body_size: int, restricted: Restrictions | None = None) -> ASGIApp:
