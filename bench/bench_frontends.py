@@ -90,42 +90,48 @@ async def over_grpc(seconds: float) -> dict[int, float]:
         await client.close()
 
 
+def uvicorn_app(server: Any) -> Any:
+    """The ASGI app uvicorn serves in the comparison: the starlette app of every other route,
+    and ``/infer`` as a plain ASGI endpoint over the same ``InferCore`` the own server calls."""
+    from dagserve.frontends.http.infer import InferCore
+    from dagserve.frontends.http.routes import create_app
+
+    limit = 256 * 1024 * 1024
+    core = InferCore(server, limit)
+    app = create_app(server, max_body_size=limit)
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        target = core.target(scope["path"]) if scope.get("method") == "POST" else None
+        if target is None:
+            return await app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        reply = await core.reply(target[0], target[1], scope["headers"], b"".join(chunks))
+        headers = [*reply.headers, (b"content-length", b"%d" % len(reply.body))]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    return asgi
+
+
 def _serve_uvicorn(port: int) -> None:
-    """Serve the identity repository over HTTP with uvicorn (httptools, uvloop): the starlette
-    app of every other route, and ``/infer`` as a plain ASGI endpoint over ``InferCore``."""
+    """Serve the identity repository over HTTP with uvicorn (httptools, uvloop) and
+    :func:`uvicorn_app`."""
     import anyio
     import uvicorn
 
     from dagserve import Server
-    from dagserve.frontends.http.infer import InferCore
-    from dagserve.frontends.http.routes import create_app
     from dagserve.frontends.http.server import bind
-
-    limit = 256 * 1024 * 1024
 
     async def main() -> None:
         async with Server(model_repository=REPO) as server:
-            core = InferCore(server, limit)
-            app = create_app(server, max_body_size=limit)
-
-            async def asgi(scope: Any, receive: Any, send: Any) -> None:
-                target = core.target(scope["path"]) if scope.get("method") == "POST" else None
-                if target is None:
-                    return await app(scope, receive, send)
-                chunks = []
-                while True:
-                    message = await receive()
-                    chunks.append(message.get("body", b""))
-                    if not message.get("more_body"):
-                        break
-                reply = await core.reply(target[0], target[1], scope["headers"], b"".join(chunks))
-                headers = [*reply.headers, (b"content-length", b"%d" % len(reply.body))]
-                await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-                await send({"type": "http.response.body", "body": reply.body})
-
-            config = uvicorn.Config(asgi, host="127.0.0.1", port=port, http="httptools", loop="none",
+            config = uvicorn.Config(uvicorn_app(server), host="127.0.0.1", port=port, http="httptools", loop="none",
                                     lifespan="off", log_level="warning", access_log=False, server_header=False,
-                                    proxy_headers=False)
+                                    date_header=False, proxy_headers=False)
             # Bound here with proto=IPPROTO_TCP, as dagserve binds: TCP_NODELAY on accepted
             # sockets, else Nagle holds uvicorn's second write (the body) for a delayed ACK.
             await uvicorn.Server(config).serve(sockets=[bind("127.0.0.1", port)])

@@ -71,32 +71,12 @@ def _request() -> bytes:
 
 def _uvicorn_protocol(server: Any) -> Any:
     import uvicorn
+    from bench_frontends import uvicorn_app  # beside this file
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
 
-    from dagserve.frontends.http.infer import InferCore
-    from dagserve.frontends.http.routes import create_app
-
-    core = InferCore(server, LIMIT)
-    app = create_app(server, max_body_size=LIMIT)
-
-    async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        target = core.target(scope["path"]) if scope.get("method") == "POST" else None
-        if target is None:
-            return await app(scope, receive, send)
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        reply = await core.reply(target[0], target[1], scope["headers"], b"".join(chunks))
-        headers = [*reply.headers, (b"content-length", b"%d" % len(reply.body))]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
-
-    config = uvicorn.Config(asgi, http="httptools", lifespan="off", log_level="warning", access_log=False,
-                            server_header=False, date_header=False, proxy_headers=False)
+    config = uvicorn.Config(uvicorn_app(server), http="httptools", lifespan="off", log_level="warning",
+                            access_log=False, server_header=False, date_header=False, proxy_headers=False)
     return HttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
 
 

@@ -1,7 +1,7 @@
 """Connection limits and timeouts of the frontends: what a slow or idle client may hold.
 
 Two small frozen value objects built at the edge (the CLI, :class:`~.runner.ServeOptions`):
-:class:`HttpLimits` for the HTTP server (:mod:`.http.server`) and :class:`GrpcKeepalive` for gRPC,
+:class:`HttpLimits` for dagserve's own HTTP/1.1 server and :class:`GrpcKeepalive` for gRPC,
 whose field names (and milliseconds) are Triton's ``--grpc-*`` flags. docs/operations.md
 ("Timeouts and slow clients") explains each one.
 """
