@@ -6,7 +6,14 @@ model is also called in this process through ``Server.infer``. Prints requests/s
 the ratio of each frontend to the in-process call: the share of the server's work that is the
 model and engine rather than the protocol. Client and server share the machine's cores.
 
-Run: python bench/bench_frontends.py [--seconds 3]
+``--servers`` compares HTTP servers on the same routes: dagserve's own (``dagserve serve``)
+against uvicorn (httptools parser, uvloop) serving the same starlette app with ``/infer`` as
+a plain ASGI endpoint over the same :class:`~dagserve.frontends.http.infer.InferCore`, in
+alternating rounds (``--rounds``); docs/performance.md ("HTTP server choice") has the figures.
+``--http-only`` skips gRPC (e.g. to compare two trees' HTTP servers: run it with
+``PYTHONPATH`` at each tree, alternately).
+
+Run: python bench/bench_frontends.py [--seconds 3] [--servers] [--rounds 3] [--http-only]
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,32 +90,133 @@ async def over_grpc(seconds: float) -> dict[int, float]:
         await client.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    args = parser.parse_args()
-    results = {"in-process": asyncio.run(in_process(args.seconds))}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO), "--http-port", str(HTTP),
-         "--grpc-port", str(GRPC), "--metrics-port", "-1", "--log-level", "warning"],
-        env=dict(os.environ), stdout=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{HTTP}/v2/health/ready", timeout=1)
+def uvicorn_app(server: Any) -> Any:
+    """The ASGI app uvicorn serves in the comparison: the starlette app of every other route,
+    and ``/infer`` as a plain ASGI endpoint over the same ``InferCore`` the own server calls."""
+    from dagserve.frontends.http.infer import InferCore
+    from dagserve.frontends.http.routes import create_app
+
+    limit = 256 * 1024 * 1024
+    core = InferCore(server, limit)
+    app = create_app(server, max_body_size=limit)
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        target = core.target(scope["path"]) if scope.get("method") == "POST" else None
+        if target is None:
+            return await app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
                 break
-            except OSError:
-                time.sleep(0.1)
-        results["http"] = asyncio.run(over_http(args.seconds))
-        results["grpc"] = asyncio.run(over_grpc(args.seconds))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        reply = await core.reply(target[0], target[1], scope["headers"], b"".join(chunks))
+        headers = [*reply.headers, (b"content-length", b"%d" % len(reply.body))]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    return asgi
+
+
+def _serve_uvicorn(port: int) -> None:
+    """Serve the identity repository over HTTP with uvicorn (httptools, uvloop) and
+    :func:`uvicorn_app`."""
+    import anyio
+    import uvicorn
+
+    from dagserve import Server
+    from dagserve.frontends.http.server import bind
+
+    async def main() -> None:
+        async with Server(model_repository=REPO) as server:
+            config = uvicorn.Config(uvicorn_app(server), host="127.0.0.1", port=port, http="httptools", loop="none",
+                                    lifespan="off", log_level="warning", access_log=False, server_header=False,
+                                    date_header=False, proxy_headers=False)
+            # Bound here with proto=IPPROTO_TCP, as dagserve binds: TCP_NODELAY on accepted
+            # sockets, else Nagle holds uvicorn's second write (the body) for a delayed ACK.
+            await uvicorn.Server(config).serve(sockets=[bind("127.0.0.1", port)])
+
+    anyio.run(main, backend_options={"use_uvloop": True})
+
+
+def _start(command: list[str]) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{HTTP}/v2/health/ready", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the server did not become ready")
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _own_server(grpc: bool) -> subprocess.Popen[bytes]:
+    return _start([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO), "--http-port",
+                   str(HTTP), "--grpc-port", str(GRPC) if grpc else "-1", "--metrics-port", "-1",
+                   "--log-level", "warning"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _print(results: dict[str, dict[int, float]]) -> None:
     base = results["in-process"]
     for name, rates in results.items():
         line = "  ".join(f"c={c:<2d} {r:8.0f} req/s (x{r / base[c]:.2f} of in-process)" for c, r in rates.items())
-        print(f"{name:10s} {line}")
+        print(f"{name:10s} {line}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--servers", action="store_true", help="also measure uvicorn serving the same routes")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the HTTP measurements")
+    parser.add_argument("--http-only", action="store_true", help="skip gRPC")
+    parser.add_argument("--serve-uvicorn", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_uvicorn is not None:
+        _serve_uvicorn(args.serve_uvicorn)
+        return 0
+    results: dict[str, dict[int, float]] = {"in-process": asyncio.run(in_process(args.seconds))}
+    runs: dict[str, list[dict[int, float]]] = {}
+    cpu: dict[str, list[float]] = {}  # server CPU µs per request, each round
+    servers: list[tuple[str, Callable[[], subprocess.Popen[bytes]]]] = [("http", lambda: _own_server(False))]
+    if args.servers:
+        servers.append(("uvicorn", lambda: _start([sys.executable, __file__, "--serve-uvicorn", str(HTTP)])))
+    for round_ in range(args.rounds):
+        for name, start in servers:
+            server = start()
+            try:
+                before = _cpu_seconds(server.pid)
+                rates = asyncio.run(over_http(args.seconds))
+                used = _cpu_seconds(server.pid) - before
+            finally:
+                _stop(server)
+            runs.setdefault(name, []).append(rates)
+            cpu.setdefault(name, []).append(1e6 * used / sum(r * args.seconds for r in rates.values()))
+            print(f"round {round_ + 1} {name:8s} " + "  ".join(f"c={c:<2d} {r:8.0f} req/s" for c, r in rates.items())
+                  + f"  server CPU {cpu[name][-1]:5.0f} µs/request", flush=True)
+    for name, rounds in runs.items():  # the median of the rounds
+        results[name] = {c: statistics.median(r[c] for r in rounds) for c in rounds[0]}
+    if not args.http_only:
+        server = _own_server(grpc=True)
+        try:
+            results["grpc"] = asyncio.run(over_grpc(args.seconds))
+        finally:
+            _stop(server)
+    _print(results)
+    for name, values in cpu.items():
+        print(f"{name:10s} server CPU per request: median {statistics.median(values):.0f} µs "
+              f"(rounds: {', '.join(f'{v:.0f}' for v in values)})")
     return 0
 
 

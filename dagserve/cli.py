@@ -77,6 +77,7 @@ _HTTP_LIMIT_FLAGS: tuple[tuple[str, str, type[float | int], str], ...] = (
      "seconds a response may wait for a client that does not read it"),
     ("http-keep-alive-timeout-secs", "keep_alive_timeout", float, "seconds an idle keep-alive connection stays open"),
     ("http-max-connections", "max_connections", int, "open HTTP connections at most; more get 503 (0: no limit)"),
+    ("http-max-header-size", "max_header_size", int, "largest HTTP request head in bytes; larger gets 431"),
 )
 _GRPC_KEEPALIVE_FLAGS = (  # Triton's flags and meanings; milliseconds; unset = gRPC's default
     ("grpc-keepalive-time", "keepalive_time", "ms between keepalive pings on a gRPC connection (default 7200000)"),

@@ -28,6 +28,8 @@ class HttpLimits:
       requests.
     * ``max_connections``: open connections at most; one more is answered ``503`` and
       closed at once. 0 means no limit.
+    * ``max_header_size``: largest request head (request line and headers), in bytes; a
+      larger one is answered ``431`` and the connection closes.
     """
 
     header_timeout: float = 30.0
@@ -35,6 +37,7 @@ class HttpLimits:
     write_timeout: float = 60.0
     keep_alive_timeout: float = 60.0
     max_connections: int = 4096
+    max_header_size: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "body_timeout", "write_timeout", "keep_alive_timeout"):
@@ -42,6 +45,8 @@ class HttpLimits:
                 raise ValueError(f"HTTP {name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.max_connections < 0:
             raise ValueError(f"HTTP max connections must be 0 (no limit) or more, got {self.max_connections}")
+        if self.max_header_size < 1024:
+            raise ValueError(f"HTTP max header size must be at least 1024 bytes, got {self.max_header_size}")
 
     @property
     def sweep_period(self) -> float:

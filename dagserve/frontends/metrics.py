@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from ..engine import Server
 from ..engine.stats import FAILURE_REASONS
-from .asgi import serve_asgi
+from .http.server import serve_app
 
 __all__ = ["create_metrics_app", "render_metrics", "serve_metrics"]
 
@@ -132,9 +132,4 @@ async def serve_metrics(
     server: Server, *, host: str, port: int, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve ``/metrics`` until cancelled; reports the bound port through ``task_status``."""
-    try:
-        from .http_server import serve_app
-    except ImportError:  # no httptools: uvicorn
-        await serve_asgi(create_metrics_app(server), host=host, port=port, task_status=task_status)
-        return
     await serve_app(create_metrics_app(server), host=host, port=port, task_status=task_status)

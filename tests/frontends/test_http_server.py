@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +27,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from dagserve.frontends.http_infer import InferReply
-from dagserve.frontends.http_server import _Connection, _State, serve_http11
+from dagserve.frontends.http.replies import Reply
+from dagserve.frontends.http.server import _Connection, _State, serve_http11
 from dagserve.testing import FileGate, RunningServer, serve_in_thread, wait_until
 
 REPOS = Path(__file__).parents[1] / "repos"
@@ -431,19 +430,11 @@ def test_graceful_shutdown_finishes_requests_in_flight(slow_gate: FileGate) -> N
 class _NoInfer:
     """An infer responder that claims no path: every request goes to the ASGI app."""
 
-    limit = 1024
-
     def target(self, path: str) -> tuple[str, str] | None:
         return None
 
-    def declared_size(self, content_length: bytes | None) -> int | None:
-        return None
-
-    def error(self, exc: Exception) -> InferReply:
+    async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Reply:
         raise AssertionError("not an infer request")
-
-    async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> InferReply:
-        return self.error(AssertionError())
 
 
 @contextlib.contextmanager
@@ -594,8 +585,8 @@ async def test_infer_response_is_one_write() -> None:
         def target(self, path: str) -> tuple[str, str]:
             return "m", ""
 
-        async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> InferReply:
-            return InferReply(200, [(b"content-type", b"application/json")], b'{"ok":' + body + b"}")
+        async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Reply:
+            return Reply(200, [(b"content-type", b"application/json")], b'{"ok":' + body + b"}")
 
     async with anyio.create_task_group() as tg:
         connection = _Connection(_State(_echo_scope, Answer(), tg))
@@ -609,18 +600,3 @@ async def test_infer_response_is_one_write() -> None:
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
         ]
         connection.connection_lost(None)
-
-
-def test_falls_back_to_uvicorn_without_httptools(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Without httptools the HTTP frontend says so in the log and serves through uvicorn."""
-    monkeypatch.setitem(sys.modules, "httptools", None)  # makes "import httptools" fail
-    monkeypatch.delitem(sys.modules, "dagserve.frontends.http_server", raising=False)
-    with (
-        caplog.at_level(logging.WARNING, logger="dagserve.frontends"),
-        serve_in_thread(REPOS / "triton_python", grpc=False, metrics=False) as running,
-    ):
-        r = httpx.post(f"http://{running.http_url}/v2/models/add_sub/infer", content=ADD_SUB, timeout=60)
-        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == SUM
-    assert any("uvicorn" in r.getMessage() for r in caplog.records)

@@ -315,7 +315,7 @@ def test_cli_flags_and_environment_set_the_limits(repository: Path) -> None:
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("flag", ["--http-header-timeout-secs=0", "--http-max-connections=-1",
+@pytest.mark.parametrize("flag", ["--http-header-timeout-secs=0", "--http-max-connections=-1", "--http-max-header-size=100",
                                   "--grpc-keepalive-time=-5", "--exit-timeout-secs=-1"])
 def test_out_of_range_limit_is_a_clear_error(repository: Path, flag: str) -> None:
     """A timeout or limit out of range stops `dagserve serve` at once with status 2 and a

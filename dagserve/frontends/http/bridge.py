@@ -1,4 +1,4 @@
-"""Requests as dagserve's HTTP/1.1 server (:mod:`.http_server`) parses them, and the bridge
+"""Requests as dagserve's HTTP/1.1 server (:mod:`.server`) parses them, and the bridge
 that runs an ASGI app on one.
 
 The bridge is the part of an ASGI server the starlette routes need: a scope, ``receive``
@@ -10,54 +10,32 @@ is chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0).
 
 from __future__ import annotations
 
-import http
-import json
 from typing import Any, Protocol
 
 from starlette.types import Message, Scope
 
-__all__ = ["CONTINUE", "HIGH_WATER", "Connection", "Exchange", "Request", "simple_response", "status_line"]
+from ..http_codec import BodyTooLargeError
+from .replies import status_line
+
+__all__ = ["CONTINUE", "HIGH_WATER", "Connection", "Exchange", "Request"]
 
 HIGH_WATER = 65536
 """Bytes of request body buffered for an ASGI app before reading pauses."""
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def status_line(status: int) -> bytes:
-    """``HTTP/1.1 <status> <reason>\\r\\n``."""
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
-    return line
-
-
-def simple_response(status: int, message: str) -> bytes:
-    """A complete ``{"error": message}`` response that closes the connection."""
-    body = json.dumps({"error": message}).encode()
-    return b"".join((
-        status_line(status),
-        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body),
-        body,
-    ))
-
-
 class Request:
     """One request message, filled in by the parser callbacks as its bytes arrive.
 
     ``chunks`` holds body bytes not yet handed over; ``size`` counts all body bytes received,
     ``taken`` those handed over. ``target`` is ``(model, version)`` for the infer routes.
+    ``refused`` is why the server answers the request without reading its body (a
+    ``Content-Length`` over the limit or not a number).
     """
 
     __slots__ = (
         "bad", "chunks", "complete", "content_length", "done", "expect_continue", "headers",
-        "http_version", "keep_alive", "method", "path", "query", "raw_path", "size", "taken",
+        "http_version", "keep_alive", "method", "path", "query", "raw_path", "refused", "size", "taken",
         "target", "too_large",
     )
 
@@ -76,7 +54,8 @@ class Request:
         self.size = 0
         self.taken = 0
         self.complete = False  # the whole message has been parsed
-        self.too_large = False  # an infer body past the limit; its bytes are discarded
+        self.too_large = False  # a body past the limit; its bytes are discarded
+        self.refused: Exception | None = None
         self.bad = False  # unparseable: answered 400, then the connection closes
         self.done = False  # answered; body bytes still arriving are discarded
 
@@ -86,6 +65,7 @@ class Connection(Protocol):
 
     closed: bool
     write_paused: bool
+    max_body_size: int
 
     @property
     def stopping(self) -> bool:
@@ -156,7 +136,11 @@ class Exchange:
 
     async def receive(self) -> Message:
         """The body as it arrives; then, once the response is complete or the client has
-        gone, ``http.disconnect`` (until then it waits)."""
+        gone, ``http.disconnect`` (until then it waits).
+
+        Raises:
+            BodyTooLargeError: the body passed the server's limit (its bytes are discarded).
+        """
         request, conn = self._request, self._conn
         if request.expect_continue and not request.complete and not conn.closed:
             request.expect_continue = False
@@ -164,6 +148,8 @@ class Exchange:
         while True:
             if conn.closed or self.complete or request.bad:
                 return {"type": "http.disconnect"}
+            if request.too_large:
+                raise BodyTooLargeError(conn.max_body_size)
             chunks = request.chunks
             if chunks or (request.complete and not self._delivered):
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,22 +1,25 @@
-"""dagserve's own HTTP/1.1 server: ``/infer`` answered directly, every other route through ASGI.
+"""dagserve's HTTP/1.1 server: ``/infer`` answered directly, every other route through ASGI.
 
 uvicorn costs a task, an event, a scope dict, an ASGI message round trip and two socket
-writes per request (docs/architecture.md, "Decisions", has the numbers). This server parses
-with httptools, the parser uvicorn itself uses, and keeps the hot path flat:
+writes per request (docs/performance.md, "HTTP server choice", has the numbers). This server
+parses with httptools, the parser uvicorn itself uses, and keeps the hot path flat:
 
 * one :class:`_Connection` (an asyncio protocol) per TCP connection, and one task per
   connection, started with its first request, that answers its requests in order. Parser callbacks
-  turn each message into a :class:`~.asgi_bridge.Request` on the connection's queue; pipelined requests
-  wait their turn, and reading pauses while one waits behind the request in flight;
-* ``POST /v2/models/{m}[/versions/{v}]/infer`` is read whole (bounded by the limit) and
-  answered by an :class:`InferResponder` (:class:`~.http_infer.InferCore`); the reply goes out in one
+  turn each message into a :class:`~.bridge.Request` on the connection's queue; pipelined
+  requests wait their turn, and reading pauses while one waits behind the request in flight;
+* ``POST /v2/models/{m}[/versions/{v}]/infer`` is read whole and answered by an
+  :class:`InferResponder` (:class:`~.infer.InferCore`); the reply goes out in one
   ``transport.write``, head and body together;
 * anything else runs the ASGI app with ``receive``/``send`` bridged onto the connection
-  (:class:`~dagserve.frontends.asgi_bridge.Exchange`).
+  (:class:`~.bridge.Exchange`).
 
-Slow and idle clients are bounded by :class:`~.limits.HttpLimits`: one periodic sweep
-(:meth:`_State.sweep`) closes connections whose headers, body or reading of the response
-stall past their timeout, and connections past ``max_connections`` are answered 503 and closed.
+The server is the one place the transport's limits are enforced, for every route: a request
+head past :attr:`~..limits.HttpLimits.max_header_size` is answered 431, a body declared or
+sent past ``max_body_size`` 413 (both close the connection). Slow and idle clients are bounded
+by :class:`~..limits.HttpLimits` too: one periodic sweep (:meth:`_State.sweep`) closes
+connections whose headers, body or reading of the response stall past their timeout, and
+connections past ``max_connections`` are answered 503 and closed.
 
 A client that disconnects while its infer request runs cancels it (out of its queue, or its
 pipeline); the connection learns of it from ``connection_lost`` at once, so no watcher task
@@ -40,17 +43,16 @@ import anyio
 import httptools
 from anyio.abc import TaskGroup, TaskStatus
 
-from .asgi import bind
-from .asgi_bridge import CONTINUE, HIGH_WATER, Exchange, Request, simple_response, status_line
-from .http_codec import BodyTooLargeError
-from .limits import HttpLimits
+from ...errors import InvalidInputError
+from ..http_codec import BodyTooLargeError
+from ..limits import HttpLimits
+from .bridge import CONTINUE, HIGH_WATER, Exchange, Request
+from .replies import Reply, error_reply, simple_response, status_line
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from .http_infer import InferReply
-
-__all__ = ["InferResponder", "serve_app", "serve_http11"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "InferResponder", "bind", "serve_app", "serve_http11"]
 
 log = logging.getLogger("dagserve.frontends")
 
@@ -60,42 +62,45 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _LARGE = 1 << 20
 """Bodies from this size go out with ``writelines``: one call, no copy to join them."""
 
+DEFAULT_MAX_BODY_SIZE = 256 * 1024 * 1024
+"""Largest request body, in bytes, unless the caller says otherwise."""
+
+
+class _HeadTooLargeError(Exception):
+    """A request head past ``max_header_size`` (answered 431)."""
+
 
 class InferResponder(Protocol):
-    """What the server asks of the ``/infer`` implementation (:class:`~.http_infer.InferCore`)."""
-
-    limit: int
+    """What the server asks of the ``/infer`` implementation (:class:`~.infer.InferCore`)."""
 
     def target(self, path: str) -> tuple[str, str] | None:
         """``(model, version)`` for an infer path, else ``None``."""
 
-    def declared_size(self, content_length: bytes | None) -> int | None:
-        """The declared body size; raises ``BodyTooLargeError`` over the limit."""
-
-    def error(self, exc: Exception) -> InferReply:
-        """The error reply for ``exc``."""
-
     async def reply(
         self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> InferReply:
+    ) -> Reply:
         """Serve one request whose body has been read; never raises but on cancellation."""
 
 
 class _State:
     """What the connections of one server share: the handlers, the task group their tasks
-    live in, its limits, and the set of open connections (for the timeout sweep and graceful
+    live in, its limits (``max_body_size`` bounds every request body), and the set of open connections (for the timeout sweep and graceful
     shutdown). A connection stays in the set until its transport is gone, so a response still
     being flushed counts."""
 
     __slots__ = (
         "_emptied", "_refused", "_refused_logged", "_tg", "aborting", "app", "connections", "infer", "limits",
-        "stopping",
+        "max_body_size", "stopping",
     )
 
-    def __init__(self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
         self.app = app
         self.infer = infer
         self.limits = limits or HttpLimits()
+        self.max_body_size = max_body_size
         self._refused = 0  # connections refused at the limit since the last warning
         self._refused_logged = -1e9
         self.connections: set[_Connection] = set()
@@ -159,13 +164,16 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_body_since", "_broken", "_headers_pending", "_idle_since", "_in_infer", "_loop", "_message_since",
-        "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running", "_scope", "_state", "_stopping",
-        "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since", "closed", "write_paused",
+        "_body_since", "_broken", "_chunk_size", "_head_size", "_headers_pending", "_idle_since", "_in_infer", "_loop",
+        "_max_head", "_message_since", "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running",
+        "_scope", "_state", "_stopping", "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since",
+        "closed", "max_body_size", "write_paused",
     )
 
     def __init__(self, state: _State) -> None:
         self._state = state
+        self.max_body_size = state.max_body_size
+        self._max_head = state.limits.max_header_size
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         try:
@@ -188,6 +196,8 @@ class _Connection(asyncio.Protocol):
         self._running = False  # the task has been started
         self._idle_since = self._message_since = self._body_since = self._loop.time()
         self._headers_pending = False  # a request's first bytes came, its headers not yet whole
+        self._head_size = 0  # bytes received while the pending head was pending
+        self._chunk_size = 0  # bytes of the chunk being parsed
         self._reused = False  # a response was sent: idle time is keep-alive time
         self._write_size = 0
         self._write_stalled_since: float | None = None
@@ -223,6 +233,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
+        # The head limit, cheaply: bytes arriving while a head is pending belong to it (bar
+        # what follows its end), counted before feeding and checked after, which bounds a
+        # single endless header that httptools would buffer whole; a head that ends in this
+        # chunk is measured exactly by on_headers_complete, only when it might be too large.
+        self._chunk_size = size = len(data)
+        if self._headers_pending:
+            self._head_size += size
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -233,6 +250,9 @@ class _Connection(asyncio.Protocol):
             self._stop_reading()
         except httptools.HttpParserError as exc:
             self._malformed(exc)
+            return
+        if self._headers_pending and self._head_size > self._max_head:
+            self._head_too_large()
 
     def eof_received(self) -> bool | None:
         return None  # close: a half-closed client is treated as gone, as uvicorn does
@@ -258,6 +278,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._parsing = Request()
         self._headers_pending = True
+        self._head_size = 0
         self._message_since = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -276,6 +297,13 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self._parsing
         assert request is not None
+        if self._broken:
+            return  # the head was too large: answered 431 already
+        if self._head_size + self._chunk_size > self._max_head and (
+            len(self._url) + sum(len(name) + len(value) + 4 for name, value in request.headers) > self._max_head
+        ):
+            self._head_too_large()
+            return
         self._headers_pending = False
         self._body_since = self._loop.time()
         parser = self._parser
@@ -298,37 +326,42 @@ class _Connection(asyncio.Protocol):
             request.path, request.raw_path, request.query = path, raw_path, query
             if request.method == b"POST":
                 request.target = self._state.infer.target(path)
+        if request.content_length is not None:
+            request.refused = self._refusal(request.content_length)
         queue = self._queue
         self._enqueue(request)
         if len(queue) > 1:
             self._pause_reading()  # pipelined: it waits, and so does the rest of the input
-        elif request.target is None or request.expect_continue or request.bad or self._too_large(request):
+        elif request.target is None or request.expect_continue or request.bad or request.refused:
             self._wake()
         # else an infer request: its task has nothing to do before the body is complete
         # (clients such as libcurl send the body in a second packet), so it is woken once,
         # by on_message_complete or on_body passing the limit.
 
-    def _too_large(self, request: Request) -> bool:
-        """Whether ``Content-Length`` declares more than the infer limit (answered at once)."""
+    def _refusal(self, content_length: bytes) -> Exception | None:
+        """Why a request declaring ``content_length`` is answered without reading its body
+        (not a number, or over ``max_body_size``), else ``None``."""
         try:
-            return request.content_length is not None and int(request.content_length) > self._state.infer.limit
+            declared = int(content_length)
         except ValueError:
-            return True  # the task answers it
+            return InvalidInputError("Content-Length is not an integer")
+        if declared > self.max_body_size:
+            return BodyTooLargeError(self.max_body_size)
+        return None
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
         assert request is not None
-        if request.done or request.too_large:
+        if request.done or request.too_large or request.refused:
             return  # answered without its body, or past the limit: discard
         request.size += len(body)
         self._body_since = self._loop.time()
-        if request.target is not None:
-            if request.size > self._state.infer.limit:
-                request.too_large = True
-                request.chunks.clear()
-                self._wake()
-                return
-        elif request.size - request.taken > HIGH_WATER:
+        if request.size > self.max_body_size:
+            request.too_large = True
+            request.chunks.clear()
+            self._wake()
+            return
+        if request.target is None and request.size - request.taken > HIGH_WATER:
             self._pause_reading()  # the ASGI app is not keeping up: buffer no more
         request.chunks.append(body)
         if self._waiters:
@@ -372,7 +405,14 @@ class _Connection(asyncio.Protocol):
                 continue
             request = queue[0]
             if request.bad:
-                self._write_error(400, "malformed HTTP request")
+                if isinstance(request.refused, _HeadTooLargeError):
+                    self._write_error(431, str(request.refused))
+                else:
+                    self._write_error(400, "malformed HTTP request")
+                return
+            if request.refused is not None:
+                # The body is never read, so the connection ends here.
+                self._write_reply(request, error_reply(request.refused, close=True))
                 return
             if request.target is not None:
                 await self._serve_infer(request, request.target)
@@ -389,12 +429,6 @@ class _Connection(asyncio.Protocol):
 
     async def _serve_infer(self, request: Request, target: tuple[str, str]) -> None:
         infer = self._state.infer
-        try:
-            infer.declared_size(request.content_length)
-        except Exception as exc:  # noqa: BLE001 - over the limit: refused before the body is sent
-            self._stopping = True  # the body is never read, so the connection ends here
-            self._write_reply(request, infer.error(exc))
-            return
         if not (request.complete or request.too_large):
             if request.expect_continue:
                 self._transport.write(CONTINUE)
@@ -406,7 +440,7 @@ class _Connection(asyncio.Protocol):
             self._write_error(400, "malformed HTTP request body")
             return
         if request.too_large:
-            self._write_reply(request, infer.error(BodyTooLargeError(infer.limit)))
+            self._write_reply(request, error_reply(BodyTooLargeError(self.max_body_size)))
             return
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -418,7 +452,7 @@ class _Connection(asyncio.Protocol):
             self._in_infer = False
         self._write_reply(request, reply)
 
-    def _write_reply(self, request: Request, reply: InferReply) -> None:
+    def _write_reply(self, request: Request, reply: Reply) -> None:
         """Frame ``reply`` and send it in one write."""
         if self.closed:
             return
@@ -537,6 +571,21 @@ class _Connection(asyncio.Protocol):
         self._broken = True
         self._pause_reading()
 
+    def _head_too_large(self) -> None:
+        """Refuse the request whose head passed ``max_header_size``: read no further, and
+        answer it 431 in its turn (then the connection closes)."""
+        request = self._parsing
+        if self._broken or request is None:
+            return  # refused already
+        self._stop_reading()
+        self._headers_pending = False
+        request.bad = True
+        request.refused = _HeadTooLargeError(
+            f"request head larger than {self._max_head} bytes"
+        )
+        self._enqueue(request)
+        self._wake()
+
     def _malformed(self, exc: httptools.HttpParserError) -> None:
         if isinstance(exc, httptools.HttpParserCallbackError):
             log.error("HTTP parser callback failed", exc_info=exc)  # our bug, not the client's
@@ -621,19 +670,32 @@ class _Connection(asyncio.Protocol):
 class _NoInfer:
     """An :class:`InferResponder` with no infer routes: every request goes to the ASGI app."""
 
-    limit = 0
-
     def target(self, path: str) -> tuple[str, str] | None:
         return None
 
-    def declared_size(self, content_length: bytes | None) -> int | None:
+    async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Reply:
         raise AssertionError("no infer routes")
 
-    def error(self, exc: Exception) -> InferReply:
-        raise AssertionError("no infer routes")
 
-    async def reply(self, model: str, version: str, headers: list[tuple[bytes, bytes]], body: bytes) -> InferReply:
-        raise AssertionError("no infer routes")
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one).
+
+    The socket is created with ``proto=IPPROTO_TCP``: asyncio sets TCP_NODELAY only on
+    accepted sockets whose protocol says TCP (the connection sets it again to be sure).
+    """
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve_app(
@@ -645,7 +707,7 @@ async def serve_app(
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """:func:`serve_http11` for a plain ASGI app (no infer routes), e.g. ``/metrics``: it stops
-    as soon as its requests are answered, where uvicorn polls for its exit every 0.1 s."""
+    as soon as its requests are answered."""
     await serve_http11(app, _NoInfer(), host=host, port=port, shutdown_timeout=shutdown_timeout,
                        task_status=task_status)
 
@@ -658,24 +720,28 @@ async def serve_http11(
     port: int,
     shutdown_timeout: float = 30,
     limits: HttpLimits | None = None,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     keep_alive_timeout: float | None = None,
     ssl: ssl_module.SSLContext | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled: infer routes by ``infer``, the rest by
-    ``app``; over TLS when ``ssl`` is given (see :mod:`.tls`).
+    ``app``; over TLS when ``ssl`` is given (see :mod:`..tls`).
 
-    The socket is bound first (:func:`~dagserve.frontends.asgi.bind`), so ``port=0`` works:
+    The socket is bound first (:func:`bind`), so ``port=0`` works:
     ``task_status.started(port)`` reports the port bound. On cancellation it stops
     accepting, closes idle connections, lets requests in flight finish (for at most
     ``shutdown_timeout`` seconds, then aborts them), then the cancellation propagates.
-    ``limits`` bounds slow clients (``keep_alive_timeout``, when given, overrides its
-    keep-alive timeout).
+    ``limits`` bounds request heads and slow clients (``keep_alive_timeout``, when given,
+    overrides its keep-alive timeout); ``max_body_size`` bounds every request body, in bytes.
 
     Raises:
         OSError: the address cannot be bound.
+        ValueError: ``max_body_size`` is not positive.
     """
     limits = limits or HttpLimits()
+    if max_body_size <= 0:
+        raise ValueError(f"max_body_size must be positive, got {max_body_size}")
     if keep_alive_timeout is not None:
         limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
     sock = bind(host, port)
@@ -683,7 +749,7 @@ async def serve_http11(
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             try:
-                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, limits, ssl)
+                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, limits, max_body_size, ssl)
                 task_status.started(bound)
                 await anyio.sleep_forever()
             finally:
@@ -699,6 +765,7 @@ async def _serve(
     stop: anyio.Event,
     shutdown_timeout: float,
     limits: HttpLimits,
+    max_body_size: int,
     ssl: ssl_module.SSLContext | None,
     *,
     task_status: TaskStatus[int],
@@ -707,7 +774,7 @@ async def _serve(
     # connection's task at once.
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
-            state = _State(app, infer, tg, limits)
+            state = _State(app, infer, tg, limits, max_body_size)
             loop = asyncio.get_running_loop()
             listener = await loop.create_server(state.protocol, sock=sock, backlog=2048, ssl=ssl)
             tg.start_soon(state.sweep)
