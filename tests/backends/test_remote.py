@@ -243,3 +243,39 @@ def test_client_disconnect_cancels_the_remote_call(
         wait_until(lambda: gateway.in_flight("rslow") == 0, timeout=60, what="the gateway call was cancelled")
         wait_until(lambda: remote.in_flight("slow") == 0, timeout=60, what="the remote request was cancelled")
         assert not (slow_gate.path / "release").exists()
+
+
+def test_pbtxt_parameters_and_an_unreachable_endpoint_skipped(remote: RunningServer, tmp_path: Path) -> None:
+    """Configured Triton style (config.pbtxt parameters, comma-separated URLs) with one
+    endpoint refusing connections: the model is ready and every request is answered by the
+    reachable one."""
+    holder = socket.socket()  # bound, not listening: connections are refused
+    holder.bind(("127.0.0.1", 0))
+    refused = f"http://127.0.0.1:{holder.getsockname()[1]}"
+    repo = tmp_path / "gw"
+    _write(repo / "rscale" / "config.pbtxt", f"""
+        backend: "remote"
+        max_batch_size: 8
+        input [{{ name: "X" data_type: TYPE_FP32 dims: [-1] }}]
+        output [{{ name: "Y" data_type: TYPE_FP32 dims: [-1] }}]
+        parameters {{ key: "url" value {{ string_value: "{refused},{_url(remote, 'grpc')}" }} }}
+        parameters {{ key: "model_name" value {{ string_value: "scale" }} }}
+    """)
+    before = _successes(remote)
+    with holder, serve_in_thread(repo) as gateway:
+        assert httpclient.InferenceServerClient(gateway.http_url).is_model_ready("rscale")
+        for i in range(6):
+            x = np.full((2, 3), i, dtype=np.float32)
+            np.testing.assert_array_equal(_http_infer(gateway, "rscale", x, out="Y"), x * 2)
+    assert _successes(remote) - before == 6
+
+
+def test_bad_remote_settings_fail_the_load(tmp_path: Path) -> None:
+    """A URL of another scheme, or an unknown key in remote:, fails the load naming the field."""
+    repo = tmp_path / "gw"
+    _remote_model(repo, "badurl", ["ftp://127.0.0.1:1"], "scale")
+    _remote_model(repo, "badkey", ["http://127.0.0.1:1"], "scale", extra=", retry: 3")
+    with serve_in_thread(repo) as gateway:
+        index = _index(gateway)
+        assert "remote.url" in index["badurl"]["reason"] and "http://host:port or grpc://host:port" in index["badurl"]["reason"]
+        assert "remote.retry" in index["badkey"]["reason"] and "unknown field" in index["badkey"]["reason"]
