@@ -197,13 +197,22 @@ class RemoteInstance:
 
     # -- requests ---------------------------------------------------------------------------
     async def execute(self, requests: Sequence[InferRequest]) -> list[Outputs | BaseException]:
-        """Forward each request (in turn); one result or error per request."""
-        results: list[Outputs | BaseException] = []
-        for request in requests:
+        """Forward each request (those of a batch concurrently); one result or error per
+        request, in order. Cancelling the caller cancels every call in flight."""
+        results: list[Outputs | BaseException] = [ModelExecutionError(f"{self._owner}: no answer")] * len(requests)
+
+        async def one(i: int, request: InferRequest) -> None:
             try:
-                results.append(await self._forward(request))
+                results[i] = await self._forward(request)
             except DagserveError as exc:
-                results.append(exc)
+                results[i] = exc
+
+        if len(requests) == 1:
+            await one(0, requests[0])
+            return results
+        async with anyio.create_task_group() as tg:
+            for i, request in enumerate(requests):
+                tg.start_soon(one, i, request)
         return results
 
     async def _forward(self, request: InferRequest) -> Outputs:
@@ -504,13 +513,15 @@ def _from_json(data: Any, datatype: DataType, shape: Sequence[int]) -> np.ndarra
 
 
 def _forwarded_parameters(request: InferRequest, remaining: float | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+    """The request's parameters for the remote: the caller's own scalar ones (custom keys,
+    ``priority``, ``timeout``, ``traceparent``...), with ``timeout`` replaced by the remaining
+    deadline when there is one."""
+    params: dict[str, Any] = {
+        k: v for k, v in request.parameters.items() if isinstance(v, (str, int, float, bool))
+    }
     timeout = _timeout_us(remaining)
     if timeout is not None:
         params["timeout"] = timeout
-    traceparent = request.parameters.get("traceparent")
-    if isinstance(traceparent, str):
-        params["traceparent"] = traceparent
     return params
 
 
@@ -585,13 +596,19 @@ class _GrpcClient:
             message.raw_input_contents.append(_raw(array, datatype))
         for name in wanted:
             message.outputs.add().name = name
-        timeout = _timeout_us(remaining)
-        if timeout is not None:
-            message.parameters["timeout"].int64_param = timeout
+        for key, value in _forwarded_parameters(request, remaining).items():
+            param = message.parameters[key]
+            if isinstance(value, bool):
+                param.bool_param = value
+            elif isinstance(value, int):
+                param.int64_param = value
+            elif isinstance(value, float):
+                param.double_param = value
+            else:
+                param.string_param = value
         metadata = []
         traceparent = request.parameters.get("traceparent")
         if isinstance(traceparent, str):
-            message.parameters["traceparent"].string_param = traceparent
             metadata.append(("traceparent", traceparent))
         # The deadline is enforced by the caller's cancel scope; gRPC's own, a little later, only
         # tells the remote when to give up (grpc.aio reports its expiry as a bare cancellation).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import json
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -279,3 +280,52 @@ def test_bad_remote_settings_fail_the_load(tmp_path: Path) -> None:
         index = _index(gateway)
         assert "remote.url" in index["badurl"]["reason"] and "http://host:port or grpc://host:port" in index["badurl"]["reason"]
         assert "remote.retry" in index["badkey"]["reason"] and "unknown field" in index["badkey"]["reason"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_request_id_and_parameters_are_forwarded(
+    remote: RunningServer, tmp_path: Path, scheme: str
+) -> None:
+    """The remote sees the caller's request id and its parameters (traceparent, a custom one)."""
+    repo = tmp_path / "gw"
+    _write(repo / "recho" / "config.yaml", f"""
+        backend: remote
+        remote: {{url: {_url(remote, scheme)}, model_name: echo}}
+        inputs: [{{name: X, datatype: FP32, shape: [-1]}}]
+        outputs: [{{name: Y, datatype: FP32, shape: [-1]}}, {{name: PARAMS, datatype: BYTES, shape: [1]}}]
+    """)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with serve_in_thread(repo) as gateway:
+        client = httpclient.InferenceServerClient(gateway.http_url)
+        tensor = httpclient.InferInput("X", [3], "FP32")
+        tensor.set_data_from_numpy(np.arange(3, dtype=np.float32))
+        result = client.infer("recho", [tensor], request_id="req-7",
+                              parameters={"traceparent": traceparent, "custom": "v"})
+        np.testing.assert_array_equal(result.as_numpy("Y"), np.arange(3, dtype=np.float32))
+        seen = json.loads(result.as_numpy("PARAMS")[0])
+        assert seen["id"] == "req-7"
+        assert seen["parameters"]["traceparent"] == traceparent and seen["parameters"]["custom"] == "v"
+
+
+def test_pipeline_timeout_cancels_the_remote_call(remote: RunningServer, tmp_path: Path, slow_gate: FileGate) -> None:
+    """A pipeline's own timeout parameter bounds its remote step (no timeout_ms): 504, and the
+    remote's request is cancelled while its model still holds."""
+    repo = _gateway(tmp_path / "gw", [_url(remote, "grpc")])
+    _write(repo / "pslow" / "config.yaml", """
+        backend: pipeline
+        max_batch_size: 8
+        inputs: [{name: SLEEP_MS, datatype: INT32, shape: [1]}]
+        outputs: [{name: DONE, datatype: INT32, shape: [1]}]
+        pipeline:
+          steps: [{model: rslow, inputs: {SLEEP_MS: SLEEP_MS}}]
+          outputs: {DONE: rslow.DONE}
+    """)
+    with serve_in_thread(repo) as gateway:
+        client = httpclient.InferenceServerClient(gateway.http_url)
+        tensor = httpclient.InferInput("SLEEP_MS", [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.array([[-1]], dtype=np.int32))
+        with pytest.raises(InferenceServerException) as failure:
+            client.infer("pslow", [tensor], timeout=300_000)
+        assert failure.value.status() == "504"
+        wait_until(lambda: remote.in_flight("slow") == 0, timeout=60, what="the remote request was cancelled")
+        assert not (slow_gate.path / "release").exists()
