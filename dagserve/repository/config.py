@@ -303,7 +303,7 @@ class RemoteConfig(_Frozen):
     timeout_ms: int = Field(default=0, ge=0)  # 0 = only the request's own deadline
     retries: int = Field(default=1, ge=0)  # more attempts, only after failures before sending
     binary: bool = True  # HTTP: tensors in the binary extension (False: JSON)
-    max_connections: int = Field(default=16, ge=1)  # per endpoint; also the concurrent calls
+    max_connections: int = Field(default=16, ge=1)  # HTTP connections per endpoint; also calls in flight
     connect_timeout_ms: int = Field(default=2000, ge=1)
     health_interval_ms: int = Field(default=2000, ge=10)  # re-check of unreachable endpoints
 
