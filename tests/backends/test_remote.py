@@ -329,3 +329,31 @@ def test_pipeline_timeout_cancels_the_remote_call(remote: RunningServer, tmp_pat
         assert failure.value.status() == "504"
         wait_until(lambda: remote.in_flight("slow") == 0, timeout=60, what="the remote request was cancelled")
         assert not (slow_gate.path / "release").exists()
+
+
+def test_remote_going_down_then_back(tmp_path: Path) -> None:
+    """A remote that stops while the gateway serves: the next request is a 503 naming the node
+    and the endpoint, the node and its pipeline turn not ready, and both are ready again (and
+    answer) once a server is back on that address, without restarting the gateway."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    holder.close()
+    url = f"http://127.0.0.1:{port}"
+    repo = _gateway(tmp_path / "gw", [url])
+    x = np.ones((1, 2), dtype=np.float32)
+    with contextlib.ExitStack() as first_remote:
+        first_remote.enter_context(_serve_on_port(REMOTE_REPO, port))
+        with serve_in_thread(repo) as gateway:
+            client = httpclient.InferenceServerClient(gateway.http_url)
+            wait_until(lambda: client.is_model_ready("pipe"), timeout=60, what="the pipeline is ready")
+            np.testing.assert_array_equal(_http_infer(gateway, "pipe", x), x * 2 + 1)
+            first_remote.close()  # the remote stops; the gateway keeps serving
+            with pytest.raises(InferenceServerException) as failure:
+                _http_infer(gateway, "pipe", x)
+            assert failure.value.status() == "503"
+            assert "rscale" in failure.value.message() and url in failure.value.message()
+            assert not client.is_model_ready("pipe")
+            with _serve_on_port(REMOTE_REPO, port):
+                wait_until(lambda: client.is_model_ready("pipe"), timeout=60, what="the pipeline is ready again")
+                np.testing.assert_array_equal(_http_infer(gateway, "pipe", x), x * 2 + 1)
