@@ -27,9 +27,10 @@ _MODULES = {
     "onnxruntime": "dagserve.backends.onnx",  # platform onnxruntime_onnx
     "tensorrt": "dagserve.backends.tensorrt",  # platform tensorrt_plan
     "fil": "dagserve.backends.fil",
+    "remote": "dagserve.backends.remote",  # another KServe v2 server
 }
 
-_RESHAPES_ITSELF = {"onnxruntime"}
+_RESHAPES_ITSELF = {"onnxruntime", "remote"}  # remote: the remote server reshapes
 """Backends that apply the config's ``reshape`` themselves (and check it against the model)."""
 
 

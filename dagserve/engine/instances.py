@@ -138,8 +138,10 @@ class InstancePool:
         if not instances:
             raise ValueError("a pool needs at least one instance")
         self.instances = tuple(instances)
-        self._free = list(instances)
-        self._available = anyio.Semaphore(len(instances))
+        # An async instance may take several calls at once (``concurrency``, e.g. a remote
+        # model's connection limit): it is handed out that many times.
+        self._free = [i for i in instances for _ in range(max(1, int(getattr(i, "concurrency", 1))))]
+        self._available = anyio.Semaphore(len(self._free))
         self._stats = stats
         self._threads = {
             id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")

@@ -91,6 +91,7 @@ class ModelVersion:
         self.platform = platform
         self.state = ModelState.UNLOADED
         self.reason = ""
+        self._health: tuple[Callable[[], str], ...] = ()  # instances that can be unreachable
         self.stats = ModelStatistics(name, self.version_str)
         self._owner = f"model '{name}'"
         self._inputs: dict[str, TensorSpec] = config.input_specs()
@@ -146,6 +147,18 @@ class ModelVersion:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._runner.run)
+                for instance in self._pool.instances if self._pool is not None else ():
+                    # Backend hook (remote): an instance whose server can be unreachable says
+                    # why (the version is then not ready), re-checks it in this task group, and
+                    # counts its round trips by endpoint (for the metrics).
+                    health, watch = getattr(instance, "not_ready_reason", None), getattr(instance, "watch", None)
+                    if health is not None:
+                        self._health += (health,)
+                    if watch is not None:
+                        tg.start_soon(watch)
+                    endpoints = getattr(instance, "endpoint_statistics", None)
+                    if endpoints is not None:
+                        self.stats.endpoints = endpoints
                 self._transition(ModelState.READY, ModelState.LOADING)
                 self.reason = ""
                 log.info("%s version %s is ready", self._owner, self.version)
@@ -203,7 +216,26 @@ class ModelVersion:
 
     @property
     def ready(self) -> bool:
-        return self.state is ModelState.READY
+        return self.state is ModelState.READY and not (self._health and self._unhealthy())
+
+    @property
+    def reason(self) -> str:
+        """Why the version is not ready: its load failure, or an instance's (a remote model
+        whose server cannot be reached); "" when ready."""
+        if self._reason or self.state is not ModelState.READY or not self._health:
+            return self._reason
+        return self._unhealthy()
+
+    @reason.setter
+    def reason(self, value: str) -> None:
+        self._reason = value
+
+    def _unhealthy(self) -> str:
+        for health in self._health:
+            why = health()
+            if why:
+                return why
+        return ""
 
     # -- requests -----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -246,6 +278,10 @@ class ModelVersion:
     def _check_ready(self) -> None:
         if self.state is not ModelState.READY or self._runner is None:
             raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready ({self.state.value.lower()})")
+        if self._health:
+            why = self._unhealthy()
+            if why:
+                raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready: {why}")
 
     def _response(self, request: InferRequest, outputs: Mapping[str, np.ndarray], final: bool = True) -> InferResponse:
         return InferResponse(

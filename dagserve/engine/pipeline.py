@@ -85,8 +85,16 @@ async def load_pipeline(
 
 
 def _member_config(server: Members, model: str, version: int) -> ModelConfig:
-    found: ModelVersion = server.get_version(model, "" if version < 0 else str(version))
-    if not found.ready:
+    try:
+        found: ModelVersion = server.get_version(model, "" if version < 0 else str(version))
+    except ModelNotReadyError:
+        # A member loaded but not ready now (a remote model whose server is unreachable): the
+        # pipeline loads, and is ready when the member is (see PipelineVersion.missing_member).
+        loaded = server.loaded_version(model) if version < 0 else None
+        if loaded is None:
+            raise
+        found = loaded
+    if found.state is not ModelState.READY:
         raise ModelNotReadyError(
             f"model '{model}' version {found.version} is not ready: {found.reason or found.state.value}"
         )
@@ -243,7 +251,7 @@ async def pipeline_version(
             found = server.get_version(model, version)
         except DagserveError as exc:
             return str(exc)
-        return "" if found.ready else f"model '{model}' is not ready"
+        return "" if found.ready else f"model '{model}' is not ready" + (f": {found.reason}" if found.reason else "")
 
     version = PipelineVersion(
         name=source.name, version=number, config=config, runner=runner, member_problem=member_problem, **kwargs

@@ -77,6 +77,10 @@ class Members(Protocol):
         """The names of the models served (for "did you mean" hints)."""
         ...
 
+    def loaded_version(self, name: str) -> ModelVersion | None:
+        """The newest loaded version of ``name``, ready or not (``None``: none loaded)."""
+        ...
+
     async def infer(self, name: str, version: str, request: InferRequest) -> InferResponse:
         """One call of a member. Raises DagserveError."""
         ...

@@ -508,6 +508,16 @@ class Server:
         reason = entry.reason() or "not loaded"
         raise ModelNotReadyError(f"model '{name}' is not ready: {reason}")
 
+    def loaded_version(self, name: str) -> ModelVersion | None:
+        """The newest version of ``name`` that is loaded (READY), whether or not it is ready
+        now (a remote model whose server cannot be reached is loaded but not ready); ``None``
+        when there is none."""
+        entry = self._models.get(name)
+        if entry is None:
+            return None
+        loaded = [v for _, v in sorted(entry.versions.items()) if v.state is ModelState.READY]
+        return loaded[-1] if loaded else None
+
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether the model (version) is ready. Raises ModelNotFoundError for unknown names."""
         try:

@@ -81,6 +81,8 @@ class ModelStatistics:
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)  # failed requests by reason
         self.pending: Callable[[], int] = _nothing_pending
         """Requests waiting to execute now; the scheduler installs its own count."""
+        self.endpoints: Callable[[], dict[str, dict[str, float]]] | None = None
+        """A remote model's round trips by endpoint (see backends.remote); None for others."""
         self._last_ns = 0  # perf_counter_ns of the last answered request
         # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
@@ -162,4 +164,4 @@ class ModelStatistics:
             # dagserve's additions, read by the metrics endpoint (clients ignore unknown keys).
             "pending_request_count": self.pending(),
             "failure_reasons": dict(self.failures),
-        }
+        } | ({"remote_endpoints": self.endpoints()} if self.endpoints is not None else {})

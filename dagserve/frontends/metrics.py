@@ -65,6 +65,15 @@ _STEP_COUNTERS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
 )
 
 
+# Per remote model and endpoint (backend: remote; dagserve's own): (name, help, key, scale).
+_REMOTE_COUNTERS: tuple[tuple[str, str, str, float], ...] = (
+    ("dagserve_remote_round_trip_success", "Successful round trips of a remote model to one endpoint", "count", 1),
+    ("dagserve_remote_round_trip_failure", "Failed round trips of a remote model to one endpoint", "failures", 1),
+    ("dagserve_remote_round_trip_duration_us",
+     "Cumulative time of a remote model's successful round trips to one endpoint, microseconds", "ns", 1e-3),
+)
+
+
 def render_metrics(server: Server) -> bytes:
     """The server's metrics in the Prometheus text exposition format (version 0.0.4)."""
     stats = server.statistics()["model_stats"]
@@ -89,6 +98,12 @@ def render_metrics(server: Server) -> bytes:
                 labels = {"pipeline": entry["name"], "version": entry["version"], "step": step["name"],
                           "model": step["model"]}
                 lines.append(_sample(name, labels, _lookup(step, path) * scale))
+    for name, doc, key, scale in _REMOTE_COUNTERS:
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
+        for entry in stats:
+            for endpoint, counts in (entry.get("remote_endpoints") or {}).items():
+                labels = {"model": entry["name"], "version": entry["version"], "endpoint": endpoint}
+                lines.append(_sample(name, labels, float(counts[key]) * scale))
     return ("\n".join(lines) + "\n").encode()
 
 

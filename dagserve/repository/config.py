@@ -45,6 +45,7 @@ __all__ = [
     "InstanceKind",
     "ModelConfig",
     "QueuePolicy",
+    "RemoteConfig",
     "TensorConfig",
     "VersionPolicy",
 ]
@@ -297,6 +298,40 @@ class ResponseCache(_Frozen):
     enable: bool = False
 
 
+class RemoteConfig(_Frozen):
+    """Where a ``backend: remote`` model is served (another KServe v2 server); see
+    dagserve.backends.remote. ``url`` is one endpoint or a list (round robin over the healthy
+    ones), each ``http://host:port`` or ``grpc://host:port``."""
+
+    url: tuple[str, ...]
+    model_name: str = ""  # "" = this model's own name
+    model_version: str = ""  # "" = the remote's newest ready version
+    timeout_ms: int = Field(default=0, ge=0)  # 0 = only the request's own deadline
+    retries: int = Field(default=1, ge=0)  # more attempts, only after failures before sending
+    binary: bool = True  # HTTP: tensors in the binary extension (False: JSON)
+    max_connections: int = Field(default=16, ge=1)  # HTTP connections per endpoint; also calls in flight
+    connect_timeout_ms: int = Field(default=2000, ge=1)
+    health_interval_ms: int = Field(default=2000, ge=10)  # re-check of unreachable endpoints
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:
+        if isinstance(value, str):  # one URL, or (Triton parameters) a comma-separated list
+            value = [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _schemes(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        if not urls:
+            raise ValueError("give at least one URL (http://host:port or grpc://host:port)")
+        for url in urls:
+            scheme, sep, rest = url.partition("://")
+            if not sep or scheme not in ("http", "grpc") or not rest.strip("/"):
+                raise ValueError(f"URL {url!r} must be http://host:port or grpc://host:port")
+        return urls
+
+
 class ModelConfig(_Frozen):
     """A model's configuration, with Triton's field names and defaults."""
 
@@ -316,6 +351,8 @@ class ModelConfig(_Frozen):
     # Python file in the model directory that builds the pipeline with the DSL.
     pipeline: dict[str, Any] | None = None
     pipeline_file: str | None = None
+    # backend: remote (dagserve.backends.remote): the model is served by another server.
+    remote: RemoteConfig | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     model_transaction_policy: TransactionPolicy = Field(default_factory=TransactionPolicy)
     response_cache: ResponseCache | None = None

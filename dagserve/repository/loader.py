@@ -41,6 +41,10 @@ log = logging.getLogger("dagserve.repository")
 CONFIG_NAMES = ("config.pbtxt", "config.yaml", "config.yml")
 
 
+_NO_FILES = ("ensemble", "pipeline", "remote")
+"""Backends whose models need no version directory."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelSource:
     """One model directory: its config (or why it has none) and the versions to serve."""
@@ -84,13 +88,13 @@ def read_model(model_dir: Path, config: ModelConfig | None = None, *, name: str 
     available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
     versions = tuple(config.version_policy.select(available))
     error = ""
-    if not config.is_pipeline and not versions:
+    if config.backend_name not in _NO_FILES and not versions:
         error = (
             f"{model_dir}: no version directory to serve (found {sorted(available) or 'none'}; "
             "add e.g. 1/ with the model files)"
         )
-    elif config.is_pipeline and not versions:
-        # Ensembles need no files; Triton still serves them as version 1.
+    elif config.backend_name in _NO_FILES and not versions:
+        # Ensembles (and remote models) need no files; Triton still serves them as version 1.
         versions = (1,)
     return ModelSource(
         name=name, path=model_dir, config=config, config_path=config_path, versions=versions, error=error
