@@ -25,7 +25,7 @@ Contracts:
   cancelling the caller cancels the remote call (the HTTP connection is closed; the gRPC call
   is cancelled), and the remote server cancels its request.
 * **Errors**: unreachable → ModelNotReadyError (503 / UNAVAILABLE) naming the model and the
-  endpoint; over ``timeout_ms`` or the request's deadline → TimeoutError (504 /
+  endpoint; over ``timeout_ms`` or the request's deadline → RequestTimeoutError (504 /
   DEADLINE_EXCEEDED); the remote's 4xx (or INVALID_ARGUMENT, NOT_FOUND) → InvalidInputError
   (400) with the remote's message; the remote's other failures → ModelExecutionError (500) with
   its message.
@@ -52,7 +52,7 @@ from ..errors import (
     DagserveError,
     ModelExecutionError,
     ModelNotReadyError,
-    TimeoutError,
+    RequestTimeoutError,
 )
 from ..repository.config import ModelConfig, RemoteConfig
 from ..types import InferRequest, TensorSpec
@@ -220,7 +220,7 @@ class RemoteInstance:
                 break
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
-                raise TimeoutError(f"{self._owner}: the request's deadline passed before it was sent")
+                raise RequestTimeoutError(f"{self._owner}: the request's deadline passed before it was sent")
             start = time.perf_counter_ns()
             stats = self.round_trips[endpoint.url]
             try:
@@ -235,12 +235,12 @@ class RemoteInstance:
                 tried.append(f"{endpoint.url} ({exc})")
                 log.warning("%s: endpoint %s unreachable: %s", self._owner, endpoint.url, exc)
                 continue
-            except (builtins.TimeoutError, TimeoutError) as exc:
+            except (builtins.TimeoutError, RequestTimeoutError) as exc:
                 stats["failures"] += 1
-                if isinstance(exc, TimeoutError) and not _past(deadline):
-                    raise TimeoutError(f"{self._owner}: {exc}") from None  # the remote's own 504
+                if isinstance(exc, RequestTimeoutError) and not _past(deadline):
+                    raise RequestTimeoutError(f"{self._owner}: {exc}") from None  # the remote's own 504
                 limit = f"{settings.timeout_ms} ms" if settings.timeout_ms else "the request's deadline"
-                raise TimeoutError(f"{self._owner}: {endpoint.url} did not answer within {limit}") from None
+                raise RequestTimeoutError(f"{self._owner}: {endpoint.url} did not answer within {limit}") from None
             except DagserveError as exc:
                 stats["failures"] += 1
                 raise type(exc)(f"{self._owner}: {exc}") from None

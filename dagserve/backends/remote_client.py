@@ -20,12 +20,12 @@ import anyio
 import numpy as np
 
 from ..errors import (
-    CancelledError,
     DagserveError,
     InvalidInputError,
     ModelExecutionError,
     ModelNotReadyError,
-    TimeoutError,
+    RequestCancelledError,
+    RequestTimeoutError,
 )
 from ..repository.config import RemoteConfig
 from ..types import DataType, InferRequest, bytes_array
@@ -201,9 +201,9 @@ def _http_error(status: int, where: str, message: str) -> DagserveError:
     if status == 503:
         return ModelNotReadyError(text)
     if status == 504:
-        return TimeoutError(text)
+        return RequestTimeoutError(text)
     if status == 499:
-        return CancelledError(text)
+        return RequestCancelledError(text)
     if 400 <= status < 500:
         return InvalidInputError(text)
     return ModelExecutionError(text)
@@ -369,7 +369,7 @@ def _grpc_error(exc: Any, target: str) -> DagserveError:
     if code is grpc.StatusCode.UNAVAILABLE:
         return ModelNotReadyError(text)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return TimeoutError(text)
+        return RequestTimeoutError(text)
     if code is grpc.StatusCode.CANCELLED:
-        return CancelledError(text)
+        return RequestCancelledError(text)
     return ModelExecutionError(text)

@@ -21,7 +21,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from dagserve.engine import ServerOptions
-from dagserve.frontends.runner import ServeOptions, serve
+from dagserve.frontends.runner import FrontendOptions, serve
 from dagserve.testing import FileGate, RunningServer, serve_in_thread, wait_until
 
 REMOTE_REPO = Path(__file__).parents[1] / "repos" / "remote"
@@ -107,7 +107,7 @@ def _index(running: RunningServer) -> dict[str, dict[str, str]]:
 def _serve_on_port(repository: Path, http_port: int) -> Iterator[RunningServer]:
     """Like serve_in_thread, but HTTP on a given port (a remote that comes up where the
     gateway already looks for it)."""
-    options = ServeOptions(server=ServerOptions(model_repository=repository), http_port=http_port,
+    options = FrontendOptions(server=ServerOptions(model_repository=repository), http_port=http_port,
                            grpc_port=None, metrics_port=None)
     with anyio.from_thread.start_blocking_portal() as portal:
         future, (server, addresses) = portal.start_task(functools.partial(serve, options))

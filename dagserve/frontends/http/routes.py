@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from ...errors import CancelledError, InvalidInputError, ModelNotFoundError
+from ...errors import InvalidInputError, ModelNotFoundError, RequestCancelledError
 from ...limits import Limits
 from ...types import InferResponse
 from ..generate import SSEResponse, generate_request, generate_response
@@ -83,7 +83,7 @@ async def _json_body(request: Request, limit: int, limits: Limits) -> dict[str, 
     try:
         body = await request.body()
     except ClientDisconnect:
-        raise CancelledError("the client disconnected before sending its request body") from None
+        raise RequestCancelledError("the client disconnected before sending its request body") from None
     encoding = request.headers.get("content-encoding")
     if encoding:
         body = decompress_body(body, encoding, limit)
