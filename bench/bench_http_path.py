@@ -127,5 +127,10 @@ async def main(n: int, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 20000, sys.argv[2] if len(sys.argv) > 2 else "own",
-              backend_options={"use_uvloop": True})
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("requests", nargs="?", type=int, default=20000, help="requests to time (default 20000)")
+    parser.add_argument("server", nargs="?", default="own", help="own (dagserve's server) or uvicorn (default own)")
+    args = parser.parse_args()
+    anyio.run(main, args.requests, args.server, backend_options={"use_uvloop": True})
