@@ -12,13 +12,13 @@ sending. Cancelling a call cancels it on the wire.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import numpy as np
 
+from .. import tensor_bytes
 from ..errors import (
     DagserveError,
     InvalidInputError,
@@ -46,34 +46,20 @@ def client_for(url: str, settings: RemoteConfig) -> Any:
 
 
 # -- tensors on the wire -----------------------------------------------------------------------
-def _raw(array: np.ndarray, datatype: DataType) -> bytes:
-    if datatype is DataType.BYTES:
-        parts = []
-        for item in np.asarray(array, dtype=np.object_).reshape(-1):
-            data = item if isinstance(item, bytes) else str(item).encode()
-            parts.append(struct.pack("<I", len(data)))
-            parts.append(data)
-        return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
+def _raw(array: np.ndarray, datatype: DataType, name: str) -> bytes:
+    return bytes(tensor_bytes.encode(array, datatype, name=name, copy=True))
 
 
 def _from_raw(data: bytes | memoryview, datatype: DataType, shape: Sequence[int], name: str) -> np.ndarray:
-    if datatype is DataType.BYTES:
-        items: list[bytes] = []
-        view, offset = memoryview(data), 0
-        while offset < len(view):
-            (size,) = struct.unpack_from("<I", view, offset)
-            items.append(bytes(view[offset + 4:offset + 4 + size]))
-            offset += 4 + size
-        array = np.empty(len(items), dtype=np.object_)
-        array[:] = items
-        return array.reshape(shape)
-    dtype = np.dtype(np.uint16) if datatype is DataType.BF16 else datatype.numpy_dtype
+    """A remote output from its wire bytes; malformed data is the remote's failure (500)."""
+    dims = tuple(int(d) for d in shape)
+    count = 1
+    for d in dims:
+        count *= d
     try:
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
-    except ValueError:
-        raise ModelExecutionError(f"remote output '{name}': {len(data)} bytes do not make a {datatype.value} "
-                                  f"tensor of shape {list(shape)}") from None
+        return tensor_bytes.decode(data, datatype, dims, count, name=name)
+    except InvalidInputError as exc:
+        raise ModelExecutionError(f"remote output '{name}': {exc}") from None
 
 
 def _datatype(request: InferRequest, name: str) -> DataType:
@@ -128,7 +114,7 @@ class _HttpClient:
             datatype = _datatype(request, name)
             entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": list(array.shape)}
             if binary:
-                blob = _raw(array, datatype)
+                blob = _raw(array, datatype, name)
                 entry["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:
@@ -303,7 +289,7 @@ class _GrpcClient:
             tensor = message.inputs.add()
             tensor.name, tensor.datatype = name, datatype.value
             tensor.shape.extend(array.shape)
-            message.raw_input_contents.append(_raw(array, datatype))
+            message.raw_input_contents.append(_raw(array, datatype, name))
         for name in wanted:
             message.outputs.add().name = name
         for key, value in _forwarded_parameters(request, remaining).items():
