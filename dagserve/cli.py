@@ -20,6 +20,8 @@ import anyio.abc
 
 from . import cli_security
 from ._version import __version__
+from .cli_security import env as _env
+from .cli_security import parse_bool as _bool
 from .drawing import FORMATS
 from .engine import ServerOptions
 from .errors import ConfigError, DagserveError
@@ -35,10 +37,6 @@ from .frontends.runner import (
 __all__ = ["main"]
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get("DAGSERVE_" + name.upper().replace("-", "_"), default)
-
-
 def _port(value: str) -> int | None:
     try:
         port = int(value)
@@ -52,14 +50,6 @@ def _port(value: str) -> int | None:
 
 
 _port.__name__ = "port"  # argparse names the type in its messages ("invalid port value")
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _cache_config(value: str) -> int:

@@ -20,14 +20,16 @@ from .frontends.restricted import CATEGORIES, GRPC_HEADER_PREFIX, Restrictions
 from .frontends.tls import TLSConfig
 from .limits import Limits
 
-__all__ = ["add_arguments", "serve_options", "server_options"]
+__all__ = ["add_arguments", "env", "parse_bool", "serve_options", "server_options"]
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+def env(name: str, default: str | None = None) -> str | None:
+    """The environment variable ``DAGSERVE_<NAME>`` of a flag (``--http-port`` -> ``DAGSERVE_HTTP_PORT``)."""
     return os.environ.get("DAGSERVE_" + name.upper().replace("-", "_"), default)
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
+    """An argparse type: true/false, 1/0, yes/no, on/off."""
     if value.lower() in ("1", "true", "yes", "on"):
         return True
     if value.lower() in ("0", "false", "no", "off"):
@@ -57,15 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the security flags to the ``serve`` sub-parser."""
     g = parser.add_argument_group("security (docs/security.md)")
     g.add_argument(
-        "--allow-symlinks-outside-repository", type=_bool, nargs="?", const=True,
-        default=_bool(_env("allow-symlinks-outside-repository", "false") or "false"),
+        "--allow-symlinks-outside-repository", type=parse_bool, nargs="?", const=True,
+        default=parse_bool(env("allow-symlinks-outside-repository", "false") or "false"),
         help="follow symlinks in model directories that lead outside the model repository "
              "(default false: such models are refused)",
     )
     defaults = Limits()
     for flag, text in _LIMIT_FLAGS.items():
         default = getattr(defaults, flag.replace("-", "_"))
-        g.add_argument(f"--{flag}", type=_positive, default=_positive(_env(flag, str(default)) or str(default)),
+        g.add_argument(f"--{flag}", type=_positive, default=_positive(env(flag, str(default)) or str(default)),
                        help=f"{text} (default {default}; env DAGSERVE_{flag.upper().replace('-', '_')})")
     apis = ", ".join(CATEGORIES)
     g.add_argument("--http-restricted-api", action="append", default=None, metavar="API[,API...]:HEADER=VALUE",
@@ -76,20 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(PERMISSION_DENIED otherwise); repeatable; env DAGSERVE_GRPC_RESTRICTED_PROTOCOL, ';'-separated")
     for proto in ("http", "grpc"):
         upper = proto.upper() if proto == "http" else "gRPC"
-        g.add_argument(f"--{proto}-use-ssl", type=_bool, nargs="?", const=True,
-                       default=_bool(_env(f"{proto}-use-ssl", "false") or "false"),
+        g.add_argument(f"--{proto}-use-ssl", type=parse_bool, nargs="?", const=True,
+                       default=parse_bool(env(f"{proto}-use-ssl", "false") or "false"),
                        help=f"serve {upper} over TLS (needs --{proto}-server-cert and --{proto}-server-key)")
-        g.add_argument(f"--{proto}-use-ssl-mutual", type=_bool, nargs="?", const=True,
-                       default=_bool(_env(f"{proto}-use-ssl-mutual", "false") or "false"),
+        g.add_argument(f"--{proto}-use-ssl-mutual", type=parse_bool, nargs="?", const=True,
+                       default=parse_bool(env(f"{proto}-use-ssl-mutual", "false") or "false"),
                        help=f"{upper} over TLS, and every client must present a certificate signed by "
                             f"--{proto}-root-cert")
-        g.add_argument(f"--{proto}-server-cert", type=Path, default=_env(f"{proto}-server-cert"),
+        g.add_argument(f"--{proto}-server-cert", type=Path, default=env(f"{proto}-server-cert"),
                        help=f"PEM file of the {upper} server certificate (chain)")
-        g.add_argument(f"--{proto}-server-key", type=Path, default=_env(f"{proto}-server-key"),
+        g.add_argument(f"--{proto}-server-key", type=Path, default=env(f"{proto}-server-key"),
                        help=f"PEM file of the {upper} server certificate's private key")
-        g.add_argument(f"--{proto}-root-cert", type=Path, default=_env(f"{proto}-root-cert"),
+        g.add_argument(f"--{proto}-root-cert", type=Path, default=env(f"{proto}-root-cert"),
                        help=f"PEM file of the root certificate {upper} client certificates must chain to")
-    g.add_argument("--metrics-address", default=_env("metrics-address"),
+    g.add_argument("--metrics-address", default=env("metrics-address"),
                    help="address the (plain HTTP) metrics endpoint listens on (default: --host)")
 
 
@@ -122,10 +124,10 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         _usage_error(str(exc))
 
 
-def _values(given: list[str] | None, env: str) -> list[str]:
+def _values(given: list[str] | None, flag: str) -> list[str]:
     if given is not None:
         return given
-    return [v for v in (_env(env, "") or "").split(";") if v.strip()]
+    return [v for v in (env(flag, "") or "").split(";") if v.strip()]
 
 
 def _tls(args: argparse.Namespace, proto: str) -> TLSConfig | None:
