@@ -297,3 +297,59 @@ def test_cli_allow_symlinks_flag(layout: dict[str, Path], allow: bool) -> None:
     else:
         assert "UNAVAILABLE" in link_line and "symlink" in text, text
         assert not layout["marker"].exists()
+
+
+# -- poll mode ---------------------------------------------------------------------------------
+POLL_DEADLINE = 60.0
+
+
+def _wait_for_index(running, name: str, what: str, condition) -> dict:  # type: ignore[no-untyped-def]
+    """Poll the repository index (generous deadline) until ``name``'s entry satisfies
+    ``condition`` (a directory not yet polled is listed UNAVAILABLE with reason 'unloaded')."""
+    import time
+
+    deadline = time.monotonic() + POLL_DEADLINE
+    while True:
+        entry = next((m for m in running.server.repository_index() if m["name"] == name), None)
+        if entry is not None and condition(entry):
+            return entry
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {POLL_DEADLINE} s waiting until {what}; last entry {entry}")
+        time.sleep(0.05)
+
+
+def _add_sub_answers(http: httpclient.InferenceServerClient) -> None:
+    import numpy as np
+
+    a = np.arange(4, dtype=np.float32)
+    b = np.full(4, 2.0, dtype=np.float32)
+    inputs = [httpclient.InferInput("INPUT0", [4], "FP32"), httpclient.InferInput("INPUT1", [4], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = http.infer("add_sub", inputs)
+    assert (result.as_numpy("OUTPUT0") == a + b).all()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_poll_refuses_a_symlinked_model_dir_added_later(layout: dict[str, Path], allow: bool) -> None:
+    """Poll mode: a model directory that appears in the repository as a symlink to a directory
+    outside it is reported UNAVAILABLE with a reason naming the symlink, and its model.py is
+    never imported; add_sub keeps answering. Control (``allow``): with
+    allow_symlinks_outside_repository the same change loads the model and the canary fires."""
+    with serve_in_thread(layout["repo"], grpc=False, metrics=False, model_control_mode="poll",
+                         repository_poll_secs=0.2, allow_symlinks_outside_repository=allow) as running:
+        http = httpclient.InferenceServerClient(running.http_url)
+        assert http.is_model_ready("add_sub")
+        (layout["repo"] / "link").symlink_to(layout["evil"])  # one atomic change on disk
+        if allow:
+            _wait_for_index(running, "link", "the poll loads 'link'", lambda e: e.get("state") == "READY")
+            assert layout["marker"].read_text() == "imported"
+        else:
+            entry = _wait_for_index(running, "link", "the poll reports 'link' unavailable",
+                                    lambda e: e.get("state") == "UNAVAILABLE" and e.get("reason") != "unloaded")
+            assert "symlink" in entry["reason"] and "allow-symlinks-outside-repository" in entry["reason"]
+            assert str(layout["repo"] / "link") in entry["reason"]
+            assert not http.is_model_ready("link")
+        _add_sub_answers(http)
+    if not allow:
+        assert not layout["marker"].exists()
