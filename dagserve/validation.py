@@ -4,6 +4,10 @@
 problem it can find before anything is served:
 
 * configs that do not parse (file and field), unknown backends, missing version directories;
+* confinement, as the server checks it before loading (:func:`~dagserve.repository.confine.check_source`):
+  a model directory or file that is a symlink out of the repository, a config naming a file
+  outside its directory (``default_model_filename: ../x.py``). Such a model is an error with the
+  server's message, and nothing of it is imported;
 * Python models: each served version is created once with the backend's own ``load`` (so the
   checks are the server's: the file exists, imports, and defines a model form) in a worker
   thread, then closed; modules its directory brings in are forgotten again, so one model's
@@ -40,8 +44,9 @@ from .backends._imports import forgetting_imports
 from .backends.base import Backend, instance_contexts
 from .dsl.compile import compile_config
 from .dsl.typecheck import CheckedPipeline, check_pipeline, served_config
-from .errors import ConfigError, DagserveError, UnsupportedError
+from .errors import ConfigError, DagserveError, InvalidInputError, UnsupportedError
 from .repository.config import PIPELINE_BACKENDS, ModelConfig
+from .repository.confine import check_source
 from .repository.loader import ModelSource, scan
 from .types import InferRequest, InferResponse
 
@@ -141,13 +146,17 @@ class RepositoryReport:
         )
 
 
-def validate_repository(repository: Path, *, load_models: bool = True) -> RepositoryReport:
+def validate_repository(
+    repository: Path, *, load_models: bool = True, allow_symlinks_outside: bool = False
+) -> RepositoryReport:
     """Validate every model and pipeline of ``repository`` (see the module doc).
 
     Raises:
         ConfigError: ``repository`` is not a directory. Problems of models never raise.
     """
-    return RepositoryValidator(repository, load_models=load_models).validate_all()
+    return RepositoryValidator(
+        repository, load_models=load_models, allow_symlinks_outside=allow_symlinks_outside
+    ).validate_all()
 
 
 class RepositoryValidator:
@@ -155,15 +164,17 @@ class RepositoryValidator:
 
     ``load_models=False`` skips creating Python model instances (configs, files and pipelines
     are still checked): enough to type a pipeline's tensors for ``dagserve graph``.
+    ``allow_symlinks_outside``: as the server's ``--allow-symlinks-outside-repository``.
     Not thread-safe; one checker per command.
 
     Raises (constructor):
         ConfigError: ``repository`` is not a directory.
     """
 
-    def __init__(self, repository: Path, *, load_models: bool = True) -> None:
+    def __init__(self, repository: Path, *, load_models: bool = True, allow_symlinks_outside: bool = False) -> None:
         self.repository = repository
         self.load_models = load_models
+        self.allow_symlinks_outside = allow_symlinks_outside
         self._log = _Capture()
         with self._log.capturing() as scanned:
             self._sources: dict[str, ModelSource] = scan(repository)
@@ -198,6 +209,17 @@ class RepositoryValidator:
             for text in self._scan_warnings
             if text.startswith(str(source.path) + "/")
         ]
+        if source.config is not None and not source.error:
+            try:  # security: the server's confinement, before anything of the model is opened
+                check_source(source, self.repository, allow_symlinks_outside=self.allow_symlinks_outside)
+            except InvalidInputError as exc:
+                # One finding: the message is the server's, whole (it may contain "; ").
+                findings.append(Finding(model=name, severity=Severity.ERROR, message=str(exc)))
+                self._failed[name] = {0: str(exc)}
+                report = ModelReport(name=name, kind=source.config.backend_name, versions=source.versions,
+                                     findings=tuple(findings))
+                self._reports[name] = report
+                return report
         if source.config is None or source.error:
             kind = source.config.backend_name if source.config is not None else "unknown"
             findings += _errors(name, source.error)

@@ -353,3 +353,52 @@ def test_poll_refuses_a_symlinked_model_dir_added_later(layout: dict[str, Path],
         _add_sub_answers(http)
     if not allow:
         assert not layout["marker"].exists()
+
+
+# -- dagserve validate -------------------------------------------------------------------------
+def _escape(layout: dict[str, Path], how: str) -> str:
+    """Make model ``how`` in the repository escape it; returns the model's name."""
+    repo = layout["repo"]
+    if how == "symlinked_dir":
+        (repo / how).symlink_to(layout["evil"])
+    elif how == "symlinked_file":
+        (repo / how / "1").mkdir(parents=True)
+        (repo / how / "config.pbtxt").write_text(CANARY_CONFIG)
+        (repo / how / "1" / "model.py").symlink_to(layout["outside"] / "evil.py")
+    else:  # default_model_filename climbing out of the version directory to outside/evil.py
+        (repo / how / "1").mkdir(parents=True)
+        (repo / how / "config.pbtxt").write_text(CANARY_CONFIG + 'default_model_filename: "../../../outside/evil.py"\n')
+    return how
+
+
+@pytest.mark.parametrize("how", ["symlinked_dir", "symlinked_file", "default_model_filename"])
+def test_validate_applies_confinement(layout: dict[str, Path], how: str) -> None:
+    """`dagserve validate` reports a model escaping the repository as an error with the
+    server's own message (check_source), exits 1, still checks the other models, and imports
+    nothing (the canary stays quiet)."""
+    from dagserve.repository.confine import check_source
+    from dagserve.repository.loader import read_model
+
+    name = _escape(layout, how)
+    with pytest.raises(errors.InvalidInputError) as server_said:
+        check_source(read_model(layout["repo"] / name), layout["repo"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagserve.cli", "validate", str(layout["repo"])],
+        check=False, capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"error: {name}: {server_said.value}" in proc.stdout.splitlines(), proc.stdout
+    assert "ok: add_sub" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not layout["marker"].exists()
+
+
+def test_validate_allow_symlinks_control(layout: dict[str, Path]) -> None:
+    """Control: validating with allow_symlinks_outside imports the symlinked model (the canary
+    fires), so it is the confinement check that kept `dagserve validate` from importing it."""
+    from dagserve.validation import validate_repository
+
+    name = _escape(layout, "symlinked_dir")
+    report = validate_repository(layout["repo"], allow_symlinks_outside=True)
+    assert {m.name: m.ok for m in report.models}[name] is True, report.findings
+    assert layout["marker"].read_text() == "imported"
