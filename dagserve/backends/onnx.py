@@ -196,7 +196,14 @@ def _session_options(ort: Any, config: ModelConfig, owner: str) -> Any:
     params = config.parameters
     options = ort.SessionOptions()
     graph = (config.optimization or {}).get("graph") or {}
-    level = int(graph.get("level", 0))
+    raw = graph.get("level", 0)
+    try:
+        level = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{owner}: optimization graph level must be an integer (-1 basic, 1 extended, 2 none, "
+            f"otherwise all), not {raw!r}"
+        ) from None
     levels = ort.GraphOptimizationLevel
     options.graph_optimization_level = {
         -1: levels.ORT_ENABLE_BASIC, 1: levels.ORT_ENABLE_EXTENDED, 2: levels.ORT_DISABLE_ALL
