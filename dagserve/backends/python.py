@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..repository.config import ModelConfig
+from ..repository.config import InstanceGroup, InstanceKind, ModelConfig
 from ..repository.loader import validate
 from ..types import InferRequest
 from . import pb_utils
@@ -97,6 +97,8 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
     ``TritonPythonModel.auto_complete_config(config)`` staticmethod, when it has one, gets the
     config as a ``pb_utils.ModelConfig`` and returns it completed (inputs, outputs,
     ``max_batch_size``, dynamic batching, transaction policy), as Triton calls it at load.
+    Then, with or without a hook, the defaults Triton fills after it (:func:`fill_defaults`):
+    ``preferred_batch_size`` and the instance group's ``kind``.
 
     Blocking (imports the model).
 
@@ -106,11 +108,11 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
     """
     path = version_dir / FILES.candidates(config)[0]
     if not path.is_file() or "auto_complete_config" not in path.read_text():
-        return config  # not importing a model that has no hook saves a second import
+        return fill_defaults(config)  # not importing a model that has no hook saves a second import
     module = _import(path, f"autocomplete_{config.name}")
     hook = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
     if hook is None:
-        return config
+        return fill_defaults(config)
     data = config.to_triton_json() | {"name": config.name}
     if "model_transaction_policy" not in config.model_fields_set:
         data.pop("model_transaction_policy", None)  # unset, so the hook may set it (a default is not a choice)
@@ -128,7 +130,44 @@ def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
             f"not {type(result).__name__}"
         )
     completed = validate(result.as_dict(), path=path, strict=False)
-    return completed.model_copy(update={"name": config.name, "version_policy": config.version_policy})
+    return fill_defaults(completed.model_copy(update={"name": config.name, "version_policy": config.version_policy}))
+
+
+def fill_defaults(config: ModelConfig) -> ModelConfig:
+    """What Triton's core fills into a Python model's config after its auto-complete
+    (``NormalizeModelConfig`` and ``NormalizeInstanceGroup``, with the Python backend's preferred
+    instance group):
+
+    * ``dynamic_batching`` (or ``sequence_batching.oldest``) without ``preferred_batch_size``,
+      in a model with ``max_batch_size`` > 0: ``preferred_batch_size: [max_batch_size]``.
+    * no ``instance_group``: one group named after the model, ``count: 1``; a group of
+      ``KIND_AUTO``: its kind resolved; a group without a name: ``<model>_<index>``. Triton resolves to ``KIND_GPU`` when its GPU build sees a
+      GPU; dagserve runs Python instances on the CPU (``model_instance_kind`` is ``"CPU"``), so
+      the kind filled is ``KIND_CPU``, the one the model runs with.
+
+    Pure: returns ``config`` itself when there is nothing to fill.
+    """
+    update: dict[str, Any] = {}
+    batching = config.dynamic_batching
+    if batching is not None and not batching.preferred_batch_size and config.max_batch_size > 0:
+        update["dynamic_batching"] = batching.model_copy(update={"preferred_batch_size": (config.max_batch_size,)})
+    sequence = config.sequence_batching
+    oldest = sequence.oldest if sequence is not None else None
+    if sequence is not None and oldest is not None and not oldest.preferred_batch_size and config.max_batch_size > 0:
+        update["sequence_batching"] = sequence.model_copy(
+            update={"oldest": oldest.model_copy(update={"preferred_batch_size": (config.max_batch_size,)})}
+        )
+    if not config.instance_group:
+        update["instance_group"] = (InstanceGroup(name=config.name, count=1, kind=InstanceKind.KIND_CPU),)
+    elif any(g.kind is InstanceKind.KIND_AUTO or not g.name for g in config.instance_group):
+        update["instance_group"] = tuple(
+            g.model_copy(update={
+                "name": g.name or f"{config.name}_{i}",
+                "kind": InstanceKind.KIND_CPU if g.kind is InstanceKind.KIND_AUTO else g.kind,
+            })
+            for i, g in enumerate(config.instance_group)
+        )
+    return config.model_copy(update=update) if update else config
 
 
 def _import(path: Path, label: str) -> ModuleType:
