@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_frontends import closed_loop  # the same closed-loop load as the frontends bench
 
 MODEL = '''
 import triton_python_backend_utils as pb_utils
@@ -43,24 +43,6 @@ def write_repo(root: Path) -> None:
             "inputs: [{name: X, datatype: FP32, shape: [16]}]\n"
             "outputs: [{name: Y, datatype: FP32, shape: [16]}]\n"
         )
-
-
-async def closed_loop(call, concurrency: int, seconds: float) -> float:
-    """Requests per second of ``concurrency`` loops each awaiting ``call()`` back to back."""
-    for _ in range(50):
-        await call()
-    done = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await call()
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - start)
 
 
 async def main(seconds: float) -> None:
