@@ -187,12 +187,15 @@ def classify(
         )
     rows = host.reshape(items, per_item)
     k = min(count, per_item)
-    key = rows
-    if datatype in _FLOATS:
-        key = np.where(np.isnan(rows), -np.inf, rows)
+    nan = np.isnan(rows) if datatype in _FLOATS else None
+    key = rows if nan is None else np.where(nan, -np.inf, rows)
     # Descending by value, ties in index order: a stable ascending sort of each row reversed,
     # read backwards, then mapped back to indices of the row.
     order = (per_item - 1) - np.argsort(key[:, ::-1], axis=1, kind="stable")[:, ::-1]
+    if nan is not None and nan.any():
+        # NaN sorted as -inf so far; move them after everything else, keeping the order.
+        last = np.argsort(np.take_along_axis(nan, order, axis=1), axis=1, kind="stable")
+        order = np.take_along_axis(order, last, axis=1)
     top = order[:, :k]
     values = np.take_along_axis(rows, top, axis=1)
     if datatype in _FLOATS:
