@@ -187,16 +187,7 @@ def classify(
         )
     rows = host.reshape(items, per_item)
     k = min(count, per_item)
-    nan = np.isnan(rows) if datatype in _FLOATS else None
-    key = rows if nan is None else np.where(nan, -np.inf, rows)
-    # Descending by value, ties in index order: a stable ascending sort of each row reversed,
-    # read backwards, then mapped back to indices of the row.
-    order = (per_item - 1) - np.argsort(key[:, ::-1], axis=1, kind="stable")[:, ::-1]
-    if nan is not None and nan.any():
-        # NaN sorted as -inf so far; move them after everything else, keeping the order.
-        last = np.argsort(np.take_along_axis(nan, order, axis=1), axis=1, kind="stable")
-        order = np.take_along_axis(order, last, axis=1)
-    top = order[:, :k]
+    top = _top_indices(rows, k, floats=datatype in _FLOATS)
     values = np.take_along_axis(rows, top, axis=1)
     if datatype in _FLOATS:
         texts = [f"{v:f}" for v in values.astype(np.float64).ravel().tolist()]
@@ -208,3 +199,26 @@ def classify(
         label = labels[index] if index < n_labels else ""
         out[i] = f"{text}:{index}:{label}".encode() if label else f"{text}:{index}".encode()
     return out.reshape((items, k) if batched and host.ndim > 0 else (k,))
+
+
+def _top_indices(rows: np.ndarray, k: int, *, floats: bool) -> np.ndarray:
+    """Per row, the indices of the ``k`` largest values: largest first, equal values in index
+    order, NaN after every number. ``k`` is at most the row length."""
+    # An ascending key for a descending order: -x for floats (NaN stays NaN, which numpy
+    # sorts last), ~x for integers (exact, without the overflow of -x at the type's minimum).
+    desc = -rows if floats else ~rows
+    if k == 0:
+        return np.zeros((rows.shape[0], 0), dtype=np.intp)
+    if 4 * k >= rows.shape[1]:
+        return np.argsort(desc, axis=1, kind="stable")[:, :k]
+    # Few of many (1000 classes, top 5): partition, then order only the k chosen. The choice
+    # among values equal to the k-th is arbitrary, so a row where such a tie crosses the cut
+    # (or the k-th is NaN) is sorted whole instead.
+    chosen = np.argpartition(desc, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(desc, chosen, axis=1)
+    cut = values.max(axis=1, keepdims=True)
+    exact = (desc <= cut).sum(axis=1) == k
+    order = np.take_along_axis(chosen, np.lexsort((chosen, values), axis=1), axis=1)
+    for row in np.flatnonzero(~exact).tolist():
+        order[row] = np.argsort(desc[row], kind="stable")[:k]
+    return order

@@ -53,6 +53,23 @@ def test_ties_keep_index_order_and_nan_ranks_last() -> None:
     ]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.uint64, np.int64])
+def test_top_k_matches_a_full_sort_with_ties_and_nan(dtype: type) -> None:
+    """Against a plain sort by (value descending, index ascending, NaN last), on random rows
+    full of ties, for small and large k (the partition path and the full sort)."""
+    rng = np.random.default_rng(7)
+    datatype = DataType.from_numpy(np.dtype(dtype))
+    for _ in range(30):
+        rows = rng.integers(0, 6, size=(5, 40)).astype(dtype)
+        if datatype in (DataType.FP32, DataType.FP64):
+            rows[rng.random(rows.shape) < 0.1] = np.nan
+        for k in (1, 3, 9, 40):
+            got = classify(rows, datatype, k, batched=True)
+            for row, result in zip(rows.tolist(), got.tolist()):
+                ranked = sorted(range(len(row)), key=lambda i: (row[i] != row[i], -row[i] if row[i] == row[i] else 0, i))
+                assert [int(v.split(b":")[1]) for v in result] == ranked[:k]
+
+
 def test_batched_items_flatten_every_dimension_after_the_batch() -> None:
     """A batched [2, 2, 3] output: each item's 6 elements, flat indices; shape [2, k]."""
     x = np.arange(12, dtype=np.int64).reshape(2, 2, 3)
@@ -146,3 +163,23 @@ def test_label_filename_loads_on_outputs_and_is_refused_on_inputs() -> None:
             "backend: python\ninputs: [{name: X, datatype: FP32, shape: [1], label_filename: l.txt}]\n",
             path=Path("m/config.yaml"), name="m",
         )
+
+
+def test_validate_cli_reports_a_missing_labels_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dagserve validate` reads the labels files as the server does: a missing one exits 1
+    naming the model, the output and the file."""
+    from dagserve.cli import main
+
+    model = tmp_path / "clf"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text("def infer(inputs):\n    return {'Y': inputs['X']}\n")
+    (model / "config.yaml").write_text(
+        "backend: python\ninputs: [{name: X, datatype: FP32, shape: [3]}]\n"
+        "outputs: [{name: Y, datatype: FP32, shape: [3], label_filename: labels.txt}]\n"
+    )
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert "model 'clf': output 'Y' label_filename:" in out.out + out.err
+    assert "labels.txt does not exist" in out.out + out.err
+    (model / "labels.txt").write_text("a\nb\nc\n")
+    assert main(["validate", str(tmp_path)]) == 0
