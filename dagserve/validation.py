@@ -8,6 +8,7 @@ problem it can find before anything is served:
   a model directory or file that is a symlink out of the repository, a config naming a file
   outside its directory (``default_model_filename: ../x.py``). Such a model is an error with the
   server's message, and nothing of it is imported;
+* the class labels files (``label_filename``), read as the server reads them at load;
 * Python models: each served version is created once with the backend's own ``load`` (so the
   checks are the server's: the file exists, imports, and defines a model form) in a worker
   thread, then closed; modules its directory brings in are forgotten again, so one model's
@@ -47,6 +48,7 @@ from .dsl.typecheck import CheckedPipeline, check_pipeline, served_config
 from .errors import ConfigError, DagserveError, InvalidInputError, UnsupportedError
 from .repository.config import PIPELINE_BACKENDS, ModelConfig
 from .repository.confine import check_source
+from .repository.labels import load_labels
 from .repository.loader import ModelSource, scan
 from .types import InferRequest, InferResponse
 
@@ -220,6 +222,12 @@ class RepositoryValidator:
                                      findings=tuple(findings))
                 self._reports[name] = report
                 return report
+            try:  # the labels files of the classification extension, read as the server reads them
+                load_labels(source.config, source.path, owner=f"model '{name}'",
+                            allow_symlinks_outside=self.allow_symlinks_outside)
+            except ConfigError as exc:
+                findings.append(Finding(model=name, severity=Severity.ERROR, message=str(exc)))
+                self._failed[name] = {0: str(exc)}
         if source.config is None or source.error:
             kind = source.config.backend_name if source.config is not None else "unknown"
             findings += _errors(name, source.error)

@@ -64,6 +64,19 @@ def test_iris_chain_labels_each_flower(client: httpclient.InferenceServerClient)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_iris_probabilities_as_top_classes(client: httpclient.InferenceServerClient) -> None:
+    """The classification extension on the pipeline's PROBS (labels from iris_logreg's
+    label_filename): the two most probable species of each flower, best first."""
+    flowers = np.array([[5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]], dtype=np.float32)
+    result = client.infer("iris", [tensor("FEATURES", flowers, "FP32")],
+                          outputs=[httpclient.InferRequestedOutput("PROBS", binary_data=False, class_count=2)])
+    top = result.as_numpy("PROBS")  # JSON BYTES: tritonclient gives str elements
+    assert top.shape == (2, 2)
+    assert [[v.split(":", 1)[1] for v in row] for row in top.tolist()] == [
+        ["0:setosa", "1:versicolor"], ["2:virginica", "1:versicolor"]]
+    assert float(top[0][0].split(":")[0]) == pytest.approx(0.9847, abs=1e-3)
+
+
 def test_anomaly_converts_and_reports_only_when_asked(client: httpclient.InferenceServerClient) -> None:
     """Fahrenheit readings are converted only with unit=F, and REPORT exists only for a window
     with an outlier."""

@@ -18,6 +18,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskStatus
 
+from .. import classification
 from ..backends.base import Outputs
 from ..errors import (
     DagserveError,
@@ -81,8 +82,17 @@ class ModelVersion:
     """A model version the server serves, from loading to unloading."""
 
     def __init__(
-        self, *, name: str, version: int, config: ModelConfig, platform: str, cache: ResponseCache | None = None
+        self,
+        *,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        platform: str,
+        cache: ResponseCache | None = None,
+        labels: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
+        """``labels``: class labels of outputs, for the classification extension
+        (:mod:`dagserve.classification`), read from the config's ``label_filename``s."""
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -103,6 +113,7 @@ class ModelVersion:
             (n, spec.datatype, spec.full_shape(config.batching), spec.optional) for n, spec in self._inputs.items()
         )
         self._output_checks = {n: (spec.datatype, spec.full_shape(config.batching)) for n, spec in self._outputs.items()}
+        self.labels: Mapping[str, tuple[str, ...]] = dict(labels or {})
         self._batching = config.batching
         self._max_batch = config.max_batch_size
         self._runner: Runner | None = None
@@ -284,11 +295,18 @@ class ModelVersion:
                 raise ModelNotReadyError(f"{self._owner} version {self.version} is not ready: {why}")
 
     def _response(self, request: InferRequest, outputs: Mapping[str, np.ndarray], final: bool = True) -> InferResponse:
+        datatypes: Mapping[str, DataType] = self._datatypes
+        counts = classification.requested_counts(request) if request.outputs else None
+        if counts:
+            # Classification replaces the outputs asked for that way (validate() checked them).
+            outputs, datatypes = classification.apply(
+                counts, outputs, datatypes, batched=self._batching, labels=self.labels
+            )
         return InferResponse(
             model_name=self.name,
             model_version=self.version_str,
             outputs=outputs,
-            datatypes=self._datatypes,
+            datatypes=datatypes,
             id=request.id,
             final=final,
         )
@@ -354,8 +372,10 @@ class ModelVersion:
             sender.send(exc, final=True)
 
     def validate(self, request: InferRequest) -> int:
-        """Check the request's tensors against the config and its reserved parameters
-        (:mod:`.parameters`); return its batch size (1 when the model does not batch).
+        """Check the request's tensors against the config, its reserved parameters
+        (:mod:`.parameters`) and its requested outputs' parameters (only known ones; a usable
+        ``classification``: :mod:`dagserve.classification`); return its batch size (1 when
+        the model does not batch).
 
         Raises:
             InvalidInputError: naming the model and the offending tensor or parameter.
@@ -411,6 +431,10 @@ class ModelVersion:
                     raise InvalidInputError(
                         f"{self._owner} has no output '{requested.name}' "
                         f"(its outputs: {', '.join(self._outputs) or 'none'})"
+                    )
+                if requested.parameters:
+                    classification.check_output_parameters(
+                        self._owner, requested.name, requested.parameters, self._datatypes[requested.name]
                     )
         return batch or 1
 

@@ -23,7 +23,7 @@ each request (:mod:`.pipeline_runner` states how):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from ..backends.base import Outputs
 from ..dsl.compile import compile_config, member_names
-from ..dsl.plan import build_plan
+from ..dsl.plan import Plan, build_plan
 from ..dsl.spec import PipelineSpec
 from ..dsl.typecheck import check_pipeline, output_config, served_config
 from ..errors import DagserveError, ModelNotFoundError, ModelNotReadyError
@@ -99,6 +99,34 @@ def _member_config(server: Members, model: str, version: int) -> ModelConfig:
             f"model '{model}' version {found.version} is not ready: {found.reason or found.state.value}"
         )
     return found.config
+
+
+def _inherited_labels(server: Members, plan: Plan) -> dict[str, tuple[str, ...]]:
+    """The class labels each pipeline output takes from the step output it is (as Triton's
+    ensembles take their members' labels for outputs without a ``label_filename`` of their
+    own): an output read from one step output of a member with labels for it; one joined
+    from several (a switch) only when they all have the same labels."""
+    producers = {slot: (step, name) for step in plan.steps for name, slot in step.outputs}
+    found: dict[str, tuple[str, ...]] = {}
+    for output, wire in plan.outputs.items():
+        candidates: set[tuple[str, ...]] = set()
+        for candidate in wire.candidates:
+            producer = producers.get(candidate.slot)
+            if producer is None:  # a pipeline input passed through
+                candidates.add(())
+                continue
+            step, name = producer
+            try:
+                member = server.get_version(step.model, step.version)
+            except DagserveError:
+                candidates.add(())
+                continue
+            candidates.add(tuple(member.labels.get(name, ())))
+        if len(candidates) == 1:
+            (labels,) = candidates
+            if labels:
+                found[output] = labels
+    return found
 
 
 def pipeline_source(spec: PipelineSpec) -> ModelSource:
@@ -241,9 +269,11 @@ async def pipeline_version(
     """
     runner: PipelineRunner | None = None
     failure: Exception | None = None
+    labels: Mapping[str, tuple[str, ...]] = kwargs.pop("labels", None) or {}
     try:
         runner = await load_pipeline(server, source, config, spec)
         config = runner.config
+        labels = {**_inherited_labels(server, runner.plan), **labels}
     except Exception as exc:  # noqa: BLE001 - reported through the version's state and reason
         failure = exc
     def member_problem(model: str, version: str) -> str:
@@ -254,7 +284,8 @@ async def pipeline_version(
         return "" if found.ready else f"model '{model}' is not ready" + (f": {found.reason}" if found.reason else "")
 
     version = PipelineVersion(
-        name=source.name, version=number, config=config, runner=runner, member_problem=member_problem, **kwargs
+        name=source.name, version=number, config=config, runner=runner, member_problem=member_problem,
+        labels=labels, **kwargs,
     )
 
     async def load() -> PipelineRunner:

@@ -46,6 +46,7 @@ from ..errors import (
 from ..limits import Limits
 from ..repository import confine
 from ..repository.config import ModelConfig
+from ..repository.labels import load_labels
 from ..repository.loader import (
     ModelSource,
     fingerprint,
@@ -74,6 +75,7 @@ log = logging.getLogger("dagserve.engine")
 
 EXTENSIONS = (
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "model_repository",
     "model_repository(unload_dependents)",
@@ -258,6 +260,17 @@ class Server:
                 log.error("model '%s' cannot load: %s", source.name, exc)
                 return
         platform = config.platform or config.backend_name
+        labels: Mapping[str, tuple[str, ...]] = {}
+        if any(output.label_filename for output in config.output):
+            try:
+                labels = await anyio.to_thread.run_sync(functools.partial(
+                    load_labels, config, source.path, owner=f"model '{source.name}'",
+                    allow_symlinks_outside=self.options.allow_symlinks_outside_repository,
+                ))
+            except DagserveError as exc:
+                entry.error = str(exc)
+                log.error("model '%s' cannot load: %s", source.name, exc)
+                return
         assert self._tg is not None
         for number in source.versions:
             version: ModelVersion
@@ -266,11 +279,13 @@ class Server:
                 from .pipeline import pipeline_version
 
                 version, load = await pipeline_version(
-                    self, source, config, number=number, spec=spec, platform=platform, cache=self.cache
+                    self, source, config, number=number, spec=spec, platform=platform, cache=self.cache,
+                    labels=labels,
                 )
             else:
                 version = ModelVersion(
-                    name=source.name, version=number, config=config, platform=platform, cache=self.cache
+                    name=source.name, version=number, config=config, platform=platform, cache=self.cache,
+                    labels=labels,
                 )
                 load = functools.partial(self._load_instances, source, config, number, backend)
             entry.versions[number] = version

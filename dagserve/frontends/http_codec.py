@@ -292,8 +292,6 @@ def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
             raise InvalidInputError(f"output '{name}': 'parameters' must be a JSON object")
         if params and any(key in params for key in _SHM_KEYS):
             raise UnsupportedError(f"output '{name}': shared memory is not supported")
-        if "classification" in params:
-            raise UnsupportedError(f"output '{name}': the classification extension is not supported")
         binary = params.get("binary_data")
         if binary is not None and type(binary) is not bool:
             raise InvalidInputError(f"output '{name}': binary_data must be true or false")

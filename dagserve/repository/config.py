@@ -10,10 +10,9 @@ One schema serves both forms a model may be configured in:
 
 Every object is frozen; unknown keys are errors (``extra="forbid"``), so a typo is reported with
 the file and the field path instead of being silently ignored. Every field of Triton's schema
-is declared; the few whose behaviour dagserve does not implement (``label_filename``,
-``allow_ragged_batch``, ``rate_limiter``, ...) accept only their default, and any other value
-fails the load with the field's path and "not supported by dagserve: <why>", never a silent
-no-op.
+is declared; the few whose behaviour dagserve does not implement (``allow_ragged_batch``,
+``rate_limiter``, ...) accept only their default, and any other value fails the load with the
+field's path and "not supported by dagserve: <why>", never a silent no-op.
 """
 
 from __future__ import annotations
@@ -111,10 +110,9 @@ class TensorConfig(_Frozen):
     )] = False
     is_shape_tensor: Annotated[bool, _unsupported(f"shape tensors are {_TENSORRT_ONLY}")] = False
     is_non_linear_format_io: Annotated[bool, _unsupported(f"non-linear I/O formats are {_TENSORRT_ONLY}")] = False
-    label_filename: Annotated[str, _unsupported(
-        "class labels belong to the classification extension, which is not implemented yet; remove it "
-        "and return labels from the model"
-    )] = ""
+    # An output's class labels, one per line, in a file of the model directory (Triton's
+    # classification extension, dagserve.classification); an input has none.
+    label_filename: str = ""
     format: str = "FORMAT_NONE"  # informational in Triton too (the image client reads it)
 
     _datatype = field_validator("data_type", mode="before")(_parse_datatype)
@@ -394,6 +392,16 @@ class ModelConfig(_Frozen):
                 if t.name in seen:
                     raise ValueError(f"{kind} '{t.name}' is declared twice")
                 seen.add(t.name)
+        return self
+
+    @model_validator(mode="after")
+    def _labels_on_outputs_only(self) -> ModelConfig:
+        for t in self.input:
+            if t.label_filename:
+                raise ValueError(
+                    f"input '{t.name}': label_filename is for outputs (class labels of the "
+                    "classification extension); remove it"
+                )
         return self
 
     @model_validator(mode="after")

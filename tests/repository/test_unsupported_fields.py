@@ -26,8 +26,6 @@ STATE = 'input_name: "SI" output_name: "SO" data_type: TYPE_FP32 dims: [ 1 ]'
 CASES = [
     ("input[0].allow_ragged_batch", f"input [ {{ {X}\n  allow_ragged_batch: true }} ]\noutput [ {{ {Y} }} ]\n", "ragged"),
     ("input[0].is_shape_tensor", f"input [ {{ {X}\n  is_shape_tensor: true }} ]\noutput [ {{ {Y} }} ]\n", "TensorRT"),
-    ("output[0].label_filename", f"input [ {{ {X} }} ]\noutput [ {{ {Y}\n  label_filename: \"labels.txt\" }} ]\n",
-     "classification"),
     ("output[0].is_non_linear_format_io",
      f"input [ {{ {X} }} ]\noutput [ {{ {Y}\n  is_non_linear_format_io: true }} ]\n", "TensorRT"),
     ("instance_group[0].rate_limiter",
@@ -152,13 +150,13 @@ def test_every_field_of_tritons_schema_is_declared() -> None:
 
 
 def test_validate_cli_reports_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`dagserve validate` on a repository with label_filename exits 1 naming the model, file, line and field."""
-    model = tmp_path / "classifier"
+    """`dagserve validate` on a repository with allow_ragged_batch exits 1 naming the model, file, line and field."""
+    model = tmp_path / "ragged"
     (model / "1").mkdir(parents=True)
     (model / "1" / "model.py").write_text("def infer(inputs):\n    return {'Y': inputs['X']}\n")
-    text = HEAD + f'input [ {{ {X} }} ]\noutput [ {{ {Y}\n  label_filename: "labels.txt" }} ]\n'
+    text = HEAD + f'input [ {{ {X}\n  allow_ragged_batch: true }} ]\noutput [ {{ {Y} }} ]\n'
     (model / "config.pbtxt").write_text(text)
     status = main(["validate", str(tmp_path)])
     out = capsys.readouterr()
     assert status == 1
-    assert "config.pbtxt:5: field 'output[0].label_filename': not supported by dagserve" in out.out + out.err
+    assert "config.pbtxt:4: field 'input[0].allow_ragged_batch': not supported by dagserve" in out.out + out.err
