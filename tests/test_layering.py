@@ -29,6 +29,7 @@ LAYERS = {
     "dagserve.limits": 1,
     "dagserve.types": 1,
     "dagserve.tensor_bytes": 1,
+    "dagserve.shared_memory": 1,  # Triton's shared-memory regions, used by both frontends' codecs
     "dagserve.errors": 0,
     "dagserve._version": 0,
     "dagserve._deprecation": 0,
