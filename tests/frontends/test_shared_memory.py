@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from dagserve.frontends.restricted import GRPC_HEADER_PREFIX, Restrictions
 from dagserve.testing import RunningServer, serve_in_thread
 
 REPO = Path(__file__).parent.parent / "repos" / "pipelines"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 PROTOCOLS = ("http", "grpc")
 GATE_TIMEOUT = 60.0
 
@@ -477,3 +480,21 @@ def test_shared_memory_apis_can_be_restricted(regions: Regions) -> None:
 def status_with(c: Any, headers: dict[str, str]) -> list[str]:
     answer = c.get_system_shared_memory_status(headers=headers)
     return [r["name"] for r in answer] if isinstance(answer, list) else list(answer.regions)
+
+
+def test_the_documented_example_runs() -> None:
+    """examples/shared_memory_client.py (docs/shared-memory.md) answers over both protocols."""
+    with serve_in_thread(
+        EXAMPLES / "pipelines", metrics=False, model_control_mode="explicit", load_models=("iris",),
+        allow_client_shm=True,
+    ) as running:
+        script = str(EXAMPLES / "shared_memory_client.py")
+        for extra in ([], ["--grpc", running.grpc_url]):
+            done = subprocess.run(
+                [sys.executable, script, "--http", running.http_url, *extra],
+                capture_output=True, text=True, timeout=120, check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.splitlines() == [
+                "[5.1 3.5 1.4 0.2] setosa 0.985", "[6.2 2.9 4.3 1.3] versicolor 0.915",
+            ]
