@@ -31,7 +31,7 @@ import enum
 import mmap
 import os
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,6 @@ __all__ = [
     "RegionKind",
     "SharedMemoryRegistry",
     "TensorRef",
-    "names_in",
     "tensor_ref",
 ]
 
@@ -465,8 +464,3 @@ def _object_name(name: str, key: str) -> str:
             f"reserved prefix '{_RESERVED_PREFIX}'"
         )
     return stripped
-
-
-def names_in(parameters: Iterable[str]) -> bool:
-    """Whether any of ``parameters`` is one of the extension's (a cheap test for the codecs)."""
-    return any(key in PARAMETERS for key in parameters)

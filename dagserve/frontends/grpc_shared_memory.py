@@ -23,6 +23,9 @@ _R = TypeVar("_R")
 
 
 def _boundary(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+    """grpc.py's ``_rpc`` for these RPCs (grpc.py imports this module, so it cannot be
+    imported from there): any exception ends the call with its status from the table."""
+
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
         try:
