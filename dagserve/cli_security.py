@@ -1,4 +1,5 @@
-"""The security flags of ``dagserve serve``: confinement, limits, restricted APIs, TLS.
+"""The security flags of ``dagserve serve``: confinement, limits, restricted APIs, TLS, client
+shared memory.
 
 Kept beside :mod:`dagserve.cli` so that the flags of one concern live together;
 ``cli.build_parser`` calls :func:`add_arguments`, and ``cli._serve`` spreads
@@ -91,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"PEM file of the {upper} server certificate's private key")
         g.add_argument(f"--{proto}-root-cert", type=Path, default=env(f"{proto}-root-cert"),
                        help=f"PEM file of the root certificate {upper} client certificates must chain to")
+    g.add_argument(
+        "--allow-client-shm", type=parse_bool, nargs="?", const=True,
+        default=parse_bool(env("allow-client-shm", "false") or "false"),
+        help="let clients register shared-memory regions (/dev/shm objects) and pass tensors through "
+             "them (Triton's flag; default false: the shared-memory APIs answer UNSUPPORTED)",
+    )
     g.add_argument("--metrics-address", default=env("metrics-address"),
                    help="address the (plain HTTP) metrics endpoint listens on (default: --host)")
 
@@ -119,6 +126,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
             "http_tls": _tls(args, "http"),
             "grpc_tls": _tls(args, "grpc"),
             "metrics_address": args.metrics_address,
+            "allow_client_shm": args.allow_client_shm,
         }
     except (ValueError, ConfigError) as exc:
         _usage_error(str(exc))

@@ -16,6 +16,8 @@ The tree::
       RequestCancelledError      the client cancelled the request
       UnsupportedError           a feature this server does not have
       AlreadyExistsError         the name is taken
+        RegionExistsError        a shared-memory region of that name is registered
+      RegionNotFoundError        no shared-memory region of that name is registered
       ConfigError                a model or pipeline configuration is invalid
       ModelExecutionError        the model's own code failed
       InternalError              a bug in dagserve
@@ -38,6 +40,8 @@ __all__ = [
     "ModelNotFoundError",
     "ModelNotReadyError",
     "OverloadedError",
+    "RegionExistsError",
+    "RegionNotFoundError",
     "RequestCancelledError",
     "RequestTimeoutError",
     "UnsupportedError",
@@ -88,6 +92,14 @@ class UnsupportedError(DagserveError):
 
 class AlreadyExistsError(DagserveError):
     """Something with that name already exists."""
+
+
+class RegionExistsError(AlreadyExistsError):
+    """A shared-memory region of that name is already registered (Triton's extension)."""
+
+
+class RegionNotFoundError(DagserveError):
+    """No shared-memory region of that name is registered (Triton's extension)."""
 
 
 class ConfigError(DagserveError):

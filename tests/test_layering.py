@@ -30,6 +30,7 @@ LAYERS = {
     "dagserve.types": 1,
     "dagserve.tensor_bytes": 1,
     "dagserve.classification": 1,
+    "dagserve.shared_memory": 1,  # Triton's shared-memory regions, used by both frontends' codecs
     "dagserve.errors": 0,
     "dagserve._version": 0,
     "dagserve._deprecation": 0,

@@ -81,6 +81,8 @@ EXTENSIONS = (
     "model_repository(unload_dependents)",
     "statistics",
     "parameters",
+    "system_shared_memory",  # served by the frontends (dagserve/shared_memory.py)
+    "cuda_shared_memory",  # the endpoints answer; registering needs GPUs (refused: UNSUPPORTED)
 )
 
 

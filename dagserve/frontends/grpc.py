@@ -26,8 +26,10 @@ from .._proto import grpc_service_pb2 as pb
 from .._proto import grpc_service_pb2_grpc as pb_grpc
 from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
 from ..errors import InvalidInputError, ModelNotFoundError, UnsupportedError
+from ..shared_memory import OutputTarget, SharedMemoryRegistry
 from ..types import InferResponse
 from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
+from .grpc_shared_memory import SharedMemoryRPCs
 from .limits import GrpcKeepalive
 from .restricted import Restrictions, grpc_interceptor
 from .status import status_for
@@ -102,7 +104,7 @@ def _unimplemented(feature: str) -> Callable[..., Any]:
     return handler
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over one :class:`~dagserve.engine.Server`.
 
     Each RPC either returns its response or aborts with a status from the error table; an
@@ -110,12 +112,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     the log).
 
     ``stopping`` is set when the server stops gracefully: a ``ModelStreamInfer`` stream then
-    ends (status OK) as soon as it has no request in flight.
+    ends (status OK) as soon as it has no request in flight. ``shared_memory`` holds the
+    registered shared-memory regions (default: a registry that allows none).
     """
 
-    def __init__(self, server: Server, stopping: anyio.Event | None = None) -> None:
+    def __init__(
+        self, server: Server, stopping: anyio.Event | None = None, shared_memory: SharedMemoryRegistry | None = None
+    ) -> None:
         self._server = server
         self._stopping = stopping or anyio.Event()
+        self._shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
 
     # -- health and metadata ----------------------------------------------------------------
     async def ServerLive(
@@ -179,11 +185,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, target: pb.ModelInferResponse | None = None
     ) -> pb.ModelInferResponse:
         """Decode, run and encode one request; raises what the codec or the engine raise."""
+        shm = self._shared_memory
         decoded = decode_infer_request(
-                request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits
-            )
+            request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits, shared_memory=shm
+        )
+        targets = shm.output_targets(decoded.outputs)
         response = await self._server.infer(request.model_name, request.model_version, decoded)
-        return encode_infer_response(response, request_id=request.id, target=target)
+        if targets:
+            shm.write_outputs(response, targets)
+        return encode_infer_response(response, request_id=request.id, target=target, in_shared_memory=targets)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -233,21 +243,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         param = request.parameters.get(_ENABLE_EMPTY_FINAL)
         empty_final_wanted = param is not None and param.bool_param
+        shm = self._shared_memory
+        targets: dict[str, OutputTarget] = {}
 
         async def emit(response: InferResponse) -> None:
             # A decoupled model's bare "no more responses" goes out only if the client asked.
             if response.final and not response.outputs and not empty_final_wanted:
                 return
             message = pb.ModelStreamInferResponse()
-            encode_infer_response(response, request_id=request.id, target=message.infer_response)
+            if targets:
+                shm.write_outputs(response, targets)
+            encode_infer_response(
+                response, request_id=request.id, target=message.infer_response, in_shared_memory=targets
+            )
             message.infer_response.parameters[_FINAL_RESPONSE].bool_param = response.final
             await send.send(message)
 
         async with send:
             try:
                 decoded = decode_infer_request(
-                    request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits
+                    request, drop_parameters=(_ENABLE_EMPTY_FINAL,), limits=self._server.options.limits,
+                    shared_memory=shm,
                 )
+                targets.update(shm.output_targets(decoded.outputs))
                 await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
             except Exception as exc:  # noqa: BLE001 - reported in-stream, the stream goes on
                 message = pb.ModelStreamInferResponse()
@@ -299,12 +317,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     # -- extensions dagserve does not offer -------------------------------------------------
-    SystemSharedMemoryStatus = _unimplemented("system shared memory")
-    SystemSharedMemoryRegister = _unimplemented("system shared memory")
-    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
-    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
-    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
-    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    # (the shared-memory RPCs come from SharedMemoryRPCs)
     TraceSetting = _unimplemented("the trace extension (use the Prometheus metrics)")
     LogSettings = _unimplemented("the logging extension (set log levels at startup)")
 
@@ -375,12 +388,15 @@ async def serve_grpc(
     tls: TLSConfig | None = None,
     keepalive: GrpcKeepalive | None = None,
     shutdown_timeout: float = 30,
+    shared_memory: SharedMemoryRegistry | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled.
 
     ``restricted`` closes API categories behind a metadata header (:mod:`.restricted`);
-    ``tls`` serves TLS, with client certificates required when ``tls.mutual`` (:mod:`.tls`).
+    ``tls`` serves TLS, with client certificates required when ``tls.mutual`` (:mod:`.tls`);
+    ``shared_memory`` is the registry of shared-memory regions, shared with the HTTP frontend
+    (default: a registry of its own that allows none).
 
     Port 0 binds a free port. Once listening, ``task_status.started(port)`` reports the bound
     port, so ``port = await tg.start(functools.partial(serve_grpc, server, ...))`` waits for
@@ -414,7 +430,9 @@ async def serve_grpc(
     interceptors = [grpc_interceptor(restricted)] if restricted else None
     grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
     stopping = anyio.Event()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server, stopping), grpc_server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(server, stopping, shared_memory), grpc_server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server, stopping), grpc_server)
     address = _address(host, port)
     try:

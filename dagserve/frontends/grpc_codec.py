@@ -12,7 +12,7 @@ elements each prefixed with their 4-byte little-endian length.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from .. import tensor_bytes
 from .._proto import grpc_service_pb2 as pb
 from ..errors import InternalError, InvalidInputError, UnsupportedError
 from ..limits import DEFAULT_LIMITS, Limits
+from ..shared_memory import SharedMemoryRegistry, TensorRef, tensor_ref
 from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
@@ -52,7 +53,7 @@ _CONTENTS_FIELD: dict[DataType, str] = {
 }
 _ALL_CONTENTS_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
 
-# Parameter names reserved by Triton's shared-memory extension, which dagserve does not offer.
+# Parameter names of Triton's shared-memory extension (refused when the caller has no registry).
 _SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
 
 
@@ -189,46 +190,78 @@ def _refuse_shared_memory(where: str, params: Iterable[str]) -> None:
 
 
 def decode_infer_request(
-    msg: pb.ModelInferRequest, *, drop_parameters: Sequence[str] = (), limits: Limits = DEFAULT_LIMITS
+    msg: pb.ModelInferRequest,
+    *,
+    drop_parameters: Sequence[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> InferRequest:
     """Decode a ``ModelInferRequest`` into an :class:`InferRequest` of numpy arrays.
 
     Every input's wire datatype is recorded in ``InferRequest.datatypes``. Request parameters
-    named in ``drop_parameters`` (ones the frontend itself consumes) are left out.
+    named in ``drop_parameters`` (ones the frontend itself consumes) are left out. An input
+    naming a ``shared_memory_region`` is read from ``shared_memory`` and has no entry in
+    ``raw_input_contents`` (as ``tritonclient`` sends it); requested outputs keep their
+    shared-memory parameters for the frontend to resolve.
 
     Raises:
         InvalidInputError: unknown datatype, duplicate input, negative dimension, element count
             or byte size not matching the shape, raw and typed contents mixed, or the number of
             raw_input_contents entries not matching the inputs, or over one of ``limits``
             (checked before any array is built).
-        UnsupportedError: the request uses shared memory.
+        UnsupportedError: the request uses shared memory and no ``shared_memory`` is given, or
+            client shared memory is not allowed.
+        RegionNotFoundError: an input names a region that is not registered.
     """
     limits.check_inputs(len(msg.inputs))  # security: limits before allocation
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    refs: dict[int, TensorRef] = {}
+    if shared_memory is not None:
+        for index, tensor in enumerate(msg.inputs):
+            if tensor.parameters:
+                ref = tensor_ref(decode_parameters(tensor.parameters), f"input '{tensor.name}'")
+                if ref is not None:
+                    refs[index] = ref
+    if raw and len(raw) != len(msg.inputs) - len(refs):
         raise InvalidInputError(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} inputs"
+            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs) - len(refs)} inputs"
+            + (" not in shared memory" if refs else "")
         )
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, DataType] = {}
+    raw_index = 0
     for index, tensor in enumerate(msg.inputs):
         name = tensor.name
         if name in inputs:
             raise InvalidInputError(f"input '{name}' appears more than once")
-        _refuse_shared_memory(f"input '{name}'", tensor.parameters)
+        if shared_memory is None:
+            _refuse_shared_memory(f"input '{name}'", tensor.parameters)
         try:
             datatype = DataType(tensor.datatype)
         except ValueError:
             raise InvalidInputError(f"input '{name}': unknown datatype '{tensor.datatype}'") from None
         shape, count = _shape_of(tensor)
         limits.check_elements(name, shape, count)
+        ref = refs.get(index)
+        if ref is not None:
+            if _has_contents(tensor):
+                raise InvalidInputError(
+                    f"unexpected 'content' provided when using shared memory for input tensor '{name}' "
+                    f"for model '{msg.model_name}'"
+                )
+            assert shared_memory is not None
+            inputs[name] = shared_memory.input_tensor(ref, datatype, shape, count, name=name, limits=limits)
+            datatypes[name] = datatype
+            continue
+        position = raw_index
+        raw_index += 1
         if raw:
             if _has_contents(tensor):
                 raise InvalidInputError(
                     f"input '{name}': has typed contents while the request uses raw_input_contents; "
                     "send every input one way"
                 )
-            array = tensor_bytes.decode(raw[index], datatype, shape, count, name=name, limits=limits)
+            array = tensor_bytes.decode(raw[position], datatype, shape, count, name=name, limits=limits)
         elif _has_contents(tensor):
             array = _from_contents(tensor, datatype, shape, count, limits)
         elif count == 0:
@@ -240,8 +273,9 @@ def decode_infer_request(
 
     outputs: tuple[RequestedOutput, ...] | None = None
     if msg.outputs:
-        for out in msg.outputs:
-            _refuse_shared_memory(f"output '{out.name}'", out.parameters)
+        if shared_memory is None:
+            for out in msg.outputs:
+                _refuse_shared_memory(f"output '{out.name}'", out.parameters)
         outputs = tuple(
             RequestedOutput(name=o.name, parameters=decode_parameters(o.parameters)) for o in msg.outputs
         )
@@ -256,12 +290,18 @@ def decode_infer_request(
 
 
 def encode_infer_response(
-    response: InferResponse, *, request_id: str = "", target: pb.ModelInferResponse | None = None
+    response: InferResponse,
+    *,
+    request_id: str = "",
+    target: pb.ModelInferResponse | None = None,
+    in_shared_memory: Container[str] = (),
 ) -> pb.ModelInferResponse:
     """Encode an :class:`InferResponse` as a ``ModelInferResponse`` with raw output contents.
 
     The response id falls back to ``request_id`` when the engine left it empty. ``target``
-    (e.g. the ``infer_response`` of a stream message) is filled in place when given.
+    (e.g. the ``infer_response`` of a stream message) is filled in place when given. Outputs
+    named in ``in_shared_memory`` have been written to their regions: they get an empty
+    ``raw_output_contents`` entry, as Triton answers.
 
     Raises:
         InternalError: an output's dtype contradicts its declared datatype, or a parameter
@@ -281,5 +321,8 @@ def encode_infer_response(
             except ValueError as exc:
                 raise InternalError(f"output '{name}': {exc}") from None
         msg.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
-        msg.raw_output_contents.append(tensor_to_raw(array, datatype, name=name))
+        if name in in_shared_memory:
+            msg.raw_output_contents.append(b"")
+        else:
+            msg.raw_output_contents.append(tensor_to_raw(array, datatype, name=name))
     return msg

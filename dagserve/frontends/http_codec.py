@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from .. import tensor_bytes
 from ..errors import InvalidInputError, UnsupportedError
 from ..limits import DEFAULT_LIMITS, Limits
+from ..shared_memory import SharedMemoryRegistry, tensor_ref
 from ..types import DataType, InferRequest, InferResponse, RequestedOutput, check_shape, to_host
 
 __all__ = [
@@ -103,18 +104,28 @@ def decompress_body(body: bytes, encoding: str, limit: int) -> bytes:
     raise InvalidInputError(f"request body is not valid {encoding} data: {last_error}")
 
 
-def decode_infer_request(header: bytes, binary: memoryview, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
+def decode_infer_request(
+    header: bytes,
+    binary: memoryview,
+    limits: Limits = DEFAULT_LIMITS,
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> InferRequest:
     """Decode an inference request from its JSON ``header`` and the ``binary`` bytes after it.
 
     Every input array is read-only: binary inputs are views into ``binary`` (no copy); JSON
     inputs are built from their ``data`` only after the element count is checked against the
-    shape, so a forged shape never causes a large allocation.
+    shape, so a forged shape never causes a large allocation. An input naming a
+    ``shared_memory_region`` is read from ``shared_memory`` (a view of the region); requested
+    outputs keep their shared-memory parameters for the frontend to resolve
+    (:meth:`SharedMemoryRegistry.output_targets`).
 
     Raises:
         InvalidInputError: malformed JSON, wrong field types, counts or sizes that don't add up,
             or over one of ``limits`` (checked before parsing or allocating); the message names
             the field or input at fault.
-        UnsupportedError: the request uses shared memory.
+        UnsupportedError: the request uses shared memory and no ``shared_memory`` is given, or
+            client shared memory is not allowed.
+        RegionNotFoundError: an input names a region that is not registered.
     """
     limits.check_json(header, "inference request")  # security: limits before allocation
     try:
@@ -162,7 +173,16 @@ def decode_infer_request(header: bytes, binary: memoryview, limits: Limits = DEF
             raise InvalidInputError(f"input '{name}': 'parameters' must be a JSON object")
         size = input_params.get("binary_data_size")
         if len(input_params) > (size is not None) and any(key in input_params for key in _SHM_KEYS):
-            raise UnsupportedError(f"input '{name}': shared memory is not supported")
+            if shared_memory is None:
+                raise UnsupportedError(f"input '{name}': shared memory is not supported")
+            ref = tensor_ref(input_params, f"input '{name}'")
+            if ref is not None:
+                _one_source(name, "data" in raw, size is not None)
+                array = shared_memory.input_tensor(ref, dt, shape, count, name=name, limits=limits)
+                inputs[name] = array
+                if dt is DataType.BF16:
+                    datatypes[name] = dt
+                continue
         if size is not None:
             if "data" in raw:
                 raise InvalidInputError(f"input '{name}' has both 'data' and binary_data_size")
@@ -191,7 +211,7 @@ def decode_infer_request(header: bytes, binary: memoryview, limits: Limits = DEF
             "binary_data_size accounts for"
         )
 
-    outputs = _requested_outputs(doc.get("outputs"))
+    outputs = _requested_outputs(doc.get("outputs"), shared_memory is not None)
     return InferRequest(
         inputs=inputs, id=request_id, datatypes=datatypes, parameters=parameters, outputs=outputs
     )
@@ -271,7 +291,18 @@ def _shape(value: Any, name: str) -> tuple[tuple[int, ...], int]:
     return check_shape(value, name)
 
 
-def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
+def _one_source(name: str, has_data: bool, has_binary: bool) -> None:
+    """An input in shared memory has no other data (Triton's message)."""
+    if has_data or has_binary:
+        given = " 'data'" if has_data else ""
+        given += " 'binary_data_size'" if has_binary else ""
+        raise InvalidInputError(
+            f"input '{name}': Input must set only one of the following fields: 'data', 'binary_data_size' in "
+            f"'parameters', 'shared_memory_region' in 'parameters'. But set{given} 'shared_memory_region'"
+        )
+
+
+def _requested_outputs(value: Any, shared_memory: bool = False) -> tuple[RequestedOutput, ...] | None:
     if value is None:
         return None
     if type(value) is not list:
@@ -290,7 +321,7 @@ def _requested_outputs(value: Any) -> tuple[RequestedOutput, ...] | None:
             params = {}
         elif type(params) is not dict:
             raise InvalidInputError(f"output '{name}': 'parameters' must be a JSON object")
-        if params and any(key in params for key in _SHM_KEYS):
+        if params and not shared_memory and any(key in params for key in _SHM_KEYS):
             raise UnsupportedError(f"output '{name}': shared memory is not supported")
         binary = params.get("binary_data")
         if binary is not None and type(binary) is not bool:
@@ -375,8 +406,13 @@ def _from_json(
 # -------------------------------------------------------------------------- response side
 
 
-def encode_infer_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+def encode_infer_response(
+    response: InferResponse, request: InferRequest, in_shared_memory: Container[str] = ()
+) -> tuple[bytes, int | None]:
     """Encode ``response`` to a body for the client that sent ``request``.
+
+    Outputs named in ``in_shared_memory`` have been written to their regions: they are
+    described (name, datatype, shape) without data, as Triton answers.
 
     Returns the body and, when any output went binary, the JSON header's length (the value
     of the ``Inference-Header-Content-Length`` response header); ``None`` for a pure JSON body.
@@ -407,6 +443,10 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
             # absent from the response, as on gRPC and as Triton answers. The engine has
             # already refused requests for outputs a model does not declare, and a model
             # that fails to return a required one.
+            continue
+        if name in in_shared_memory:
+            dt = response.datatypes.get(name) or DataType.from_numpy(array.dtype)
+            out_json.append({"name": name, "datatype": dt.value, "shape": list(array.shape)})
             continue
         array = to_host(array)  # a GPU tensor is copied to host here, at the edge
         dt = response.datatypes.get(name) or DataType.from_numpy(array.dtype)

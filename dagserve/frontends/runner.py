@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._deprecation import renamed
 from ..engine import Server, ServerOptions
+from ..shared_memory import SharedMemoryRegistry
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
@@ -44,7 +45,8 @@ class FrontendOptions:
     header, ``*_tls`` serve TLS, ``metrics_address`` binds the plain metrics port elsewhere
     than ``host`` (e.g. a private interface). ``exit_timeout_secs`` bounds the wait for requests in flight on a graceful stop
     (Triton's ``--exit-timeout-secs``); ``http_limits`` and ``grpc_keepalive`` bound slow and
-    idle clients."""
+    idle clients. ``allow_client_shm`` lets clients register and use shared-memory regions
+    (Triton's ``--allow-client-shm``; off by default, as Triton's)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -61,6 +63,7 @@ class FrontendOptions:
     exit_timeout_secs: float = DEFAULT_EXIT_TIMEOUT_SECS
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
+    allow_client_shm: bool = False
 
     def __post_init__(self) -> None:
         if self.exit_timeout_secs < 0:
@@ -111,20 +114,30 @@ async def _serve(
         async with Server(options.server) as server:
             if setup is not None:
                 await setup(server) if _is_async(setup) else setup(server)
-            async with anyio.create_task_group() as frontends:
-                addresses = await _start_frontends(frontends, server, options)
-                # From here the stop is ours to run: the caller's cancellation only sets `stop`.
-                scope.shield = True
-                task_status.started((server, addresses))
-                await stop.wait()
-                log.info("stopping: not ready; draining requests in flight (at most %gs)", options.exit_timeout_secs)
-                server.begin_drain()
-                started = anyio.current_time()
-                frontends.cancel_scope.cancel()  # each frontend drains, then returns
+            # One registry for both protocols (a region registered over HTTP serves gRPC
+            # requests), emptied once the frontends have drained.
+            shared_memory = SharedMemoryRegistry(allow_client_shm=options.allow_client_shm)
+            try:
+                async with anyio.create_task_group() as frontends:
+                    addresses = await _start_frontends(frontends, server, options, shared_memory)
+                    # From here the stop is ours to run: the caller's cancellation only sets `stop`.
+                    scope.shield = True
+                    task_status.started((server, addresses))
+                    await stop.wait()
+                    log.info(
+                        "stopping: not ready; draining requests in flight (at most %gs)", options.exit_timeout_secs
+                    )
+                    server.begin_drain()
+                    started = anyio.current_time()
+                    frontends.cancel_scope.cancel()  # each frontend drains, then returns
+            finally:
+                shared_memory.close()
             log.info("drained in %.2fs; unloading models", anyio.current_time() - started)
 
 
-async def _start_frontends(tg: TaskGroup, server: Server, options: FrontendOptions) -> Addresses:
+async def _start_frontends(
+    tg: TaskGroup, server: Server, options: FrontendOptions, shared_memory: SharedMemoryRegistry
+) -> Addresses:
     timeout = options.exit_timeout_secs
     http = grpc = metrics = None
     if options.http_port is not None:
@@ -133,7 +146,7 @@ async def _start_frontends(tg: TaskGroup, server: Server, options: FrontendOptio
         port = await tg.start(functools.partial(
             serve_http, server, host=options.host, port=options.http_port,
             max_body_size=options.http_max_body_size, shutdown_timeout=timeout, limits=options.http_limits,
-            restricted=options.http_restricted, tls=options.http_tls,
+            restricted=options.http_restricted, tls=options.http_tls, shared_memory=shared_memory,
         ))
         http = _address(options.host, port)
     if options.grpc_port is not None:
@@ -143,6 +156,7 @@ async def _start_frontends(tg: TaskGroup, server: Server, options: FrontendOptio
             serve_grpc, server, host=options.host, port=options.grpc_port,
             max_message_size=options.grpc_max_message_size, keepalive=options.grpc_keepalive,
             shutdown_timeout=timeout, restricted=options.grpc_restricted, tls=options.grpc_tls,
+            shared_memory=shared_memory,
         ))
         grpc = _address(options.host, port)
     if options.metrics_port is not None:

@@ -30,6 +30,10 @@ class Status:
 
 _TABLE: tuple[tuple[type[BaseException], int, grpc.StatusCode], ...] = (
     (errors.ModelNotFoundError, 404, grpc.StatusCode.NOT_FOUND),
+    (errors.RegionNotFoundError, 404, grpc.StatusCode.NOT_FOUND),
+    # Triton answers a region registered twice with 400 over HTTP (every code it has no
+    # HTTP status for is 400) and ALREADY_EXISTS over gRPC; clients see the same here.
+    (errors.RegionExistsError, 400, grpc.StatusCode.ALREADY_EXISTS),
     (errors.InvalidInputError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ConfigError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelNotReadyError, 503, grpc.StatusCode.UNAVAILABLE),

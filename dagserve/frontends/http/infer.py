@@ -13,6 +13,7 @@ import zlib
 from typing import TYPE_CHECKING
 
 from ...errors import InvalidInputError
+from ...shared_memory import SharedMemoryRegistry
 from ..http_codec import decode_infer_request, decode_raw_request, decompress_body, encode_infer_response
 from ..restricted import Restrictions, http_forbidden
 from .replies import JSON, Reply, error_reply
@@ -35,11 +36,18 @@ class InferCore:
     The server reads the body (bounded by its limit) and frames the :class:`~.replies.Reply`.
     """
 
-    __slots__ = ("_restricted", "_server", "limit")
+    __slots__ = ("_restricted", "_server", "_shared_memory", "limit")
 
-    def __init__(self, server: Server, max_body_size: int, restricted: Restrictions | None = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        max_body_size: int,
+        restricted: Restrictions | None = None,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ) -> None:
         self._server = server
         self._restricted = restricted or None  # security: inference behind a header
+        self._shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self.limit = max_body_size
         """Largest request body accepted once decompressed, in bytes (the server bounds it
         as sent)."""
@@ -84,8 +92,9 @@ class InferCore:
         try:
             if content_encoding is not None:
                 body = decompress_body(body, content_encoding.decode("latin-1"), self.limit)
+            shm = self._shared_memory
             if header_length is None:
-                request = decode_infer_request(body, _EMPTY, self._server.options.limits)
+                request = decode_infer_request(body, _EMPTY, self._server.options.limits, shm)
             else:
                 json_size = _parse_header_length(header_length, len(body))
                 view = memoryview(body)
@@ -95,10 +104,15 @@ class InferCore:
                     )
                 else:
                     # json.loads wants bytes: the header is copied, the tensor bytes are not.
-                    request = decode_infer_request(body[:json_size], view[json_size:], self._server.options.limits)
+                    request = decode_infer_request(
+                        body[:json_size], view[json_size:], self._server.options.limits, shm
+                    )
             request_id = request.id
+            targets = shm.output_targets(request.outputs)
             response = await self._server.infer(model, version, request)
-            out, json_size_out = encode_infer_response(response, request)
+            if targets:
+                shm.write_outputs(response, targets)
+            out, json_size_out = encode_infer_response(response, request, targets)
         except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes a status
             return error_reply(exc, request_id=request_id)
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 
 from ...errors import InvalidInputError, ModelNotFoundError, RequestCancelledError
 from ...limits import Limits
+from ...shared_memory import SharedMemoryRegistry
 from ...types import InferResponse
 from ..generate import SSEResponse, generate_request, generate_response
 from ..http_codec import decompress_body
@@ -34,6 +35,7 @@ from ..tls import TLSConfig
 from .infer import InferCore
 from .replies import Reply, error_reply, json_error
 from .server import serve_http11
+from .shared_memory import shared_memory_routes
 
 if TYPE_CHECKING:
     from ...engine import Server
@@ -104,7 +106,7 @@ async def _infer_is_the_servers(request: Request) -> Response:
     raise AssertionError("POST /infer reached the ASGI app")
 
 
-def _routes(server: Server, max_body_size: int) -> list[Route]:
+def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegistry) -> list[Route]:
     async def health_live(request: Request) -> Response:
         """200 when the server is live, else 400 (as Triton); empty body either way."""
         return Response(status_code=200 if server.is_live() else 400)
@@ -221,6 +223,9 @@ def _routes(server: Server, max_body_size: int) -> list[Route]:
         Route("/v2/repository/index", _guarded(repository_index), methods=post),
         Route("/v2/repository/models/{model}/load", _guarded(repository_load), methods=post),
         Route("/v2/repository/models/{model}/unload", _guarded(repository_unload), methods=post),
+        *shared_memory_routes(
+            shared_memory, lambda request: _json_body(request, max_body_size, server.options.limits), _guarded
+        ),
     ]
 
 
@@ -231,12 +236,21 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return _reply_response(json_error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"))
 
 
-def create_app(server: Server, *, max_body_size: int, restricted: Restrictions | None = None) -> ASGIApp:
+def create_app(
+    server: Server,
+    *,
+    max_body_size: int,
+    restricted: Restrictions | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> ASGIApp:
     """The ASGI application of every route but ``/infer`` (which the server answers with
     :class:`~.infer.InferCore`). ``max_body_size`` bounds a body once decompressed;
-    ``restricted`` closes API categories behind a header (:mod:`..restricted`)."""
+    ``restricted`` closes API categories behind a header (:mod:`..restricted`);
+    ``shared_memory`` holds the registered shared-memory regions (default: none allowed)."""
+    if shared_memory is None:
+        shared_memory = SharedMemoryRegistry()
     app: ASGIApp = Starlette(
-        routes=_routes(server, max_body_size),
+        routes=_routes(server, max_body_size, shared_memory),
         exception_handlers={HTTPException: _http_exception},
     )
     if restricted:  # security: restricted API categories (InferCore checks /infer itself)
@@ -254,6 +268,7 @@ async def serve_http(
     restricted: Restrictions | None = None,
     tls: TLSConfig | None = None,
     limits: HttpLimits | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
@@ -268,7 +283,9 @@ async def serve_http(
     ``max_body_size`` bounds every request body in bytes, as sent and once decompressed (413,
     and the connection closes); ``limits`` bounds the request head and slow or idle clients
     (:class:`~..limits.HttpLimits`); ``restricted`` closes API categories behind a header
-    (:mod:`..restricted`); ``tls`` serves HTTPS (:mod:`..tls`).
+    (:mod:`..restricted`); ``tls`` serves HTTPS (:mod:`..tls`); ``shared_memory`` is the
+    registry of shared-memory regions, shared with the gRPC frontend (default: a registry of
+    its own that allows none).
 
     Raises:
         OSError: the address cannot be bound.
@@ -276,9 +293,11 @@ async def serve_http(
         ValueError: ``max_body_size`` is not positive.
     """
     ssl_context = tls.ssl_context() if tls is not None else None  # security: HTTPS
+    if shared_memory is None:
+        shared_memory = SharedMemoryRegistry()
     await serve_http11(
-        create_app(server, max_body_size=max_body_size, restricted=restricted),
-        InferCore(server, max_body_size, restricted),
+        create_app(server, max_body_size=max_body_size, restricted=restricted, shared_memory=shared_memory),
+        InferCore(server, max_body_size, restricted, shared_memory),
         host=host, port=port, shutdown_timeout=shutdown_timeout, limits=limits, max_body_size=max_body_size,
         ssl=ssl_context, task_status=task_status,
     )
