@@ -241,8 +241,13 @@ class Server:
         source = entry.source
         assert source is not None
         entry.spec = spec
-        if source.error or source.config is None:
-            log.error("model '%s' cannot load: %s", source.name, source.error)
+        if source.config_generated and not self.options.auto_complete_config and not source.error:
+            entry.error = (
+                f"{source.path}: no config.pbtxt or config.yaml (auto-complete would make one from the "
+                f"model file, but --disable-auto-complete-config is set; write a config, or drop the flag)"
+            )
+        if entry.error or source.config is None:
+            log.error("model '%s' cannot load: %s", source.name, entry.error)
             return
         if is_pipeline(source):
             entry.members = frozenset(
