@@ -491,6 +491,94 @@ def _bls_context() -> ModelContext:
     return ctx
 
 
+# -- model control (Triton's "model loading API") -------------------------------------------
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load (or reload) ``model_name`` from the repository and return once it is ready, as
+    Triton's ``pb_utils.load_model``: ``config`` is a JSON model config replacing the one on
+    disk; ``files`` maps ``"file:<path>"`` to bytes and, with ``config``, makes the model
+    directory. Needs ``--model-control-mode explicit``.
+
+    Raises:
+        TritonModelException: ``Failed to load model: <why>`` (another control mode, the
+            model failed to load, bad arguments...), or called from the event loop.
+    """
+    if files is not None and not isinstance(files, dict):
+        raise TritonModelException(
+            f"failed to load model '{model_name}', files should be a dictionary of file paths and file contents"
+        )
+    parameters: dict[str, Any] = {"config": config} if config else {}
+    for path, content in (files or {}).items():
+        if not isinstance(content, bytes):
+            raise TritonModelException(f"failed to load model '{model_name}', the content of {path!r} must be bytes")
+        parameters[path] = content
+    ctx = _control_context("load_model")
+    assert ctx.control is not None and ctx.run_sync is not None
+    try:
+        ctx.run_sync(ctx.control.load_model, model_name, parameters or None)
+    except errors.DagserveError as exc:
+        raise TritonModelException(f"Failed to load model: {exc}") from None
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload ``model_name`` (and, with ``unload_dependents``, the models it alone calls),
+    returning once its requests in flight are done, as Triton's ``pb_utils.unload_model``.
+    Needs ``--model-control-mode explicit``.
+
+    Raises:
+        TritonModelException: ``Failed to unload model: <why>``, or called from the event loop.
+    """
+    ctx = _control_context("unload_model")
+    assert ctx.control is not None and ctx.run_sync is not None
+    try:
+        ctx.run_sync(ctx.control.unload_model, model_name, unload_dependents)
+    except errors.DagserveError as exc:
+        raise TritonModelException(f"Failed to unload model: {exc}") from None
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether ``model_name`` (version ``model_version``; "" = the server's choice) is ready;
+    False for a model the server does not serve, as Triton's ``pb_utils.is_model_ready``.
+    Works in every model control mode.
+
+    Raises:
+        TritonModelException: ``model_version`` is not an integer >= 0.
+    """
+    if model_version:
+        try:
+            number = int(model_version)
+        except ValueError:
+            number = -1
+        if number < 0:
+            raise TritonModelException(
+                f"failed to get model version from specified version string '{model_version}', "
+                "version should be an integral value > 0"
+            )
+    ctx = current_context.get()
+    if ctx is None or ctx.control is None:
+        raise TritonModelException("pb_utils.is_model_ready() can only be called from a model the server loaded")
+    try:
+        return ctx.control.model_ready(model_name, model_version)
+    except errors.DagserveError:
+        return False  # unknown model or version: not ready, as Triton answers
+
+
+def _control_context(function: str) -> ModelContext:
+    ctx = current_context.get()
+    if ctx is None or ctx.control is None or ctx.run_sync is None:
+        raise TritonModelException(
+            f"pb_utils.{function}() can only be called from a model the server loaded "
+            "(initialize() or execute(); not with execution: process)"
+        )
+    try:
+        anyio.lowlevel.current_token()
+    except RuntimeError:
+        return ctx  # a worker thread: it may block until the server is done
+    raise TritonModelException(
+        f"pb_utils.{function}() blocks until the server is done, so it cannot run on the event loop "
+        "(async def execute, or execution: inline); call it from a sync execute() or initialize()"
+    )
+
+
 # -- helpers with Triton's names ------------------------------------------------------------
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     for t in request.inputs():

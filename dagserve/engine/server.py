@@ -362,6 +362,7 @@ class Server:
             infer=self.infer, infer_stream=self.infer_stream,
             # with the loop's token: callable from any thread (an instance's own thread)
             run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
+            control=self,  # pb_utils.load_model / unload_model / is_model_ready
         )
         instances = []
         try:
