@@ -11,6 +11,7 @@ process, no shared memory.
 from __future__ import annotations
 
 import contextvars
+import enum
 import json
 import logging
 import queue
@@ -655,30 +656,47 @@ def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bo
     return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
-class Logger:
-    """Model logging into the server's log, with Triton's method names."""
+class _LogLevel(enum.IntEnum):
+    """``pb_utils.Logger.LogLevel``, with Triton's values."""
 
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+_PYTHON_LEVELS = {_LogLevel.INFO: logging.INFO, _LogLevel.WARNING: logging.WARNING,
+                  _LogLevel.ERROR: logging.ERROR, _LogLevel.VERBOSE: logging.DEBUG}
+
+
+class Logger:
+    """Model logging into the server's log, with Triton's method names; each line names the
+    model file and line that logged (``stacklevel``). VERBOSE is verbose level 1 (written
+    with ``--log-verbose 1`` or ``log_verbose_level`` >= 1)."""
+
+    LogLevel = _LogLevel
+    INFO, WARNING, ERROR, VERBOSE = _LogLevel.INFO, _LogLevel.WARNING, _LogLevel.ERROR, _LogLevel.VERBOSE
     _log = logging.getLogger("dagserve.model")
 
     @classmethod
     def log_info(cls, message: str) -> None:
-        cls._log.info(message)
+        cls._log.info(message, stacklevel=2)
 
     @classmethod
     def log_warn(cls, message: str) -> None:
-        cls._log.warning(message)
+        cls._log.warning(message, stacklevel=2)
 
     @classmethod
     def log_error(cls, message: str) -> None:
-        cls._log.error(message)
+        cls._log.error(message, stacklevel=2)
 
     @classmethod
     def log_verbose(cls, message: str) -> None:
-        cls._log.debug(message)
+        cls._log.debug(message, stacklevel=2)
 
     @classmethod
-    def log(cls, message: str, level: int = 0) -> None:
-        cls._log.info(message)
+    def log(cls, message: str, level: int = _LogLevel.INFO) -> None:
+        cls._log.log(_PYTHON_LEVELS.get(_LogLevel(level), logging.INFO), message, stacklevel=2)
 
 
 class ModelConfig:

@@ -79,6 +79,7 @@ EXTENSIONS = (
     "model_repository(unload_dependents)",
     "statistics",
     "parameters",
+    "logging",
 )
 
 
@@ -179,7 +180,7 @@ class Server:
             self._poll_scope.cancel()
         for entry in self._models.values():
             for version in entry.versions.values():
-                version.unload()
+                version.unload("server stopping")
         assert self._tg is not None
         return await self._tg.__aexit__(exc_type, exc, tb)
 
@@ -303,7 +304,7 @@ class Server:
             # Nothing to keep serving: show the new entry (LOADING) at once.
             self._models[name] = new
             if old is not None:
-                await self._stop(old)
+                await self._stop(old, "replaced by a new load")
             await self._start_or_stop(new, spec)
             reason = new.reason()
             if reason:
@@ -316,13 +317,13 @@ class Server:
             old.load_error, old.failed_fingerprint = reason, digest
             if new.override_dir == old.override_dir:
                 new.override_dir = None  # still the old versions' files
-            await self._stop(new)
+            await self._stop(new, "reload failed; the versions loaded before keep serving")
             return reason
         self._models[name] = new
         log.info("model '%s' reloaded; draining the replaced versions", name)
         if old.override_dir == new.override_dir:
             old.override_dir = None  # the new versions' files now
-        await self._stop(old)
+        await self._stop(old, "replaced by the reloaded versions")
         return ""
 
     async def _start_or_stop(self, entry: ModelEntry, spec: PipelineSpec | None) -> None:
@@ -333,14 +334,14 @@ class Server:
             await self._start(entry, spec)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._stop(entry)
+                await self._stop(entry, "load cancelled")
             raise
 
-    async def _stop(self, entry: ModelEntry) -> None:
-        """Unload ``entry``'s versions (requests in flight finish first) and remove its
-        override directory."""
+    async def _stop(self, entry: ModelEntry, why: str = "") -> None:
+        """Unload ``entry``'s versions (requests in flight finish first; ``why`` goes to the
+        log) and remove its override directory."""
         for version in entry.versions.values():
-            version.unload()
+            version.unload(why)
         for version in entry.started:  # a version whose start was cancelled has no task left
             await version.wait_closed()
         if entry.override_dir is not None:
@@ -452,7 +453,7 @@ class Server:
             await self._load_source(source, spec, backend)
             reason = self._models[name].reason()
             if reason:
-                await self._stop(self._models.pop(name))
+                await self._stop(self._models.pop(name), "load failed")
                 raise ConfigError(reason)
 
     def begin_drain(self) -> None:
@@ -655,6 +656,7 @@ class Server:
         allow = self.options.allow_symlinks_outside_repository
         confine.inside(repo, Path(name), allow_symlinks_outside=allow, field=f"model '{name}': model directory")
         visiting.add(name)
+        before = self._dependents_readiness(name)
         source = await anyio.to_thread.run_sync(read_model, model_dir)
         confine.check_source(source, repo, allow_symlinks_outside=allow)
         if is_pipeline(source):
@@ -679,6 +681,7 @@ class Server:
         if reason:
             raise ModelNotReadyError(f"failed to load '{name}': {reason}")
         await self._refresh_dependents(name)
+        self._log_readiness_changes(before)
 
     async def _refresh_dependents(self, name: str) -> None:
         """Re-check and reload (zero-loss) the loaded pipelines that call ``name``: they were
@@ -734,7 +737,7 @@ class Server:
         for name in changes.changed:
             await self._refresh_dependents(name)
         for name in changes.removed:
-            await self._unload(name)
+            await self._unload(name, "removed from the repository")
         return changes
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
@@ -760,14 +763,37 @@ class Server:
             if member in self._models and not still_used:
                 pending.extend(await self._unload(member))
 
-    async def _unload(self, name: str) -> frozenset[str]:
+    async def _unload(self, name: str, why: str = "unload requested") -> frozenset[str]:
         """Unload ``name`` (if loaded); returns the models it called (a pipeline's members)."""
         async with self._lock(name):
             entry = self._models.pop(name, None)
             if entry is None:
                 return frozenset()
-            await self._stop(entry)
+            before = self._dependents_readiness(name)
+            await self._stop(entry, why)
+            self._log_readiness_changes(before)
             return entry.members
+
+    def _dependents_readiness(self, member: str) -> list[tuple[ModelVersion, bool]]:
+        """The READY versions of the pipelines calling ``member``, each with whether it is
+        ready now (a pipeline whose member is gone is READY but not ready: UNAVAILABLE)."""
+        return [
+            (v, v.ready) for e in self._models.values() if member in e.members
+            for v in e.versions.values() if v.state is ModelState.READY
+        ]
+
+    @staticmethod
+    def _log_readiness_changes(before: list[tuple[ModelVersion, bool]]) -> None:
+        """One log line per pipeline version whose readiness changed since ``before``."""
+        for version, was in before:
+            now = version.ready
+            if now == was or version.state is not ModelState.READY:
+                continue
+            old, new = ("UNAVAILABLE", "READY") if now else ("READY", "UNAVAILABLE")
+            why = "every step's model is ready again" if now else version.reason
+            log.info("model '%s' version %s: %s -> %s: %s", version.name, version.version, old, new, why,
+                     extra={"model": version.name, "version": version.version_str, "state": new,
+                            "previous_state": old, "reason": why})
 
     def _confined(self, source: ModelSource) -> ModelSource:
         assert self.options.model_repository is not None
