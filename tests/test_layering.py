@@ -29,6 +29,7 @@ LAYERS = {
     "dagserve.limits": 1,
     "dagserve.types": 1,
     "dagserve.tensor_bytes": 1,
+    "dagserve.log_settings": 1,  # the process's log settings: the CLI and the frontends read them
     "dagserve.errors": 0,
     "dagserve._version": 0,
     "dagserve._deprecation": 0,
