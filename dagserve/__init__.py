@@ -41,6 +41,7 @@ from .errors import (
 )
 from .frontends.runner import Addresses, FrontendOptions, serve
 from .limits import Limits
+from .log_settings import LogSettings, log_control
 from .repository.config import ModelConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
