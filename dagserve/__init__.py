@@ -43,6 +43,7 @@ from .errors import (
 )
 from .frontends.runner import Addresses, FrontendOptions, serve
 from .limits import Limits
+from .log_settings import LogSettings, log_control
 from .repository.config import ModelConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
@@ -59,6 +60,7 @@ __all__ = [
     "InternalError",
     "InvalidInputError",
     "Limits",
+    "LogSettings",
     "LoopSpec",
     "ModelConfig",
     "ModelExecutionError",
@@ -85,6 +87,7 @@ __all__ = [
     "__version__",
     "call_model",
     "call_model_sync",
+    "log_control",
     "loop",
     "pipeline",
     "serve",

@@ -7,7 +7,6 @@ variable ``DAGSERVE_<FLAG>`` (e.g. ``DAGSERVE_HTTP_PORT``), the flag winning.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -138,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=text)
     s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"),
                    help="the least severe log messages shown (default info; env DAGSERVE_LOG_LEVEL)")
+    _add_log_arguments(s)  # Triton's --log-* flags (log_settings.py)
     cli_security.add_arguments(s)  # security: confinement, limits, restricted APIs, TLS
 
     v = commands.add_parser(
@@ -184,8 +184,67 @@ def _poll_secs(text: str) -> float:
     return value
 
 
+def _add_log_arguments(s: argparse.ArgumentParser) -> None:
+    def optional_bool(flag: str) -> bool | None:
+        env = _env(flag)
+        return None if env is None else _bool(env)
+
+    s.add_argument("--log-verbose", type=_verbose_level, default=_verbose_level(_env("log-verbose", "-1") or "-1"),
+                   help="verbose log level: 0 none, N the verbose messages of level <= N "
+                        "(default 0, or 1 with --log-level debug)")
+    for kind in ("info", "warning", "error"):
+        s.add_argument(f"--log-{kind}", type=_bool, default=optional_bool(f"log-{kind}"),
+                       help=f"write {kind.upper()} messages, true or false (default: as --log-level says)")
+    s.add_argument("--log-format", type=_log_format, default=_log_format(_env("log-format", "default") or "default"),
+                   help="default (Triton's: I1202 13:05:55.829575 PID file:line] text), "
+                        "ISO8601 (2026-12-02T13:05:55Z I PID file:line] text) or json (one object per line)")
+    s.add_argument("--log-file", default=_env("log-file", ""),
+                   help="append the log to this file instead of standard error")
+
+
+def _verbose_level(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"--log-verbose takes a level >= 0, not {text!r}")
+    return value
+
+
+def _log_format(text: str) -> str:
+    from .log_settings import LogSettings
+
+    try:
+        return LogSettings(log_format=text).log_format
+    except DagserveError:
+        raise argparse.ArgumentTypeError(f"expected default, ISO8601 or json, got {text!r}") from None
+
+
+def _log_settings(args: argparse.Namespace) -> Any:
+    """The log settings of ``--log-level`` (the least severe kind of message shown) refined
+    by Triton's flags, which win: ``--log-verbose``, ``--log-info/--log-warning/--log-error``."""
+    from .log_settings import LogSettings
+
+    least = ("debug", "info", "warning", "error").index(args.log_level)
+    return LogSettings(
+        log_file=args.log_file,
+        log_info=least <= 1 if args.log_info is None else args.log_info,
+        log_warning=least <= 2 if args.log_warning is None else args.log_warning,
+        log_error=True if args.log_error is None else args.log_error,
+        log_verbose_level=(1 if least == 0 else 0) if args.log_verbose < 0 else args.log_verbose,
+        log_format=args.log_format,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .log_settings import log_control
+
+    try:
+        log_control().configure(_log_settings(args))
+    except OSError as exc:
+        print(f"dagserve: cannot open --log-file: {exc}", file=sys.stderr)
+        return 2
     try:
         options = _serve_options(args)
     except ValueError as exc:  # a timeout or limit out of range

@@ -36,6 +36,7 @@ __all__ = [
     "Backend",
     "ExecuteMode",
     "ModelContext",
+    "ModelControl",
     "ModelFiles",
     "ModelInstance",
     "Outputs",
@@ -51,6 +52,17 @@ InferCallback = Callable[[str, str, InferRequest], Awaitable[InferResponse]]
 InferStreamCallback = Callable[[str, str, InferRequest, Callable[[InferResponse], Awaitable[None]]], Awaitable[None]]
 
 
+class ModelControl(Protocol):
+    """What a model may ask of the server's model control (``pb_utils.load_model`` and
+    friends): the server's own load / unload / readiness calls, awaited on its event loop."""
+
+    async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None: ...
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+    def model_ready(self, name: str, version: str = "") -> bool: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelContext:
     """What a backend instance knows of its model and may ask of the server.
@@ -59,7 +71,8 @@ class ModelContext:
     must be awaited on the server's event loop; ``infer_stream(model, version, request, emit)``
     awaits ``emit`` for each response (0..N from a decoupled model, the last one final), for BLS
     with ``decoupled=True``. ``run_sync`` runs such a coroutine from a
-    worker thread and blocks until it is done.
+    worker thread and blocks until it is done. ``control`` is the server's model control
+    (``pb_utils.load_model`` / ``unload_model`` / ``is_model_ready``), None where there is none.
     """
 
     name: str
@@ -74,6 +87,7 @@ class ModelContext:
     infer: InferCallback | None = None
     infer_stream: InferStreamCallback | None = None
     run_sync: Callable[..., Any] | None = None
+    control: ModelControl | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -86,6 +100,7 @@ def instance_contexts(
     infer: InferCallback | None = None,
     infer_stream: InferStreamCallback | None = None,
     run_sync: Callable[..., Any] | None = None,
+    control: ModelControl | None = None,
 ) -> list[ModelContext]:
     """One context per instance the config's ``instance_group`` asks for, named as Triton
     names instances (``<model>_<group>_<index>``). No group is one instance of ``KIND_AUTO``,
@@ -110,6 +125,7 @@ def instance_contexts(
                 infer=infer,
                 infer_stream=infer_stream,
                 run_sync=run_sync,
+                control=control,
             ))
     return contexts
 

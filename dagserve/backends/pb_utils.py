@@ -11,6 +11,7 @@ process, no shared memory.
 from __future__ import annotations
 
 import contextvars
+import enum
 import json
 import logging
 import queue
@@ -491,6 +492,94 @@ def _bls_context() -> ModelContext:
     return ctx
 
 
+# -- model control (Triton's "model loading API") -------------------------------------------
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load (or reload) ``model_name`` from the repository and return once it is ready, as
+    Triton's ``pb_utils.load_model``: ``config`` is a JSON model config replacing the one on
+    disk; ``files`` maps ``"file:<path>"`` to bytes and, with ``config``, makes the model
+    directory. Needs ``--model-control-mode explicit``.
+
+    Raises:
+        TritonModelException: ``Failed to load model: <why>`` (another control mode, the
+            model failed to load, bad arguments...), or called from the event loop.
+    """
+    if files is not None and not isinstance(files, dict):
+        raise TritonModelException(
+            f"failed to load model '{model_name}', files should be a dictionary of file paths and file contents"
+        )
+    parameters: dict[str, Any] = {"config": config} if config else {}
+    for path, content in (files or {}).items():
+        if not isinstance(content, bytes):
+            raise TritonModelException(f"failed to load model '{model_name}', the content of {path!r} must be bytes")
+        parameters[path] = content
+    ctx = _control_context("load_model")
+    assert ctx.control is not None and ctx.run_sync is not None
+    try:
+        ctx.run_sync(ctx.control.load_model, model_name, parameters or None)
+    except errors.DagserveError as exc:
+        raise TritonModelException(f"Failed to load model: {exc}") from None
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload ``model_name`` (and, with ``unload_dependents``, the models it alone calls),
+    returning once its requests in flight are done, as Triton's ``pb_utils.unload_model``.
+    Needs ``--model-control-mode explicit``.
+
+    Raises:
+        TritonModelException: ``Failed to unload model: <why>``, or called from the event loop.
+    """
+    ctx = _control_context("unload_model")
+    assert ctx.control is not None and ctx.run_sync is not None
+    try:
+        ctx.run_sync(ctx.control.unload_model, model_name, unload_dependents)
+    except errors.DagserveError as exc:
+        raise TritonModelException(f"Failed to unload model: {exc}") from None
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether ``model_name`` (version ``model_version``; "" = the server's choice) is ready;
+    False for a model the server does not serve, as Triton's ``pb_utils.is_model_ready``.
+    Works in every model control mode.
+
+    Raises:
+        TritonModelException: ``model_version`` is not an integer >= 0.
+    """
+    if model_version:
+        try:
+            number = int(model_version)
+        except ValueError:
+            number = -1
+        if number < 0:
+            raise TritonModelException(
+                f"failed to get model version from specified version string '{model_version}', "
+                "version should be an integral value > 0"
+            )
+    ctx = current_context.get()
+    if ctx is None or ctx.control is None:
+        raise TritonModelException("pb_utils.is_model_ready() can only be called from a model the server loaded")
+    try:
+        return ctx.control.model_ready(model_name, model_version)
+    except errors.DagserveError:
+        return False  # unknown model or version: not ready, as Triton answers
+
+
+def _control_context(function: str) -> ModelContext:
+    ctx = current_context.get()
+    if ctx is None or ctx.control is None or ctx.run_sync is None:
+        raise TritonModelException(
+            f"pb_utils.{function}() can only be called from a model the server loaded "
+            "(initialize() or execute(); not with execution: process)"
+        )
+    try:
+        anyio.lowlevel.current_token()
+    except RuntimeError:
+        return ctx  # a worker thread: it may block until the server is done
+    raise TritonModelException(
+        f"pb_utils.{function}() blocks until the server is done, so it cannot run on the event loop "
+        "(async def execute, or execution: inline); call it from a sync execute() or initialize()"
+    )
+
+
 # -- helpers with Triton's names ------------------------------------------------------------
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     for t in request.inputs():
@@ -567,30 +656,47 @@ def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bo
     return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
-class Logger:
-    """Model logging into the server's log, with Triton's method names."""
+class _LogLevel(enum.IntEnum):
+    """``pb_utils.Logger.LogLevel``, with Triton's values."""
 
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+_PYTHON_LEVELS = {_LogLevel.INFO: logging.INFO, _LogLevel.WARNING: logging.WARNING,
+                  _LogLevel.ERROR: logging.ERROR, _LogLevel.VERBOSE: logging.DEBUG}
+
+
+class Logger:
+    """Model logging into the server's log, with Triton's method names; each line names the
+    model file and line that logged (``stacklevel``). VERBOSE is verbose level 1 (written
+    with ``--log-verbose 1`` or ``log_verbose_level`` >= 1)."""
+
+    LogLevel = _LogLevel
+    INFO, WARNING, ERROR, VERBOSE = _LogLevel.INFO, _LogLevel.WARNING, _LogLevel.ERROR, _LogLevel.VERBOSE
     _log = logging.getLogger("dagserve.model")
 
     @classmethod
     def log_info(cls, message: str) -> None:
-        cls._log.info(message)
+        cls._log.info(message, stacklevel=2)
 
     @classmethod
     def log_warn(cls, message: str) -> None:
-        cls._log.warning(message)
+        cls._log.warning(message, stacklevel=2)
 
     @classmethod
     def log_error(cls, message: str) -> None:
-        cls._log.error(message)
+        cls._log.error(message, stacklevel=2)
 
     @classmethod
     def log_verbose(cls, message: str) -> None:
-        cls._log.debug(message)
+        cls._log.debug(message, stacklevel=2)
 
     @classmethod
-    def log(cls, message: str, level: int = 0) -> None:
-        cls._log.info(message)
+    def log(cls, message: str, level: int = _LogLevel.INFO) -> None:
+        cls._log.log(_PYTHON_LEVELS.get(_LogLevel(level), logging.INFO), message, stacklevel=2)
 
 
 class ModelConfig:

@@ -606,7 +606,8 @@ def served_config(config: ModelConfig, checked: CheckedPipeline) -> ModelConfig:
     """The config a checked pipeline is served with (and its callers are checked against):
     the pipeline's inputs and every output typed (declared entries
     are kept as written, so an ensemble's ``/config`` answers as on Triton), and decoupled
-    when a step is, so clients know to stream."""
+    when a step is, so clients know to stream; a pipeline built with the Python DSL gets the
+    ``pipeline:`` section a YAML config would have (:mod:`.to_yaml`)."""
     spec = checked.spec
     declared = {t.name: t for t in config.output}
     outputs = tuple(declared.get(o.name) or output_config(o) for o in spec.outputs)
@@ -615,6 +616,11 @@ def served_config(config: ModelConfig, checked: CheckedPipeline) -> ModelConfig:
         for t in spec.inputs
     )
     update: dict[str, Any] = {"input": inputs, "output": outputs, "max_batch_size": spec.max_batch_size}
+    if config.backend_name == "pipeline" and config.pipeline is None:
+        # A DSL pipeline: show its graph in /config as a YAML one shows its own.
+        from .to_yaml import pipeline_section
+
+        update["pipeline"] = pipeline_section(spec)
     if checked.decoupled:
         update["model_transaction_policy"] = TransactionPolicy(decoupled=True)
     return config.model_copy(update=update)

@@ -123,13 +123,26 @@ class ModelVersion:
         self._in_flight = 0
         self._idle = anyio.Event()
         self._unload = anyio.Event()
+        self._unload_why = ""
         self._closed = anyio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def _transition(self, new: ModelState, *allowed: ModelState) -> None:
+    def _transition(self, new: ModelState, *allowed: ModelState, why: str = "") -> None:
         if self.state not in allowed:
             raise RuntimeError(f"{self._owner} version {self.version}: cannot go from {self.state.value} to {new.value}")
-        self.state = new
+        self._set_state(new, why)
+
+    def _set_state(self, new: ModelState, why: str = "") -> None:
+        """Enter ``new`` and log it: one line per state change, with why (a failure at ERROR,
+        every other change at INFO). The record carries ``model``, ``version``, ``state``,
+        ``previous_state`` and ``reason`` for structured (json) logs."""
+        old, self.state = self.state, new
+        log.log(
+            logging.ERROR if new is ModelState.FAILED else logging.INFO,
+            "%s version %s: %s -> %s%s", self._owner, self.version, old.value, new.value, f": {why}" if why else "",
+            extra={"model": self.name, "version": self.version_str, "state": new.value,
+                   "previous_state": old.value, "reason": why},
+        )
 
     async def serve(
         self,
@@ -143,15 +156,16 @@ class ModelVersion:
         :class:`Runner`: the backend instances of a model, the ready runner of a pipeline. Signals ``task_status`` once READY or FAILED; a failed load
         is recorded in ``state``/``reason``, never raised.
         """
-        self._transition(ModelState.LOADING, ModelState.UNLOADED, ModelState.FAILED)
+        self._transition(ModelState.LOADING, ModelState.UNLOADED, ModelState.FAILED, why=f"platform {self.platform}")
+        started = time.monotonic()
         try:
             loaded = await load()
             self._runner = self._make_runner(loaded)
         except Exception as exc:
-            self.state = ModelState.FAILED
             self.reason = str(exc) if isinstance(exc, DagserveError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s version %s failed to load: %s", self._owner, self.version, self.reason,
-                      exc_info=None if isinstance(exc, DagserveError) else exc)
+            if not isinstance(exc, DagserveError):
+                log.error("%s version %s failed to load", self._owner, self.version, exc_info=exc)
+            self._set_state(ModelState.FAILED, self.reason)
             self._closed.set()
             task_status.started()
             return
@@ -170,12 +184,12 @@ class ModelVersion:
                     endpoints = getattr(instance, "endpoint_statistics", None)
                     if endpoints is not None:
                         self.stats.endpoints = endpoints
-                self._transition(ModelState.READY, ModelState.LOADING)
                 self.reason = ""
-                log.info("%s version %s is ready", self._owner, self.version)
+                self._transition(ModelState.READY, ModelState.LOADING,
+                                 why=f"loaded in {time.monotonic() - started:.2f} s")
                 task_status.started()
                 await self._unload.wait()
-                self.state = ModelState.UNLOADING
+                self._set_state(ModelState.UNLOADING, self._unload_why)
                 if self._in_flight:
                     await self._idle.wait()
                 tg.cancel_scope.cancel()
@@ -183,7 +197,8 @@ class ModelVersion:
             with anyio.CancelScope(shield=True):
                 if self._pool is not None:
                     await anyio.to_thread.run_sync(self._pool.close)
-            self.state = ModelState.UNLOADED
+            if self.state is not ModelState.UNLOADED:
+                self._set_state(ModelState.UNLOADED, self._unload_why or "stopped")
             self.reason = "unloaded"
             self._closed.set()
 
@@ -217,8 +232,11 @@ class ModelVersion:
         self._priority_levels = queue.levels
         return DynamicBatcher(self._pool, self.stats, policy, queue, preserve_ordering=batching.preserve_ordering)
 
-    def unload(self) -> None:
-        """Ask :meth:`serve` to stop taking requests, finish those in flight, and close."""
+    def unload(self, why: str = "") -> None:
+        """Ask :meth:`serve` to stop taking requests, finish those in flight, and close;
+        ``why`` goes into the log lines of UNLOADING and UNLOADED."""
+        if not self._unload.is_set():
+            self._unload_why = why
         self._unload.set()
 
     async def wait_closed(self) -> None:

@@ -83,6 +83,7 @@ EXTENSIONS = (
     "parameters",
     "system_shared_memory",  # served by the frontends (dagserve/shared_memory.py)
     "cuda_shared_memory",  # the endpoints answer; registering needs GPUs (refused: UNSUPPORTED)
+    "logging",
 )
 
 
@@ -183,7 +184,7 @@ class Server:
             self._poll_scope.cancel()
         for entry in self._models.values():
             for version in entry.versions.values():
-                version.unload()
+                version.unload("server stopping")
         assert self._tg is not None
         return await self._tg.__aexit__(exc_type, exc, tb)
 
@@ -245,8 +246,13 @@ class Server:
         source = entry.source
         assert source is not None
         entry.spec = spec
-        if source.error or source.config is None:
-            log.error("model '%s' cannot load: %s", source.name, source.error)
+        if source.config_generated and not self.options.auto_complete_config and not source.error:
+            entry.error = (
+                f"{source.path}: no config.pbtxt or config.yaml (auto-complete would make one from the "
+                f"model file, but --disable-auto-complete-config is set; write a config, or drop the flag)"
+            )
+        if entry.error or source.config is None:
+            log.error("model '%s' cannot load: %s", source.name, entry.error)
             return
         if is_pipeline(source):
             entry.members = frozenset(
@@ -315,7 +321,7 @@ class Server:
             # Nothing to keep serving: show the new entry (LOADING) at once.
             self._models[name] = new
             if old is not None:
-                await self._stop(old)
+                await self._stop(old, "replaced by a new load")
             await self._start_or_stop(new, spec)
             reason = new.reason()
             if reason:
@@ -328,13 +334,13 @@ class Server:
             old.load_error, old.failed_fingerprint = reason, digest
             if new.override_dir == old.override_dir:
                 new.override_dir = None  # still the old versions' files
-            await self._stop(new)
+            await self._stop(new, "reload failed; the versions loaded before keep serving")
             return reason
         self._models[name] = new
         log.info("model '%s' reloaded; draining the replaced versions", name)
         if old.override_dir == new.override_dir:
             old.override_dir = None  # the new versions' files now
-        await self._stop(old)
+        await self._stop(old, "replaced by the reloaded versions")
         return ""
 
     async def _start_or_stop(self, entry: ModelEntry, spec: PipelineSpec | None) -> None:
@@ -345,14 +351,14 @@ class Server:
             await self._start(entry, spec)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._stop(entry)
+                await self._stop(entry, "load cancelled")
             raise
 
-    async def _stop(self, entry: ModelEntry) -> None:
-        """Unload ``entry``'s versions (requests in flight finish first) and remove its
-        override directory."""
+    async def _stop(self, entry: ModelEntry, why: str = "") -> None:
+        """Unload ``entry``'s versions (requests in flight finish first; ``why`` goes to the
+        log) and remove its override directory."""
         for version in entry.versions.values():
-            version.unload()
+            version.unload(why)
         for version in entry.started:  # a version whose start was cancelled has no task left
             await version.wait_closed()
         if entry.override_dir is not None:
@@ -374,6 +380,7 @@ class Server:
             infer=self.infer, infer_stream=self.infer_stream,
             # with the loop's token: callable from any thread (an instance's own thread)
             run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
+            control=self,  # pb_utils.load_model / unload_model / is_model_ready
         )
         instances = []
         try:
@@ -463,7 +470,7 @@ class Server:
             await self._load_source(source, spec, backend)
             reason = self._models[name].reason()
             if reason:
-                await self._stop(self._models.pop(name))
+                await self._stop(self._models.pop(name), "load failed")
                 raise ConfigError(reason)
 
     def begin_drain(self) -> None:
@@ -666,6 +673,7 @@ class Server:
         allow = self.options.allow_symlinks_outside_repository
         confine.inside(repo, Path(name), allow_symlinks_outside=allow, field=f"model '{name}': model directory")
         visiting.add(name)
+        before = self._dependents_readiness(name)
         source = await anyio.to_thread.run_sync(read_model, model_dir)
         confine.check_source(source, repo, allow_symlinks_outside=allow)
         if is_pipeline(source):
@@ -690,6 +698,7 @@ class Server:
         if reason:
             raise ModelNotReadyError(f"failed to load '{name}': {reason}")
         await self._refresh_dependents(name)
+        self._log_readiness_changes(before)
 
     async def _refresh_dependents(self, name: str) -> None:
         """Re-check and reload (zero-loss) the loaded pipelines that call ``name``: they were
@@ -745,7 +754,7 @@ class Server:
         for name in changes.changed:
             await self._refresh_dependents(name)
         for name in changes.removed:
-            await self._unload(name)
+            await self._unload(name, "removed from the repository")
         return changes
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
@@ -771,14 +780,37 @@ class Server:
             if member in self._models and not still_used:
                 pending.extend(await self._unload(member))
 
-    async def _unload(self, name: str) -> frozenset[str]:
+    async def _unload(self, name: str, why: str = "unload requested") -> frozenset[str]:
         """Unload ``name`` (if loaded); returns the models it called (a pipeline's members)."""
         async with self._lock(name):
             entry = self._models.pop(name, None)
             if entry is None:
                 return frozenset()
-            await self._stop(entry)
+            before = self._dependents_readiness(name)
+            await self._stop(entry, why)
+            self._log_readiness_changes(before)
             return entry.members
+
+    def _dependents_readiness(self, member: str) -> list[tuple[ModelVersion, bool]]:
+        """The READY versions of the pipelines calling ``member``, each with whether it is
+        ready now (a pipeline whose member is gone is READY but not ready: UNAVAILABLE)."""
+        return [
+            (v, v.ready) for e in self._models.values() if member in e.members
+            for v in e.versions.values() if v.state is ModelState.READY
+        ]
+
+    @staticmethod
+    def _log_readiness_changes(before: list[tuple[ModelVersion, bool]]) -> None:
+        """One log line per pipeline version whose readiness changed since ``before``."""
+        for version, was in before:
+            now = version.ready
+            if now == was or version.state is not ModelState.READY:
+                continue
+            old, new = ("UNAVAILABLE", "READY") if now else ("READY", "UNAVAILABLE")
+            why = "every step's model is ready again" if now else version.reason
+            log.info("model '%s' version %s: %s -> %s: %s", version.name, version.version, old, new, why,
+                     extra={"model": version.name, "version": version.version_str, "state": new,
+                            "previous_state": old, "reason": why})
 
     def _confined(self, source: ModelSource) -> ModelSource:
         assert self.options.model_repository is not None

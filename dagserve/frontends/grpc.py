@@ -26,6 +26,7 @@ from .._proto import grpc_service_pb2 as pb
 from .._proto import grpc_service_pb2_grpc as pb_grpc
 from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
 from ..errors import InvalidInputError, ModelNotFoundError, UnsupportedError
+from ..log_settings import log_control
 from ..shared_memory import OutputTarget, SharedMemoryRegistry
 from ..types import InferResponse
 from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
@@ -316,10 +317,29 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
         await self._server.unload_model(request.model_name, unload_dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- logging extension ------------------------------------------------------------------
+    @_rpc
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogSettingsResponse:
+        """Change the settings named in the request (none: only read them); answer them all.
+        A setting sent without a value is left as it is, as a JSON null is over HTTP."""
+        changes: dict[str, Any] = {}
+        for name, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            changes[name] = None if kind is None else getattr(value, kind)
+        control = log_control()
+        settings = control.update(changes) if changes else control.settings
+        response = pb.LogSettingsResponse()
+        for name, current in settings.as_dict().items():
+            field = ("bool_param" if isinstance(current, bool)
+                     else "uint32_param" if isinstance(current, int) else "string_param")
+            setattr(response.settings[name], field, current)
+        return response
+
     # -- extensions dagserve does not offer -------------------------------------------------
     # (the shared-memory RPCs come from SharedMemoryRPCs)
     TraceSetting = _unimplemented("the trace extension (use the Prometheus metrics)")
-    LogSettings = _unimplemented("the logging extension (set log levels at startup)")
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

@@ -33,7 +33,7 @@ from .config import ModelConfig
 from .locations import Index, describe_validation, did_you_mean, loc_text, locate, yaml_index
 
 __all__ = [
-    "ModelSource", "check_backend", "fingerprint", "load_config", "materialize_override", "override_files", "parse_config", "parse_json_config", "read_model", "scan",
+    "ModelSource", "check_backend", "fingerprint", "generated_config", "load_config", "materialize_override", "override_files", "parse_config", "parse_json_config", "read_model", "scan",
 ]
 
 log = logging.getLogger("dagserve.repository")
@@ -55,6 +55,10 @@ class ModelSource:
     config_path: Path | None
     versions: tuple[int, ...] = ()
     error: str = ""
+    config_generated: bool = False
+    """No config file: ``config`` is the minimal one Triton's auto-complete starts from, the
+    backend told by the model file (:func:`generated_config`). A server with auto-complete
+    disabled refuses such a model, as Triton does."""
 
 
 def scan(repository: Path) -> dict[str, ModelSource]:
@@ -80,11 +84,15 @@ def read_model(model_dir: Path, config: ModelConfig | None = None, *, name: str 
     """
     name = name or model_dir.name
     config_path: Path | None = None
+    generated = False
     if config is None:
         try:
             config, config_path = load_config(model_dir)
         except ConfigError as exc:
-            return ModelSource(name=name, path=model_dir, config=None, config_path=None, error=str(exc))
+            config = generated_config(model_dir, name) if not _config_files(model_dir) else None
+            if config is None:
+                return ModelSource(name=name, path=model_dir, config=None, config_path=None, error=str(exc))
+            generated = True
     available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
     versions = tuple(config.version_policy.select(available))
     error = ""
@@ -97,8 +105,34 @@ def read_model(model_dir: Path, config: ModelConfig | None = None, *, name: str 
         # Ensembles (and remote models) need no files; Triton still serves them as version 1.
         versions = (1,)
     return ModelSource(
-        name=name, path=model_dir, config=config, config_path=config_path, versions=versions, error=error
+        name=name, path=model_dir, config=config, config_path=config_path, versions=versions, error=error,
+        config_generated=generated,
     )
+
+
+_GENERATED_BACKENDS = (("model.plan", "tensorrt", "tensorrt_plan"), ("model.onnx", "onnxruntime", "onnxruntime_onnx"))
+"""Model files Triton's core recognizes in a directory without a config (in this order), and
+the backend and platform each implies (``AutoCompleteBackendFields``)."""
+
+
+def generated_config(model_dir: Path, name: str = "") -> ModelConfig | None:
+    """The config Triton's auto-complete starts from for a model directory without a config
+    file: the backend and platform told by the model file in its first version directory
+    (``model.plan``: TensorRT; ``model.onnx``: ONNX Runtime), nothing else; the backend then
+    completes inputs, outputs and ``max_batch_size`` from the model. None when no such file
+    is there (the directory then needs a config)."""
+    versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not versions:
+        return None
+    first = versions[0]  # Triton looks at the first version directory, by name
+    for filename, backend, platform in _GENERATED_BACKENDS:
+        if (first / filename).exists():
+            return ModelConfig(name=name or model_dir.name, backend=backend, platform=platform)
+    return None
+
+
+def _config_files(model_dir: Path) -> list[Path]:
+    return [model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()]
 
 
 def load_config(model_dir: Path) -> tuple[ModelConfig, Path]:
@@ -108,7 +142,7 @@ def load_config(model_dir: Path) -> tuple[ModelConfig, Path]:
         ConfigError: no config file, or one that is malformed; the message names the file and
             the field.
     """
-    found = [model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()]
+    found = _config_files(model_dir)
     if not found:
         raise ConfigError(f"{model_dir}: no config.pbtxt or config.yaml")
     if len(found) > 1:

@@ -167,11 +167,10 @@ def test_load_refused_without_explicit_mode(client: tc.InferenceServerClient) ->
 
 
 def test_unsupported_extensions_are_unimplemented(client: tc.InferenceServerClient) -> None:
-    """Trace and log RPCs answer UNIMPLEMENTED with a clear message (shared memory: see
-    test_shared_memory.py)."""
+    """The trace RPCs answer UNIMPLEMENTED with a clear message (shared memory: see
+    test_shared_memory.py; logging: test_logging.py)."""
     calls = [
         client.get_trace_settings,
-        client.get_log_settings,
     ]
     for call in calls:
         with pytest.raises(InferenceServerException) as info:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 
 from ...errors import InvalidInputError, ModelNotFoundError, RequestCancelledError
 from ...limits import Limits
+from ...log_settings import log_control
 from ...shared_memory import SharedMemoryRegistry
 from ...types import InferResponse
 from ..generate import SSEResponse, generate_request, generate_response
@@ -195,6 +196,15 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
         engine_request = generate_request(server, p["model"], p.get("version", ""), body)
         return SSEResponse(server, p["model"], p.get("version", ""), engine_request)
 
+    async def log_settings(request: Request) -> Response:
+        """Triton's logging extension: GET reads the log settings, POST changes those it
+        names; both answer every setting."""
+        control = log_control()
+        if request.method == "POST":
+            body = await _json_body(request, max_body_size, server.options.limits)
+            return _json_response(control.update(body).as_dict())
+        return _json_response(control.settings.as_dict())
+
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
     get = ["GET"]
@@ -226,6 +236,7 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
         *shared_memory_routes(
             shared_memory, lambda request: _json_body(request, max_body_size, server.options.limits), _guarded
         ),
+        Route("/v2/logging", _guarded(log_settings), methods=["GET", "POST"]),
     ]
 
 
