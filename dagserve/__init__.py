@@ -42,6 +42,7 @@ from .errors import (
 from .frontends.runner import Addresses, FrontendOptions, serve
 from .limits import Limits
 from .repository.config import ModelConfig
+from .tracing import TraceConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "Switch",
     "TensorRef",
     "TensorSpec",
+    "TraceConfig",
     "UnsupportedError",
     "WorkerCrashedError",
     "__version__",

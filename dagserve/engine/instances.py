@@ -27,6 +27,7 @@ import anyio
 
 from ..backends.base import ModelInstance, Outputs
 from ..errors import ModelExecutionError, ModelNotReadyError
+from ..tracing.context import Span
 from ..types import InferRequest
 from .stats import ModelStatistics
 
@@ -121,6 +122,13 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *
         pass
 
 
+def _compute_spans(model: str, requests: Sequence[InferRequest], batch_size: int) -> list[tuple[int, Span]]:
+    """A ``compute`` span for this batch execution under the span of each traced request of
+    it (Triton gives each request its own), with the index of the request."""
+    count = len(requests)
+    return [(i, r.trace.compute(model, batch_size, count)) for i, r in enumerate(requests) if r.trace is not None]
+
+
 def _succeed(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
@@ -182,14 +190,27 @@ class InstancePool:
         Raises:
             ModelExecutionError: the backend broke its contract (wrong number of results).
         """
+        spans = None
+        if requests[0].trace is not None or (len(requests) > 1 and any(r.trace is not None for r in requests)):
+            spans = _compute_spans(self._stats.name, requests, batch_size)
         start = time.perf_counter_ns()
         mode = instance.mode
-        if mode == "thread":
-            results = await self._threads[id(instance)].run(instance.execute, requests)
-        elif mode == "async":
-            results = await instance.execute(requests)
-        else:
-            results = instance.execute(requests)
+        try:
+            if mode == "thread":
+                results = await self._threads[id(instance)].run(instance.execute, requests)
+            elif mode == "async":
+                results = await instance.execute(requests)
+            else:
+                results = instance.execute(requests)
+        except BaseException as exc:
+            if spans is not None:
+                for _, span in spans:
+                    span.end(exc)
+            raise
+        if spans is not None:
+            for i, span in spans:
+                result = results[i] if i < len(results) else None
+                span.end(result if isinstance(result, BaseException) else None)
         infer_ns = time.perf_counter_ns() - start
         if mode == "inline" and infer_ns > INLINE_WARN_NS:
             self._warn_inline(infer_ns)

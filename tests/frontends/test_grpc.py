@@ -167,13 +167,12 @@ def test_load_refused_without_explicit_mode(client: tc.InferenceServerClient) ->
 
 
 def test_unsupported_extensions_are_unimplemented(client: tc.InferenceServerClient) -> None:
-    """Shared memory, trace and log RPCs answer UNIMPLEMENTED with a clear message."""
+    """Shared memory and log RPCs answer UNIMPLEMENTED with a clear message."""
     calls = [
         client.get_system_shared_memory_status,
         client.get_cuda_shared_memory_status,
         client.unregister_system_shared_memory,
         functools.partial(client.register_system_shared_memory, "r", "/key", 16),
-        client.get_trace_settings,
         client.get_log_settings,
     ]
     for call in calls:

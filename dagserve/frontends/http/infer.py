@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ...errors import InvalidInputError
 from ..http_codec import decode_infer_request, decode_raw_request, decompress_body, encode_infer_response
 from ..restricted import Restrictions, http_forbidden
+from ..tracing import request_trace
 from .replies import JSON, Reply, error_reply
 
 if TYPE_CHECKING:
@@ -97,7 +98,11 @@ class InferCore:
                     # json.loads wants bytes: the header is copied, the tensor bytes are not.
                     request = decode_infer_request(body[:json_size], view[json_size:], self._server.options.limits)
             request_id = request.id
-            response = await self._server.infer(model, version, request)
+            if self._server.tracing.enabled:
+                with request_trace(self._server, model, "http", headers):
+                    response = await self._server.infer(model, version, request)
+            else:
+                response = await self._server.infer(model, version, request)
             out, json_size_out = encode_infer_response(response, request)
         except Exception as exc:  # noqa: BLE001 - the boundary: every error becomes a status
             return error_reply(exc, request_id=request_id)
