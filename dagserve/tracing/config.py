@@ -173,17 +173,19 @@ def parse_trace_config(values: Iterable[str]) -> TraceConfig:
             mode_settings.append((mode, setting, value))
     chosen = fields.get("mode", "triton")
     for mode, setting, value in mode_settings:
-        if mode != chosen:
-            continue  # Triton reads only the settings of the mode in use
-        if setting == "file":
-            fields["file"] = value
-        elif setting == "url":
-            fields["url"] = value
-        elif setting == "resource":
+        # Every flag must be well formed; only the settings of the mode in use apply (Triton's rule).
+        parsed: Any = value
+        if setting == "resource":
             key, equals, attribute = value.partition("=")
             if not equals or not key:
                 raise ValueError(f"--trace-config opentelemetry,resource={value}: expected resource=<key>=<value>")
-            resource.append((key, attribute))
+            parsed = (key, attribute)
+        elif setting not in ("file", "url"):
+            parsed = _int(setting, value)
+        if mode != chosen:
+            continue
+        if setting == "resource":
+            resource.append(parsed)
         else:
-            fields[setting.replace("-", "_")] = _int(setting, value)
+            fields[setting.replace("-", "_")] = parsed
     return TraceConfig(level=() if off else tuple(levels), resource=tuple(resource), **fields)

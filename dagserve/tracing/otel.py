@@ -97,10 +97,13 @@ class OtelExporter:
         )
         return OtelSpan(self, span, setting.timestamps)
 
+    def retire(self, setting: Any) -> None:
+        """Spans do not depend on the setting that sampled them."""
+
     def flush(self) -> None:
         self._provider.force_flush()
 
-    def close(self, log_frequency: int) -> None:
+    def close(self) -> None:
         self._provider.shutdown()
 
 

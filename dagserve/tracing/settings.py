@@ -144,7 +144,7 @@ class Tracing:
         it from a worker thread in a running server)."""
         exporter, self._exporter = self._exporter, None
         if exporter is not None:
-            exporter.close(self._global.log_frequency)
+            exporter.close()
 
     def flush(self) -> None:
         """Export the spans ended so far now (``opentelemetry`` mode; blocking)."""
@@ -180,14 +180,19 @@ class Tracing:
         candidate = self._make(base, specified)
         if candidate.valid_reason and candidate.level:
             raise InvalidInputError(f"Attempting to set invalid trace setting: {candidate.valid_reason}")
+        replaced = [current] if current is not None else []
         if not model:
             self._global = candidate
             for name, setting in list(self._models.items()):  # they follow the global fields
+                replaced.append(setting)
                 self._models[name] = self._make(self._global_values(), setting.specified)
         elif specified:
             self._models[model] = candidate
         else:
             self._models.pop(model, None)
+        if self._exporter is not None:
+            for setting in replaced:  # a trace in flight may still end under it: Triton's way too
+                self._exporter.retire(setting)
         self.enabled = bool(self._global.level) or any(s.level for s in self._models.values())
         return self.settings(model)
 

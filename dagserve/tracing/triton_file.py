@@ -35,23 +35,41 @@ _FRONTEND_EVENTS = {
 
 
 class _TraceFile:
+    """One trace file: the traces of each setting writing to it, kept apart as Triton keeps
+    one stream per setting."""
+
     def __init__(self, path: str) -> None:
         self.path = path
-        self.pending: list[str] = []
         self.index = 0
-        self.log_frequency = 0
+        self.pending: dict[int, tuple[Any, list[str]]] = {}  # id(setting) -> (setting, traces)
+        self.at_exit: list[str] = []  # written to the file itself when the server stops
 
-    def add(self, trace: str, log_frequency: int, count_left: int) -> None:
-        self.pending.append(trace)
-        self.log_frequency = log_frequency
-        if (log_frequency and len(self.pending) >= log_frequency) or count_left == 0:
-            self.write(indexed=True)
+    def add(self, setting: Any, trace: str) -> None:
+        _, traces = self.pending.setdefault(id(setting), (setting, []))
+        traces.append(trace)
+        if (setting.log_frequency and len(traces) >= setting.log_frequency) or setting.count == 0:
+            self.write(traces, indexed=True)
+            traces.clear()
 
-    def write(self, *, indexed: bool) -> None:
-        if not self.pending:
+    def retire(self, setting: Any) -> None:
+        """``setting`` was replaced: its traces go where it would have put them at shutdown."""
+        entry = self.pending.pop(id(setting), None)
+        if entry is None or not entry[1]:
             return
-        text = "[" + ",".join(self.pending) + "]"
-        self.pending = []
+        if setting.log_frequency:
+            self.write(entry[1], indexed=True)
+        else:
+            self.at_exit += entry[1]
+
+    def close(self) -> None:
+        for setting, _ in list(self.pending.values()):
+            self.retire(setting)
+        if self.at_exit:
+            self.write(self.at_exit, indexed=False)
+            self.at_exit = []
+
+    def write(self, traces: list[str], *, indexed: bool) -> None:
+        text = "[" + ",".join(traces) + "]"
         path = f"{self.path}.{self.index}" if indexed else self.path
         if indexed:
             self.index += 1
@@ -69,7 +87,6 @@ class TritonFileExporter:
 
     def parent(self, headers: Any) -> None:
         """Triton mode continues no client trace."""
-        return
 
     def root(self, model: str, protocol: str, parent: Any, setting: Any) -> _Root:
         return _Root(self, setting, protocol)
@@ -78,15 +95,19 @@ class TritonFileExporter:
         file = self._files.get(setting.file)
         if file is None:
             file = self._files[setting.file] = _TraceFile(setting.file)
-        text = ",".join(json.dumps(r, separators=(",", ":")) for r in records)
-        file.add(text, setting.log_frequency, setting.count)
+        file.add(setting, ",".join(json.dumps(r, separators=(",", ":")) for r in records))
+
+    def retire(self, setting: Any) -> None:
+        file = self._files.get(setting.file)
+        if file is not None:
+            file.retire(setting)
 
     def flush(self) -> None:
         """Files are written on Triton's schedule; nothing to do."""
 
-    def close(self, log_frequency: int) -> None:
+    def close(self) -> None:
         for file in self._files.values():
-            file.write(indexed=bool(file.log_frequency))
+            file.close()
 
 
 class _Root:
