@@ -156,6 +156,8 @@ class InstancePool:
             for i, instance in enumerate(self.instances)
         }
         self._warned_ns = -_WARN_EVERY_NS
+        self.traced = 0
+        """Traced requests inside the model now; while 0, :meth:`run` looks for no span."""
 
     async def acquire(self) -> ModelInstance:
         """Wait for a free instance and take it; give it back with :meth:`release`.
@@ -190,9 +192,8 @@ class InstancePool:
         Raises:
             ModelExecutionError: the backend broke its contract (wrong number of results).
         """
-        spans = None
-        if requests[0].trace is not None or (len(requests) > 1 and any(r.trace is not None for r in requests)):
-            spans = _compute_spans(self._stats.name, requests, batch_size)
+        # Only while a traced request is inside the model (:meth:`ModelVersion._traced`).
+        spans = _compute_spans(self._stats.name, requests, batch_size) if self.traced else None
         start = time.perf_counter_ns()
         mode = instance.mode
         try:

@@ -247,7 +247,7 @@ class ModelVersion:
             InvalidInputError: the request does not fit the model's inputs or outputs.
             ModelExecutionError: the model failed, or answered with wrong outputs.
         """
-        if request.trace is None and _TRACE.get() is not None:  # the request is traced
+        if _TRACE.get() is not None and request.trace is None:  # the request is traced
             return await self._traced(request)
         self._check_ready()
         if self.decoupled:
@@ -285,6 +285,9 @@ class ModelVersion:
         assert parent is not None
         span = parent.model(self.name, self.version_str, request.id)
         token = _TRACE.set(span)
+        pool = self._pool
+        if pool is not None:
+            pool.traced += 1
         try:
             span.event("QUEUE_START")
             traced = replace(request, trace=span)
@@ -296,6 +299,8 @@ class ModelVersion:
             span.end()
         finally:
             _TRACE.reset(token)
+            if pool is not None:
+                pool.traced -= 1
         return result
 
     def _check_ready(self) -> None:
@@ -328,7 +333,7 @@ class ModelVersion:
             DagserveError: as :meth:`infer`; a failure after some responses were emitted is
                 raised after them.
         """
-        if request.trace is None and _TRACE.get() is not None:  # the request is traced
+        if _TRACE.get() is not None and request.trace is None:  # the request is traced
             await self._traced(request, emit)
             return
         if not self.decoupled:
