@@ -49,3 +49,8 @@ class Span(Protocol):
     def end(self, error: BaseException | None = None) -> None:
         """End the span now; ``error``: the request failed with it."""
         ...
+
+    def traceparent(self) -> str | None:
+        """This span as a W3C ``traceparent`` header, for a call to another server (the
+        ``remote`` backend), or ``None`` when the exporter has no such context."""
+        ...

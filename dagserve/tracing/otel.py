@@ -155,6 +155,10 @@ class OtelSpan:
         if self._timestamps:
             self._span.add_event(name)
 
+    def traceparent(self) -> str | None:
+        context = self._span.get_span_context()
+        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
     def end(self, error: BaseException | None = None) -> None:
         try:
             span = self._span

@@ -139,6 +139,9 @@ class _Root:
     def event(self, name: str) -> None:
         pass
 
+    def traceparent(self) -> None:
+        """Triton's trace ids are not W3C ones."""
+
     def end(self, error: BaseException | None = None) -> None:
         first = self._first
         if first is None:
@@ -188,6 +191,9 @@ class _Model:
         if self._root.timestamps:
             self._root.records.append(_timestamp(self.id, name, time.monotonic_ns()))
 
+    def traceparent(self) -> None:
+        """Triton's trace ids are not W3C ones."""
+
     def end(self, error: BaseException | None = None) -> None:
         self.event("REQUEST_END")
 
@@ -209,6 +215,9 @@ class _Compute:
 
     def event(self, name: str) -> None:
         self._model.event(name)
+
+    def traceparent(self) -> None:
+        """Triton's trace ids are not W3C ones."""
 
     def end(self, error: BaseException | None = None) -> None:
         self._model.event("COMPUTE_END")
