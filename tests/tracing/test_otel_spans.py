@@ -199,3 +199,25 @@ def test_missing_sdk_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     tracing = dagserve.Server(trace=dagserve.TraceConfig(mode="opentelemetry")).tracing
     with pytest.raises(dagserve.ConfigError, match=r"pip install dagserve\[otel\]"):
         tracing.open()
+
+
+@pytest.mark.anyio
+async def test_bls_call_joins_the_trace_under_the_execution() -> None:
+    """A BLS call (sync ``exec`` from the model's thread) made while serving a traced request
+    gets its spans under that execution's compute span, in the same trace."""
+    exporter = InMemorySpanExporter()
+    trace = dagserve.TraceConfig(mode="opentelemetry", level=("TIMESTAMPS",), rate=1, exporter=exporter)
+    repo = Path(__file__).parent.parent / "repos" / "triton_python"
+    async with dagserve.Server(repo, model_control_mode="explicit", load_models=("bls_caller", "add_sub"),
+                               trace=trace) as server:
+        with request_trace(server, "bls_caller", "grpc", ()):
+            ones = np.ones(4, np.float32)
+            await server.infer("bls_caller", "", dagserve.InferRequest(inputs={"A": ones, "B": ones}))
+        await anyio.to_thread.run_sync(server.tracing.flush)
+    spans = exporter.get_finished_spans()
+    caller = only(spans, "bls_caller")
+    (outer,) = children(spans, caller)
+    assert outer.name == "compute"
+    (callee,) = children(spans, outer)
+    assert callee.name == "add_sub" and callee.context.trace_id == caller.context.trace_id
+    assert [s.name for s in children(spans, callee)] == ["compute"]
