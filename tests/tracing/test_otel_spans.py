@@ -221,3 +221,22 @@ async def test_bls_call_joins_the_trace_under_the_execution() -> None:
     (callee,) = children(spans, outer)
     assert callee.name == "add_sub" and callee.context.trace_id == caller.context.trace_id
     assert [s.name for s in children(spans, callee)] == ["compute"]
+
+
+def test_grpc_stream_requests_are_traced(running: RunningServer, exporter: InMemorySpanExporter) -> None:
+    """Each request of a ModelStreamInfer stream is its own trace, under the stream's
+    traceparent metadata."""
+    import queue
+
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(running.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result),
+                            headers={"traceparent": TRACEPARENT})
+        for i in range(2):
+            client.async_stream_infer("classify_yaml", [raw_input(grpcclient, b"\x01\x02")], request_id=f"s{i}")
+        for _ in range(2):
+            assert not isinstance(answers.get(timeout=60), Exception)
+        client.stop_stream()
+    roots = [s for s in finished(running, exporter) if s.name == "InferRequest"]
+    assert len(roots) == 2
+    assert all(r.parent is not None and format(r.parent.span_id, "016x") == CLIENT_SPAN for r in roots)
