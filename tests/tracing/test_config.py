@@ -45,3 +45,18 @@ def test_sampling_follows_rate_and_count() -> None:
     assert [setting.sample(False) for _ in range(6)] == [False, True, False, True, False, False]
     assert tracing.settings()["trace_count"] == "0"
     assert setting.sample(True)
+
+
+def test_cli_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dagserve serve` reads --trace-config, or DAGSERVE_TRACE_CONFIG (space-separated) without it."""
+    from dagserve.cli import _serve_options, build_parser
+
+    def trace_of(*flags: str) -> TraceConfig:
+        args = build_parser().parse_args(["serve", "--model-repository", "models", *flags])
+        return _serve_options(args).server.trace
+
+    monkeypatch.setenv("DAGSERVE_TRACE_CONFIG", "mode=opentelemetry level=TIMESTAMPS opentelemetry,url=otel:4318")
+    from_env = trace_of()
+    assert (from_env.mode, from_env.level, from_env.url) == ("opentelemetry", ("TIMESTAMPS",), "otel:4318")
+    assert trace_of("--trace-config", "rate=7").rate == 7
+    assert trace_of("--trace-config", "rate=7").mode == "triton"  # the flag wins over the environment
