@@ -45,6 +45,7 @@ from .frontends.runner import Addresses, FrontendOptions, serve
 from .limits import Limits
 from .log_settings import LogSettings, log_control
 from .repository.config import ModelConfig
+from .tracing import TraceConfig
 from .types import DataType, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "Switch",
     "TensorRef",
     "TensorSpec",
+    "TraceConfig",
     "UnsupportedError",
     "WorkerCrashedError",
     "__version__",

@@ -32,6 +32,7 @@ from .frontends.runner import (
     FrontendOptions,
     serve,
 )
+from .tracing import parse_trace_config
 
 __all__ = ["main"]
 
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest gRPC message in bytes (default {DEFAULT_GRPC_MAX_MESSAGE_SIZE})")
     s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
+    s.add_argument("--trace-config", action="append", default=None, metavar="[MODE,]SETTING=VALUE",
+                   help="tracing, Triton's form (repeatable): rate=N, level=TIMESTAMPS|OFF, count=N, "
+                        "mode=triton|opentelemetry, triton,file=PATH, triton,log-frequency=N, "
+                        "opentelemetry,url=URL, opentelemetry,resource=KEY=VALUE, opentelemetry,bsp_*=N "
+                        "(env DAGSERVE_TRACE_CONFIG: space-separated; see docs/tracing.md)")
     s.add_argument("--exit-timeout-secs", type=float,
                    default=float(_env("exit-timeout-secs", str(DEFAULT_EXIT_TIMEOUT_SECS)) or 0),
                    help="on SIGTERM/SIGINT, how long requests in flight may take to finish before they are "
@@ -292,6 +298,9 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
             strict_readiness=args.strict_readiness,
             auto_complete_config=not args.disable_auto_complete_config,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
+            trace=parse_trace_config(
+                args.trace_config if args.trace_config is not None else (_env("trace-config", "") or "").split()
+            ),
             **cli_security.server_options(args),
         ),
         host=args.host,

@@ -339,6 +339,9 @@ class InferRequest:
     parameters: Parameters = field(default_factory=dict)
     outputs: tuple[RequestedOutput, ...] | None = None
     sender: ResponseSender | None = field(default=None, repr=False, compare=False)
+    trace: Any = field(default=None, repr=False, compare=False)
+    """The span of the model call serving this request when it is traced (set by the engine;
+    a ``dagserve.tracing.Span``), so a batch execution can hang its span under it."""
 
     def datatype(self, name: str) -> DataType:
         """The datatype of input ``name``.

@@ -27,6 +27,7 @@ LAYERS = {
     "dagserve.backends": 2,
     "dagserve.repository": 2,
     "dagserve.limits": 1,
+    "dagserve.tracing": 1,
     "dagserve.types": 1,
     "dagserve.tensor_bytes": 1,
     "dagserve.classification": 1,

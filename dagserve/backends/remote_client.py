@@ -133,8 +133,8 @@ class _HttpClient:
         headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
         if binary:
             headers["Inference-Header-Content-Length"] = str(len(head))
-        traceparent = request.parameters.get("traceparent")
-        if isinstance(traceparent, str):
+        traceparent = _traceparent(request)
+        if traceparent is not None:
             headers["traceparent"] = traceparent
         try:
             reply = await self._client.post(self._path(model, version) + "/infer",
@@ -303,8 +303,8 @@ class _GrpcClient:
             else:
                 param.string_param = value
         metadata = []
-        traceparent = request.parameters.get("traceparent")
-        if isinstance(traceparent, str):
+        traceparent = _traceparent(request)
+        if traceparent is not None:
             metadata.append(("traceparent", traceparent))
         # The deadline is enforced by the caller's cancel scope; gRPC's own, a little later, only
         # tells the remote when to give up (grpc.aio reports its expiry as a bare cancellation).
@@ -359,3 +359,15 @@ def _grpc_error(exc: Any, target: str) -> DagserveError:
     if code is grpc.StatusCode.CANCELLED:
         return RequestCancelledError(text)
     return ModelExecutionError(text)
+
+
+def _traceparent(request: InferRequest) -> str | None:
+    """The W3C ``traceparent`` to send with the call: the span of this model call when the
+    request is traced by dagserve (so the remote server's spans continue the trace), else a
+    ``traceparent`` request parameter the caller set."""
+    if request.trace is not None:
+        traceparent: object = request.trace.traceparent()
+        if isinstance(traceparent, str):
+            return traceparent
+    traceparent = request.parameters.get("traceparent")
+    return traceparent if isinstance(traceparent, str) else None

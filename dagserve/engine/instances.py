@@ -27,6 +27,8 @@ import anyio
 
 from ..backends.base import ModelInstance, Outputs
 from ..errors import ModelExecutionError, ModelNotReadyError
+from ..tracing.context import CURRENT as _TRACE
+from ..tracing.context import Span
 from ..types import InferRequest
 from .stats import ModelStatistics
 
@@ -121,6 +123,31 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *
         pass
 
 
+class _Computes:
+    """The ``compute`` spans of one batch execution: one under the span of each traced
+    request of the batch (Triton gives each request its own). While it runs with a single
+    traced request, its span is the current one, so a BLS call the model makes for that
+    request (``async`` code, or sync code, whose thread runs in a copy of this context)
+    joins the trace under it."""
+
+    __slots__ = ("spans", "token")
+
+    def __init__(self, model: str, requests: Sequence[InferRequest], batch_size: int) -> None:
+        count = len(requests)
+        self.spans: list[tuple[int, Span]] = [
+            (i, r.trace.compute(model, batch_size, count)) for i, r in enumerate(requests) if r.trace is not None
+        ]
+        self.token = _TRACE.set(self.spans[0][1]) if len(self.spans) == 1 else None
+
+    def end(self, failure: BaseException | None, results: Sequence[Any]) -> None:
+        """End every span: with ``failure``, or each with its request's result if an error."""
+        if self.token is not None:
+            _TRACE.reset(self.token)
+        for i, span in self.spans:
+            result = failure if failure is not None else (results[i] if i < len(results) else None)
+            span.end(result if isinstance(result, BaseException) else None)
+
+
 def _succeed(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
@@ -148,6 +175,8 @@ class InstancePool:
             for i, instance in enumerate(self.instances)
         }
         self._warned_ns = -_WARN_EVERY_NS
+        self.traced = 0
+        """Traced requests inside the model now; while 0, :meth:`run` looks for no span."""
 
     async def acquire(self) -> ModelInstance:
         """Wait for a free instance and take it; give it back with :meth:`release`.
@@ -182,14 +211,23 @@ class InstancePool:
         Raises:
             ModelExecutionError: the backend broke its contract (wrong number of results).
         """
+        # Only while a traced request is inside the model (:meth:`ModelVersion._traced`).
+        traced = _Computes(self._stats.name, requests, batch_size) if self.traced else None
         start = time.perf_counter_ns()
         mode = instance.mode
-        if mode == "thread":
-            results = await self._threads[id(instance)].run(instance.execute, requests)
-        elif mode == "async":
-            results = await instance.execute(requests)
-        else:
-            results = instance.execute(requests)
+        try:
+            if mode == "thread":
+                results = await self._threads[id(instance)].run(instance.execute, requests)
+            elif mode == "async":
+                results = await instance.execute(requests)
+            else:
+                results = instance.execute(requests)
+        except BaseException as exc:
+            if traced is not None:
+                traced.end(exc, ())
+            raise
+        if traced is not None:
+            traced.end(None, results)
         infer_ns = time.perf_counter_ns() - start
         if mode == "inline" and infer_ns > INLINE_WARN_NS:
             self._warn_inline(infer_ns)

@@ -30,6 +30,7 @@ from ..errors import (
 from ..repository.config import DynamicBatching, ModelConfig
 from ..repository.locations import did_you_mean
 from ..tensor_bytes import holds
+from ..tracing.context import CURRENT as _TRACE
 from ..types import (
     DataType,
     InferRequest,
@@ -275,6 +276,8 @@ class ModelVersion:
             InvalidInputError: the request does not fit the model's inputs or outputs.
             ModelExecutionError: the model failed, or answered with wrong outputs.
         """
+        if _TRACE.get() is not None and request.trace is None:  # the request is traced
+            return await self._traced(request)
         self._check_ready()
         if self.decoupled:
             raise UnsupportedError(
@@ -303,6 +306,31 @@ class ModelVersion:
         if key is not None and self._cache is not None:
             self._cache.put(key, outputs)
         return self._response(request, outputs)
+
+    async def _traced(self, request: InferRequest, emit: Callable[[InferResponse], Awaitable[None]] | None = None) -> Any:
+        """:meth:`infer` (or :meth:`infer_stream` with ``emit``) in a span of this model under
+        the current one; the call tree below (pipeline steps, batch executions) hangs under it."""
+        parent = _TRACE.get()
+        assert parent is not None
+        span = parent.model(self.name, self.version_str, request.id)
+        token = _TRACE.set(span)
+        pool = self._pool
+        if pool is not None:
+            pool.traced += 1
+        try:
+            span.event("QUEUE_START")
+            traced = replace(request, trace=span)
+            result = await (self.infer(traced) if emit is None else self.infer_stream(traced, emit))
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        else:
+            span.end()
+        finally:
+            _TRACE.reset(token)
+            if pool is not None:
+                pool.traced -= 1
+        return result
 
     def _check_ready(self) -> None:
         if self.state is not ModelState.READY or self._runner is None:
@@ -341,6 +369,9 @@ class ModelVersion:
             DagserveError: as :meth:`infer`; a failure after some responses were emitted is
                 raised after them.
         """
+        if _TRACE.get() is not None and request.trace is None:  # the request is traced
+            await self._traced(request, emit)
+            return
         if not self.decoupled:
             await emit(await self.infer(request))
             return

@@ -37,6 +37,7 @@ from ..dsl.plan import Plan, Route, StepPlan, Wire
 from ..dsl.typecheck import Adapt
 from ..errors import DagserveError, InvalidInputError, ModelExecutionError, RequestTimeoutError
 from ..repository.config import ModelConfig
+from ..tracing.context import CURRENT as _TRACE
 from ..types import InferRequest, InferResponse, shape_matches
 from .stats import Duration, ModelStatistics
 
@@ -326,7 +327,9 @@ class PipelineRunner:
         if inputs is None:
             return
         outputs: Mapping[str, np.ndarray]
-        if step.mapped:
+        if _TRACE.get() is not None:  # the request is traced
+            outputs = await self._traced_step(step, inputs, request)
+        elif step.mapped:
             outputs = await self._map(step, inputs, request)
         elif step.loop is not None:
             outputs = await self._loop(step, inputs, request)
@@ -334,6 +337,28 @@ class PipelineRunner:
             outputs = await self._call(step, inputs, request)
         for name, slot in step.outputs:
             values[slot] = outputs.get(name)  # absent: an optional output of a nested pipeline
+
+    async def _traced_step(self, step: StepPlan, inputs: dict[str, Any], request: InferRequest) -> Outputs:
+        """The step's calls in a span of the step, under the pipeline's span."""
+        parent = _TRACE.get()
+        assert parent is not None
+        span = parent.step(self.plan.name, step.name, step.model)
+        token = _TRACE.set(span)
+        try:
+            if step.mapped:
+                outputs: Outputs = await self._map(step, inputs, request)
+            elif step.loop is not None:
+                outputs = await self._loop(step, inputs, request)
+            else:
+                outputs = await self._call(step, inputs, request)
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        else:
+            span.end()
+        finally:
+            _TRACE.reset(token)
+        return outputs
 
     def _inputs_for(self, step: StepPlan, values: list[Any], request: InferRequest) -> dict[str, Any] | None:
         """The inputs of ``step`` in this request, or None (counted as skipped) when its

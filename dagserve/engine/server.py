@@ -58,6 +58,7 @@ from ..repository.loader import (
     validate,
 )
 from ..repository.locations import did_you_mean
+from ..tracing import TraceConfig, Tracing
 from ..types import InferRequest, InferResponse
 from .cache import ResponseCache
 from .model import ModelState, ModelVersion
@@ -84,6 +85,7 @@ EXTENSIONS = (
     "system_shared_memory",  # served by the frontends (dagserve/shared_memory.py)
     "cuda_shared_memory",  # the endpoints answer; registering needs GPUs (refused: UNSUPPORTED)
     "logging",
+    "trace",
 )
 
 
@@ -103,6 +105,8 @@ class ServerOptions:
     ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
     ``auto_complete_config``: let backends complete configs from the models (Python
     ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
+    ``trace``: tracing at start-up (Triton's ``--trace-config``; docs/tracing.md); the
+    settings then change at run time through :attr:`Server.tracing`.
     """
 
     model_repository: Path | None = None
@@ -114,6 +118,7 @@ class ServerOptions:
     allow_symlinks_outside_repository: bool = False
     limits: Limits = field(default_factory=Limits)
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
+    trace: TraceConfig = field(default_factory=TraceConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -155,9 +160,12 @@ class Server:
         self._draining = False
         size = self.options.response_cache_bytes
         self.cache = ResponseCache(size) if size > 0 else None
+        self.tracing = Tracing(self.options.trace)
+        """The trace settings (Triton's trace extension) and the exporter behind them."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Server:  # noqa: PYI034 - Server is not meant to be subclassed
+        self.tracing.open()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -165,6 +173,7 @@ class Server:
         except BaseException:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
+            self.tracing.close()
             raise
         self._started = True
         if self.options.model_control_mode == "poll":
@@ -186,7 +195,11 @@ class Server:
             for version in entry.versions.values():
                 version.unload("server stopping")
         assert self._tg is not None
-        return await self._tg.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.tracing.close)
 
     async def _load_initial(self) -> None:
         repo = self.options.model_repository

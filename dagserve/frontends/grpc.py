@@ -35,6 +35,7 @@ from .limits import GrpcKeepalive
 from .restricted import Restrictions, grpc_interceptor
 from .status import status_for
 from .tls import TLSConfig
+from .tracing import grpc_changes, request_trace, trace_setting
 
 if TYPE_CHECKING:
     from ..engine import Server
@@ -180,6 +181,9 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if self._server.tracing.enabled:
+            with request_trace(self._server, request.model_name, "grpc", context.invocation_metadata() or ()):
+                return await self._infer(request)
         return await self._infer(request)
 
     async def _infer(
@@ -221,9 +225,10 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
                 watcher = anyio.CancelScope()
                 with anyio.CancelScope() as reading:
                     tg.start_soon(self._end_when_stopping, reading, watcher, limiter)
+                    metadata = tuple(context.invocation_metadata() or ())
                     async for request in request_iterator:
                         await limiter.acquire()
-                        tg.start_soon(self._stream_one, request, send.clone(), limiter)
+                        tg.start_soon(self._stream_one, request, send.clone(), limiter, metadata)
                 watcher.cancel()  # the client closed its side
 
     async def _end_when_stopping(
@@ -241,6 +246,7 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelInferRequest,
         send: MemoryObjectSendStream[pb.ModelStreamInferResponse],
         limiter: anyio.Semaphore,
+        metadata: tuple[Any, ...] = (),
     ) -> None:
         param = request.parameters.get(_ENABLE_EMPTY_FINAL)
         empty_final_wanted = param is not None and param.bool_param
@@ -267,7 +273,11 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
                     shared_memory=shm,
                 )
                 targets.update(shm.output_targets(decoded.outputs))
-                await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
+                if self._server.tracing.enabled:
+                    with request_trace(self._server, request.model_name, "grpc", metadata):
+                        await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
+                else:
+                    await self._server.infer_stream(request.model_name, request.model_version, decoded, emit)
             except Exception as exc:  # noqa: BLE001 - reported in-stream, the stream goes on
                 message = pb.ModelStreamInferResponse()
                 message.error_message = status_for(exc, request_id=request.id).message
@@ -339,7 +349,16 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
 
     # -- extensions dagserve does not offer -------------------------------------------------
     # (the shared-memory RPCs come from SharedMemoryRPCs)
-    TraceSetting = _unimplemented("the trace extension (use the Prometheus metrics)")
+    @_rpc
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TraceSettingResponse:
+        """Triton's trace extension: update (when settings are given) and read the settings."""
+        settings = trace_setting(self._server, request.model_name, grpc_changes(request.settings))
+        response = pb.TraceSettingResponse()
+        for name, value in settings.items():
+            response.settings[name].value.extend(value if isinstance(value, list) else [value])
+        return response
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

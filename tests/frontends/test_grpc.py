@@ -166,20 +166,6 @@ def test_load_refused_without_explicit_mode(client: tc.InferenceServerClient) ->
     assert _status(info.value) == "StatusCode.UNIMPLEMENTED"
 
 
-def test_unsupported_extensions_are_unimplemented(client: tc.InferenceServerClient) -> None:
-    """The trace RPCs answer UNIMPLEMENTED with a clear message (shared memory: see
-    test_shared_memory.py; logging: test_logging.py)."""
-    calls = [
-        client.get_trace_settings,
-    ]
-    for call in calls:
-        with pytest.raises(InferenceServerException) as info:
-            call()
-        assert _status(info.value) == "StatusCode.UNIMPLEMENTED"
-        assert "not supported by dagserve" in info.value.message()
-    _assert_still_serving(client)
-
-
 def test_health_service(url: str) -> None:
     """grpc.health.v1 Check reports the server and each model; unknown names are NOT_FOUND."""
     serving = health_pb2.HealthCheckResponse.SERVING

@@ -16,6 +16,7 @@ from ...errors import InvalidInputError
 from ...shared_memory import SharedMemoryRegistry
 from ..http_codec import decode_infer_request, decode_raw_request, decompress_body, encode_infer_response
 from ..restricted import Restrictions, http_forbidden
+from ..tracing import request_trace
 from .replies import JSON, Reply, error_reply
 
 if TYPE_CHECKING:
@@ -109,7 +110,11 @@ class InferCore:
                     )
             request_id = request.id
             targets = shm.output_targets(request.outputs)
-            response = await self._server.infer(model, version, request)
+            if self._server.tracing.enabled:
+                with request_trace(self._server, model, "http", headers):
+                    response = await self._server.infer(model, version, request)
+            else:
+                response = await self._server.infer(model, version, request)
             if targets:
                 shm.write_outputs(response, targets)
             out, json_size_out = encode_infer_response(response, request, targets)

@@ -33,6 +33,7 @@ from ..http_codec import decompress_body
 from ..limits import HttpLimits
 from ..restricted import RestrictedASGI, Restrictions
 from ..tls import TLSConfig
+from ..tracing import http_changes, trace_setting
 from .infer import InferCore
 from .replies import Reply, error_reply, json_error
 from .server import serve_http11
@@ -204,6 +205,12 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
             body = await _json_body(request, max_body_size, server.options.limits)
             return _json_response(control.update(body).as_dict())
         return _json_response(control.settings.as_dict())
+    async def trace_settings(request: Request) -> Response:
+        """Triton's trace extension: GET reads the settings, POST changes them first."""
+        changes = None
+        if request.method == "POST":
+            changes = http_changes(await _json_body(request, max_body_size, server.options.limits))
+        return _json_response(trace_setting(server, request.path_params.get("model", ""), changes))
 
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
@@ -230,6 +237,8 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
         Route(version + "/generate", _guarded(generate), methods=post),
         Route(model + "/generate_stream", _guarded(generate_stream), methods=post),  # type: ignore[arg-type]
         Route(version + "/generate_stream", _guarded(generate_stream), methods=post),  # type: ignore[arg-type]
+        Route("/v2/trace/setting", _guarded(trace_settings), methods=["GET", "POST"]),
+        Route(model + "/trace/setting", _guarded(trace_settings), methods=["GET", "POST"]),
         Route("/v2/repository/index", _guarded(repository_index), methods=post),
         Route("/v2/repository/models/{model}/load", _guarded(repository_load), methods=post),
         Route("/v2/repository/models/{model}/unload", _guarded(repository_unload), methods=post),
