@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from .._proto import grpc_service_pb2 as pb
 from .._proto import grpc_service_pb2_grpc as pb_grpc
 from .._proto import health_pb2, health_pb2_grpc, model_config_pb2
-from ..errors import InvalidInputError, ModelNotFoundError, UnsupportedError
+from ..errors import InvalidInputError, ModelNotFoundError
 from ..log_settings import log_control
 from ..shared_memory import OutputTarget, SharedMemoryRegistry
 from ..types import InferResponse
@@ -94,16 +94,6 @@ def _rpc(method: _Handler[_S, _Req, _Resp]) -> _Handler[_S, _Req, _Resp]:
 def _from_json(data: Mapping[str, Any], message: _M) -> _M:
     """Fill ``message`` from the engine's JSON shape (snake_case names, enums by name)."""
     return json_format.ParseDict(data, message, ignore_unknown_fields=True)
-
-
-def _unimplemented(feature: str) -> Callable[..., Any]:
-    """An RPC handler that always answers UNIMPLEMENTED, naming ``feature``."""
-
-    async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> NoReturn:
-        await _abort(context, UnsupportedError(f"{feature} is not supported by dagserve"))
-
-    handler.__doc__ = f"Always UNIMPLEMENTED: {feature} is not supported by dagserve."
-    return handler
 
 
 class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
@@ -347,7 +337,7 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
             setattr(response.settings[name], field, current)
         return response
 
-    # -- extensions dagserve does not offer -------------------------------------------------
+    # -- trace extension --------------------------------------------------------------------
     # (the shared-memory RPCs come from SharedMemoryRPCs)
     @_rpc
     async def TraceSetting(
