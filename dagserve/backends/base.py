@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..custom_metrics import CustomMetrics
 from ..errors import InvalidInputError
 from ..repository.config import ModelConfig
 from ..types import InferRequest, InferResponse
@@ -75,6 +76,8 @@ class ModelContext:
     infer_stream: InferStreamCallback | None = None
     run_sync: Callable[..., Any] | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    metrics: CustomMetrics | None = None
+    """The server's registry of models' own metric families (``pb_utils.MetricFamily``)."""
 
 
 def instance_contexts(
@@ -86,6 +89,7 @@ def instance_contexts(
     infer: InferCallback | None = None,
     infer_stream: InferStreamCallback | None = None,
     run_sync: Callable[..., Any] | None = None,
+    metrics: CustomMetrics | None = None,
 ) -> list[ModelContext]:
     """One context per instance the config's ``instance_group`` asks for, named as Triton
     names instances (``<model>_<group>_<index>``). No group is one instance of ``KIND_AUTO``,
@@ -110,6 +114,7 @@ def instance_contexts(
                 infer=infer,
                 infer_stream=infer_stream,
                 run_sync=run_sync,
+                metrics=metrics,
             ))
     return contexts
 
