@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import cli_security
+from . import cli_metrics, cli_security
 from ._version import __version__
 from .cli_security import env as _env
 from .cli_security import parse_bool as _bool
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default=_env("log-level", "info"), choices=("debug", "info", "warning", "error"),
                    help="the least severe log messages shown (default info; env DAGSERVE_LOG_LEVEL)")
     cli_security.add_arguments(s)  # security: confinement, limits, restricted APIs, TLS
+    cli_metrics.add_arguments(s)  # --allow-*-metrics, --metrics-interval-ms, --metrics-config
 
     v = commands.add_parser(
         "validate",
@@ -188,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         options = _serve_options(args)
-    except ValueError as exc:  # a timeout or limit out of range
+    except (ValueError, ConfigError) as exc:  # a timeout or limit out of range, a bad --metrics-config
         print(f"dagserve: {exc}", file=sys.stderr)
         return 2
     if options.server.load_models and options.server.model_control_mode != "explicit":
@@ -234,14 +235,16 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
             auto_complete_config=not args.disable_auto_complete_config,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
             **cli_security.server_options(args),
+            **cli_metrics.server_options(args),
         ),
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
+        metrics_port=cli_metrics.metrics_port(args),
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
         **cli_security.serve_options(args),
+        **cli_metrics.serve_options(args),
         exit_timeout_secs=args.exit_timeout_secs,
         http_limits=HttpLimits(**{field: getattr(args, field) for _, field, _, _ in _HTTP_LIMIT_FLAGS}),
         grpc_keepalive=GrpcKeepalive(**{field: getattr(args, "grpc_" + field) for _, field, _ in _GRPC_KEEPALIVE_FLAGS}),

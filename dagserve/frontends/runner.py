@@ -44,7 +44,8 @@ class FrontendOptions:
     header, ``*_tls`` serve TLS, ``metrics_address`` binds the plain metrics port elsewhere
     than ``host`` (e.g. a private interface). ``exit_timeout_secs`` bounds the wait for requests in flight on a graceful stop
     (Triton's ``--exit-timeout-secs``); ``http_limits`` and ``grpc_keepalive`` bound slow and
-    idle clients."""
+    idle clients. ``allow_cpu_metrics`` / ``allow_gpu_metrics`` add CPU and GPU gauges to
+    ``/metrics``, polled every ``metrics_interval_ms`` (Triton's flags of those names)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -61,10 +62,15 @@ class FrontendOptions:
     exit_timeout_secs: float = DEFAULT_EXIT_TIMEOUT_SECS
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
+    allow_cpu_metrics: bool = True
+    allow_gpu_metrics: bool = True
+    metrics_interval_ms: float = 2000.0
 
     def __post_init__(self) -> None:
         if self.exit_timeout_secs < 0:
             raise ValueError(f"exit timeout must not be negative, got {self.exit_timeout_secs}")
+        if not self.metrics_interval_ms > 0:
+            raise ValueError(f"--metrics-interval-ms must be a positive number, got {self.metrics_interval_ms}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +155,10 @@ async def _start_frontends(tg: TaskGroup, server: Server, options: FrontendOptio
         from .metrics import serve_metrics
 
         metrics_host = options.metrics_address or options.host
-        port = await tg.start(functools.partial(serve_metrics, server, host=metrics_host, port=options.metrics_port))
+        port = await tg.start(functools.partial(
+            serve_metrics, server, host=metrics_host, port=options.metrics_port, cpu=options.allow_cpu_metrics,
+            gpu=options.allow_gpu_metrics, interval_ms=options.metrics_interval_ms,
+        ))
         metrics = _address(metrics_host, port)
     return Addresses(http=http, grpc=grpc, metrics=metrics)
 
