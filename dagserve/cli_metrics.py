@@ -55,7 +55,7 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: a malformed or unknown setting (the CLI reports it as a usage error).
     """
     given = args.metrics_config if args.metrics_config is not None else (env("metrics-config", "") or "").split()
-    return {"metrics": MetricsConfig.parse(given)}
+    return {"metrics_config": MetricsConfig.parse(given)}
 
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class ServerOptions:
     ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
     ``auto_complete_config``: let backends complete configs from the models (Python
     ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
-    ``metrics``: which latency distributions are kept (Triton's ``--metrics-config``).
+    ``metrics_config``: which latency distributions are kept (Triton's ``--metrics-config``).
     """
 
     model_repository: Path | None = None
@@ -113,7 +113,7 @@ class ServerOptions:
     allow_symlinks_outside_repository: bool = False
     limits: Limits = field(default_factory=Limits)
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -281,7 +281,7 @@ class Server:
                 )
                 load = functools.partial(self._load_instances, source, config, number, backend)
             version.stats.configure(
-                self.options.metrics, cached=version.cached,
+                self.options.metrics_config, cached=version.cached,
                 decoupled=version.decoupled,
             )
             entry.versions[number] = version

@@ -114,7 +114,7 @@ def render_metrics(server: Server, system: SystemMetrics | None = None) -> bytes
     """The server's metrics in the Prometheus text exposition format (version 0.0.4)."""
     sources = server.statistics_sources()
     entries = [(s, s.snapshot(), {"model": s.name, "version": s.version}) for s in sources]
-    counters = server.options.metrics.counter_latencies
+    counters = server.options.metrics_config.counter_latencies
     out = Writer()
     for name, doc, path, scale in _COUNTS:
         out.family(name, doc, "counter", (sample(name, labels, _lookup(e, path) * scale) for _, e, labels in entries))
