@@ -22,6 +22,7 @@ from .dsl.builder import Pipeline, Switch, loop, pipeline
 from .dsl.conditions import Condition
 from .dsl.spec import LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
 from .engine.bls import call_model, call_model_sync
+from .engine.latency import MetricsConfig
 from .engine.model import ModelState
 from .engine.server import Server, ServerOptions
 from .errors import (
@@ -63,6 +64,7 @@ __all__ = [
     "Limits",
     "LogSettings",
     "LoopSpec",
+    "MetricsConfig",
     "ModelConfig",
     "ModelExecutionError",
     "ModelNotFoundError",

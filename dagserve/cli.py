@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import cli_security
+from . import cli_metrics, cli_security
 from ._version import __version__
 from .cli_security import env as _env
 from .cli_security import parse_bool as _bool
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the least severe log messages shown (default info; env DAGSERVE_LOG_LEVEL)")
     _add_log_arguments(s)  # Triton's --log-* flags (log_settings.py)
     cli_security.add_arguments(s)  # security: confinement, limits, restricted APIs, TLS
+    cli_metrics.add_arguments(s)  # --allow-*-metrics, --metrics-interval-ms, --metrics-config
 
     v = commands.add_parser(
         "validate",
@@ -253,7 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         options = _serve_options(args)
-    except ValueError as exc:  # a timeout or limit out of range
+    except (ValueError, ConfigError) as exc:  # a timeout or limit out of range, a bad --metrics-config
         print(f"dagserve: {exc}", file=sys.stderr)
         return 2
     if options.server.load_models and options.server.model_control_mode != "explicit":
@@ -302,14 +303,16 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
                 args.trace_config if args.trace_config is not None else (_env("trace-config", "") or "").split()
             ),
             **cli_security.server_options(args),
+            **cli_metrics.server_options(args),
         ),
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
+        metrics_port=cli_metrics.metrics_port(args),
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
         **cli_security.serve_options(args),
+        **cli_metrics.serve_options(args),
         exit_timeout_secs=args.exit_timeout_secs,
         http_limits=HttpLimits(**{field: getattr(args, field) for _, field, _, _ in _HTTP_LIMIT_FLAGS}),
         grpc_keepalive=GrpcKeepalive(**{field: getattr(args, "grpc_" + field) for _, field, _ in _GRPC_KEEPALIVE_FLAGS}),

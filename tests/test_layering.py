@@ -18,6 +18,7 @@ LAYERS = {
     "dagserve.__main__": 6,
     "dagserve.cli": 6,
     "dagserve.cli_security": 6,
+    "dagserve.cli_metrics": 6,
     "dagserve.testing": 6,
     "dagserve.validation": 6,  # `dagserve validate`: asks the backends and the dsl, like the CLI
     "dagserve.drawing": 6,  # `dagserve graph`
@@ -28,6 +29,7 @@ LAYERS = {
     "dagserve.repository": 2,
     "dagserve.limits": 1,
     "dagserve.tracing": 1,
+    "dagserve.custom_metrics": 1,  # the registry of models' own metrics (pb_utils.MetricFamily)
     "dagserve.types": 1,
     "dagserve.tensor_bytes": 1,
     "dagserve.classification": 1,

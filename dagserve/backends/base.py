@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..custom_metrics import CustomMetrics
 from ..errors import InvalidInputError
 from ..repository.config import ModelConfig
 from ..types import InferRequest, InferResponse
@@ -89,6 +90,8 @@ class ModelContext:
     run_sync: Callable[..., Any] | None = None
     control: ModelControl | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    metrics: CustomMetrics | None = None
+    """The server's registry of models' own metric families (``pb_utils.MetricFamily``)."""
 
 
 def instance_contexts(
@@ -101,6 +104,7 @@ def instance_contexts(
     infer_stream: InferStreamCallback | None = None,
     run_sync: Callable[..., Any] | None = None,
     control: ModelControl | None = None,
+    metrics: CustomMetrics | None = None,
 ) -> list[ModelContext]:
     """One context per instance the config's ``instance_group`` asks for, named as Triton
     names instances (``<model>_<group>_<index>``). No group is one instance of ``KIND_AUTO``,
@@ -126,6 +130,7 @@ def instance_contexts(
                 infer_stream=infer_stream,
                 run_sync=run_sync,
                 control=control,
+                metrics=metrics,
             ))
     return contexts
 

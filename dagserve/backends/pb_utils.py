@@ -16,6 +16,7 @@ import json
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ import anyio.lowlevel
 import numpy as np
 
 from .. import errors, tensor_bytes
+from ..custom_metrics import CustomMetricError as _CustomMetricError
+from ..custom_metrics import MetricKind as _MetricKind
 from ..types import DataType, RequestedOutput, ResponseSender, datatype_of, is_device_tensor, to_host
 from ..types import InferRequest as _EngineRequest
 from ..types import InferResponse as _EngineResponse
@@ -697,6 +700,93 @@ class Logger:
     @classmethod
     def log(cls, message: str, level: int = _LogLevel.INFO) -> None:
         cls._log.log(_PYTHON_LEVELS.get(_LogLevel(level), logging.INFO), message, stacklevel=2)
+
+
+class MetricFamily:
+    """A family of the model's own metrics on the server's ``/metrics``, as Triton's Python
+    backend defines it: ``MetricFamily(name, description, kind)`` with ``kind`` one of
+    :attr:`COUNTER`, :attr:`GAUGE`, :attr:`HISTOGRAM`; :meth:`Metric` makes one labelled
+    metric of it. Create it in ``initialize`` or ``execute`` (or a native model's constructor
+    or ``infer``). The rules and errors (:class:`TritonModelException`) are Triton's; see
+    :mod:`dagserve.custom_metrics`.
+    """
+
+    COUNTER = _MetricKind.COUNTER
+    GAUGE = _MetricKind.GAUGE
+    HISTOGRAM = _MetricKind.HISTOGRAM
+
+    def __init__(self, name: str, description: str, kind: _MetricKind) -> None:
+        ctx = current_context.get()
+        registry = ctx.metrics if ctx is not None else None
+        if registry is None:
+            raise TritonModelException(
+                "Error when creating MetricFamily: custom metrics can be created only while the server runs "
+                "the model's code (initialize, execute; not at import time, nor with 'execution: process')"
+            )
+        owner = id(ctx)
+        try:
+            handle = registry.family(name, description, kind, owner=owner)
+        except _CustomMetricError as exc:
+            raise TritonModelException(f"Error when creating MetricFamily: {exc}") from None
+        self._registry = registry
+        self._owner = owner
+        self._handle = handle
+        self._children: weakref.WeakSet[Metric] = weakref.WeakSet()
+        weakref.finalize(self, _release_family, registry, handle, owner, self._children)
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:
+        """The metric of this family with ``labels``; ``buckets`` (upper bounds, increasing)
+        for a HISTOGRAM family only, where they are required."""
+        try:
+            handle = self._registry.metric(self._handle, labels, buckets, owner=self._owner)
+        except _CustomMetricError as exc:
+            raise TritonModelException(str(exc)) from None
+        metric = Metric(self._registry, handle, self._owner)
+        self._children.add(metric)
+        return metric
+
+
+def _release_family(registry: Any, handle: Any, owner: int, children: weakref.WeakSet[Metric]) -> None:
+    # Triton clears a family's metrics when the family object goes: later operations on them fail.
+    for metric in list(children):
+        registry.forget(metric._handle, owner)
+    registry.forget(handle, owner)
+
+
+class Metric:
+    """One labelled metric of a :class:`MetricFamily` (made by ``family.Metric(labels)``)."""
+
+    def __init__(self, registry: Any, handle: Any, owner: int) -> None:
+        self._registry = registry
+        self._handle = handle
+        weakref.finalize(self, registry.forget, handle, owner)
+
+    def increment(self, value: float) -> None:
+        """Add ``value`` (a COUNTER only by a non-negative value; a GAUGE by any)."""
+        self._call(self._registry.increment, value)
+
+    def set(self, value: float) -> None:
+        """Set a GAUGE to ``value``."""
+        self._call(self._registry.set, value)
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in a HISTOGRAM."""
+        self._call(self._registry.observe, value)
+
+    def value(self) -> float:
+        """The value of a COUNTER or GAUGE."""
+        try:
+            return float(self._registry.value(self._handle))
+        except _CustomMetricError as exc:
+            raise TritonModelException(str(exc)) from None
+
+    def _call(self, operation: Callable[[Any, float], None], value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"a metric value must be a number, not {type(value).__name__}")
+        try:
+            operation(self._handle, float(value))
+        except _CustomMetricError as exc:
+            raise TritonModelException(str(exc)) from None
 
 
 class ModelConfig:

@@ -332,8 +332,11 @@ class TritonModel:
         return results
 
     def close(self) -> None:
-        if hasattr(self._model, "finalize"):
-            self._model.finalize()
+        try:
+            if hasattr(self._model, "finalize"):
+                self._model.finalize()
+        finally:
+            _release_metrics(self._context)
 
 
 class NativeModel:
@@ -456,6 +459,15 @@ class NativeModel:
         return list(split_outputs({k: np.asarray(v) for k, v in outputs.items()}, sizes))
 
     def close(self) -> None:
-        close = getattr(self._instance, "close", None)
-        if close is not None:
-            close()
+        try:
+            close = getattr(self._instance, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _release_metrics(self._context)
+
+
+def _release_metrics(context: ModelContext) -> None:
+    """The metrics an unloading instance created leave /metrics, as when Triton's stub exits."""
+    if context.metrics is not None:
+        context.metrics.release_owner(id(context))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -59,18 +60,30 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.lookup_ns = 0  # time in get() and put(), for Triton's local-cache metrics
+        self.insertion_ns = 0
 
     def get(self, key: bytes) -> Mapping[str, np.ndarray] | None:
+        start = time.perf_counter_ns()
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
+            self.lookup_ns += time.perf_counter_ns() - start
             return None
         self._entries.move_to_end(key)
         self.hits += 1
+        self.lookup_ns += time.perf_counter_ns() - start
         return entry[0]
 
     def put(self, key: bytes, outputs: Mapping[str, np.ndarray]) -> None:
         """Store ``outputs`` (made read-only); an entry larger than the whole cache is skipped."""
+        start = time.perf_counter_ns()
+        try:
+            self._put(key, outputs)
+        finally:
+            self.insertion_ns += time.perf_counter_ns() - start
+
+    def _put(self, key: bytes, outputs: Mapping[str, np.ndarray]) -> None:
         size = _size(outputs)
         if size > self.capacity or key in self._entries:
             return
@@ -86,8 +99,14 @@ class ResponseCache:
             self._bytes -= evicted
             self.evictions += 1
 
-    def statistics(self) -> dict[str, int]:
+    def statistics(self) -> dict[str, float]:
+        """Counts and sizes; ``lookups`` = hits + misses, ``util`` = bytes / capacity,
+        ``lookup_us`` / ``insertion_us`` the total time in lookups and inserts."""
         return {
+            "lookups": self.hits + self.misses,
+            "util": self._bytes / self.capacity if self.capacity else 0.0,
+            "lookup_us": self.lookup_ns / 1e3,
+            "insertion_us": self.insertion_ns / 1e3,
             "entries": len(self._entries),
             "bytes": self._bytes,
             "capacity": self.capacity,

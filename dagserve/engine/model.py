@@ -119,6 +119,8 @@ class ModelVersion:
         self._max_batch = config.max_batch_size
         self._runner: Runner | None = None
         self._cache = cache if cache is not None and _cacheable(config) else None
+        self.cached = self._cache is not None
+        """Responses of this version go through the response cache."""
         self._pool: InstancePool | None = None
         self._priority_levels = 0  # configured in the dynamic batcher; 0: none, any priority is the one level
         self._in_flight = 0
@@ -379,6 +381,8 @@ class ModelVersion:
         batch_size = self.validate(request)
         sender = ChannelSender()
         wanted = request.output_names()
+        start = time.perf_counter_ns()
+        first = True
         self._in_flight += 1
         failure: BaseException | None = None
         try:
@@ -391,6 +395,10 @@ class ModelVersion:
                                 failure = outputs
                                 break
                             checked = self.check_outputs(outputs, wanted) if outputs is not None else {}
+                            if first and outputs is not None:  # a bare final flag is no response
+                                first = False
+                                if self.stats.latency is not None:
+                                    self.stats.latency.first_response(time.perf_counter_ns() - start)
                             await emit(self._response(request, checked, final))
                             if final:
                                 break

@@ -440,6 +440,9 @@ class PipelineRunner:
         stats.success.add(end - start)
         stats.queue.add(queued - start)
         stats.compute.add(end - queued)
+        latency = self._stats.latency
+        if latency is not None:
+            latency.step(step.name, step.model, end - start)
         return {} if response is None else response.outputs
 
     async def _map(

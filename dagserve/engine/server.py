@@ -34,6 +34,7 @@ from .._version import __version__
 from ..backends import complete_config, get_backend
 from ..backends.base import Backend, ModelInstance, instance_contexts
 from ..backends.objects import ObjectBackend
+from ..custom_metrics import CustomMetrics
 from ..errors import (
     AlreadyExistsError,
     ConfigError,
@@ -61,8 +62,10 @@ from ..repository.locations import did_you_mean
 from ..tracing import TraceConfig, Tracing
 from ..types import InferRequest, InferResponse
 from .cache import ResponseCache
+from .latency import MetricsConfig
 from .model import ModelState, ModelVersion
 from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
+from .stats import ModelStatistics
 from .warmup import warm_up
 
 if TYPE_CHECKING:
@@ -107,6 +110,7 @@ class ServerOptions:
     ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
     ``trace``: tracing at start-up (Triton's ``--trace-config``; docs/tracing.md); the
     settings then change at run time through :attr:`Server.tracing`.
+    ``metrics_config``: which latency distributions are kept (Triton's ``--metrics-config``).
     """
 
     model_repository: Path | None = None
@@ -119,6 +123,7 @@ class ServerOptions:
     limits: Limits = field(default_factory=Limits)
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
     trace: TraceConfig = field(default_factory=TraceConfig)
+    metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,6 +167,8 @@ class Server:
         self.cache = ResponseCache(size) if size > 0 else None
         self.tracing = Tracing(self.options.trace)
         """The trace settings (Triton's trace extension) and the exporter behind them."""
+        self.custom_metrics = CustomMetrics()
+        """The metric families models create (``pb_utils.MetricFamily``), shown on /metrics."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Server:  # noqa: PYI034 - Server is not meant to be subclassed
@@ -309,6 +316,10 @@ class Server:
                     labels=labels,
                 )
                 load = functools.partial(self._load_instances, source, config, number, backend)
+            version.stats.configure(
+                self.options.metrics_config, cached=version.cached,
+                decoupled=version.decoupled,
+            )
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
             entry.started.append(version)
@@ -394,6 +405,7 @@ class Server:
             # with the loop's token: callable from any thread (an instance's own thread)
             run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
             control=self,  # pb_utils.load_model / unload_model / is_model_ready
+            metrics=self.custom_metrics,
         )
         instances = []
         try:
@@ -607,6 +619,11 @@ class Server:
         else:
             versions = [v for e in self._models.values() for v in e.versions.values()]
         return {"model_stats": [v.stats.snapshot() for v in versions if v.state is not ModelState.UNLOADED]}
+
+    def statistics_sources(self) -> list[ModelStatistics]:
+        """The live statistics of every loaded version, for the metrics endpoint (which also
+        reads their latency distributions, absent from :meth:`statistics`)."""
+        return [v.stats for e in self._models.values() for v in e.versions.values() if v.state is not ModelState.UNLOADED]
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Every model of the repository with its state, Triton's index shape."""

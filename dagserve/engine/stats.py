@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OverloadedError, RequestCancelledError, RequestTimeoutError
+from .latency import LatencyRecorder, MetricsConfig
 
 __all__ = ["FAILURE_REASONS", "Duration", "ModelStatistics", "failure_reason"]
 
@@ -83,9 +84,18 @@ class ModelStatistics:
         """Requests waiting to execute now; the scheduler installs its own count."""
         self.endpoints: Callable[[], dict[str, dict[str, float]]] | None = None
         """A remote model's round trips by endpoint (see backends.remote); None for others."""
+        self.latency: LatencyRecorder | None = None
+        """Histograms and summaries, when ``--metrics-config`` asks for them (:meth:`configure`)."""
+        self.cache_enabled = False
+        """The version uses the response cache (Triton shows nv_cache_* only for such models)."""
         self._last_ns = 0  # perf_counter_ns of the last answered request
         # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
+
+    def configure(self, config: MetricsConfig, *, cached: bool, decoupled: bool) -> None:
+        """Keep the distributions ``config`` asks for (before the version serves)."""
+        self.cache_enabled = cached
+        self.latency = config.recorder(cached=cached, decoupled=decoupled)
 
     def record_success(self, *, total_ns: int, queue_ns: int) -> None:
         """One request answered successfully after ``total_ns`` (``queue_ns`` of it queued)."""
@@ -96,10 +106,14 @@ class ModelStatistics:
         queue.count += 1
         queue.ns += queue_ns
         self._last_ns = time.perf_counter_ns()
+        if self.latency is not None:
+            self.latency.success(total_ns, queue_ns)
 
     def record_cache(self, *, hit: bool, lookup_ns: int) -> None:
         """One response-cache lookup (a hit also counts as a successful request)."""
         (self.cache_hit if hit else self.cache_miss).add(lookup_ns)
+        if self.latency is not None:
+            self.latency.cache(hit=hit, lookup_ns=lookup_ns)
         if hit:
             self.success.add(lookup_ns)
             self._last_ns = time.perf_counter_ns()
@@ -131,6 +145,8 @@ class ModelStatistics:
         per_size[0].add(input_ns)
         per_size[1].add(compute_ns)
         per_size[2].add(output_ns)
+        if self.latency is not None:
+            self.latency.execution(input_ns, compute_ns, output_ns, requests)
 
     def snapshot(self) -> dict[str, Any]:
         """Triton's JSON shape for one entry of ``model_stats``."""

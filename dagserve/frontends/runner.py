@@ -46,7 +46,9 @@ class FrontendOptions:
     than ``host`` (e.g. a private interface). ``exit_timeout_secs`` bounds the wait for requests in flight on a graceful stop
     (Triton's ``--exit-timeout-secs``); ``http_limits`` and ``grpc_keepalive`` bound slow and
     idle clients. ``allow_client_shm`` lets clients register and use shared-memory regions
-    (Triton's ``--allow-client-shm``; off by default, as Triton's)."""
+    (Triton's ``--allow-client-shm``; off by default, as Triton's). ``allow_cpu_metrics`` /
+    ``allow_gpu_metrics`` add CPU and GPU gauges to ``/metrics``, polled every
+    ``metrics_interval_ms`` (Triton's flags of those names)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -64,10 +66,15 @@ class FrontendOptions:
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
     allow_client_shm: bool = False
+    allow_cpu_metrics: bool = True
+    allow_gpu_metrics: bool = True
+    metrics_interval_ms: float = 2000.0
 
     def __post_init__(self) -> None:
         if self.exit_timeout_secs < 0:
             raise ValueError(f"exit timeout must not be negative, got {self.exit_timeout_secs}")
+        if not self.metrics_interval_ms > 0:
+            raise ValueError(f"--metrics-interval-ms must be a positive number, got {self.metrics_interval_ms}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +170,10 @@ async def _start_frontends(
         from .metrics import serve_metrics
 
         metrics_host = options.metrics_address or options.host
-        port = await tg.start(functools.partial(serve_metrics, server, host=metrics_host, port=options.metrics_port))
+        port = await tg.start(functools.partial(
+            serve_metrics, server, host=metrics_host, port=options.metrics_port, cpu=options.allow_cpu_metrics,
+            gpu=options.allow_gpu_metrics, interval_ms=options.metrics_interval_ms,
+        ))
         metrics = _address(metrics_host, port)
     return Addresses(http=http, grpc=grpc, metrics=metrics)
 
