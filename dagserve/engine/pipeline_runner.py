@@ -38,6 +38,7 @@ from ..dsl.typecheck import Adapt
 from ..errors import DagserveError, InvalidInputError, ModelExecutionError, RequestTimeoutError
 from ..repository.config import ModelConfig
 from ..types import InferRequest, InferResponse, shape_matches
+from .gather import gather
 from .stats import Duration, ModelStatistics
 
 if TYPE_CHECKING:
@@ -421,7 +422,8 @@ class PipelineRunner:
         self, step: StepPlan, inputs: dict[str, Any], request: InferRequest
     ) -> dict[str, np.ndarray]:
         """Call the model once per element of the mapped inputs, all at once (so the calls
-        batch at the model), and stack the results; no elements: empty outputs, no call."""
+        batch at the model), and gather the results as the step says (:func:`.gather.gather`);
+        no elements: empty outputs, no call."""
         mapped = [w.name for w in step.wires if w.mapped and w.name in inputs]
         count = len(inputs[mapped[0]]) if mapped else 0  # an absent optional input has no elements
         for name in mapped[1:]:
@@ -452,32 +454,8 @@ class PipelineRunner:
 
                 for i in range(count):
                     group.start_soon(one, i)
-        return self._stack(step, results, np.concatenate if keep else np.stack)
-
-    def _stack(self, step: StepPlan, results: list[Outputs], join: Callable[[list[Any]], Any]) -> dict[str, Any]:
-        """Join the per-item results of a mapped step, output by output.
-
-        Raises:
-            ModelExecutionError: an item lacks an output, or items answered in different shapes
-                (they cannot be stacked); the message names the pipeline, step, output, item
-                index and both shapes.
-        """
         where = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}')"
-        joined = {}
-        for name, _ in step.outputs:
-            parts = [r.get(name) for r in results]
-            first = parts[0]
-            for index, part in enumerate(parts):
-                if part is None:
-                    raise ModelExecutionError(f"{where}: map item {index} did not return output '{name}'")
-                if first is not None and tuple(part.shape) != tuple(first.shape):
-                    raise ModelExecutionError(
-                        f"{where}: map item {index} returned output '{name}' with shape {list(part.shape)}, "
-                        f"but item 0 returned shape {list(first.shape)}; the items' results are stacked, "
-                        "so every item must return the same shape"
-                    )
-            joined[name] = join(parts)
-        return joined
+        return gather(where, step.gather, [name for name, _ in step.outputs], results, batched=keep)
 
     async def _loop(self, step: StepPlan, inputs: dict[str, Any], request: InferRequest) -> Outputs:
         loop = step.loop
