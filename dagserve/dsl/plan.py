@@ -132,7 +132,8 @@ class StreamRoute:
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """A pipeline ready to run: slots, steps (index = position in ``steps``) and outputs.
-    ``decoupled`` are the indices of the steps whose member is decoupled."""
+    ``decoupled`` are the indices of the steps whose member is decoupled; ``one_of`` the
+    groups of inputs of which a request gives exactly one."""
 
     name: str
     slot_count: int
@@ -142,6 +143,7 @@ class Plan:
     max_inflight_requests: int = 0
     slot_names: tuple[str, ...] = field(default=(), compare=False)
     decoupled: tuple[int, ...] = ()
+    one_of: tuple[tuple[str, ...], ...] = ()
 
     def route(self, wanted: Iterable[str] | None) -> Route:
         """The route computing ``wanted`` outputs (None: all). Names must be outputs of the plan."""
@@ -320,6 +322,7 @@ def build_plan(checked: CheckedPipeline) -> Plan:
         max_inflight_requests=spec.max_inflight_requests,
         slot_names=tuple(slot_names),
         decoupled=tuple(index[name] for name in checked.decoupled),
+        one_of=spec.one_of,
     )
 
 
