@@ -339,6 +339,9 @@ class InferRequest:
     parameters: Parameters = field(default_factory=dict)
     outputs: tuple[RequestedOutput, ...] | None = None
     sender: ResponseSender | None = field(default=None, repr=False, compare=False)
+    fan_out: bool = field(default=False, repr=False, compare=False)
+    """One of several requests submitted at once (the items of a pipeline's map): a dynamic
+    batcher queues it even on an idle instance, so that they arrive as one batch."""
 
     def datatype(self, name: str) -> DataType:
         """The datatype of input ``name``.

@@ -32,7 +32,7 @@ import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..backends.base import Outputs
-from ..dsl.conditions import Param, holds
+from ..dsl.conditions import Condition, ConditionTypeError, Param, holds
 from ..dsl.plan import Plan, Route, StepPlan, Wire
 from ..dsl.typecheck import Adapt
 from ..errors import DagserveError, InvalidInputError, ModelExecutionError, RequestTimeoutError
@@ -342,7 +342,7 @@ class PipelineRunner:
         gate = step.gate
         if gate is not None:
             actual = values[gate.slot] if gate.param is None else request.parameters.get(gate.param)
-            if not holds(gate.condition, actual):
+            if not self._holds(step, gate.condition, actual):
                 self._step_stats[step.index].skipped += 1
                 return None
         inputs: dict[str, Any] | None
@@ -373,11 +373,18 @@ class PipelineRunner:
         return inputs
 
     async def _call(
-        self, step: StepPlan, inputs: dict[str, Any], request: InferRequest, each: Emit | None = None
+        self,
+        step: StepPlan,
+        inputs: dict[str, Any],
+        request: InferRequest,
+        each: Emit | None = None,
+        *,
+        fan_out: bool = False,
     ) -> Outputs:
         """One call of the step's member with ``inputs``, timed into the step's statistics,
         under the step's ``max_inflight_requests`` slot. With ``each`` the call streams
         (``infer_stream``): every response goes to ``each`` and no outputs are returned.
+        ``fan_out``: one of a map's items, submitted together (see InferRequest.fan_out).
 
         Raises:
             DagserveError: the member's, attributed to the pipeline and step. Anything else
@@ -389,6 +396,7 @@ class PipelineRunner:
             datatypes=step.datatypes,
             parameters=request.parameters,
             outputs=step.requested,
+            fan_out=fan_out,
         )
         model, version = step.model, step.version
         stats = self._step_stats[step.index]
@@ -450,7 +458,7 @@ class PipelineRunner:
             async with FirstFailure() as group:
 
                 async def one(i: int) -> None:
-                    results[i] = await self._call(step, element(i), request)
+                    results[i] = await self._call(step, element(i), request, fan_out=True)
 
                 for i in range(count):
                     group.start_soon(one, i)
@@ -471,12 +479,23 @@ class PipelineRunner:
                     if isinstance(subject, Param)
                     else outputs.get(subject.name)
                 )
-                if holds(until, actual):
+                if self._holds(step, until, actual):
                     break
             inputs = dict(inputs)
             for fed, produced in loop.carry:
                 inputs[fed] = outputs[produced]
         return outputs
+
+    def _holds(self, step: StepPlan, condition: Condition, actual: Any) -> bool:
+        """:func:`holds`, a parameter of the wrong type being the request's error.
+
+        Raises:
+            InvalidInputError: naming the pipeline, the step, the parameter and both types.
+        """
+        try:
+            return holds(condition, actual)
+        except ConditionTypeError as exc:
+            raise InvalidInputError(f"pipeline '{self.plan.name}', step '{step.name}': {exc}") from None
 
     def _attributed(self, exc: DagserveError, step: StepPlan) -> DagserveError:
         message = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}'): {exc}"
