@@ -225,3 +225,13 @@ def test_bad_gather_in_the_dsl_names_the_line() -> None:
         p.step("s", "crops", inputs={"N": "NS"}, map_over=["N"], gather="pad")
     with pytest.raises(ConfigError, match=r"test_spec\.py:\d+: step 's': gather is for a step that maps"):
         p.step("s", "crops", inputs={"N": "NS"}, gather="concat")
+
+
+def test_graph_shows_the_gather_mode() -> None:
+    """`dagserve graph` labels a mapped step with its gather mode when it is not the default."""
+    from dagserve.drawing import pipeline_graph, to_mermaid
+
+    text = to_mermaid(pipeline_graph(compiled("gathered")))
+    assert "map over N, gather concat (counts COUNTS)" in text
+    assert "map over N, gather pad (value -1, counts ROWS)" in text
+    assert "gather" not in to_mermaid(pipeline_graph(compiled("mapped")))
