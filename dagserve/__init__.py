@@ -20,7 +20,7 @@ from ._deprecation import renamed
 from ._version import __version__
 from .dsl.builder import Pipeline, Switch, loop, pipeline
 from .dsl.conditions import Condition
-from .dsl.spec import LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
+from .dsl.spec import GatherSpec, LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
 from .engine.bls import call_model, call_model_sync
 from .engine.latency import MetricsConfig
 from .engine.model import ModelState
@@ -57,6 +57,7 @@ __all__ = [
     "DagserveError",
     "DataType",
     "FrontendOptions",
+    "GatherSpec",
     "InferRequest",
     "InferResponse",
     "InternalError",

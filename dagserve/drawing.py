@@ -138,7 +138,8 @@ class _Builder:
                     )
                 )
         if step.map_over:
-            lines.append(f"map over {', '.join(step.map_over)}")
+            gathered = "" if step.gather.mode == "stack" else f", gather {step.gather}"
+            lines.append(f"map over {', '.join(step.map_over)}{gathered}")
         if step.loop is not None:
             until = f", until {step.loop.until}" if step.loop.until is not None else ""
             lines.append(f"loop ≤ {step.loop.max_iterations}{until}")

@@ -342,6 +342,9 @@ class InferRequest:
     trace: Any = field(default=None, repr=False, compare=False)
     """The span of the model call serving this request when it is traced (set by the engine;
     a ``dagserve.tracing.Span``), so a batch execution can hang its span under it."""
+    fan_out: bool = field(default=False, repr=False, compare=False)
+    """One of several requests submitted at once (the items of a pipeline's map): a dynamic
+    batcher queues it even on an idle instance, so that they arrive as one batch."""
 
     def datatype(self, name: str) -> DataType:
         """The datatype of input ``name``.

@@ -77,7 +77,7 @@ def test_validate_reports_every_broken_pipeline_once_per_problem(capsys: pytest.
     assert any("'pipeline.steps[1].modle': unknown field" in line for line in syntax)
     assert "ok: nested (pipeline, 1 step)" in lines  # checked against the inner pipeline's outputs
     assert "ok: classify_dsl (pipeline, 3 steps)" in lines
-    assert lines[-1] == "18 models and 18 pipelines checked: 28 ok, 8 with errors; 10 errors, 0 warnings"
+    assert lines[-1] == "19 models and 22 pipelines checked: 33 ok, 8 with errors; 10 errors, 0 warnings"
 
 
 def test_validate_reports_config_errors_with_file_and_field(capsys: pytest.CaptureFixture[str]) -> None:

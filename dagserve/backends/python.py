@@ -69,6 +69,13 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
     path = context.version_dir / filename
     if not path.is_file():
         raise errors.ConfigError(f"{path}: model file not found (python backend expects {filename})")
+    if not context.config.input:
+        # Legal (Triton loads and calls such a model too), but usually a forgotten 'inputs:'.
+        log.warning(
+            "model '%s' declares no inputs, so it can only be called with none; if %s reads inputs, "
+            "declare them in its config, e.g. inputs: [{name: X, datatype: FP32, shape: [-1]}]",
+            context.name, filename,
+        )
     if context.config.parameters.get("execution") == "process":
         return ProcessModel(context, load)
     instance: TritonModel | NativeModel

@@ -8,13 +8,14 @@ engine, web frameworks or ML frameworks. Runtime (BLS calls, execution) is the e
 from .builder import Pipeline, StepRef, Switch, loop, pipeline
 from .compile import compile_config
 from .conditions import Condition, Op, Param, parse_condition
-from .spec import FirstOf, LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
+from .spec import FirstOf, GatherSpec, LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
 from .typecheck import CheckedPipeline, check_pipeline
 
 __all__ = [
     "CheckedPipeline",
     "Condition",
     "FirstOf",
+    "GatherSpec",
     "LoopSpec",
     "Op",
     "OutputSpec",

@@ -41,7 +41,18 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..types import DataType, TensorSpec
 from .conditions import Condition, Op, Param, parse_condition
-from .spec import STEP_NAME, LoopSpec, OutputSpec, PipelineSpec, Source, StepSpec, TensorRef, parse_source
+from .spec import (
+    STACK,
+    STEP_NAME,
+    GatherSpec,
+    LoopSpec,
+    OutputSpec,
+    PipelineSpec,
+    Source,
+    StepSpec,
+    TensorRef,
+    parse_source,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -87,6 +98,7 @@ class Pipeline:
         self._inputs: list[TensorSpec] = []
         self._steps: list[tuple[dict[str, Any], dict[str, SourceLike], str | Condition | None]] = []
         self._outputs: list[tuple[dict[str, Any], SourceLike]] = []
+        self._one_of: list[tuple[str, ...]] = []
         self._scope: Condition | None = None
         self._origin = _caller()  # errors about the pipeline as a whole point here
 
@@ -108,24 +120,36 @@ class Pipeline:
         version: int = -1,
         when: str | Condition | None = None,
         map_over: Sequence[str] = (),
+        gather: str | GatherSpec | None = None,
         loop: LoopSpec | None = None,
     ) -> StepRef:
         """Declare a step calling ``model`` (a model or another pipeline).
 
         ``inputs`` maps each model input to a reference (or ``"step.OUTPUT"`` / input name;
         a list reads the first that exists). See :class:`StepSpec` for ``when``, ``map_over``
-        and ``loop``.
+        and ``loop``; ``gather`` (``"stack"``, ``"concat"``, or a :class:`GatherSpec`, e.g.
+        ``GatherSpec(mode="pad", value=0)``) joins the items of a mapped step.
 
         Raises:
-            ConfigError: ``when`` given inside a switch case.
+            ConfigError: ``when`` given inside a switch case; ``gather`` on a step that does not
+                map, or a gather mode that does not exist.
         """
         if when is not None and self._scope is not None:
             raise ConfigError(f"{_caller()}: step '{name}': a step inside a switch case cannot have its own 'when'")
+        joined = STACK
+        if gather is not None:
+            if not map_over:
+                raise ConfigError(f"{_caller()}: step '{name}': gather is for a step that maps (map_over)")
+            try:
+                joined = gather if isinstance(gather, GatherSpec) else GatherSpec(mode=gather)
+            except ValueError as exc:
+                raise ConfigError(f"{_caller()}: step '{name}': {exc}") from None
         fields = {
             "name": name,
             "model": model,
             "model_version": version,
             "map_over": tuple(map_over),
+            "gather": joined,
             "loop": loop,
             "origin": _caller(),
         }
@@ -152,6 +176,12 @@ class Pipeline:
             "origin": _caller(),
         }
         self._outputs.append((fields, source))
+
+    def one_of(self, *names: str | TensorRef) -> None:
+        """Require each request to give exactly one of the optional inputs ``names`` (e.g.
+        image bytes or an image URL); checked before any step runs, a request giving none or
+        several is refused (400 / INVALID_ARGUMENT) with the inputs named."""
+        self._one_of.append(tuple(n.name if isinstance(n, TensorRef) else n for n in names))
 
     def switch(self, on: str | TensorRef | Param) -> Switch:
         """Route on a tensor or request parameter (``"params.kind"``); see the module doc."""
@@ -194,6 +224,7 @@ class Pipeline:
             steps=tuple(steps),
             max_batch_size=self.max_batch_size,
             max_inflight_requests=self.max_inflight_requests,
+            one_of=tuple(self._one_of),
             origin=self._origin,
         )
 

@@ -1,19 +1,31 @@
 """Conditions that decide at run time whether a pipeline step runs (``when``) or a loop stops
 (``until``).
 
-One small grammar, the same in YAML and in the Python DSL::
+One small grammar, the same in YAML and in the Python DSL: one subject, at most one operator,
+one literal::
 
     params.mode == 'fast'        a request parameter compared to a literal
+    params.explain == true       booleans are true / false (or True / False)
     det.COUNT > 0                a tensor (step output or pipeline input) compared to a literal
-    route.KIND in ['a', 'b']     membership
+    route.KIND in ['a', 'b']     membership (also: not in)
     det.FOUND                    truthiness
 
-Literals are Python literals (read with :func:`ast.literal_eval`, never evaluated as code).
+Operators: ``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``, ``in``, ``not in``. Literals are
+strings in quotes, numbers, ``true``/``false`` and lists of those (read with
+:func:`ast.literal_eval`, never evaluated as code). ``and``, ``or`` and ``not`` are not part
+of the grammar; the parse error says so and how to write the same.
+
+A request parameter compares by its JSON (or gRPC) type: a boolean with ``true``/``false``, a
+number with a number, a string with a quoted string. A parameter of another type than the
+literal is an error of the request (:class:`ConditionTypeError`, a 400 naming the step), never a
+silent ``false``: ``"explain": true`` against ``params.explain == 'true'`` is refused, not
+skipped. Truthiness (``params.explain`` alone) takes a boolean, a number (non-zero), or the
+strings ``"true"``/``"false"``.
 
 A tensor condition holds when the tensor is non-empty and the comparison holds for *every*
-element (``np.all``); a missing tensor or parameter makes ``==``, ``<``, ``in`` and truthiness
-false and ``!=`` / ``not in`` true. BYTES tensors compare as ``bytes`` (a ``str`` literal is
-encoded as UTF-8).
+element (``np.all``); BYTES tensors compare as ``bytes`` (a ``str`` literal is encoded as
+UTF-8). A missing tensor or parameter makes ``==``, ``<``, ``in`` and truthiness false and
+``!=`` / ``not in`` true.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import numpy as np
 
 from .refs import TensorRef, parse_source
 
-__all__ = ["Condition", "Op", "Param", "holds", "parse_condition"]
+__all__ = ["Condition", "ConditionTypeError", "Op", "Param", "holds", "parse_condition"]
 
 
 class Op(enum.Enum):
@@ -76,8 +88,9 @@ class Condition:
     def __str__(self) -> str:
         if self.op is Op.TRUTHY:
             return str(self.subject)
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
-        return f"{self.subject} {self.op.value} {value!r}"
+        if isinstance(self.value, tuple):
+            return f"{self.subject} {self.op.value} [{', '.join(map(_literal, self.value))}]"
+        return f"{self.subject} {self.op.value} {_literal(self.value)}"
 
     def __repr__(self) -> str:
         return f"Condition({str(self)!r})"
@@ -100,6 +113,8 @@ def parse_condition(text: str | Condition, *, inputs: tuple[str, ...] | frozense
     """
     if isinstance(text, Condition):
         return text
+    if isinstance(text, str):
+        _check_connectives(text)
     match = _GRAMMAR.match(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(
@@ -116,42 +131,118 @@ def parse_condition(text: str | Condition, *, inputs: tuple[str, ...] | frozense
     if match["op"] is None:
         return Condition(subject=subject)
     op = Op(" ".join(match["op"].split()))
-    try:
-        value = ast.literal_eval(match["value"])
-    except (ValueError, SyntaxError):
-        raise ValueError(f"condition {text!r}: {match['value']!r} is not a literal (quote strings)") from None
+    value = _read_literal(text, match["value"])
     if op in (Op.IN, Op.NOT_IN):
         if not isinstance(value, (list, tuple, set, frozenset)):
             raise ValueError(f"condition {text!r}: '{op.value}' needs a list, e.g. ['a', 'b']")
         value = tuple(value)
     elif isinstance(value, (list, tuple, set, dict)):
         raise ValueError(f"condition {text!r}: '{op.value}' compares with one value, not {value!r}")
+    elif op in _ORDER and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"condition {text!r}: '{op.value}' compares numbers, not {_literal(value)}")
     return Condition(subject=subject, op=op, value=value)
+
+
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_JSON_WORDS = re.compile(r"\b(true|false)\b")
+_CONNECTIVES = re.compile(r"(?:^|\s)(and|or|not(?!\s+in\b))(?=\s|$|\()")
+
+
+def _check_connectives(text: str) -> None:
+    """Name ``and`` / ``or`` / ``not`` (outside quotes) as unsupported, with what to write."""
+    found = _CONNECTIVES.search(_STRING.sub("''", text))
+    if found is not None:
+        raise ValueError(
+            f"condition {text!r}: '{found[1]}' is not supported: a condition tests one subject with one "
+            "operator. Use 'in [...]' or 'not in [...]' for several values of one subject, '!=' for a "
+            "negation, or let an earlier step compute one flag to test"
+        )
+
+
+def _read_literal(text: str, written: str) -> Any:
+    """The literal ``written`` (the right-hand side of ``text``); ``true``/``false`` outside
+    quotes are booleans."""
+    parts, last = [], 0
+    for m in _STRING.finditer(written):
+        parts.append(_JSON_WORDS.sub(lambda w: w[1].capitalize(), written[last : m.start()]))
+        parts.append(m[0])
+        last = m.end()
+    parts.append(_JSON_WORDS.sub(lambda w: w[1].capitalize(), written[last:]))
+    try:
+        return ast.literal_eval("".join(parts))
+    except (ValueError, SyntaxError):
+        raise ValueError(
+            f"condition {text!r}: {written!r} is not a literal (quote strings: 'fast'; booleans are true/false)"
+        ) from None
+
+
+def _literal(value: Any) -> str:
+    """How a literal is written in a condition (booleans as true / false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+class ConditionTypeError(ValueError):
+    """A request parameter's type does not match the literal its condition compares it with."""
 
 
 def holds(condition: Condition, actual: Any) -> bool:
     """Whether ``condition`` holds for ``actual``: the subject's value in this request (a numpy
-    array, a parameter value, or None when it does not exist). Never raises."""
+    array, a parameter value, or None when it does not exist).
+
+    Raises:
+        ConditionTypeError: ``actual`` is a parameter whose type (boolean, number, string)
+            differs from the literal's; the message names the parameter, both types and the fix.
+    """
     op, value = condition.op, condition.value
     if actual is None:
         return op in (Op.NE, Op.NOT_IN)
     if isinstance(actual, np.ndarray):
         return _array_holds(actual, op, value)
+    kind = _kind(actual)
     if op is Op.TRUTHY:
-        return bool(actual) and actual not in ("false", "False", "0")
+        if kind == "number":
+            return bool(actual)
+        if kind == "string" and actual.lower() in ("true", "false"):
+            return bool(actual.lower() == "true")
+        if kind != "boolean":
+            raise ConditionTypeError(
+                f"condition '{condition}' tests {condition.subject} as a boolean, but the request sent "
+                f"{_describe(actual)}; send true or false"
+            )
+        return bool(actual)
+    values = value if isinstance(value, tuple) else (value,)
+    if values and all(_kind(v) != kind for v in values):
+        wanted = " or ".join(sorted({_kind(v) for v in values}))
+        raise ConditionTypeError(
+            f"condition '{condition}' compares {condition.subject} with a {wanted}, but the request sent "
+            f"{_describe(actual)}; send the parameter as a {wanted}, or write the condition for a {kind}"
+        )
     if op in (Op.IN, Op.NOT_IN):
-        assert isinstance(value, tuple)
-        found = any(_scalar_equal(actual, v) for v in value)
+        found = any(_kind(v) == kind and actual == v for v in values)
         return found if op is Op.IN else not found
     if op is Op.EQ:
-        return _scalar_equal(actual, value)
+        return bool(actual == value)
     if op is Op.NE:
-        return not _scalar_equal(actual, value)
-    try:
-        left, right = float(actual), float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return _ORDER[op](left, right)
+        return bool(actual != value)
+    return bool(_ORDER[op](actual, value))
+
+
+def _kind(value: Any) -> str:
+    """A parameter's or literal's type as conditions compare them."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (str, bytes)):
+        return "string"
+    return type(value).__name__
+
+
+def _describe(value: Any) -> str:
+    shown = _literal(value) if _kind(value) != "string" else repr(value)
+    return f"the {_kind(value)} {shown}"
 
 
 _ORDER = {
@@ -160,21 +251,6 @@ _ORDER = {
     Op.GT: lambda a, b: a > b,
     Op.GE: lambda a, b: a >= b,
 }
-
-
-def _scalar_equal(actual: Any, value: Any) -> bool:
-    if actual == value:
-        return True
-    # Parameters arrive as JSON values or strings: "3" == 3 and "true" == True should hold.
-    if isinstance(actual, str) and not isinstance(value, str):
-        return actual == _to_text(value)
-    return False
-
-
-def _to_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _array_holds(array: np.ndarray, op: Op, value: Any) -> bool:

@@ -25,6 +25,7 @@ A pipeline is a model directory whose ``config.yaml`` says ``backend: pipeline``
           model: crop_classifier
           inputs: {CROP: det.CROPS}
           map: [CROP]                    # one call per element of CROPS' first dimension
+          gather: concat                 # or stack (default), {mode: pad, value: 0}; see GatherSpec
         - name: refine
           model: denoiser
           inputs: {X: pre.X}
@@ -33,6 +34,7 @@ A pipeline is a model directory whose ``config.yaml`` says ``backend: pipeline``
         LABEL: post.LABEL
         HEAD: [cat.OUT, other.OUT]       # the first that exists (after a switch)
       max_inflight_requests: 0           # per-step concurrency bound, 0 = none
+      one_of: [[IMAGE, IMAGE_URL]]       # a request gives exactly one of these optional inputs
 
 An output listed under ``pipeline.outputs`` but not in the top-level ``outputs`` gets its type
 from the step that produces it. Errors name the file and line, the field and the step.
@@ -50,7 +52,7 @@ from ..errors import ConfigError
 from ..repository.config import ModelConfig
 from ..repository.locations import describe_validation, did_you_mean, loc_text, locate, yaml_index
 from .conditions import Condition, Op, parse_condition
-from .spec import STEP_NAME, LoopSpec, OutputSpec, PipelineSpec, StepSpec, parse_source
+from .spec import STACK, STEP_NAME, GatherSpec, LoopSpec, OutputSpec, PipelineSpec, StepSpec, parse_source
 
 __all__ = ["compile_yaml"]
 
@@ -65,6 +67,12 @@ class _Loop(_Strict):
     until: str | None = None
 
 
+class _Gather(_Strict):
+    mode: str
+    counts: str = ""
+    value: bool | int | float | str | None = None
+
+
 class _Step(_Strict):
     name: str | None = None
     model: str
@@ -72,6 +80,7 @@ class _Step(_Strict):
     inputs: dict[str, str | list[str]] = Field(default_factory=dict)
     when: str | None = None
     map: str | list[str] = Field(default_factory=list, alias="map_over")
+    gather: str | _Gather | None = None
     loop: _Loop | None = None
 
 
@@ -91,6 +100,7 @@ class _Pipeline(_Strict):
     ]
     outputs: dict[str, str | list[str]]
     max_inflight_requests: int = Field(default=0, ge=0)
+    one_of: list[list[str]] = Field(default_factory=list)
 
 
 def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSpec:
@@ -174,6 +184,7 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
         steps=tuple(steps),
         max_batch_size=config.max_batch_size,
         max_inflight_requests=graph.max_inflight_requests,
+        one_of=tuple(tuple(group) for group in graph.one_of),
         origin=origin,
     )
 
@@ -216,6 +227,17 @@ def _step(
                 raise fail((*loc, "loop", "until"), str(exc)) from None
         loop = LoopSpec(max_iterations=entry.loop.max_iterations, carry=entry.loop.carry, until=until)
     map_over = (entry.map,) if isinstance(entry.map, str) else tuple(entry.map)
+    gather = STACK
+    if entry.gather is not None:
+        if not map_over:
+            raise fail((*loc, "gather"), "gather is for a step that maps ('map:'); this step does not")
+        try:
+            gather = (
+                GatherSpec(mode=entry.gather) if isinstance(entry.gather, str)
+                else GatherSpec(mode=entry.gather.mode, counts=entry.gather.counts, value=entry.gather.value)
+            )
+        except ValueError as exc:
+            raise fail((*loc, "gather"), str(exc)) from None
     return StepSpec(
         name=name,
         model=entry.model,
@@ -223,6 +245,7 @@ def _step(
         inputs=wired,
         when=when,
         map_over=map_over,
+        gather=gather,
         loop=loop,
         origin=where(*loc),
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..types import DataType, RequestedOutput
 from .conditions import Condition, Param
-from .spec import FrozenMap, Source, TensorRef, source_refs
+from .spec import STACK, FrozenMap, GatherSpec, Source, TensorRef, source_refs
 from .typecheck import Adapt, CheckedPipeline, TensorType, adapt
 
 __all__ = ["Candidate", "Gate", "LoopPlan", "Plan", "Route", "StepPlan", "StreamRoute", "Wire", "build_plan"]
@@ -87,6 +87,7 @@ class StepPlan:
     gate: Gate | None
     deps: tuple[int, ...]
     mapped: bool = False
+    gather: GatherSpec = STACK
     member_batching: bool = False
     empty_outputs: tuple[tuple[str, int, np.dtype[Any], tuple[int, ...]], ...] = ()
     loop: LoopPlan | None = None
@@ -131,7 +132,8 @@ class StreamRoute:
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """A pipeline ready to run: slots, steps (index = position in ``steps``) and outputs.
-    ``decoupled`` are the indices of the steps whose member is decoupled."""
+    ``decoupled`` are the indices of the steps whose member is decoupled; ``one_of`` the
+    groups of inputs of which a request gives exactly one."""
 
     name: str
     slot_count: int
@@ -141,6 +143,7 @@ class Plan:
     max_inflight_requests: int = 0
     slot_names: tuple[str, ...] = field(default=(), compare=False)
     decoupled: tuple[int, ...] = ()
+    one_of: tuple[tuple[str, ...], ...] = ()
 
     def route(self, wanted: Iterable[str] | None) -> Route:
         """The route computing ``wanted`` outputs (None: all). Names must be outputs of the plan."""
@@ -245,6 +248,9 @@ def build_plan(checked: CheckedPipeline) -> Plan:
             if TensorRef(step=step.name, name=o.name) in slots
         )
         wanted = [name for name, _ in filled]
+        counts = step.gather.counts if step.map_over else ""
+        if counts and TensorRef(step=step.name, name=counts) in slots:
+            filled += ((counts, slots[TensorRef(step=step.name, name=counts)]),)
         loop = None
         if step.loop is not None:
             wanted += [out for out in step.loop.carry.values() if out not in wanted]
@@ -271,7 +277,11 @@ def build_plan(checked: CheckedPipeline) -> Plan:
             for w in wires
         ):
             simple = tuple((w.name, w.candidates[0].slot) for w in wires)
-        output_types = {o.name: o for o in member.output}
+        output_types = {o.name: (o.data_type.numpy_dtype, o.dims) for o in member.output}
+        if step.gather.mode == "concat":
+            output_types = {name: (dtype, dims[1:]) for name, (dtype, dims) in output_types.items()}
+        if counts:
+            output_types[counts] = (np.dtype(np.int64), ())
         lowered.append(
             StepPlan(
                 index=i,
@@ -290,14 +300,10 @@ def build_plan(checked: CheckedPipeline) -> Plan:
                     sorted({index[r.step] for r in step.refs() if r.step is not None and r.step != step.name})
                 ),
                 mapped=bool(step.map_over),
+                gather=step.gather,
                 member_batching=member.batching,
                 empty_outputs=tuple(
-                    (
-                        name,
-                        s,
-                        output_types[name].data_type.numpy_dtype,
-                        (0, *(max(0, d) for d in output_types[name].dims)),
-                    )
+                    (name, s, output_types[name][0], (0, *(max(0, d) for d in output_types[name][1])))
                     for name, s in filled
                 ),
                 loop=loop,
@@ -316,6 +322,7 @@ def build_plan(checked: CheckedPipeline) -> Plan:
         max_inflight_requests=spec.max_inflight_requests,
         slot_names=tuple(slot_names),
         decoupled=tuple(index[name] for name in checked.decoupled),
+        one_of=spec.one_of,
     )
 
 

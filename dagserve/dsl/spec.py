@@ -26,6 +26,7 @@ from .refs import FirstOf, Source, TensorRef, parse_source, source_refs
 __all__ = [
     "FirstOf",
     "FrozenMap",
+    "GatherSpec",
     "LoopSpec",
     "OutputSpec",
     "PipelineSpec",
@@ -93,6 +94,55 @@ class LoopSpec:
             object.__setattr__(self, "carry", FrozenMap(self.carry))
 
 
+GATHER_MODES = ("stack", "concat", "pad")
+DEFAULT_COUNTS = "COUNTS"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GatherSpec:
+    """How a mapped step joins its items' outputs into one tensor per output.
+
+    * ``stack`` (the default): along a new first dimension; every item must answer the same
+      shape.
+    * ``concat``: along the items' own first dimension (3 crops from one item and 7 from the
+      next give 10 rows), and a second output ``counts`` (INT64 ``[items]``: the rows each item
+      gave, default name ``COUNTS``) that later steps read as ``step.COUNTS``. Every
+      concatenated output of one item must have the same number of rows.
+    * ``pad``: stacked after padding every item to the largest size in each dimension with
+      ``value``; ``counts``, when named, gives each item's own first-dimension size.
+
+    Raises:
+        ValueError: an unknown mode, ``pad`` without a value, or a field the mode does not take.
+    """
+
+    mode: str = "stack"
+    counts: str = ""
+    value: str | bytes | int | float | bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in GATHER_MODES:
+            raise ValueError(f"gather mode must be one of {', '.join(GATHER_MODES)}, not {self.mode!r}")
+        if self.mode == "pad" and self.value is None:
+            raise ValueError("gather 'pad' needs the value to pad with, e.g. {mode: pad, value: 0}")
+        if self.mode != "pad" and self.value is not None:
+            raise ValueError(f"gather '{self.mode}' takes no value (only 'pad' does)")
+        if self.mode == "stack" and self.counts:
+            raise ValueError("gather 'stack' has no counts output (use 'concat' or 'pad')")
+        if self.mode == "concat" and not self.counts:
+            object.__setattr__(self, "counts", DEFAULT_COUNTS)
+
+    def __str__(self) -> str:
+        parts = [self.mode]
+        if self.value is not None:
+            parts.append(f"value {self.value!r}")
+        if self.counts:
+            parts.append(f"counts {self.counts}")
+        return " ".join(parts) if len(parts) == 1 else f"{parts[0]} ({', '.join(parts[1:])})"
+
+
+STACK = GatherSpec()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StepSpec:
     """One call of a model (or of another pipeline) inside a pipeline.
@@ -101,8 +151,8 @@ class StepSpec:
     as soon as they all exist. It is skipped (its outputs do not exist) when ``when`` does not
     hold or a required input does not exist. ``map_over`` names inputs to fan out over: the
     model is called once per element of their first dimension (concurrently, so the calls
-    batch at the model) and the outputs are gathered along a new first dimension.
-    ``model_version`` -1 means the newest ready version.
+    batch at the model) and the outputs are gathered as ``gather`` says (stacked along a new
+    first dimension by default). ``model_version`` -1 means the newest ready version.
     """
 
     name: str
@@ -111,6 +161,7 @@ class StepSpec:
     inputs: Mapping[str, Source] = field(default_factory=FrozenMap)
     when: Condition | None = None
     map_over: tuple[str, ...] = ()
+    gather: GatherSpec = STACK
     loop: LoopSpec | None = None
     origin: str = field(default="", compare=False)
 
@@ -135,6 +186,8 @@ class StepSpec:
             parts.append(f"when={str(self.when)!r}")
         if self.map_over:
             parts.append(f"map_over={self.map_over!r}")
+        if self.gather != STACK:
+            parts.append(f"gather={str(self.gather)!r}")
         if self.loop is not None:
             parts.append(f"loop={self.loop!r}")
         return f"StepSpec({', '.join(parts)})"
@@ -182,11 +235,13 @@ class PipelineSpec:
     steps: tuple[StepSpec, ...]
     max_batch_size: int = 0
     max_inflight_requests: int = 0
+    one_of: tuple[tuple[str, ...], ...] = ()
     origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         for name in ("inputs", "outputs", "steps"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "one_of", tuple(tuple(group) for group in self.one_of))
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``.
@@ -207,5 +262,7 @@ class PipelineSpec:
         lines.append("  steps=(")
         lines.extend(f"    {s!r}," for s in self.steps)
         lines.append("  ),")
+        if self.one_of:
+            lines.append(f"  one_of={[list(g) for g in self.one_of]!r},")
         lines.append(f"  outputs={list(self.outputs)!r})")
         return "\n".join(lines)

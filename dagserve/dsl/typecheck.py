@@ -28,6 +28,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..repository.config import ModelConfig, TensorConfig, TransactionPolicy
 from ..repository.confine import check_model_name
@@ -157,6 +159,7 @@ class _Checker:
                 batched=self.batching,
                 producer=f"pipeline input '{t.name}'",
             )
+        self.check_one_of()
         for step in self.spec.steps:
             self.load_member(step)
         for step in self.spec.steps:
@@ -212,13 +215,75 @@ class _Checker:
             return
         self.members[step.name] = config
         mapped = bool(step.map_over)
+        concat = mapped and step.gather.mode == "concat"
         for o in config.output:
+            # Concatenated items keep their own first dimension (any length), dropping the map's.
             self.types[TensorRef(step=step.name, name=o.name)] = TensorType(
                 datatype=o.data_type,
-                dims=o.dims,
+                dims=o.dims[1:] if concat else o.dims,
                 batched=config.batching or mapped,
                 producer=f"output '{o.name}' of model '{step.model}' (step '{step.name}')",
             )
+        if mapped and step.gather.counts:
+            self.types[TensorRef(step=step.name, name=step.gather.counts)] = TensorType(
+                datatype=DataType.INT64,
+                dims=(),
+                batched=True,
+                producer=f"counts output '{step.gather.counts}' of step '{step.name}' (gather {step.gather.mode})",
+            )
+
+    def check_one_of(self) -> None:
+        """Each ``one_of`` group names two or more optional pipeline inputs."""
+        inputs = {t.name: t for t in self.spec.inputs}
+        for group in self.spec.one_of:
+            if len(set(group)) < 2:
+                self.problem(f"one_of {list(group)} must name at least two different inputs")
+            for name in group:
+                spec = inputs.get(name)
+                if spec is None:
+                    self.problem(
+                        f"one_of names '{name}', which is not a pipeline input{did_you_mean(name, inputs)} "
+                        f"(inputs: {', '.join(inputs) or 'none'})"
+                    )
+                elif not spec.optional:
+                    self.problem(
+                        f"one_of names input '{name}', which is required; inputs of a one_of group must be "
+                        "declared optional (optional: true), since a request gives only one of them"
+                    )
+
+    def check_gather(self, step: StepSpec, member: ModelConfig) -> None:
+        """A gather mode fits the step: counts do not hide a model output, concatenated outputs
+        have a dimension to concatenate along, a pad value suits every output's datatype."""
+        gather = step.gather
+        if not step.map_over:
+            if gather.mode != "stack":
+                self.problem(f"gather '{gather.mode}' is for a step that maps (map_over); this step does not", step)
+            return
+        outputs = {o.name: o for o in member.output}
+        if gather.counts and gather.counts in outputs:
+            self.problem(
+                f"the gather counts output '{gather.counts}' has the name of an output of model '{step.model}'; "
+                "name the counts otherwise (gather: {mode: "
+                f"{gather.mode}, counts: {gather.counts}_PER_ITEM}})",
+                step,
+            )
+        read = {r.name for s in self.spec.steps for r in s.refs() if r.step == step.name}
+        read |= {r.name for o in self.spec.outputs for r in source_refs(o.source) if r.step == step.name}
+        for o in member.output:
+            if o.name not in read:
+                continue  # not gathered
+            if gather.mode == "concat" and not o.dims:
+                self.problem(
+                    f"gather 'concat' joins items along their first dimension, but output '{o.name}' of "
+                    f"model '{step.model}' has none per item (shape []); use gather 'stack'",
+                    step,
+                )
+            if gather.mode == "pad" and not _pads(gather.value, o.data_type):
+                self.problem(
+                    f"gather 'pad' value {gather.value!r} does not suit output '{o.name}' of model "
+                    f"'{step.model}', which is {o.data_type.value}",
+                    step,
+                )
 
     # -- one step ----------------------------------------------------------------------------
     def check_step(self, step: StepSpec, member: ModelConfig) -> None:
@@ -249,6 +314,7 @@ class _Checker:
                 self.problem(f"map_over names '{name}', which is not one of the step's inputs", step)
         if step.map_over and step.loop is not None:
             self.problem("a step cannot both map and loop", step)
+        self.check_gather(step, member)
         for name, source in step.inputs.items():
             if name in specs:
                 self.check_wire(step, name, source, specs[name].data_type, specs[name].dims, member.batching)
@@ -632,3 +698,20 @@ def output_config(output: OutputSpec) -> TensorConfig:
     return TensorConfig(
         name=output.name, data_type=output.datatype, dims=output.shape, optional=output.optional
     )
+
+
+def _pads(value: Any, datatype: DataType) -> bool:
+    """Whether a pad ``value`` can fill a tensor of ``datatype`` without changing meaning."""
+    if datatype is DataType.BYTES:
+        return isinstance(value, (str, bytes))
+    if datatype is DataType.BOOL:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    kind = datatype.numpy_dtype.kind
+    if kind == "f" or datatype is DataType.BF16:
+        return True
+    if not isinstance(value, int):
+        return False
+    info = np.iinfo(datatype.numpy_dtype)
+    return info.min <= value <= info.max

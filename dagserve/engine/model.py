@@ -449,7 +449,7 @@ class ModelVersion:
                 if name not in specs:
                     raise InvalidInputError(
                         f"{self._owner} has no input '{name}'{did_you_mean(name, specs)} "
-                        f"(its inputs: {', '.join(specs) or 'none'})"
+                        f"(its inputs: {', '.join(specs) or 'none: its config declares no inputs'})"
                     )
         declared = request.datatypes
         batch = 0

@@ -34,7 +34,7 @@ from ..dsl.compile import compile_config, member_names
 from ..dsl.plan import Plan, build_plan
 from ..dsl.spec import PipelineSpec
 from ..dsl.typecheck import check_pipeline, output_config, served_config
-from ..errors import DagserveError, ModelNotFoundError, ModelNotReadyError
+from ..errors import DagserveError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from ..repository.config import ModelConfig, TensorConfig
 from ..repository.loader import ModelSource
 from ..types import InferRequest, InferResponse
@@ -182,12 +182,32 @@ class PipelineVersion(ModelVersion):
         self._members: tuple[tuple[str, str, str], ...] = ()
         self._member_problem = member_problem
         self._reason = ""
+        self._one_of: tuple[tuple[str, ...], ...] = ()
         if runner is not None:
+            self._one_of = runner.plan.one_of
             runner.bind(self.stats)
             self._may_be_missing = runner.may_be_missing
             # A priority every step can take is checked before any step runs.
             self._priority_levels = runner.priority_levels
             self._members = tuple((s.name, s.model, s.version) for s in runner.plan.steps)
+
+    def validate(self, request: InferRequest) -> int:
+        """:meth:`ModelVersion.validate`, then the pipeline's ``one_of`` rules.
+
+        Raises:
+            InvalidInputError: as ModelVersion's; or a request that gives none or several of
+                the inputs of a ``one_of`` group, naming them.
+        """
+        batch = super().validate(request)
+        for group in self._one_of:
+            given = [name for name in group if name in request.inputs]
+            if len(given) != 1:
+                names = ", ".join(f"'{n}'" for n in group)
+                found = " and ".join(f"'{n}'" for n in given) if given else "none of them"
+                raise InvalidInputError(
+                    f"pipeline '{self.name}' needs exactly one of the inputs {names}, and the request gives {found}"
+                )
+        return batch
 
     def _make_runner(self, loaded: Any) -> Runner:
         """``load`` returns the pipeline's runner, made when the pipeline was checked."""

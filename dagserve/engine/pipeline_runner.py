@@ -32,13 +32,14 @@ import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..backends.base import Outputs
-from ..dsl.conditions import Param, holds
+from ..dsl.conditions import Condition, ConditionTypeError, Param, holds
 from ..dsl.plan import Plan, Route, StepPlan, Wire
 from ..dsl.typecheck import Adapt
 from ..errors import DagserveError, InvalidInputError, ModelExecutionError, RequestTimeoutError
 from ..repository.config import ModelConfig
 from ..tracing.context import CURRENT as _TRACE
 from ..types import InferRequest, InferResponse, shape_matches
+from .gather import gather
 from .stats import Duration, ModelStatistics
 
 if TYPE_CHECKING:
@@ -366,7 +367,7 @@ class PipelineRunner:
         gate = step.gate
         if gate is not None:
             actual = values[gate.slot] if gate.param is None else request.parameters.get(gate.param)
-            if not holds(gate.condition, actual):
+            if not self._holds(step, gate.condition, actual):
                 self._step_stats[step.index].skipped += 1
                 return None
         inputs: dict[str, Any] | None
@@ -397,11 +398,18 @@ class PipelineRunner:
         return inputs
 
     async def _call(
-        self, step: StepPlan, inputs: dict[str, Any], request: InferRequest, each: Emit | None = None
+        self,
+        step: StepPlan,
+        inputs: dict[str, Any],
+        request: InferRequest,
+        each: Emit | None = None,
+        *,
+        fan_out: bool = False,
     ) -> Outputs:
         """One call of the step's member with ``inputs``, timed into the step's statistics,
         under the step's ``max_inflight_requests`` slot. With ``each`` the call streams
         (``infer_stream``): every response goes to ``each`` and no outputs are returned.
+        ``fan_out``: one of a map's items, submitted together (see InferRequest.fan_out).
 
         Raises:
             DagserveError: the member's, attributed to the pipeline and step. Anything else
@@ -413,6 +421,7 @@ class PipelineRunner:
             datatypes=step.datatypes,
             parameters=request.parameters,
             outputs=step.requested,
+            fan_out=fan_out,
         )
         model, version = step.model, step.version
         stats = self._step_stats[step.index]
@@ -449,7 +458,8 @@ class PipelineRunner:
         self, step: StepPlan, inputs: dict[str, Any], request: InferRequest
     ) -> dict[str, np.ndarray]:
         """Call the model once per element of the mapped inputs, all at once (so the calls
-        batch at the model), and stack the results; no elements: empty outputs, no call."""
+        batch at the model), and gather the results as the step says (:func:`.gather.gather`);
+        no elements: empty outputs, no call."""
         mapped = [w.name for w in step.wires if w.mapped and w.name in inputs]
         count = len(inputs[mapped[0]]) if mapped else 0  # an absent optional input has no elements
         for name in mapped[1:]:
@@ -476,36 +486,12 @@ class PipelineRunner:
             async with FirstFailure() as group:
 
                 async def one(i: int) -> None:
-                    results[i] = await self._call(step, element(i), request)
+                    results[i] = await self._call(step, element(i), request, fan_out=True)
 
                 for i in range(count):
                     group.start_soon(one, i)
-        return self._stack(step, results, np.concatenate if keep else np.stack)
-
-    def _stack(self, step: StepPlan, results: list[Outputs], join: Callable[[list[Any]], Any]) -> dict[str, Any]:
-        """Join the per-item results of a mapped step, output by output.
-
-        Raises:
-            ModelExecutionError: an item lacks an output, or items answered in different shapes
-                (they cannot be stacked); the message names the pipeline, step, output, item
-                index and both shapes.
-        """
         where = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}')"
-        joined = {}
-        for name, _ in step.outputs:
-            parts = [r.get(name) for r in results]
-            first = parts[0]
-            for index, part in enumerate(parts):
-                if part is None:
-                    raise ModelExecutionError(f"{where}: map item {index} did not return output '{name}'")
-                if first is not None and tuple(part.shape) != tuple(first.shape):
-                    raise ModelExecutionError(
-                        f"{where}: map item {index} returned output '{name}' with shape {list(part.shape)}, "
-                        f"but item 0 returned shape {list(first.shape)}; the items' results are stacked, "
-                        "so every item must return the same shape"
-                    )
-            joined[name] = join(parts)
-        return joined
+        return gather(where, step.gather, [name for name, _ in step.outputs], results, batched=keep)
 
     async def _loop(self, step: StepPlan, inputs: dict[str, Any], request: InferRequest) -> Outputs:
         loop = step.loop
@@ -521,12 +507,23 @@ class PipelineRunner:
                     if isinstance(subject, Param)
                     else outputs.get(subject.name)
                 )
-                if holds(until, actual):
+                if self._holds(step, until, actual):
                     break
             inputs = dict(inputs)
             for fed, produced in loop.carry:
                 inputs[fed] = outputs[produced]
         return outputs
+
+    def _holds(self, step: StepPlan, condition: Condition, actual: Any) -> bool:
+        """:func:`holds`, a parameter of the wrong type being the request's error.
+
+        Raises:
+            InvalidInputError: naming the pipeline, the step, the parameter and both types.
+        """
+        try:
+            return holds(condition, actual)
+        except ConditionTypeError as exc:
+            raise InvalidInputError(f"pipeline '{self.plan.name}', step '{step.name}': {exc}") from None
 
     def _attributed(self, exc: DagserveError, step: StepPlan) -> DagserveError:
         message = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}'): {exc}"

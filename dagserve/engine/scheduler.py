@@ -164,10 +164,11 @@ class DynamicBatcher:
         level = self._queue.level_of(request)
         policy = self._queue.policies[level]
         timeout = policy.timeout_for(request)
-        if self._direct and not len(self._queue):
+        if self._direct and not len(self._queue) and not request.fan_out:
             # Nothing is queued and an instance is idle: with no queue delay to wait for, the
             # batch would be this request alone, so run it here and skip the batch loop's
-            # hand-offs (several event-loop turns).
+            # hand-offs (several event-loop turns). Not for the first item of a fan-out: its
+            # siblings are being queued right behind it and should share its batch.
             instance = self._pool.try_acquire()
             if instance is not None:
                 return await _run_alone(self._pool, self._stats, instance, request, batch_size, time.perf_counter_ns())

@@ -17,6 +17,7 @@ field's path and "not supported by dagserve: <why>", never a silent no-op.
 
 from __future__ import annotations
 
+import datetime
 import enum
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -372,7 +373,8 @@ class ModelConfig(_Frozen):
     @field_validator("parameters", mode="before")
     @classmethod
     def _flatten_parameters(cls, value: Any) -> Any:
-        # Triton writes parameters as {key: {string_value: "..."}}; YAML users write key: value.
+        # Triton writes parameters as {key: {string_value: "..."}}; YAML users write key: value,
+        # where a number, boolean or date is kept as its text (Triton's parameters are strings).
         if isinstance(value, Mapping):
             out = {}
             for key, v in value.items():
@@ -380,7 +382,17 @@ class ModelConfig(_Frozen):
                     v = v["string_value"]
                 if isinstance(v, bool):
                     v = "true" if v else "false"
-                out[key] = v if isinstance(v, str) else str(v) if isinstance(v, (int, float)) else v
+                elif isinstance(v, (int, float)):
+                    v = str(v)
+                elif isinstance(v, (datetime.date, datetime.time)):
+                    v = v.isoformat()
+                elif not isinstance(v, str):
+                    kind = "no value" if v is None else f"a {type(v).__name__}"
+                    raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a field error
+                        f"parameter '{key}' has {kind}, but a parameter value is text, a number or a boolean "
+                        "(the model reads it as a string, as on Triton): quote it to pass it as text"
+                    )
+                out[key] = v
             return out
         return value
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from dagserve import ConfigError, ModelConfig, Pipeline, PipelineSpec, StepSpec, TensorRef, pipeline
+from dagserve import (
+    ConfigError,
+    GatherSpec,
+    ModelConfig,
+    Pipeline,
+    PipelineSpec,
+    StepSpec,
+    TensorRef,
+    pipeline,
+)
 from dagserve.dsl import compile_config
 from dagserve.dsl.conditions import Condition, Op, Param
 from dagserve.dsl.spec import FirstOf, FrozenMap, LoopSpec, parse_source
@@ -166,3 +175,63 @@ def test_pipeline_file_named_in_the_config() -> None:
     )
     with pytest.raises(ConfigError, match="declares its inputs and outputs there"):
         compile_config(typed, model_dir=REPO / "classify_dsl")
+
+
+def test_gather_and_one_of_compile_equal_from_yaml_and_dsl() -> None:
+    """gather (concat with counts, pad with a value and named counts) and one_of give the same
+    spec from YAML and from the Python DSL."""
+    yaml_form, dsl_form = compiled("gathered"), compiled("gathered_dsl")
+    assert dataclasses.replace(dsl_form, name="gathered") == yaml_form
+    assert yaml_form.step("flat").gather == GatherSpec(mode="concat", counts="COUNTS")
+    assert yaml_form.step("padded").gather == GatherSpec(mode="pad", value=-1, counts="ROWS")
+    assert "gather='pad (value -1, counts ROWS)'" in repr(yaml_form.step("padded"))
+
+    p = Pipeline("one_of")
+    twice = p.input("TWICE", "FP32", [-1], optional=True)
+    p.input("THRICE", "FP32", [-1], optional=True)
+    p.one_of(twice, "THRICE")
+    p.step("two", "double", inputs={"X": twice})
+    p.step("three", "triple", inputs={"X": "THRICE"})
+    p.output("Y", ["two.Y", "three.Y"], "FP32", [-1], optional=True)
+    assert p.build() == compiled("one_of")
+
+
+@pytest.mark.parametrize(
+    ("gather", "message"),
+    [
+        ({"mode": "pad"}, "gather 'pad' needs the value to pad with"),
+        ({"mode": "zip"}, "gather mode must be one of stack, concat, pad, not 'zip'"),
+        ({"mode": "stack", "counts": "N"}, "gather 'stack' has no counts output"),
+        ({"mode": "concat", "value": 0}, "gather 'concat' takes no value"),
+    ],
+)
+def test_bad_gather_is_refused_in_yaml(gather: dict[str, object], message: str) -> None:
+    """A gather the spec cannot take is a ConfigError naming the YAML field."""
+    config = ModelConfig.model_validate({
+        "name": "g", "backend": "pipeline", "inputs": [{"name": "NS", "datatype": "INT32", "shape": [-1, 1]}],
+        "pipeline": {"steps": [{"name": "s", "model": "crops", "inputs": {"N": "NS"}, "map": "N", "gather": gather}],
+                     "outputs": {"B": "s.BOXES"}},
+    })
+    with pytest.raises(ConfigError, match=r"field 'pipeline\.steps\[0\]\.gather'") as caught:
+        compile_config(config, model_dir=Path("g"))
+    assert message in str(caught.value)
+
+
+def test_bad_gather_in_the_dsl_names_the_line() -> None:
+    """In the DSL, a gather mode that does not exist, or gather without map_over, is a
+    ConfigError at the step() call's line."""
+    p = Pipeline("g")
+    with pytest.raises(ConfigError, match=r"test_spec\.py:\d+: step 's': gather 'pad' needs the value"):
+        p.step("s", "crops", inputs={"N": "NS"}, map_over=["N"], gather="pad")
+    with pytest.raises(ConfigError, match=r"test_spec\.py:\d+: step 's': gather is for a step that maps"):
+        p.step("s", "crops", inputs={"N": "NS"}, gather="concat")
+
+
+def test_graph_shows_the_gather_mode() -> None:
+    """`dagserve graph` labels a mapped step with its gather mode when it is not the default."""
+    from dagserve.drawing import pipeline_graph, to_mermaid
+
+    text = to_mermaid(pipeline_graph(compiled("gathered")))
+    assert "map over N, gather concat (counts COUNTS)" in text
+    assert "map over N, gather pad (value -1, counts ROWS)" in text
+    assert "gather" not in to_mermaid(pipeline_graph(compiled("mapped")))

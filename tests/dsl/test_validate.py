@@ -173,7 +173,7 @@ def test_conditional_output_must_be_optional() -> None:
     p.step("s", "two", inputs={"A": "A"}, when="params.go == True")
     p.output("Y", "s.Y", "FP32", [-1])
     assert (
-        "output 'Y' may be missing (step 's' runs only when params.go == True); declare it optional"
+        "output 'Y' may be missing (step 's' runs only when params.go == true); declare it optional"
         in rejected(p)
     )
     p = Pipeline("maybe")

@@ -111,3 +111,23 @@ def test_both_config_files_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "m" / "config.yaml").write_text("backend: python\n")
     (tmp_path / "m" / "config.pbtxt").write_text('backend: "python"\n')
     assert "keep one" in read_model(tmp_path / "m").error
+
+
+def test_yaml_parameters_take_numbers_booleans_and_dates_as_their_text() -> None:
+    """A YAML parameter written as a number, boolean or date reaches the model as the string
+    Triton would store (``string_value``); a list or an empty value is refused naming the key."""
+    config = parse_config(
+        "backend: python\nparameters: {factor: 3, ratio: 0.5, explain: true, quiet: false, since: 2026-01-02, name: x}\n",
+        path=Path("m/config.yaml"),
+        name="m",
+    )
+    assert config.parameters == {
+        "factor": "3", "ratio": "0.5", "explain": "true", "quiet": "false", "since": "2026-01-02", "name": "x",
+    }
+    assert config.to_triton_json()["parameters"]["explain"] == {"string_value": "true"}
+    for value, kind in (("[1, 2]", "a list"), ("", "no value")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"backend: python\nparameters:\n  labels: {value}\n", path=Path("m/config.yaml"), name="m")
+        message = str(caught.value)
+        assert "m/config.yaml:" in message and f"parameter 'labels' has {kind}" in message, message
+        assert "quote it" in message
