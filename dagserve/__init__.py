@@ -20,6 +20,7 @@ from ._deprecation import renamed
 from ._version import __version__
 from .dsl.builder import Pipeline, Switch, loop, pipeline
 from .dsl.conditions import Condition
+from .dsl.functions import Function, function
 from .dsl.spec import LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
 from .engine.bls import call_model, call_model_sync
 from .engine.model import ModelState
@@ -52,6 +53,7 @@ __all__ = [
     "DagserveError",
     "DataType",
     "FrontendOptions",
+    "Function",
     "InferRequest",
     "InferResponse",
     "InternalError",
@@ -81,6 +83,7 @@ __all__ = [
     "__version__",
     "call_model",
     "call_model_sync",
+    "function",
     "loop",
     "pipeline",
     "serve",
