@@ -57,7 +57,7 @@ class Function:
     """A Python function declared as a pipeline step (made by :func:`function`).
 
     Calling it calls the function itself (so it can be tested as plain code). ``inputs`` and
-    ``outputs`` are its tensors, in declared order; ``origin`` is ``file:line`` of its ``def``.
+    ``outputs`` are its tensors, in declared order; ``origin`` is ``file:line`` of its declaration (the first decorator).
     """
 
     __slots__ = (
