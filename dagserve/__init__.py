@@ -20,6 +20,7 @@ from ._deprecation import renamed
 from ._version import __version__
 from .dsl.builder import Pipeline, Switch, loop, pipeline
 from .dsl.conditions import Condition
+from .dsl.functions import Function, function
 from .dsl.spec import GatherSpec, LoopSpec, OutputSpec, PipelineSpec, StepSpec, TensorRef
 from .engine.bls import call_model, call_model_sync
 from .engine.latency import MetricsConfig
@@ -57,6 +58,7 @@ __all__ = [
     "DagserveError",
     "DataType",
     "FrontendOptions",
+    "Function",
     "GatherSpec",
     "InferRequest",
     "InferResponse",
@@ -92,6 +94,7 @@ __all__ = [
     "__version__",
     "call_model",
     "call_model_sync",
+    "function",
     "log_control",
     "loop",
     "pipeline",

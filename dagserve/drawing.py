@@ -122,7 +122,8 @@ class _Builder:
     def step(self, step: StepSpec) -> None:
         node = self.steps[step.name]
         version = "latest" if step.model_version < 0 else f"v{step.model_version}"
-        lines = [step.name, f"model {step.model} ({version})"]
+        called = f"function {step.function.name}" if step.function is not None else f"model {step.model} ({version})"
+        lines = [step.name, called]
         switch = self.switches.get(step.name)
         if switch is not None:
             self.edges.append(Edge(source=self.switch_node(switch), target=node, lines=(switch.case(step),)))

@@ -230,9 +230,9 @@ def test_graph_mermaid_has_nodes_and_typed_edges(capsys: pytest.CaptureFixture[s
     assert lines[0] == "flowchart LR"
     for expected in (
         '  in_0(["FEATURES<br/>FP32 [-1, 4]"])',
-        '  step_0["standardize<br/>model iris_standardize (latest)"]',
+        '  step_0["standardize<br/>function standardize"]',
         '  step_1["classify<br/>model iris_logreg (latest)"]',
-        '  step_2["label<br/>model iris_label (latest)"]',
+        '  step_2["label<br/>function label"]',
         '  out_0(["LABEL<br/>BYTES [-1, 1]"])',
         '  out_2(["PROBS<br/>FP32 [-1, 3]"])',
         '  in_0 -->|"FEATURES: FP32 [-1, 4]"| step_0',

@@ -27,6 +27,7 @@ _MODULES = {
     "onnxruntime": "dagserve.backends.onnx",  # platform onnxruntime_onnx
     "tensorrt": "dagserve.backends.tensorrt",  # platform tensorrt_plan
     "fil": "dagserve.backends.fil",
+    "sklearn": "dagserve.backends.sklearn",  # a joblib / pickle file of a fitted estimator
     "remote": "dagserve.backends.remote",  # another KServe v2 server
 }
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..types import DataType, TensorSpec
 from .conditions import Condition, Op, Param, parse_condition
+from .functions import Function, TensorDecl, function
 from .spec import (
     STACK,
     STEP_NAME,
@@ -111,10 +112,29 @@ class Pipeline:
         self._inputs.append(TensorSpec(name=name, datatype=dtype, shape=tuple(shape), optional=optional))
         return TensorRef(name=name)
 
+    def function(
+        self,
+        *,
+        inputs: Mapping[str, TensorDecl],
+        outputs: Mapping[str, TensorDecl],
+        max_batch_size: int = 0,
+        max_queue_delay_microseconds: int = 0,
+        instance_count: int = 1,
+        execution: str = "thread",
+    ) -> Callable[[Callable[..., Any]], Function]:
+        """Declare a Python function as a step function: :func:`dagserve.function`
+        (see :mod:`.functions`), here for the pipeline file's convenience; use the result as
+        ``step(name, fn, inputs=...)``."""
+        return function(
+            inputs=inputs, outputs=outputs, max_batch_size=max_batch_size,
+            max_queue_delay_microseconds=max_queue_delay_microseconds, instance_count=instance_count,
+            execution=execution,
+        )
+
     def step(
         self,
         name: str,
-        model: str,
+        model: str | Function,
         *,
         inputs: Mapping[str, SourceLike],
         version: int = -1,
@@ -123,7 +143,8 @@ class Pipeline:
         gather: str | GatherSpec | None = None,
         loop: LoopSpec | None = None,
     ) -> StepRef:
-        """Declare a step calling ``model`` (a model or another pipeline).
+        """Declare a step calling ``model`` (a model or another pipeline), or a
+        :class:`Function` (served as model ``<pipeline>.<name>``).
 
         ``inputs`` maps each model input to a reference (or ``"step.OUTPUT"`` / input name;
         a list reads the first that exists). See :class:`StepSpec` for ``when``, ``map_over``
@@ -136,6 +157,13 @@ class Pipeline:
         """
         if when is not None and self._scope is not None:
             raise ConfigError(f"{_caller()}: step '{name}': a step inside a switch case cannot have its own 'when'")
+        if not isinstance(model, (str, Function)):
+            hint = " (decorate it with @pipeline.function(...))" if callable(model) else ""
+            raise ConfigError(f"{_caller()}: step '{name}': model must be a model name or a step function, "
+                              f"not {type(model).__name__}{hint}")
+        is_function = isinstance(model, Function)
+        if is_function and version != -1:
+            raise ConfigError(f"{_caller()}: step '{name}': a function step has no versions to pick")
         joined = STACK
         if gather is not None:
             if not map_over:
@@ -146,7 +174,8 @@ class Pipeline:
                 raise ConfigError(f"{_caller()}: step '{name}': {exc}") from None
         fields = {
             "name": name,
-            "model": model,
+            "model": name if is_function else model,
+            "function": model if is_function else None,
             "model_version": version,
             "map_over": tuple(map_over),
             "gather": joined,

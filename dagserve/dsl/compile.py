@@ -42,7 +42,7 @@ def compile_config(config: ModelConfig, *, model_dir: Path, config_path: Path | 
     if config.ensemble_scheduling is not None:
         return compile_ensemble(config, origin=origin)
     if config.pipeline is not None:
-        return compile_yaml(config, path=config_path)
+        return compile_yaml(config, path=config_path, model_dir=model_dir)
     return load_pipeline_file(config, model_dir=model_dir)
 
 
@@ -65,5 +65,6 @@ def member_names(config: ModelConfig) -> set[str] | None:
                 *(entry.get("default") or ()),
             ]
         )
+        # function steps are served by the pipeline itself
         names.update(str(s["model"]) for s in groups if isinstance(s, dict) and "model" in s)
     return names

@@ -26,6 +26,9 @@ A pipeline is a model directory whose ``config.yaml`` says ``backend: pipeline``
           inputs: {CROP: det.CROPS}
           map: [CROP]                    # one call per element of CROPS' first dimension
           gather: concat                 # or stack (default), {mode: pad, value: 0}; see GatherSpec
+        - name: scale                    # a Python function as a step, served as model 'p.scale'
+          function: steps:scale          # steps.py beside config.yaml, @dagserve.function
+          inputs: {x: pre.X}
         - name: refine
           model: denoiser
           inputs: {X: pre.X}
@@ -52,6 +55,7 @@ from ..errors import ConfigError
 from ..repository.config import ModelConfig
 from ..repository.locations import describe_validation, did_you_mean, loc_text, locate, yaml_index
 from .conditions import Condition, Op, parse_condition
+from .functions import Function, resolve
 from .spec import STACK, STEP_NAME, GatherSpec, LoopSpec, OutputSpec, PipelineSpec, StepSpec, parse_source
 
 __all__ = ["compile_yaml"]
@@ -84,29 +88,57 @@ class _Step(_Strict):
     loop: _Loop | None = None
 
 
+class _FunctionStep(_Strict):
+    """A step calling a Python function (``function: module:name``) rather than a model."""
+
+    name: str | None = None
+    function: str
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
+    when: str | None = None
+    map: str | list[str] = Field(default_factory=list, alias="map_over")
+    gather: str | _Gather | None = None
+    loop: _Loop | None = None
+
+
+def _step_kind(value: Any) -> str:
+    return "function" if isinstance(value, dict) and "function" in value else "step"
+
+
+_AnyStep = Annotated[
+    Annotated[_Step, Tag("step")] | Annotated[_FunctionStep, Tag("function")], Discriminator(_step_kind)
+]
+
+
 class _Switch(_Strict):
     switch: str
-    cases: dict[str | int | bool, list[_Step]]
-    default: list[_Step] = Field(default_factory=list)
+    cases: dict[str | int | bool, list[_AnyStep]]
+    default: list[_AnyStep] = Field(default_factory=list)
 
 
 def _kind(value: Any) -> str:
-    return "switch" if isinstance(value, dict) and "switch" in value else "step"
+    if isinstance(value, dict) and "switch" in value:
+        return "switch"
+    return _step_kind(value)
 
 
 class _Pipeline(_Strict):
     steps: list[
-        Annotated[Annotated[_Step, Tag("step")] | Annotated[_Switch, Tag("switch")], Discriminator(_kind)]
+        Annotated[
+            Annotated[_Step, Tag("step")] | Annotated[_FunctionStep, Tag("function")]
+            | Annotated[_Switch, Tag("switch")],
+            Discriminator(_kind),
+        ]
     ]
     outputs: dict[str, str | list[str]]
     max_inflight_requests: int = Field(default=0, ge=0)
     one_of: list[list[str]] = Field(default_factory=list)
 
 
-def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSpec:
+def compile_yaml(config: ModelConfig, *, path: Path | None = None, model_dir: Path | None = None) -> PipelineSpec:
     """The spec of a native YAML pipeline config (``config.pipeline`` holds the graph).
 
     ``path`` is the config file; it is re-read only to point error messages at lines.
+    ``model_dir`` (default: the config file's directory) is where ``function:`` modules are.
 
     Raises:
         ConfigError: the ``pipeline`` section is malformed;
@@ -120,7 +152,7 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
     except ValidationError as exc:
         raise ConfigError(
             describe_validation(exc, path=origin, index=lines, model=_Pipeline, prefix=("pipeline",),
-                                tags=("step", "switch"))
+                                tags=("step", "function", "switch"))
         ) from None
 
     inputs = tuple(t.name for t in config.input)
@@ -133,10 +165,11 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
         at = origin + locate(("pipeline", *loc), lines)
         return ConfigError(f"{at}: field '{loc_text(('pipeline', *loc))}': {message}")
 
+    functions = _Functions(model_dir or (path.parent if path is not None else None))
     steps: list[StepSpec] = []
     for i, entry in enumerate(graph.steps):
-        if isinstance(entry, _Step):
-            steps.append(_step(entry, ("steps", i), None, inputs, where, fail))
+        if not isinstance(entry, _Switch):
+            steps.append(_step(entry, ("steps", i), None, inputs, where, fail, functions))
             continue
         try:
             subject = parse_condition(entry.switch, inputs=inputs).subject
@@ -145,10 +178,10 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
         for value, case_steps in entry.cases.items():
             cond = Condition(subject=subject, op=Op.EQ, value=value)
             for j, s in enumerate(case_steps):
-                steps.append(_step(s, ("steps", i, "cases", str(value), j), cond, inputs, where, fail))
+                steps.append(_step(s, ("steps", i, "cases", str(value), j), cond, inputs, where, fail, functions))
         default = Condition(subject=subject, op=Op.NOT_IN, value=tuple(entry.cases))
         for j, s in enumerate(entry.default):
-            steps.append(_step(s, ("steps", i, "default", j), default, inputs, where, fail))
+            steps.append(_step(s, ("steps", i, "default", j), default, inputs, where, fail, functions))
 
     declared = {t.name: t for t in config.output}
     for name in declared:
@@ -190,14 +223,24 @@ def compile_yaml(config: ModelConfig, *, path: Path | None = None) -> PipelineSp
 
 
 def _step(
-    entry: _Step,
+    entry: _Step | _FunctionStep,
     loc: tuple[Any, ...],
     switch: Condition | None,
     inputs: tuple[str, ...],
     where: Callable[..., str],
     fail: Callable[[tuple[Any, ...], str], ConfigError],
+    functions: _Functions,
 ) -> StepSpec:
-    name = entry.name if entry.name is not None else entry.model
+    function = None
+    if isinstance(entry, _FunctionStep):
+        try:
+            function = functions.get(entry.function)
+        except ValueError as exc:
+            raise fail((*loc, "function"), str(exc)) from None
+        except ConfigError as exc:  # the module's own file:line (an import failure, a declaration)
+            raise ConfigError(f"{where(*loc)}: field '{loc_text(('pipeline', *loc, 'function'))}': {exc}") from None
+    default = entry.model if isinstance(entry, _Step) else entry.function.rpartition(":")[2]
+    name = entry.name if entry.name is not None else default
     if not STEP_NAME.match(name) or name == "params":
         raise fail(
             (*loc, "name"),
@@ -240,8 +283,9 @@ def _step(
             raise fail((*loc, "gather"), str(exc)) from None
     return StepSpec(
         name=name,
-        model=entry.model,
-        model_version=entry.version,
+        model=entry.model if isinstance(entry, _Step) else name,
+        function=function,
+        model_version=entry.version if isinstance(entry, _Step) else -1,
         inputs=wired,
         when=when,
         map_over=map_over,
@@ -249,3 +293,20 @@ def _step(
         loop=loop,
         origin=where(*loc),
     )
+
+
+class _Functions:
+    """The functions ``function:`` fields name, each module imported once per compile."""
+
+    def __init__(self, model_dir: Path | None) -> None:
+        self._model_dir = model_dir
+        self._found: dict[str, Function] = {}
+
+    def get(self, reference: str) -> Function:
+        """Raises ValueError (a bad reference) or ConfigError (the module's own problem)."""
+        found = self._found.get(reference)
+        if found is None:
+            if self._model_dir is None:
+                raise ValueError("a function step needs the pipeline's directory (load it from a repository)")
+            found = self._found[reference] = resolve(reference, self._model_dir)
+        return found

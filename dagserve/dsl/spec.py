@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TypeVar
 
 from ..types import DataType, TensorSpec
 from .conditions import Condition
 from .refs import FirstOf, Source, TensorRef, parse_source, source_refs
+
+if TYPE_CHECKING:
+    from .functions import Function
 
 __all__ = [
     "FirstOf",
@@ -33,6 +36,7 @@ __all__ = [
     "Source",
     "StepSpec",
     "TensorRef",
+    "function_model",
     "parse_source",
 ]
 
@@ -41,6 +45,12 @@ V = TypeVar("V")
 
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 """Step names may not contain dots: ``a.b`` always reads as output ``b`` of step ``a``."""
+
+
+def function_model(pipeline: str, step: str) -> str:
+    """The name of the model serving a function step: ``<pipeline>.<step>`` (just the step's
+    name while the pipeline has none yet, e.g. in a ``pipeline.py`` before it loads)."""
+    return f"{pipeline}.{step}" if pipeline else step
 
 
 class FrozenMap(Mapping[K, V]):
@@ -153,6 +163,11 @@ class StepSpec:
     model is called once per element of their first dimension (concurrently, so the calls
     batch at the model) and the outputs are gathered as ``gather`` says (stacked along a new
     first dimension by default). ``model_version`` -1 means the newest ready version.
+    batch at the model) and the outputs are gathered along a new first dimension.
+    ``model_version`` -1 means the newest ready version.
+
+    A step with a ``function`` (:mod:`.functions`) calls that Python function, served by the
+    pipeline as model ``<pipeline>.<step>`` (:class:`PipelineSpec` sets ``model`` so).
     """
 
     name: str
@@ -163,6 +178,7 @@ class StepSpec:
     map_over: tuple[str, ...] = ()
     gather: GatherSpec = STACK
     loop: LoopSpec | None = None
+    function: Function | None = None
     origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -190,6 +206,8 @@ class StepSpec:
             parts.append(f"gather={str(self.gather)!r}")
         if self.loop is not None:
             parts.append(f"loop={self.loop!r}")
+        if self.function is not None:
+            parts.append(f"function={self.function.name!r}")
         return f"StepSpec({', '.join(parts)})"
 
 
@@ -242,6 +260,11 @@ class PipelineSpec:
         for name in ("inputs", "outputs", "steps"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "one_of", tuple(tuple(group) for group in self.one_of))
+        if any(s.function is not None for s in self.steps):  # their models take the pipeline's name
+            object.__setattr__(self, "steps", tuple(
+                replace(s, model=function_model(self.name, s.name)) if s.function is not None else s
+                for s in self.steps
+            ))
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``.

@@ -120,6 +120,13 @@ class CheckedPipeline:
     decoupled: tuple[str, ...] = ()
 
 
+def _member(step: StepSpec) -> str:
+    """How messages name what a step calls: the model, or the function and where it is."""
+    if step.function is not None:
+        return f"function {step.function.name} ({step.function.origin})"
+    return f"model '{step.model}'"
+
+
 def check_pipeline(spec: PipelineSpec, lookup: MemberLookup, *, known_models: Collection[str] = ()) -> CheckedPipeline:
     """Check ``spec`` against its members (see the module doc). ``known_models`` (the names a
     member could have) give an unknown member's message its "did you mean" hint.
@@ -208,7 +215,12 @@ class _Checker:
             return
         try:
             check_model_name(step.model, field="model")  # security: confinement of member names
-            config = self.lookup(step.model, step.model_version)
+            # A function step is checked against the config its declaration makes, which is
+            # the one the engine serves it with.
+            config = (
+                step.function.config(step.model) if step.function is not None
+                else self.lookup(step.model, step.model_version)
+            )
         except Exception as exc:  # noqa: BLE001 - the lookup's message says why the member is unusable
             hint = did_you_mean(step.model, self.known_models) if str(exc).startswith("unknown model") else ""
             self.problem(f"{exc}{hint}", step)
@@ -222,7 +234,7 @@ class _Checker:
                 datatype=o.data_type,
                 dims=o.dims[1:] if concat else o.dims,
                 batched=config.batching or mapped,
-                producer=f"output '{o.name}' of model '{step.model}' (step '{step.name}')",
+                producer=f"output '{o.name}' of {_member(step)} (step '{step.name}')",
             )
         if mapped and step.gather.counts:
             self.types[TensorRef(step=step.name, name=step.gather.counts)] = TensorType(
@@ -287,7 +299,7 @@ class _Checker:
 
     # -- one step ----------------------------------------------------------------------------
     def check_step(self, step: StepSpec, member: ModelConfig) -> None:
-        model = f"model '{step.model}'"
+        model = _member(step)
         if (
             self.batching
             and member.max_batch_size
@@ -372,7 +384,7 @@ class _Checker:
             found = self.resolve(step, ref, reader)
             if found is None:
                 continue
-            consumer = f"model '{step.model}' input '{name}'"
+            consumer = f"{_member(step)} input '{name}'"
             if found.datatype is not datatype:
                 self.problem(
                     f"datatype mismatch on '{ref}': {found.producer} is {found.datatype.value}, "

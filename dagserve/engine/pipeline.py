@@ -38,9 +38,13 @@ from ..errors import DagserveError, InvalidInputError, ModelNotFoundError, Model
 from ..repository.config import ModelConfig, TensorConfig
 from ..repository.loader import ModelSource
 from ..types import InferRequest, InferResponse
+from .functions import WithFunctions
 from .model import ModelState, ModelVersion, Runner
 from .pipeline_runner import Members, PipelineRunner, PipelineStatistics, StepStatistics
 from .pipeline_stream import DecoupledPipelineRunner
+
+StartFunctions = Callable[[PipelineSpec], Awaitable[Mapping[str, ModelVersion]]]
+"""Loads the versions that serve a pipeline's function steps, by model name."""
 
 __all__ = [
     "PipelineRunner",
@@ -56,15 +60,20 @@ __all__ = [
 
 # -- loading ----------------------------------------------------------------------------------
 async def load_pipeline(
-    server: Members, source: ModelSource, config: ModelConfig, spec: PipelineSpec | None = None
+    server: Members, source: ModelSource, config: ModelConfig, spec: PipelineSpec | None = None,
+    start_functions: StartFunctions | None = None,
 ) -> PipelineRunner:
     """Compile (unless ``spec`` is given), check and plan the pipeline; return its runner.
 
-    Members must be loaded already. Raises ConfigError naming the file, step and tensor of
-    every problem found, or the member that is not ready and why.
+    Members must be loaded already; ``start_functions`` loads the versions serving the
+    pipeline's function steps (:mod:`.functions`), which the runner then calls directly.
+    Raises ConfigError naming the file, step and tensor of every problem found, or the member
+    that is not ready and why.
     """
     if spec is None:
         spec = compile_config(config, model_dir=source.path, config_path=source.config_path)
+    if start_functions is not None and any(s.function is not None for s in spec.steps):
+        server = WithFunctions(server, await start_functions(spec))
     members: list[ModelConfig] = []
 
     def member(model: str, version: int) -> ModelConfig:
@@ -278,6 +287,7 @@ async def pipeline_version(
     *,
     number: int,
     spec: PipelineSpec | None = None,
+    start_functions: StartFunctions | None = None,
     **kwargs: Any,
 ) -> tuple[PipelineVersion, Callable[[], Awaitable[PipelineRunner]]]:
     """Prepare version ``number`` of a pipeline: compile and check it now (its members are
@@ -291,14 +301,16 @@ async def pipeline_version(
     failure: Exception | None = None
     labels: Mapping[str, tuple[str, ...]] = kwargs.pop("labels", None) or {}
     try:
-        runner = await load_pipeline(server, source, config, spec)
+        runner = await load_pipeline(server, source, config, spec, start_functions)
         config = runner.config
         labels = {**_inherited_labels(server, runner.plan), **labels}
     except Exception as exc:  # noqa: BLE001 - reported through the version's state and reason
         failure = exc
+    members = runner.members if runner is not None else server
+
     def member_problem(model: str, version: str) -> str:
         try:
-            found = server.get_version(model, version)
+            found = members.get_version(model, version)
         except DagserveError as exc:
             return str(exc)
         return "" if found.ready else f"model '{model}' is not ready" + (f": {found.reason}" if found.reason else "")

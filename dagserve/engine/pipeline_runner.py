@@ -219,6 +219,7 @@ class PipelineRunner:
         self.may_be_missing = may_be_missing
         self.priority_levels = 0  # the fewest priority levels among the members that have them
         self.plan = plan
+        self.members = members
         self._infer = members.infer  # bound once: every step of every request calls it
         self._infer_stream = members.infer_stream
         self._steps = plan.steps

@@ -24,11 +24,12 @@ class ModelEntry:
     came from. ``fingerprint`` digests the repository directory they were loaded from (None:
     not from the repository — an override or a pipeline built in Python); ``load_error`` says
     why the last reload failed while these versions kept serving; ``members`` are the models a
-    pipeline calls."""
+    pipeline calls; ``functions`` the entries of the models serving its function steps (each
+    with ``owner``, the pipeline's name; see :mod:`.functions`)."""
 
     __slots__ = (
-        "error", "failed_fingerprint", "fingerprint", "load_error", "members", "name", "override_dir",
-        "source", "spec", "started", "versions",
+        "error", "failed_fingerprint", "fingerprint", "functions", "load_error", "members", "name",
+        "override_dir", "owner", "source", "spec", "started", "versions",
     )
 
     def __init__(self, name: str, source: ModelSource | None) -> None:
@@ -43,6 +44,8 @@ class ModelEntry:
         self.members: frozenset[str] = frozenset()
         self.override_dir: Path | None = None
         self.spec: PipelineSpec | None = None
+        self.functions: dict[str, ModelEntry] = {}
+        self.owner = ""
 
     def reason(self) -> str:
         if self.error:
@@ -76,7 +79,7 @@ async def pipeline_members(source: ModelSource) -> set[str]:
         )
     except Exception:  # noqa: BLE001 - the pipeline's own load reports it with its reason
         return set()
-    return {s.model for s in spec.steps}
+    return {s.model for s in spec.steps if s.function is None}
 
 
 async def with_members(names: set[str], sources: dict[str, ModelSource]) -> set[str]:

@@ -256,6 +256,7 @@ class Server:
         entry = ModelEntry(source.name, source)
         self._models[source.name] = entry
         await self._start(entry, spec, backend)
+        self._publish(entry, None)
 
     async def _start(
         self, entry: ModelEntry, spec: PipelineSpec | None = None, backend: Backend | None = None
@@ -276,7 +277,8 @@ class Server:
             return
         if is_pipeline(source):
             entry.members = frozenset(
-                {s.model for s in spec.steps} if spec is not None else await pipeline_members(source)
+                {s.model for s in spec.steps if s.function is None} if spec is not None
+                else await pipeline_members(source)
             )
         # Backends that can read the model file (ONNX) fill in what the config leaves out.
         config = source.config
@@ -309,6 +311,7 @@ class Server:
                 version, load = await pipeline_version(
                     self, source, config, number=number, spec=spec, platform=platform, cache=self.cache,
                     labels=labels,
+                    start_functions=functools.partial(self._start_functions, entry, number),
                 )
             else:
                 version = ModelVersion(
@@ -323,6 +326,63 @@ class Server:
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
             entry.started.append(version)
+
+    async def _start_functions(self, entry: ModelEntry, number: int, spec: PipelineSpec) -> dict[str, ModelVersion]:
+        """Load version ``number`` of the models serving the function steps of pipeline
+        ``entry`` (see :mod:`.functions`); they are the entry's, listed when it is published.
+
+        Raises:
+            ConfigError: a step's model name belongs to another model, or its function's
+                model failed to load (the reason says why).
+        """
+        source = entry.source
+        assert source is not None and self._tg is not None
+        own: dict[str, ModelVersion] = {}
+        for step in spec.steps:
+            function = step.function
+            if function is None:
+                continue
+            name = step.model
+            taken = self._models.get(name)
+            where = f"{step.origin}: " if step.origin else ""
+            if taken is not None and taken.owner != entry.name:
+                raise ConfigError(
+                    f"{where}pipeline '{entry.name}', step '{step.name}': its function is served as model "
+                    f"'{name}', but a model of that name exists already; rename the step or that model"
+                )
+            config = function.config(name)
+            member = entry.functions.get(name)
+            if member is None:
+                member = entry.functions[name] = ModelEntry(name, None)
+                member.owner = entry.name
+            version = ModelVersion(name=name, version=number, config=config, platform="python", cache=self.cache)
+            member.versions[number] = version
+            step_source = ModelSource(
+                name=name, path=source.path, config=config, config_path=None, versions=(number,)
+            )
+            load = functools.partial(self._load_instances, step_source, config, number, ObjectBackend(function))
+            await self._tg.start(version.serve, load)
+            entry.started.append(version)
+            if version.state is not ModelState.READY:
+                raise ConfigError(
+                    f"{where}pipeline '{entry.name}', step '{step.name}': function {function.name} "
+                    f"({function.origin}) failed to load: {version.reason}"
+                )
+            own[name] = version
+        return own
+
+    def _publish(self, entry: ModelEntry, old: ModelEntry | None) -> None:
+        """List the function models of pipeline ``entry`` (now serving) under their names,
+        in place of those of ``old``, the entry it replaced."""
+        if old is not None:
+            self._unpublish(old)
+        for name, member in entry.functions.items():
+            self._models[name] = member
+
+    def _unpublish(self, entry: ModelEntry) -> None:
+        for name, member in entry.functions.items():
+            if self._models.get(name) is member:
+                del self._models[name]
 
     async def _reload(
         self, source: ModelSource, digest: str | None, *, override_dir: Path | None = None,
@@ -345,8 +405,10 @@ class Server:
             # Nothing to keep serving: show the new entry (LOADING) at once.
             self._models[name] = new
             if old is not None:
+                self._unpublish(old)
                 await self._stop(old, "replaced by a new load")
             await self._start_or_stop(new, spec)
+            self._publish(new, None)
             reason = new.reason()
             if reason:
                 new.failed_fingerprint = digest
@@ -361,6 +423,7 @@ class Server:
             await self._stop(new, "reload failed; the versions loaded before keep serving")
             return reason
         self._models[name] = new
+        self._publish(new, old)
         log.info("model '%s' reloaded; draining the replaced versions", name)
         if old.override_dir == new.override_dir:
             old.override_dir = None  # the new versions' files now
@@ -379,9 +442,9 @@ class Server:
             raise
 
     async def _stop(self, entry: ModelEntry, why: str = "") -> None:
-        """Unload ``entry``'s versions (requests in flight finish first; ``why`` goes to the
-        log) and remove its override directory."""
-        for version in entry.versions.values():
+        """Unload ``entry``'s versions and those of its function steps (requests in flight
+        finish first; ``why`` goes to the log) and remove its override directory."""
+        for version in (*entry.versions.values(), *(v for f in entry.functions.values() for v in f.versions.values())):
             version.unload(why)
         for version in entry.started:  # a version whose start was cancelled has no task left
             await version.wait_closed()
@@ -495,7 +558,9 @@ class Server:
             await self._load_source(source, spec, backend)
             reason = self._models[name].reason()
             if reason:
-                await self._stop(self._models.pop(name), "load failed")
+                failed = self._models.pop(name)
+                self._unpublish(failed)
+                await self._stop(failed, "load failed")
                 raise ConfigError(reason)
 
     def begin_drain(self) -> None:
@@ -800,6 +865,11 @@ class Server:
         confine.check_model_name(name)  # security: confinement
         if name not in self._models:
             raise ModelNotFoundError(f"model '{name}' is not loaded")
+        owner = self._models[name].owner
+        if owner:
+            raise UnsupportedError(
+                f"model '{name}' serves a function step of pipeline '{owner}' and unloads with it: unload '{owner}'"
+            )
         members = await self._unload(name)
         if not unload_dependents:
             return
@@ -817,6 +887,7 @@ class Server:
             if entry is None:
                 return frozenset()
             before = self._dependents_readiness(name)
+            self._unpublish(entry)
             await self._stop(entry, why)
             self._log_readiness_changes(before)
             return entry.members

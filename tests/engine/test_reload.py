@@ -348,14 +348,14 @@ def test_explicit_load_of_an_example_pipeline_loads_its_models(pipeline: str) ->
 
 
 def test_load_model_flag_loads_a_pipeline_with_its_models() -> None:
-    """``--load-model iris`` (explicit mode) serves iris and the models it calls."""
+    """``--load-model iris`` (explicit mode) serves iris, the models it calls and its function steps."""
     with serve_in_thread(
         EXAMPLES / "pipelines", metrics=False, grpc=False, model_control_mode="explicit", load_models=("iris",)
     ) as running:
         answer = infer_json(running.http_url, "iris", example_request("iris"))
         assert {o["name"] for o in answer["outputs"]} >= {"LABEL"}
         ready = {e["name"] for e in running.server.repository_index(ready_only=True)}
-        assert ready == {"iris", "iris_standardize", "iris_logreg", "iris_label"}
+        assert ready == {"iris", "iris.standardize", "iris_logreg", "iris.label"}  # two function steps
 
 
 def pipeline_repo(tmp_path: Path) -> Path:
