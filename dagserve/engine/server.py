@@ -356,6 +356,7 @@ class Server:
                 member = entry.functions[name] = ModelEntry(name, None)
                 member.owner = entry.name
             version = ModelVersion(name=name, version=number, config=config, platform="python", cache=self.cache)
+            version.stats.configure(self.options.metrics_config, cached=version.cached, decoupled=version.decoupled)
             member.versions[number] = version
             step_source = ModelSource(
                 name=name, path=source.path, config=config, config_path=None, versions=(number,)

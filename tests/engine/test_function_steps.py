@@ -145,6 +145,23 @@ def test_statistics_and_metrics_name_the_function_model(running: RunningServer, 
     assert re.search(r'nv_inference_count\{model="dsl_fn.check",version="1"\} [1-9]', text)
 
 
+def test_function_model_has_the_latency_histogram_metrics_config_asks_for(gate: FileGate) -> None:
+    """With --metrics-config histogram_latencies=true a function model gets Triton's
+    first-response histogram as any model does (its version is configured like the others)."""
+    import urllib.request
+
+    from dagserve import MetricsConfig
+
+    with serve_in_thread(REPO, grpc=False, model_control_mode="explicit", load_models=("dsl_fn",),
+                         metrics_config=MetricsConfig(histogram_latencies=True)) as running:
+        with httpclient.InferenceServerClient(running.http_url) as c:
+            for _ in range(3):
+                c.infer("dsl_fn", [http_input("X", np.ones((1, 2), np.float32))])
+        with urllib.request.urlopen(f"http://{running.metrics_url}/metrics") as r:
+            text = r.read().decode()
+    assert re.search(r'nv_inference_first_response_histogram_ms_count\{model="dsl_fn.check",version="1"\} 3', text)
+
+
 def test_function_models_load_and_unload_with_their_pipeline(client: httpclient.InferenceServerClient) -> None:
     """A function model cannot be unloaded on its own; unloading the pipeline removes it, and
     loading the pipeline brings it back."""
