@@ -58,6 +58,7 @@ from ..repository.loader import (
 )
 from ..repository.locations import did_you_mean
 from ..types import InferRequest, InferResponse
+from .aliases import check_aliases
 from .cache import ResponseCache
 from .model import ModelState, ModelVersion
 from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
@@ -98,6 +99,9 @@ class ServerOptions:
     ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
     ``auto_complete_config``: let backends complete configs from the models (Python
     ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
+    ``model_aliases``: served names -> model names (``--model-alias``): a request, metadata,
+    readiness or statistics call for a served name answers as the model does (see
+    :func:`dagserve.engine.aliases.parse_aliases`); a model of that name, if any, wins.
     """
 
     model_repository: Path | None = None
@@ -109,11 +113,14 @@ class ServerOptions:
     allow_symlinks_outside_repository: bool = False
     limits: Limits = field(default_factory=Limits)
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
+    model_aliases: Mapping[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.model_repository, str):  # a str is accepted where a Path is meant
             object.__setattr__(self, "model_repository", Path(self.model_repository))
+        if self.model_aliases:
+            object.__setattr__(self, "model_aliases", check_aliases(self.model_aliases))
 
 
 class Server:
@@ -484,6 +491,8 @@ class Server:
             ModelNotReadyError: no version of the model is ready.
         """
         entry = self._models.get(name)
+        if entry is None and name in self.options.model_aliases:
+            return self.get_version(self.options.model_aliases[name], version)
         if entry is None:
             confine.check_model_name(name)  # security: a malformed name is a 400, not a 404
             raise ModelNotFoundError(f"unknown model '{name}'")
@@ -527,7 +536,7 @@ class Server:
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         found = self.get_version(name, version)
-        versions = [str(v) for v, mv in sorted(self._models[name].versions.items()) if mv.ready]
+        versions = [str(v) for v, mv in sorted(self._models[found.name].versions.items()) if mv.ready]
         return found.metadata(versions)
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
@@ -561,6 +570,8 @@ class Server:
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         """Triton's statistics extension JSON for one model (version) or all."""
         if name:
+            if name not in self._models:
+                name = self.options.model_aliases.get(name, name)
             if version:
                 versions = [self.get_version(name, version)]
             elif name in self._models:
