@@ -25,7 +25,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(check=False, args=["ip", *args], capture_output=True, text=True, timeout=30)
     if check and done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
     return done
@@ -51,7 +51,7 @@ class Host:
         return proc
 
     def run(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.namespace, *argv], capture_output=True, text=True,
+        return subprocess.run(check=False, args=["ip", "netns", "exec", self.namespace, *argv], capture_output=True, text=True,
                               timeout=timeout)
 
     def dagserve(self, *args: str, log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -60,7 +60,7 @@ def _validate_crd_objects(objects: list[dict[str, Any]]) -> None:
     source = "\n".join([line for line in script if line.startswith("import")] + [script[0]] + body)
     path = modules.parent / "validate_crds.mjs"  # beside node_modules, so imports resolve
     path.write_text(source)
-    done = subprocess.run(["node", str(path), json.dumps(objects)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(check=False, args=["node", str(path), json.dumps(objects)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
 
@@ -74,7 +74,7 @@ def test_a_crd_validator_rejects_a_broken_object() -> None:
                     'catch (e) { console.log(e.message); }\n')
     broken = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"},
               "spec": {"selector": {}, "endpoints": [{"port": 8002}]}}
-    done = subprocess.run(["node", str(path), json.dumps(broken)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(check=False, args=["node", str(path), json.dumps(broken)], capture_output=True, text=True, timeout=60)
     assert "port must be string" in done.stdout
 
 
@@ -143,14 +143,14 @@ def test_autoscaling_profiles() -> None:
 ])
 def test_bad_values_fail_the_render_naming_them(values: list[str], message: str) -> None:
     """values.schema.json and the template checks refuse bad values with a message naming them."""
-    done = subprocess.run([tool("helm"), "template", "x", str(CHART), *values], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(check=False, args=[tool("helm"), "template", "x", str(CHART), *values], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert message in done.stderr
 
 
 def test_plain_manifests_are_in_sync_with_the_chart(tmp_path: Path) -> None:
     """deploy/manifests/ is exactly what scripts/render-manifests.sh renders now."""
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "render-manifests.sh"), str(tmp_path)],
+    done = subprocess.run(check=False, args=["bash", str(ROOT / "scripts" / "render-manifests.sh"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HELM": tool("helm")})
     assert done.returncode == 0, done.stderr
     committed = ROOT / "deploy" / "manifests"

@@ -26,9 +26,9 @@ def test_promtool_checks_and_unit_tests_the_rules(tmp_path: Path) -> None:
     promtool = tool("promtool")
     rules = _rules(tmp_path)
     shutil.copy(HERE / "rules_test.yaml", tmp_path / "rules_test.yaml")
-    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(check=False, args=[promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run([promtool, "test", "rules", "rules_test.yaml"], cwd=tmp_path,
+    test = subprocess.run(check=False, args=[promtool, "test", "rules", "rules_test.yaml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert test.returncode == 0, test.stdout + test.stderr
 
@@ -39,7 +39,7 @@ def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
     _rules(tmp_path)
     text = (HERE / "rules_test.yaml").read_text().replace("value: 9990 ", "value: 9991 ")
     (tmp_path / "rules_test.yaml").write_text(text)
-    test = subprocess.run([promtool, "test", "rules", "rules_test.yaml"], cwd=tmp_path,
+    test = subprocess.run(check=False, args=[promtool, "test", "rules", "rules_test.yaml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert test.returncode != 0
     assert "9.991E+03" in test.stdout + test.stderr  # promtool names the expectation that failed

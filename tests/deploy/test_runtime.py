@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -37,9 +36,9 @@ FLOWERS = np.array([[5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]], dtype=np.float3
 def _containerfile() -> tuple[list[str], list[str]]:
     """ENTRYPOINT + CMD, and the HEALTHCHECK command, of deploy/Containerfile."""
     text = (ROOT / "deploy" / "Containerfile").read_text().replace("\\\n", " ")
-    found = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(ENTRYPOINT|CMD) (\[.*\])$", text, re.M)
+    found = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(ENTRYPOINT|CMD) (\[.*\])$", text, re.MULTILINE)
              if not m.group(0).startswith("CMD [\"python3\"")}
-    health = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text, re.M)
+    health = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text, re.MULTILINE)
     assert health is not None
     return found["ENTRYPOINT"] + found["CMD"], json.loads(health.group(1))
 
@@ -92,32 +91,43 @@ def _serve_and_check(host: Host, argv: list[str], env: dict[str, str], tmp: Path
     assert re.search(r'nv_inference_count\{model="iris",version="1"\} 4', metrics), metrics[:2000]
 
 
-def test_image_chart_and_kserve_command_lines_answer_on_their_ports(tmp_path: Path) -> None:
-    """Each command line serves infer (HTTP, gRPC) and metrics on its declared ports; the
-    image's HEALTHCHECK passes against it; the KServe runtime answers under the example
-    InferenceService's name (DAGSERVE_MODEL_ALIAS)."""
+def test_image_command_line_and_healthcheck(tmp_path: Path) -> None:
+    """The image's ENTRYPOINT + CMD serves infer (HTTP, gRPC) and metrics on 8000/8001/8002,
+    and its HEALTHCHECK command passes against it."""
     image_argv, healthcheck = _containerfile()
+    assert _ports(image_argv) == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    with network() as net:
+        image = net.add("image")
+        _serve_and_check(image, image_argv, {}, tmp_path)
+        health = image.run([sys.executable if healthcheck[0] == "python3" else healthcheck[0], *healthcheck[1:]])
+        assert health.returncode == 0, health.stderr
+
+
+def test_chart_command_line(tmp_path: Path) -> None:
+    """The chart's container command and args serve on the container ports it declares."""
     deployment = by_kind(render("default"))["Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    chart_argv = container["command"] + container["args"]
+    argv = container["command"] + container["args"]
+    assert _ports(argv) == {p["name"]: p["containerPort"] for p in container["ports"]}
+    with network() as net:
+        _serve_and_check(net.add("chart"), argv, {}, tmp_path)
+
+
+def test_kserve_runtime_command_line_answers_under_the_service_name(tmp_path: Path) -> None:
+    """The KServe runtime's container, with the example InferenceService's environment, serves
+    on its declared ports and answers under the service's name (DAGSERVE_MODEL_ALIAS)."""
     runtime = yaml.safe_load((KSERVE / "cluster-serving-runtime.yaml").read_text())
     (kserve,) = runtime["spec"]["containers"]
     service = yaml.safe_load((KSERVE / "inference-service.yaml").read_text())
     service_env = {e["name"]: e["value"] for e in service["spec"]["predictor"]["model"]["env"]}
-    kserve_env = {e["name"]: e["value"] for e in kserve.get("env", ())} | service_env
+    env = {e["name"]: e["value"] for e in kserve.get("env", ())} | service_env
     assert _ports(kserve["args"]) == {"http": 8080, "grpc": 9000, "metrics": 8002}
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8002"
     assert [p["containerPort"] for p in kserve["ports"]] == [8080]
     served = service["metadata"]["name"]
     assert service_env["DAGSERVE_MODEL_ALIAS"] == f"{served}=iris"
-
     with network() as net:
-        image, chart, kserve_host = net.add("image"), net.add("chart"), net.add("kserve")
-        _serve_and_check(image, image_argv, {}, tmp_path)
-        health = image.run([sys.executable if healthcheck[0] == "python3" else healthcheck[0], *healthcheck[1:]])
-        assert health.returncode == 0, health.stderr
-        _serve_and_check(chart, chart_argv, {}, tmp_path)
-        _serve_and_check(kserve_host, kserve["command"] + kserve["args"], kserve_env, tmp_path, model=served)
+        _serve_and_check(net.add("kserve"), kserve["command"] + kserve["args"], env, tmp_path, model=served)
 
 
 def _pod(container: dict[str, Any]) -> dict[str, Any]:

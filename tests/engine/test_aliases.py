@@ -77,11 +77,11 @@ def test_bad_aliases_are_refused_naming_the_problem(items: list[str], message: s
 
 def test_cli_flag_and_environment_variable() -> None:
     """``--model-alias`` and ``DAGSERVE_MODEL_ALIAS`` reach the server; a bad one exits 2 naming it."""
-    bad = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO),
+    bad = subprocess.run(check=False, args=[sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO),
                           "--model-alias", "nothing"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "model alias 'nothing': expected SERVED_NAME=MODEL" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO)],
+    bad = subprocess.run(check=False, args=[sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO)],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "DAGSERVE_MODEL_ALIAS": "x=x"})
     assert bad.returncode == 2
     assert "names the model itself" in bad.stderr
