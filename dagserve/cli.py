@@ -23,6 +23,7 @@ from .cli_security import env as _env
 from .cli_security import parse_bool as _bool
 from .drawing import FORMATS
 from .engine import ServerOptions
+from .engine.aliases import parse_aliases
 from .errors import ConfigError, DagserveError
 from .frontends.limits import GrpcKeepalive, HttpLimits
 from .frontends.runner import (
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--load-model", action="append", default=None,
                    help="with explicit mode: a model to load at start ('*' for all); repeatable "
                         "(env DAGSERVE_LOAD_MODEL: comma-separated)")
+    s.add_argument("--model-alias", action="append", default=None, metavar="SERVED=MODEL",
+                   help="also answer for MODEL (a model or pipeline) under the name SERVED, e.g. a KServe "
+                        "InferenceService's name; repeatable (env DAGSERVE_MODEL_ALIAS: comma-separated)")
     s.add_argument("--strict-readiness", type=_bool, default=_bool(_env("strict-readiness", "true") or "true"),
                    help="ready only when every model is ready (default true)")
     s.add_argument("--disable-auto-complete-config", action="store_true",
@@ -254,7 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         options = _serve_options(args)
-    except (ValueError, ConfigError) as exc:  # a timeout or limit out of range, a bad --metrics-config
+    except (ValueError, ConfigError) as exc:  # a timeout or limit out of range, a bad --metrics-config or alias
         print(f"dagserve: {exc}", file=sys.stderr)
         return 2
     if options.server.load_models and options.server.model_control_mode != "explicit":
@@ -296,6 +300,8 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
             repository_poll_secs=args.repository_poll_secs,
             load_models=tuple(args.load_model if args.load_model is not None
                               else [m for m in (_env("load-model", "") or "").split(",") if m]),
+            model_aliases=parse_aliases(args.model_alias if args.model_alias is not None
+                                        else [_env("model-alias", "") or ""]),
             strict_readiness=args.strict_readiness,
             auto_complete_config=not args.disable_auto_complete_config,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],

@@ -15,7 +15,9 @@ Contracts:
   load with a ConfigError naming the file, the model, the tensor, what the config expects and
   what the remote has. An endpoint that cannot be reached does not fail the load: the model is
   loaded but not ready (its reason names the endpoints and why), and :meth:`RemoteInstance.watch`
-  re-checks unreachable endpoints every ``health_interval_ms`` in the model's task group.
+  re-checks unreachable endpoints every ``health_interval_ms`` in the model's task group. An
+  endpoint that lets a call time out is checked at once (a pulled cable or a frozen server
+  looks connected until asked): no answer within ``connect_timeout_ms`` makes it unreachable.
 * **Requests** go round robin to the endpoints currently reachable. A failure before the
   request was sent (connection refused, connect timeout) marks that endpoint unreachable and
   tries the next one, up to ``retries`` more times; a failure after it was sent is never retried
@@ -94,6 +96,7 @@ class _Endpoint:
     url: str
     client: Any  # _HttpClient | _GrpcClient
     reason: str = "not checked yet"  # "" = reachable and its metadata matched
+    suspect: bool = False  # a call to it timed out: probe it now (see RemoteInstance.watch)
 
     @property
     def healthy(self) -> bool:
@@ -118,6 +121,7 @@ class RemoteInstance:
         self._endpoints = [_Endpoint(url, client_for(url, settings)) for url in settings.url]
         self._next = 0
         self._mismatch = ""  # a metadata mismatch found after the load: never ready then
+        self._wake: anyio.Event | None = None  # set: watch() probes the suspect endpoints now
         self.round_trips: dict[str, dict[str, float]] = {
             e.url: {"count": 0, "ns": 0, "failures": 0} for e in self._endpoints
         }
@@ -141,20 +145,37 @@ class RemoteInstance:
             await self._check(endpoint)
 
     async def watch(self) -> None:
-        """Re-check unreachable endpoints every ``health_interval_ms``, until cancelled."""
+        """Re-check unreachable endpoints every ``health_interval_ms``, until cancelled; and at
+        once, an endpoint that let a call time out (:meth:`_suspect`): a dead link or a frozen
+        server looks like a connected one until something asks it. If it does not answer a
+        readiness check within ``connect_timeout_ms`` it is unreachable from then on — requests
+        fail at once with UNAVAILABLE, or go to the other endpoints — until a re-check passes.
+        A server that is only slow answers the check and stays in use."""
         interval = self._settings.health_interval_ms / 1000
+        self._wake = anyio.Event()
         while True:
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
             for endpoint in self._endpoints:
-                if endpoint.healthy or self._mismatch:
+                if self._mismatch or (endpoint.healthy and not endpoint.suspect):
                     continue
+                was_healthy, endpoint.suspect = endpoint.healthy, False
                 try:
                     await self._check(endpoint)
                 except ConfigError as exc:
                     self._mismatch = str(exc)
                     log.error("%s", exc)
-                if endpoint.healthy:
+                if endpoint.healthy and not was_healthy:
                     log.info("%s: endpoint %s is reachable again", self._owner, endpoint.url)
+                elif was_healthy and not endpoint.healthy:
+                    log.warning("%s: endpoint %s let a call time out and does not answer a readiness check: "
+                                "unreachable until a re-check passes (%s)", self._owner, endpoint.url, endpoint.reason)
+
+    def _suspect(self, endpoint: _Endpoint) -> None:
+        endpoint.suspect = True
+        if self._wake is not None:
+            self._wake.set()
 
     async def _check(self, endpoint: _Endpoint) -> None:
         connect = self._settings.connect_timeout_ms / 1000
@@ -239,6 +260,7 @@ class RemoteInstance:
                 stats["failures"] += 1
                 if isinstance(exc, RequestTimeoutError) and not _past(deadline):
                     raise RequestTimeoutError(f"{self._owner}: {exc}") from None  # the remote's own 504
+                self._suspect(endpoint)
                 limit = f"{settings.timeout_ms} ms" if settings.timeout_ms else "the request's deadline"
                 raise RequestTimeoutError(f"{self._owner}: {endpoint.url} did not answer within {limit}") from None
             except DagserveError as exc:

@@ -61,6 +61,7 @@ from ..repository.loader import (
 from ..repository.locations import did_you_mean
 from ..tracing import TraceConfig, Tracing
 from ..types import InferRequest, InferResponse
+from .aliases import check_aliases
 from .cache import ResponseCache
 from .latency import MetricsConfig
 from .model import ModelState, ModelVersion
@@ -111,6 +112,9 @@ class ServerOptions:
     ``trace``: tracing at start-up (Triton's ``--trace-config``; docs/tracing.md); the
     settings then change at run time through :attr:`Server.tracing`.
     ``metrics_config``: which latency distributions are kept (Triton's ``--metrics-config``).
+    ``model_aliases``: served names -> model names (``--model-alias``): a request, metadata,
+    readiness or statistics call for a served name answers as the model does (see
+    :func:`dagserve.engine.aliases.parse_aliases`); a model of that name, if any, wins.
     """
 
     model_repository: Path | None = None
@@ -124,11 +128,14 @@ class ServerOptions:
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
     trace: TraceConfig = field(default_factory=TraceConfig)
     metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
+    model_aliases: Mapping[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.model_repository, str):  # a str is accepted where a Path is meant
             object.__setattr__(self, "model_repository", Path(self.model_repository))
+        if self.model_aliases:
+            object.__setattr__(self, "model_aliases", check_aliases(self.model_aliases))
 
 
 class Server:
@@ -599,6 +606,8 @@ class Server:
             ModelNotReadyError: no version of the model is ready.
         """
         entry = self._models.get(name)
+        if entry is None and name in self.options.model_aliases:
+            return self.get_version(self.options.model_aliases[name], version)
         if entry is None:
             confine.check_model_name(name)  # security: a malformed name is a 400, not a 404
             raise ModelNotFoundError(f"unknown model '{name}'")
@@ -642,7 +651,7 @@ class Server:
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         found = self.get_version(name, version)
-        versions = [str(v) for v, mv in sorted(self._models[name].versions.items()) if mv.ready]
+        versions = [str(v) for v, mv in sorted(self._models[found.name].versions.items()) if mv.ready]
         return found.metadata(versions)
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
@@ -676,6 +685,8 @@ class Server:
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         """Triton's statistics extension JSON for one model (version) or all."""
         if name:
+            if name not in self._models:
+                name = self.options.model_aliases.get(name, name)
             if version:
                 versions = [self.get_version(name, version)]
             elif name in self._models:

@@ -1,0 +1,248 @@
+"""A pipeline spanning hosts: network namespaces on a bridge stand in for a CPU pool (host a),
+a GPU pool (host b) and a gateway, each running dagserve; the gateway's pipeline calls a node
+on a (over gRPC) and a node on b (over HTTP). Checked with the real tritonclient: the same
+outputs as the all-local pipeline; a link pulled mid-load fails only the requests that need
+it, on time and naming the node, and service resumes when it is back; a frozen (SIGSTOPped)
+remote gives DEADLINE_EXCEEDED on time.
+
+The remote servers are dagserve (Triton's reference build binds 127.0.0.1 only, so it cannot
+serve another namespace without changes to its launcher)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import signal
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from dagserve.testing import wait_until
+
+from .netns import Host, Network, network
+
+REMOTE_REPO = Path(__file__).parents[1] / "repos" / "remote"
+TIMEOUT_MS = 1500
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+
+
+def _gateway_repo(root: Path, a: str, b: str) -> Path:
+    """ra = scale on host a (gRPC), rb = scale on host b (HTTP); pipe = rb(ra(X)); local = the
+    same pipeline over two local copies of scale."""
+    tensors = """
+        inputs: [{name: X, datatype: FP32, shape: [-1]}]
+        outputs: [{name: Y, datatype: FP32, shape: [-1]}]
+    """
+    for name, url in (("ra", f"grpc://{a}:8001"), ("rb", f"http://{b}:8000")):
+        head = textwrap.dedent(f"""
+            backend: remote
+            max_batch_size: 2
+            remote: {{url: {url}, model_name: scale, timeout_ms: {TIMEOUT_MS}, health_interval_ms: 200,
+                      connect_timeout_ms: 500}}
+        """)
+        _write(root / name / "config.yaml", head + textwrap.dedent(tensors))
+    for name in ("scale1", "scale2"):
+        shutil.copytree(REMOTE_REPO / "scale", root / name)
+    for name, first, second in (("pipe", "ra", "rb"), ("local", "scale1", "scale2")):
+        _write(root / name / "config.yaml", f"""
+            backend: pipeline
+            max_batch_size: 2
+            inputs: [{{name: X, datatype: FP32, shape: [-1]}}]
+            outputs: [{{name: Z, datatype: FP32, shape: [-1]}}]
+            pipeline:
+              steps:
+                - {{model: {first}, inputs: {{X: X}}}}
+                - {{model: {second}, inputs: {{X: {first}.Y}}}}
+              outputs: {{Z: {second}.Y}}
+        """)
+    return root
+
+
+def _ready(host: Host, log: Path) -> None:
+    proc = host.processes[-1]
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"{host.name} exited {proc.returncode}: {log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://{host.address}:8000/v2/health/ready", timeout=5) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_until(ready, timeout=60, what=f"{host.name} ready (log: {log})")
+
+
+@dataclass(frozen=True)
+class Hosts:
+    net: Network
+    a: Host
+    b: Host
+    gateway: Host
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    logs = tmp_path_factory.mktemp("netns")
+    with network() as net:
+        a, b, gw = net.add("a"), net.add("b"), net.add("gw")
+        for host in (a, b):
+            host.dagserve("--model-repository", str(REMOTE_REPO), "--host", host.address, log=logs / f"{host.name}.log")
+        repo = _gateway_repo(logs / "gateway-repo", a.address, b.address)
+        for host in (a, b):
+            _ready(host, logs / f"{host.name}.log")
+        gw.dagserve("--model-repository", str(repo), "--host", gw.address, log=logs / "gw.log")
+        _ready(gw, logs / "gw.log")
+        yield Hosts(net, a, b, gw, logs)
+
+
+def _grpc_infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray, out: str) -> np.ndarray:
+    tensor = grpcclient.InferInput("X", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(model, [tensor], client_timeout=30).as_numpy(out)
+
+
+def _http_infer(client: httpclient.InferenceServerClient, model: str, x: np.ndarray, out: str) -> np.ndarray:
+    tensor = httpclient.InferInput("X", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(model, [tensor]).as_numpy(out)
+
+
+def _gateway_traffic_stays_on_the_bridge(hosts: Hosts) -> None:
+    """The gateway reaches the remotes at their own addresses: its connections say so."""
+    sockets = hosts.gateway.run(["ss", "-tn"]).stdout if shutil.which("ss") else ""
+    if sockets:
+        for address, port in ((hosts.a.address, 8001), (hosts.b.address, 8000)):
+            assert re.search(rf"{re.escape(address)}\]?:{port}\b", sockets), sockets
+
+
+def test_remote_pipeline_matches_the_local_one_over_http_and_grpc(hosts: Hosts) -> None:
+    """pipe (a node on host a, one on host b) answers exactly as local, over HTTP and gRPC."""
+    rng = np.random.default_rng(7)
+    http = httpclient.InferenceServerClient(f"{hosts.gateway.address}:8000")
+    grpc = grpcclient.InferenceServerClient(f"{hosts.gateway.address}:8001")
+    for rows in (1, 2):
+        x = rng.standard_normal((rows, 5)).astype(np.float32)
+        local = _http_infer(http, "local", x, "Z")
+        np.testing.assert_array_equal(local, x * 4)
+        np.testing.assert_array_equal(_http_infer(http, "pipe", x, "Z"), local)
+        np.testing.assert_array_equal(_grpc_infer(grpc, "pipe", x, "Z"), local)
+    _gateway_traffic_stays_on_the_bridge(hosts)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    model: str
+    start: float
+    seconds: float
+    error: str  # "" = succeeded, else "STATUS: message"
+
+
+def _load(address: str, model: str, stop: threading.Event, outcomes: list[Outcome]) -> None:
+    client = grpcclient.InferenceServerClient(address)
+    x = np.ones((1, 3), np.float32)
+    out = "Z" if model == "pipe" else "Y"
+    while not stop.is_set():
+        start = time.monotonic()
+        try:
+            _grpc_infer(client, model, x, out)
+            error = ""
+        except InferenceServerException as exc:
+            error = f"{exc.status()}: {exc.message()}"
+        outcomes.append(Outcome(model, start, time.monotonic() - start, error))
+    client.close()
+
+
+def _live(hosts: Hosts) -> bool:
+    with urllib.request.urlopen(f"http://{hosts.gateway.address}:8000/v2/health/live", timeout=10) as reply:
+        return reply.status == 200
+
+
+def test_link_down_mid_load_fails_only_its_requests_on_time_and_recovers(hosts: Hosts) -> None:
+    """With host a's link down, pipe requests fail naming node ra within timeout + 1 s,
+    requests for rb (host b) all succeed, the gateway stays live, and pipe answers again once
+    the link is back, without a restart."""
+    address = f"{hosts.gateway.address}:8001"
+    outcomes: list[Outcome] = []
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(_load, address, model, stop, outcomes) for model in ("pipe", "pipe", "rb", "rb")]
+        try:
+            wait_until(lambda: sum(1 for o in outcomes if o.model == "pipe" and not o.error) >= 20, what="load runs")
+            down_at = time.monotonic()
+            hosts.a.link(up=False)
+            try:
+                wait_until(lambda: sum(1 for o in outcomes if o.start > down_at + TIMEOUT_MS / 1000 + 1 and o.model == "pipe") >= 5,
+                           what="pipe requests answered while the link is down")
+                assert _live(hosts)
+            finally:
+                hosts.a.link(up=True)
+            up_at = time.monotonic()
+            wait_until(lambda: any(o.start > up_at and o.model == "pipe" and not o.error for o in outcomes),
+                       what="pipe answers again after the link is back")
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.result(timeout=60)
+    failed = [o for o in outcomes if o.error]
+    assert failed, "pulling the link failed no request"
+    assert all(o.model == "pipe" for o in failed), [o for o in failed if o.model != "pipe"][:3]
+    assert all(o.seconds <= TIMEOUT_MS / 1000 + 1 for o in failed), max(o.seconds for o in failed)
+    assert all("remote model 'ra'" in o.error for o in failed), failed[:3]
+    codes = {o.error.split(":")[0] for o in failed}
+    assert codes <= {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}, codes
+    # Once the node is known unreachable, requests fail at once as UNAVAILABLE, not after the timeout.
+    late = [o for o in failed if o.start > down_at + TIMEOUT_MS / 1000 + 1]
+    assert late and all(o.error.startswith("StatusCode.UNAVAILABLE") for o in late), late[:3]
+    print(f"\nlink down: {len(failed)} pipe requests failed ({sorted(codes)}); "
+          f"{sum(1 for o in outcomes if o.model == 'rb')} rb requests all succeeded")
+
+
+def test_a_frozen_remote_gives_deadline_exceeded_on_time(hosts: Hosts) -> None:
+    """A SIGSTOPped remote: the call fails DEADLINE_EXCEEDED at timeout_ms (not before, at most
+    1 s after), naming the node; after SIGCONT it answers again and nothing is left pending."""
+    grpc = grpcclient.InferenceServerClient(f"{hosts.gateway.address}:8001")
+    x = np.ones((1, 3), np.float32)
+    _grpc_infer(grpc, "rb", x, "Y")
+    remote = hosts.b.processes[-1]
+    os.kill(remote.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(InferenceServerException) as caught:
+            _grpc_infer(grpc, "rb", x, "Y")
+        took = time.monotonic() - start
+    finally:
+        os.kill(remote.pid, signal.SIGCONT)
+    assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED", caught.value
+    assert "remote model 'rb'" in caught.value.message() and f"within {TIMEOUT_MS} ms" in caught.value.message()
+    assert TIMEOUT_MS / 1000 - 0.05 <= took <= TIMEOUT_MS / 1000 + 1, took
+
+    def answers() -> bool:
+        try:
+            _grpc_infer(grpc, "rb", x, "Y")
+            return True
+        except InferenceServerException:
+            return False
+
+    wait_until(answers, what="rb answers after SIGCONT")
+    with urllib.request.urlopen(f"http://{hosts.gateway.address}:8002/metrics", timeout=30) as reply:
+        metrics = reply.read().decode()
+    pending = [line for line in metrics.splitlines() if line.startswith("nv_inference_pending_request_count")]
+    assert pending and all(float(line.split()[-1]) == 0 for line in pending), pending
