@@ -64,7 +64,7 @@ MAX_CLASSIFICATION_ELEMENTS = 1_000_000
 OUTPUT_PARAMETERS = frozenset({
     "binary_data",  # HTTP: this output in the binary section (meaningless over gRPC: ignored)
     PARAMETER,
-    # Triton's shared-memory extension; a frontend that does not offer it refuses them.
+    # Triton's shared-memory extension (dagserve/shared_memory.py reads and checks them).
     "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset",
 })
 """Every parameter a requested output may carry; any other is refused, not ignored."""
