@@ -86,6 +86,7 @@ def instance_contexts(
     infer: InferCallback | None = None,
     infer_stream: InferStreamCallback | None = None,
     run_sync: Callable[..., Any] | None = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> list[ModelContext]:
     """One context per instance the config's ``instance_group`` asks for, named as Triton
     names instances (``<model>_<group>_<index>``). No group is one instance of ``KIND_AUTO``,
@@ -110,6 +111,7 @@ def instance_contexts(
                 infer=infer,
                 infer_stream=infer_stream,
                 run_sync=run_sync,
+                extras=extras or {},
             ))
     return contexts
 

@@ -98,6 +98,9 @@ class ServerOptions:
     ``limits``: what one request may make the frontends allocate (``dagserve/limits.py``).
     ``auto_complete_config``: let backends complete configs from the models (Python
     ``auto_complete_config``, ONNX graphs); False is Triton's ``--disable-auto-complete-config``.
+    ``python_execution``: where sync Python models that set no ``execution`` parameter run:
+    ``thread`` (each instance's own worker thread) or ``inline`` (the event loop; the
+    operator's opt-in for short, never-blocking steps, see docs/performance.md).
     """
 
     model_repository: Path | None = None
@@ -109,6 +112,7 @@ class ServerOptions:
     allow_symlinks_outside_repository: bool = False
     limits: Limits = field(default_factory=Limits)
     auto_complete_config: bool = True  # False: --disable-auto-complete-config
+    python_execution: Literal["thread", "inline"] = "thread"  # --python-execution
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -357,6 +361,7 @@ class Server:
             infer=self.infer, infer_stream=self.infer_stream,
             # with the loop's token: callable from any thread (an instance's own thread)
             run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
+            extras={"python_execution": self.options.python_execution},
         )
         instances = []
         try:
