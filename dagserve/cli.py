@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disable-auto-complete-config", action="store_true",
                    default=_bool(_env("disable-auto-complete-config", "false") or "false"),
                    help="do not complete configs from the models (Python auto_complete_config, ONNX graphs)")
+    s.add_argument("--python-execution", choices=("thread", "inline"), default=_env("python-execution", "thread"),
+                   help="where sync Python models without an 'execution' parameter run: thread (default: "
+                        "each instance's worker thread) or inline (the event loop: faster for short steps "
+                        "that never block; a blocking one stalls the whole server)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
                    help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
     s.add_argument("--grpc-max-message-size", type=int,
@@ -304,6 +308,7 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
                                         else [_env("model-alias", "") or ""]),
             strict_readiness=args.strict_readiness,
             auto_complete_config=not args.disable_auto_complete_config,
+            python_execution=args.python_execution,
             response_cache_bytes=(args.cache_config or [_cache_config(_env("cache-config", "local,size=0") or "")])[-1],
             trace=parse_trace_config(
                 args.trace_config if args.trace_config is not None else (_env("trace-config", "") or "").split()

@@ -212,3 +212,38 @@ def test_cache_config_serves_repeats_from_the_cache(repo: Path, cache: bool) -> 
     else:
         assert executions == 2
         assert not re.search(r'nv_cache_num_hits_per_model\{[^}]*model="cached"[^}]*\} [1-9]', text)
+
+
+WHERE = '''
+import threading
+import numpy as np
+
+
+def infer(inputs):
+    return {"Y": np.array([threading.current_thread() is threading.main_thread()], np.bool_)}
+'''
+
+
+@pytest.mark.parametrize("flag, on_loop", [((), False), (("--python-execution", "thread"), False),
+                                           (("--python-execution", "inline"), True)])
+def test_python_execution_chooses_where_sync_models_run(tmp_path: Path, flag: tuple[str, ...], on_loop: bool) -> None:
+    """--python-execution inline runs sync Python models that set no ``execution`` on the event
+    loop (the main thread); the default runs them on their instances' worker threads."""
+    (tmp_path / "where" / "1").mkdir(parents=True)
+    (tmp_path / "where" / "1" / "model.py").write_text(WHERE)
+    (tmp_path / "where" / "config.yaml").write_text(
+        "backend: python\ninputs: [{name: X, datatype: FP32, shape: [-1]}]\n"
+        "outputs: [{name: Y, datatype: BOOL, shape: [1]}]\n"
+    )
+    with serve("--model-repository", str(tmp_path), *PORTS, *flag) as served:
+        client = httpclient.InferenceServerClient(served.addresses["HTTP"])
+        x = httpclient.InferInput("X", [2], "FP32")
+        x.set_data_from_numpy(np.zeros(2, np.float32))
+        assert client.infer("where", [x]).as_numpy("Y").tolist() == [on_loop]
+        client.close()
+
+
+def test_python_execution_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(tmp_path),
+                           "--python-execution", "fast"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--python-execution" in proc.stderr and "'fast'" in proc.stderr

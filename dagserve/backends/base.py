@@ -105,6 +105,7 @@ def instance_contexts(
     run_sync: Callable[..., Any] | None = None,
     control: ModelControl | None = None,
     metrics: CustomMetrics | None = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> list[ModelContext]:
     """One context per instance the config's ``instance_group`` asks for, named as Triton
     names instances (``<model>_<group>_<index>``). No group is one instance of ``KIND_AUTO``,
@@ -131,6 +132,7 @@ def instance_contexts(
                 run_sync=run_sync,
                 control=control,
                 metrics=metrics,
+                extras=extras or {},
             ))
     return contexts
 

@@ -91,6 +91,11 @@ def load(context: ModelContext) -> TritonModel | NativeModel | ProcessModel:
                 f"{path}: defines neither a TritonPythonModel class, a Model class nor an infer function"
             )
     if instance.mode == "inline" and _calls_blocking_bls(path):
+        if "execution" not in context.config.parameters:  # the server's default, not the model's choice
+            log.info("model '%s': calls the blocking BLS '.exec(': runs in a worker thread despite "
+                     "--python-execution inline", context.name)
+            instance.mode = "thread"
+            return instance
         raise errors.ConfigError(
             f"model '{context.name}': execution: inline cannot run code that calls the blocking BLS "
             "'.exec(' (it would wait on the event loop it holds); use the default execution (thread) "
@@ -186,7 +191,7 @@ def _import(path: Path, label: str) -> ModuleType:
 def _mode(context: ModelContext) -> ExecuteMode:
     """The execute mode of sync code from the ``execution`` parameter (``process`` is handled
     before the module is imported)."""
-    execution = context.config.parameters.get("execution", "thread")
+    execution = context.config.parameters.get("execution") or context.extras.get("python_execution", "thread")
     if execution in ("thread", "auto"):
         return "thread"
     if execution == "inline":

@@ -115,6 +115,9 @@ class ServerOptions:
     ``model_aliases``: served names -> model names (``--model-alias``): a request, metadata,
     readiness or statistics call for a served name answers as the model does (see
     :func:`dagserve.engine.aliases.parse_aliases`); a model of that name, if any, wins.
+    ``python_execution``: where sync Python models that set no ``execution`` parameter run:
+    ``thread`` (each instance's own worker thread) or ``inline`` (the event loop; the
+    operator's opt-in for short, never-blocking steps, see docs/performance.md).
     """
 
     model_repository: Path | None = None
@@ -129,6 +132,7 @@ class ServerOptions:
     trace: TraceConfig = field(default_factory=TraceConfig)
     metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
     model_aliases: Mapping[str, str] = field(default_factory=dict)
+    python_execution: Literal["thread", "inline"] = "thread"  # --python-execution
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -477,6 +481,7 @@ class Server:
             run_sync=functools.partial(anyio.from_thread.run, token=anyio.lowlevel.current_token()),
             control=self,  # pb_utils.load_model / unload_model / is_model_ready
             metrics=self.custom_metrics,
+            extras={"python_execution": self.options.python_execution},
         )
         instances = []
         try:

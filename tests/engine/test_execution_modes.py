@@ -112,3 +112,46 @@ async def test_models_with_same_named_helpers_keep_their_own(tmp_path: Path) -> 
         x = InferRequest(inputs={"X": np.zeros(1, np.int32)})
         assert (await server.infer("first", "", x)).outputs["Y"][0] == 1
         assert (await server.infer("second", "", x)).outputs["Y"][0] == 2
+
+
+BLOCKING_BLS = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        if False:
+            pb_utils.InferenceRequest(model_name="x", inputs=[], requested_output_names=[]).exec()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("THREAD", np.array([threading.get_ident()], np.int64))])
+                for _ in requests]
+'''
+
+
+async def test_server_default_inline_runs_models_without_a_choice_on_the_loop(tmp_path: Path) -> None:
+    """``python_execution="inline"`` (``--python-execution inline``) moves sync models that set
+    no ``execution`` onto the loop; a model that chose ``thread`` keeps its own thread, and one
+    whose code calls the blocking BLS ``.exec(`` stays on a thread instead of failing to load."""
+    import threading
+
+    make_repo(tmp_path / "plain", None)
+    make_repo(tmp_path / "chosen", "thread")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "plain" / "sleepy").rename(repo / "plain")
+    (tmp_path / "chosen" / "sleepy").rename(repo / "chosen")
+    (repo / "bls" / "1").mkdir(parents=True)
+    (repo / "bls" / "1" / "model.py").write_text(BLOCKING_BLS)
+    (repo / "bls" / "config.yaml").write_text(
+        "backend: python\ninputs: [{name: MS, datatype: INT32, shape: [1]}]\n"
+        "outputs: [{name: THREAD, datatype: INT64, shape: [1]}]\n"
+    )
+    loop_thread = threading.get_ident()
+    request = InferRequest(inputs={"MS": np.array([0], np.int32)})
+    async with Server(model_repository=repo, python_execution="inline") as server:
+        assert thread_of(await server.infer("plain", "", request)) == loop_thread
+        assert thread_of(await server.infer("chosen", "", request)) != loop_thread
+        assert thread_of(await server.infer("bls", "", request)) != loop_thread
+    async with Server(model_repository=repo) as server:  # the default: every one on a thread
+        assert thread_of(await server.infer("plain", "", request)) != loop_thread
