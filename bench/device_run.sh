@@ -2,7 +2,7 @@
 # One run on the GPU machine (16 cores, one GPU), through the device tool, from the project root:
 #   run(command="bash bench/device_run.sh", carry=[".device-carry"], timeout_s=600)
 # .device-carry comes from ../shared/triton-reference/device/prepare_carry.sh (its README), with
-# EXTRA_WHEELS=nvidia-ml-py for the GPU metrics. Prints, and leaves in $OUT:
+# EXTRA_WHEELS=nvidia-ml-py for the GPU metrics. DEVICE_BENCH=0 skips the ResNet-50 benchmark. Prints, and leaves in $OUT:
 #   compare.txt  dagserve (default, then --python-execution inline) vs Triton 2.51 on the Triton
 #                ensemble of three Python steps, perf_analyzer at c1/16/64 over HTTP and gRPC;
 #   gpu.txt      the GPU metrics dagserve exports (NVML), the gpu-marked tests, ResNet-50 fp16
@@ -11,7 +11,10 @@ set -uo pipefail
 OUT="${OUT:-device_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CARRY="${CARRY:-.device-carry}"
-COMPARE=../shared/triton-reference/device/compare.sh
+# ../shared is not on the GPU machine: the reference scripts travel in the carry (copy
+# ../shared/triton-reference to .device-carry/triton-reference first).
+COMPARE="$CARRY/triton-reference/device/compare.sh"
+[ -f "$COMPARE" ] || COMPARE=../shared/triton-reference/device/compare.sh
 MATRIX='classify http 1,16,64 RAW:32; classify grpc 1,16,64 RAW:32'
 
 {
@@ -22,7 +25,7 @@ MATRIX='classify http 1,16,64 RAW:32; classify grpc 1,16,64 RAW:32'
   echo "== dagserve --python-execution inline (same Triton figures as above)"
   bash "$COMPARE" --table /tmp/cmp_default/results.tsv /tmp/cmp_inline/results.tsv
   cat /tmp/cmp_inline/cpu.txt
-  tail -5 /tmp/cmp_default.log /tmp/cmp_inline.log
+  tail -n 5 /tmp/cmp_default.log /tmp/cmp_inline.log
 } 2>&1 | tee "$OUT/compare.txt"
 
 {
@@ -37,7 +40,9 @@ MATRIX='classify http 1,16,64 RAW:32; classify grpc 1,16,64 RAW:32'
   curl -s localhost:18302/metrics | grep -E "^nv_gpu|^nv_energy|^nv_cpu" || { echo "no GPU families:"; tail -20 /tmp/metrics_server.log; }
   kill $pid; wait $pid
   echo "== gpu tests"
-  python3 -m pytest -m gpu tests/backends -q -p no:cacheprovider 2>&1 | tail -5
+  # (the other test files import tritonclient, which the GPU machine lacks)
+  python3 -m pytest -m gpu tests/backends/test_gpu.py tests/backends/test_backend_options.py -q -p no:cacheprovider 2>&1 | tail -5
+  [ "${DEVICE_BENCH:-1}" = "0" ] && exit 0
   echo "== bench: ResNet-50 fp16, one instance, served vs direct"
   timeout 240 python3 bench/bench_torch.py --device cuda --model resnet50 --max-batch 64 --concurrency 256 \
       --seconds 8 --threads 0 --precision fp16 --served 1:device 2>&1 | tail -15
