@@ -327,3 +327,50 @@ def test_idle_server_exits_promptly(gate: Gate, cleanup: list[subprocess.Popen[s
     assert proc.returncode == 0, out
     assert elapsed < 30, f"an idle server took {elapsed:.1f}s to exit"
     assert "dagserve: stopped" in out
+
+
+def test_grpc_calls_waiting_to_be_accepted_when_sigterm_comes_are_answered(
+    gate: Gate, cleanup: list[subprocess.Popen[str]]
+) -> None:
+    """gRPC calls a client sent before SIGTERM that the server had not yet taken from gRPC's
+    core (its event loop was busy) are answered, not cancelled by the stop. An inline model
+    holds the loop while the calls are sent and the signal arrives; then it lets go."""
+    proc, addresses = start(gate.path)
+    cleanup.append(proc)
+    url = addresses["gRPC"]
+    clients = [grpcclient.InferenceServerClient(url) for _ in range(CLIENTS)]
+    for client in clients:
+        assert client.is_server_live()  # connected before the loop is held
+    holder = threading.Thread(target=_ignore_errors, args=(_call_model, clients[0], "loop_hold", 0))
+    holder.start()
+    wait_for(lambda: (gate.path / "held").exists() and any((gate.path / "held").iterdir()), "the loop to be held")
+
+    results: dict[int, Any] = {}
+
+    def run(i: int) -> None:
+        try:
+            results[i] = _call_model(clients[i], "double", i)
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted on below
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(1, CLIENTS)]
+    for thread in threads:
+        thread.start()
+    proc.send_signal(signal.SIGTERM)
+    (gate.path / "release").touch()
+    for thread in threads + [holder]:
+        thread.join(DEADLINE)
+    proc.communicate(timeout=DEADLINE)
+    for client in clients:
+        client.close()
+    assert proc.returncode == 0
+    for i, result in sorted(results.items()):
+        assert not isinstance(result, Exception), f"client {i}: {result!r}"
+        np.testing.assert_array_equal(result, x_of(i) * 2)
+    assert len(results) == CLIENTS - 1
+
+
+def _call_model(client: grpcclient.InferenceServerClient, model: str, i: int) -> np.ndarray[Any, Any]:
+    x = grpcclient.InferInput("X", [2], "FP32")
+    x.set_data_from_numpy(x_of(i))
+    return client.infer(model, [x], client_timeout=DEADLINE * 2).as_numpy("Y")

@@ -114,6 +114,8 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
         self._server = server
         self._stopping = stopping or anyio.Event()
         self._shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
+        self.arrivals = 0
+        """Inference calls (and streams) begun so far: a stop waits for them to stop coming in."""
 
     # -- health and metadata ----------------------------------------------------------------
     async def ServerLive(
@@ -171,6 +173,7 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        self.arrivals += 1
         if self._server.tracing.enabled:
             with request_trace(self._server, request.model_name, "grpc", context.invocation_metadata() or ()):
                 return await self._infer(request)
@@ -207,6 +210,7 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
         client cancels, the pending requests are cancelled with it. During a graceful stop it
         returns once no request of the stream is in flight.
         """
+        self.arrivals += 1
         send, receive = anyio.create_memory_object_stream[pb.ModelStreamInferResponse]()
         limiter = anyio.Semaphore(STREAM_MAX_IN_FLIGHT)
         async with anyio.create_task_group() as tg:
@@ -459,9 +463,8 @@ async def serve_grpc(
     interceptors = [grpc_interceptor(restricted)] if restricted else None
     grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
     stopping = anyio.Event()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(server, stopping, shared_memory), grpc_server
-    )
+    servicer = InferenceServicer(server, stopping, shared_memory)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(server, stopping), grpc_server)
     address = _address(host, port)
     try:
@@ -481,4 +484,26 @@ async def serve_grpc(
     finally:
         stopping.set()
         with anyio.CancelScope(shield=True):
+            await _settle(servicer, min(SETTLE_MAX, shutdown_timeout))
             await grpc_server.stop(shutdown_timeout)
+
+
+SETTLE_TICK = 0.02
+SETTLE_MAX = 0.5
+
+
+async def _settle(servicer: InferenceServicer, limit: float) -> None:
+    """Let calls a client sent before the stop reach their handlers before the server stops.
+
+    grpc.aio takes new calls from gRPC's core one at a time, on the event loop; under load some
+    wait there, already received, and ``stop()`` cancels those (the client sees CANCELLED for a
+    request it sent before the signal). So the stop first waits until no new inference call has
+    begun for two ticks (:data:`SETTLE_TICK`), at most ``limit`` seconds (:data:`SETTLE_MAX`):
+    an idle server waits 40 ms; one whose clients keep sending waits the limit, then refuses.
+    """
+    deadline = anyio.current_time() + limit
+    seen, quiet = servicer.arrivals, 0
+    while quiet < 2 and anyio.current_time() < deadline:
+        await anyio.sleep(SETTLE_TICK)
+        quiet = quiet + 1 if servicer.arrivals == seen else 0
+        seen = servicer.arrivals
