@@ -6,6 +6,9 @@
 #   the CRD schemas of ServiceMonitor / PrometheusRule / ScaledObject, as the npm packages
 #             @kubernetes-models/prometheus-operator and @kubernetes-models/keda (validators
 #             generated from the CRDs; run with node) in .tools/node_modules/
+#   the KServe SDK (PyPI kserve, --no-deps: only its models generated from KServe's OpenAPI
+#             spec, with the kubernetes client's) in .tools/kserve-venv/, for the
+#             ClusterServingRuntime / InferenceService schema check (tests/deploy/kserve_schema.py)
 # The tests look for each tool on PATH first, then in .tools/bin/ (or $DAGSERVE_TOOLS_DIR), and
 # skip with the reason when it is missing. Needs npm / apt-get and a package registry; run it
 # once, before the tests (never from inside them). Each tool is optional: a failure is reported
@@ -61,5 +64,16 @@ elif command -v npm > /dev/null; then
   fi
 else
   echo "CRD schemas: need npm" >&2; failed=$((failed + 1))
+fi
+KSERVE_VENV="$NODE_DIR/kserve-venv"
+if [ -x "$KSERVE_VENV/bin/python" ] && "$KSERVE_VENV/bin/python" -c 'import kubernetes' 2> /dev/null \
+    && [ -d "$("$KSERVE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kserve/models" ]; then
+  echo "KServe models: already in $KSERVE_VENV"
+elif python3 -m venv "$KSERVE_VENV" \
+    && "$KSERVE_VENV/bin/pip" install -q --no-deps kserve==0.21.0 \
+    && "$KSERVE_VENV/bin/pip" install -q kubernetes six urllib3; then
+  echo "KServe models: kserve 0.21.0 (--no-deps) + kubernetes -> $KSERVE_VENV"
+else
+  echo "KServe models: python3 -m venv / pip install kserve kubernetes failed" >&2; failed=$((failed + 1))
 fi
 exit $failed

@@ -5,12 +5,15 @@ outputs as the all-local pipeline; a link pulled mid-load fails only the request
 it, on time and naming the node, and service resumes when it is back; a frozen (SIGSTOPped)
 remote gives DEADLINE_EXCEEDED on time.
 
-The remote servers are dagserve (Triton's reference build binds 127.0.0.1 only, so it cannot
-serve another namespace without changes to its launcher)."""
+The same pipeline with real Triton 2.51 (../shared/triton-reference) serving the second node
+from its own host, reached over HTTP and over gRPC, when a Triton reference virtualenv exists
+(``TRITON_VENV``, default /tmp/triton-venv, made by setup.sh); skipped with the reason otherwise.
+The failure tests use a second dagserve on host b, whose process they can freeze."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import shutil
@@ -36,6 +39,12 @@ from .netns import Host, Network, network
 
 REMOTE_REPO = Path(__file__).parents[1] / "repos" / "remote"
 TIMEOUT_MS = 1500
+ROOT = Path(__file__).parents[2]
+TRITON_VENV = Path(os.environ.get("TRITON_VENV", "/tmp/triton-venv"))
+# ../shared/triton-reference of the main checkout (a worktree sits one level deeper).
+TRITON_REFERENCE = Path(os.environ.get("TRITON_REFERENCE") or next(
+    (str(d / "shared" / "triton-reference") for d in (ROOT.parent, ROOT.parents[1])
+     if (d / "shared" / "triton-reference" / "run_triton.sh").is_file()), str(ROOT.parent / "shared" / "triton-reference")))
 
 
 def _write(path: Path, text: str) -> None:
@@ -43,14 +52,18 @@ def _write(path: Path, text: str) -> None:
     path.write_text(textwrap.dedent(text))
 
 
-def _gateway_repo(root: Path, a: str, b: str) -> Path:
+def _gateway_repo(root: Path, a: str, b: str, pipes: dict[str, tuple[str, str]] | None = None,
+                  remotes: dict[str, str] | None = None) -> Path:
     """ra = scale on host a (gRPC), rb = scale on host b (HTTP); pipe = rb(ra(X)); local = the
-    same pipeline over two local copies of scale."""
+    same pipeline over two local copies of scale. ``remotes`` (node -> url) and ``pipes`` (name ->
+    (first node, second node)) replace the defaults."""
     tensors = """
         inputs: [{name: X, datatype: FP32, shape: [-1]}]
         outputs: [{name: Y, datatype: FP32, shape: [-1]}]
     """
-    for name, url in (("ra", f"grpc://{a}:8001"), ("rb", f"http://{b}:8000")):
+    remotes = remotes if remotes is not None else {"ra": f"grpc://{a}:8001", "rb": f"http://{b}:8000"}
+    pipes = pipes if pipes is not None else {"pipe": ("ra", "rb")}
+    for name, url in remotes.items():
         head = textwrap.dedent(f"""
             backend: remote
             max_batch_size: 2
@@ -60,7 +73,7 @@ def _gateway_repo(root: Path, a: str, b: str) -> Path:
         _write(root / name / "config.yaml", head + textwrap.dedent(tensors))
     for name in ("scale1", "scale2"):
         shutil.copytree(REMOTE_REPO / "scale", root / name)
-    for name, first, second in (("pipe", "ra", "rb"), ("local", "scale1", "scale2")):
+    for name, (first, second) in {**pipes, "local": ("scale1", "scale2")}.items():
         _write(root / name / "config.yaml", f"""
             backend: pipeline
             max_batch_size: 2
@@ -246,3 +259,94 @@ def test_a_frozen_remote_gives_deadline_exceeded_on_time(hosts: Hosts) -> None:
         metrics = reply.read().decode()
     pending = [line for line in metrics.splitlines() if line.startswith("nv_inference_pending_request_count")]
     assert pending and all(float(line.split()[-1]) == 0 for line in pending), pending
+
+
+TRITON_SCALE_CONFIG = """
+    backend: "python"
+    max_batch_size: 2
+    input [{ name: "X", data_type: TYPE_FP32, dims: [-1] }]
+    output [{ name: "Y", data_type: TYPE_FP32, dims: [-1] }]
+    instance_group [{ kind: KIND_CPU, count: 1 }]
+"""
+TRITON_SCALE_MODEL = """
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        \"\"\"Y = X * 2, as tests/repos/remote/scale, in Triton's python backend form.\"\"\"
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
+            return responses
+"""
+
+
+def _triton_skip_reason() -> str | None:
+    run = TRITON_REFERENCE / "run_triton.sh"
+    if not run.is_file():
+        return f"no Triton reference launcher at {run} (set TRITON_REFERENCE to the triton-reference folder)"
+    if not (TRITON_VENV / "bin" / "python").exists() or not list(TRITON_VENV.glob("lib/python*/site-packages/pytriton/tritonserver/bin/tritonserver")):
+        return (f"no Triton reference virtualenv at {TRITON_VENV} (TRITON_VENV): make one with "
+                f"{TRITON_REFERENCE / 'setup.sh'} {TRITON_VENV}")
+    return None
+
+
+@pytest.fixture
+def triton_hosts(tmp_path: Path) -> Iterator[Hosts]:
+    """Host a runs dagserve, host b the real tritonserver bound to b's address (run_triton.sh
+    binds 127.0.0.1; Triton takes the last of a repeated flag, so ours override it), and the
+    gateway's pipelines: pipe_http = th(ra(X)), pipe_grpc = tg(ra(X)), with th / tg Triton's
+    scale over HTTP / gRPC."""
+    reason = _triton_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    triton_repo = tmp_path / "triton-repo"
+    _write(triton_repo / "scale" / "config.pbtxt", TRITON_SCALE_CONFIG)
+    _write(triton_repo / "scale" / "1" / "model.py", TRITON_SCALE_MODEL)
+    with network() as net:
+        a, b, gw = net.add("a"), net.add("triton"), net.add("gw")
+        a.dagserve("--model-repository", str(REMOTE_REPO), "--host", a.address, log=tmp_path / "a.log")
+        b.popen(["bash", str(TRITON_REFERENCE / "run_triton.sh"), str(TRITON_VENV), str(triton_repo), "8000", "8001", "8002",
+                 *(f"--{flag}-address={b.address}" for flag in ("http", "grpc", "metrics"))], log=tmp_path / "triton.log")
+        repo = _gateway_repo(tmp_path / "gateway-repo", a.address, b.address,
+                             remotes={"ra": f"grpc://{a.address}:8001", "th": f"http://{b.address}:8000",
+                                      "tg": f"grpc://{b.address}:8001"},
+                             pipes={"pipe_http": ("ra", "th"), "pipe_grpc": ("ra", "tg")})
+        _ready(a, tmp_path / "a.log")
+        _ready(b, tmp_path / "triton.log")
+        gw.dagserve("--model-repository", str(repo), "--host", gw.address, log=tmp_path / "gw.log")
+        _ready(gw, tmp_path / "gw.log")
+        yield Hosts(net, a, b, gw, tmp_path)
+
+
+def test_a_pipeline_over_dagserve_and_real_triton_matches_the_local_one(triton_hosts: Hosts) -> None:
+    """A node on a dagserve host (gRPC) then a node on a real Triton host (over HTTP in one
+    pipeline, gRPC in the other) answers exactly as the all-local pipeline, over HTTP and gRPC;
+    the gateway's connections go to Triton's namespace address, which serves nothing on loopback."""
+    hosts = triton_hosts
+    with urllib.request.urlopen(f"http://{hosts.b.address}:8000/v2", timeout=10) as reply:
+        assert json.load(reply)["name"] == "triton", "host b is not Triton"
+    assert hosts.b.run(["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8000), 5)"]).returncode != 0, \
+        "Triton still listens on 127.0.0.1 inside its host"
+    rng = np.random.default_rng(11)
+    http = httpclient.InferenceServerClient(f"{hosts.gateway.address}:8000")
+    grpc = grpcclient.InferenceServerClient(f"{hosts.gateway.address}:8001")
+    for rows in (1, 2):
+        x = rng.standard_normal((rows, 7)).astype(np.float32)
+        local = _http_infer(http, "local", x, "Z")
+        np.testing.assert_array_equal(local, x * 4)
+        for pipe in ("pipe_http", "pipe_grpc"):
+            np.testing.assert_array_equal(_http_infer(http, pipe, x, "Z"), local)
+            np.testing.assert_array_equal(_grpc_infer(grpc, pipe, x, "Z"), local)
+    # Triton counted the requests the gateway's nodes sent it: 2 sizes x 2 protocols per node.
+    with urllib.request.urlopen(f"http://{hosts.b.address}:8002/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    served = [line for line in metrics.splitlines() if line.startswith("nv_inference_request_success{") and 'model="scale"' in line]
+    assert served and float(served[0].split()[-1]) == 8, served
+    sockets = hosts.gateway.run(["ss", "-tn"]).stdout if shutil.which("ss") else ""
+    if sockets:
+        for address, port in ((hosts.a.address, 8001), (hosts.b.address, 8000), (hosts.b.address, 8001)):
+            assert re.search(rf"{re.escape(address)}\]?:{port}\b", sockets), sockets

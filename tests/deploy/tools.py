@@ -42,6 +42,15 @@ def node_modules() -> Path:
     return modules
 
 
+def kserve_python() -> str:
+    """The Python of .tools/kserve-venv (the KServe SDK's generated models, for
+    tests/deploy/kserve_schema.py), or skip."""
+    python = TOOLS_BIN.parent / "kserve-venv" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"the KServe SDK's models are not in {python.parent.parent}: {FETCH}")
+    return str(python)
+
+
 def helm(*args: str) -> str:
     """Run helm; its standard output. A failure fails the test with helm's message."""
     done = subprocess.run(check=False, args=[tool("helm"), *args], capture_output=True, text=True, timeout=120)
