@@ -4,6 +4,7 @@ gone. .ci/run builds the real site; these tests build a broken copy of it."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -60,3 +61,16 @@ def test_strict_build_fails_when_the_readme_quick_start_section_is_gone(tmp_path
     result = build(root)
     assert result.returncode != 0
     assert "Snippet section 'quickstart' could not be located" in result.stderr
+
+
+def test_api_pages_render_the_docstrings_rest_as_markdown() -> None:
+    """The griffe extension of the API pages turns reST roles into code spans and a ``::``
+    literal block into fenced code, keeping its indentation relative to the text."""
+    spec = importlib.util.spec_from_file_location("griffe_rst", ROOT / "scripts" / "griffe_rst.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "Use :func:`serve_in_thread` or :meth:`~dagserve.Server.infer`::\n\n    with x:\n        y()\n\nAfter."
+    assert module.markdown(text) == (
+        "Use `serve_in_thread` or `infer`:\n\n```python\nwith x:\n    y()\n```\n\nAfter."
+    )
