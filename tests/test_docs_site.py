@@ -22,6 +22,7 @@ def copy_site(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "README.md", tmp_path)
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     (tmp_path / "dagserve").symlink_to(ROOT / "dagserve")  # the API pages' source
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")  # their griffe extension
     return tmp_path
 
 
