@@ -89,8 +89,8 @@ class _State:
     being flushed counts."""
 
     __slots__ = (
-        "_emptied", "_refused", "_refused_logged", "_tg", "aborting", "app", "connections", "infer", "limits",
-        "max_body_size", "stopping",
+        "_emptied", "_refused", "_refused_logged", "_tg", "_transports_gone", "aborting", "app", "connections",
+        "infer", "limits", "max_body_size", "open_transports", "stopping",
     )
 
     def __init__(
@@ -108,6 +108,10 @@ class _State:
         self.aborting = False
         self._tg = tg
         self._emptied: anyio.Event | None = None
+        # Every transport made, counted until it is lost, refused ones included: the server
+        # returns only once their sockets are closed (a close is finished by a later loop turn).
+        self.open_transports = 0
+        self._transports_gone: anyio.Event | None = None
 
     def protocol(self) -> _Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -143,6 +147,17 @@ class _State:
             now = loop.time()
             for connection in list(self.connections):
                 connection.check_timeouts(now, limits)
+
+    def transport_lost(self) -> None:
+        self.open_transports -= 1
+        if self._transports_gone is not None and self.open_transports == 0:
+            self._transports_gone.set()
+
+    async def transports_closed(self) -> None:
+        """Wait until every transport made so far has been lost (its socket closed)."""
+        while self.open_transports:
+            self._transports_gone = anyio.Event()
+            await self._transports_gone.wait()
 
     async def drain(self) -> None:
         """Close idle connections, let busy ones finish their request, wait until all are
@@ -213,6 +228,7 @@ class _Connection(asyncio.Protocol):
         # A stream transport (uvloop's is not an asyncio.Transport subclass, hence the cast).
         self._transport = transport = cast(asyncio.Transport, transport)
         state = self._state
+        state.open_transports += 1
         if state.stopping:
             transport.close()
             return
@@ -263,6 +279,7 @@ class _Connection(asyncio.Protocol):
             self._scope.cancel()  # the client left: take its request off the queue
         self._wake()
         self._state.closed(self)
+        self._state.transport_lost()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -793,3 +810,8 @@ async def _serve(
                 for connection in list(state.connections):
                     connection.abort()  # idle, flushing, or not started: their tasks cannot
                 tg.cancel_scope.cancel()  # the idle sweep, and requests past the timeout
+        # Closed and aborted transports close their sockets on a later loop turn; without this
+        # wait an embedding program (or a test) that ends its loop right after this returns
+        # leaves them open. Bounded: a transport the loop never finishes must not hang the stop.
+        with anyio.move_on_after(1.0):
+            await state.transports_closed()
