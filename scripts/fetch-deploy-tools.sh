@@ -70,8 +70,8 @@ if [ -x "$KSERVE_VENV/bin/python" ] && "$KSERVE_VENV/bin/python" -c 'import kube
     && [ -d "$("$KSERVE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kserve/models" ]; then
   echo "KServe models: already in $KSERVE_VENV"
 elif python3 -m venv "$KSERVE_VENV" \
-    && "$KSERVE_VENV/bin/pip" install -q --no-deps kserve==0.21.0 \
-    && "$KSERVE_VENV/bin/pip" install -q kubernetes six urllib3; then
+    && "$KSERVE_VENV/bin/pip" install -q kubernetes six urllib3 \
+    && "$KSERVE_VENV/bin/pip" install -q --no-deps kserve==0.21.0; then  # last: no resolver complaints
   echo "KServe models: kserve 0.21.0 (--no-deps) + kubernetes -> $KSERVE_VENV"
 else
   echo "KServe models: python3 -m venv / pip install kserve kubernetes failed" >&2; failed=$((failed + 1))
