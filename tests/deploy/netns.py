@@ -15,11 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from dagserve.testing import wait_until
 
 ROOT = Path(__file__).parents[2]
 
@@ -59,6 +63,21 @@ class Host:
         pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         return self.popen([sys.executable, "-m", "dagserve.cli", "serve", *args], log=log,
                           env={"PYTHONPATH": pythonpath, **(env or {})})
+
+    def wait_ready(self, proc: subprocess.Popen[str], http_port: int, log: Path, timeout: float = 60) -> None:
+        """Wait until ``proc`` answers ``/v2/health/ready`` with 200 on this host's address;
+        fail with the tail of ``log`` if it exits first."""
+        base = f"{self.address}:{http_port}"
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"{self.name} exited {proc.returncode}: {log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://{base}/v2/health/ready", timeout=5) as reply:
+                    return reply.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_until(ready, timeout=timeout, what=f"{self.name} ready on {base} (log: {log})")
 
     def link(self, up: bool) -> None:
         """Bring this host's link up or down (a cable pulled: packets vanish, nothing is refused)."""

@@ -89,17 +89,7 @@ def _gateway_repo(root: Path, a: str, b: str, pipes: dict[str, tuple[str, str]] 
 
 
 def _ready(host: Host, log: Path) -> None:
-    proc = host.processes[-1]
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"{host.name} exited {proc.returncode}: {log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://{host.address}:8000/v2/health/ready", timeout=5) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_until(ready, timeout=60, what=f"{host.name} ready (log: {log})")
+    host.wait_ready(host.processes[-1], 8000, log)
 
 
 @dataclass(frozen=True)
@@ -342,10 +332,15 @@ def test_a_pipeline_over_dagserve_and_real_triton_matches_the_local_one(triton_h
             np.testing.assert_array_equal(_http_infer(http, pipe, x, "Z"), local)
             np.testing.assert_array_equal(_grpc_infer(grpc, pipe, x, "Z"), local)
     # Triton counted the requests the gateway's nodes sent it: 2 sizes x 2 protocols per node.
-    with urllib.request.urlopen(f"http://{hosts.b.address}:8002/metrics", timeout=10) as reply:
-        metrics = reply.read().decode()
-    served = [line for line in metrics.splitlines() if line.startswith("nv_inference_request_success{") and 'model="scale"' in line]
-    assert served and float(served[0].split()[-1]) == 8, served
+    # Its counter may trail the response it sent, so wait for it, then check it is exact.
+    def served() -> float:
+        with urllib.request.urlopen(f"http://{hosts.b.address}:8002/metrics", timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+        found = [line for line in lines if line.startswith("nv_inference_request_success{") and 'model="scale"' in line]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    wait_until(lambda: served() >= 8, what="Triton to count 8 requests")
+    assert served() == 8
     sockets = hosts.gateway.run(["ss", "-tn"]).stdout if shutil.which("ss") else ""
     if sockets:
         for address, port in ((hosts.a.address, 8001), (hosts.b.address, 8000), (hosts.b.address, 8001)):

@@ -22,8 +22,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
-from dagserve.testing import wait_until
-
 from .netns import Host, network
 from .tools import by_kind, render
 
@@ -67,16 +65,7 @@ def _serve_and_check(host: Host, argv: list[str], env: dict[str, str], tmp: Path
     ports = _ports(argv)
     proc = host.dagserve(*_local(argv), env=env, log=tmp / f"{host.name}.log")
     base = f"{host.address}:{ports['http']}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"exited {proc.returncode}: {(tmp / f'{host.name}.log').read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://{base}/v2/health/ready", timeout=5) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_until(ready, timeout=120, what=f"{host.name} ready on {base}")
+    host.wait_ready(proc, ports["http"], tmp / f"{host.name}.log", timeout=120)
     http = httpclient.InferenceServerClient(base)
     tensor = httpclient.InferInput("FEATURES", list(FLOWERS.shape), "FP32")
     tensor.set_data_from_numpy(FLOWERS)
