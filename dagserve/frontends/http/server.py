@@ -813,5 +813,9 @@ async def _serve(
         # Closed and aborted transports close their sockets on a later loop turn; without this
         # wait an embedding program (or a test) that ends its loop right after this returns
         # leaves them open. Bounded: a transport the loop never finishes must not hang the stop.
+        # Connections accepted just before the listener closed get their transport (and
+        # connection_made) a few loop turns later: let those turns run so they are counted.
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
         with anyio.move_on_after(1.0):
             await state.transports_closed()
