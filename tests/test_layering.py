@@ -22,6 +22,7 @@ LAYERS = {
     "dagserve.testing": 6,
     "dagserve.validation": 6,  # `dagserve validate`: asks the backends and the dsl, like the CLI
     "dagserve.drawing": 6,  # `dagserve graph`
+    "dagserve.workers": 6,  # `dagserve serve --workers N`: the supervisor and the workers' channels
     "dagserve.frontends": 5,
     "dagserve.engine": 4,
     "dagserve.dsl": 3,

@@ -165,7 +165,7 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        data = self._server.statistics(request.name, request.version)
+        data = await self._server.gather_statistics(request.name, request.version)
         return _from_json(data, pb.ModelStatisticsResponse())
 
     # -- inference --------------------------------------------------------------------------
@@ -422,9 +422,11 @@ async def serve_grpc(
     keepalive: GrpcKeepalive | None = None,
     shutdown_timeout: float = 30,
     shared_memory: SharedMemoryRegistry | None = None,
+    reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``server`` over gRPC on ``host:port`` until cancelled.
+    """Serve ``server`` over gRPC on ``host:port`` until cancelled. ``reuse_port`` shares the
+    port with the server's other worker processes (``--workers``; ``SO_REUSEPORT``).
 
     ``restricted`` closes API categories behind a metadata header (:mod:`.restricted`);
     ``tls`` serves TLS, with client certificates required when ``tls.mutual`` (:mod:`.tls`);
@@ -454,8 +456,9 @@ async def serve_grpc(
     options = [
         ("grpc.max_receive_message_length", max_message_size),
         ("grpc.max_send_message_length", max_message_size),
-        # Fail on a port that is in use instead of silently sharing it with another process.
-        ("grpc.so_reuseport", 0),
+        # Fail on a port that is in use instead of silently sharing it with another process
+        # (unless the other processes are this server's own workers).
+        ("grpc.so_reuseport", int(reuse_port)),
         *(keepalive.channel_options() if keepalive is not None else ()),
     ]
     credentials = tls.grpc_credentials() if tls is not None else None  # security: TLS

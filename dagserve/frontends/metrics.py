@@ -30,7 +30,7 @@ from ..engine import Server
 from ..engine.stats import FAILURE_REASONS, ModelStatistics
 from .http.server import serve_app
 from .metrics_system import SystemMetrics
-from .metrics_text import Labels, Writer, number, sample
+from .metrics_text import Labels, Writer, merge, number, sample
 
 __all__ = ["create_metrics_app", "render_metrics", "serve_metrics"]
 
@@ -238,14 +238,17 @@ def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float:
 
 def create_metrics_app(server: Server, system: SystemMetrics | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return Response(render_metrics(server, system), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body = render_metrics(server, system)
+        if server.peers is not None:  # --workers N: one answer for the whole server
+            body = merge([body, *(text.encode() for text in await server.peers.call("metrics"))])
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(routes=[Route("/metrics", metrics)])
 
 
 async def serve_metrics(
     server: Server, *, host: str, port: int, cpu: bool = True, gpu: bool = True, interval_ms: float = 2000.0,
-    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    reuse_port: bool = False, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics`` until cancelled; reports the bound port through ``task_status``.
 
@@ -258,7 +261,8 @@ async def serve_metrics(
         if system is not None:
             await anyio.to_thread.run_sync(system.start)
             tg.start_soon(_poll, system, interval_ms / 1000)
-        await serve_app(create_metrics_app(server, system), host=host, port=port, task_status=task_status)
+        await serve_app(create_metrics_app(server, system), host=host, port=port, reuse_port=reuse_port,
+                        task_status=task_status)
         tg.cancel_scope.cancel()
 
 

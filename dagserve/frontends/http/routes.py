@@ -144,7 +144,7 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
 
     async def model_stats(request: Request) -> Response:
         p = request.path_params
-        return _json_response(server.statistics(p.get("model", ""), p.get("version", "")))
+        return _json_response(await server.gather_statistics(p.get("model", ""), p.get("version", "")))
 
     async def repository_index(request: Request) -> Response:
         body = await _json_body(request, max_body_size, server.options.limits)
@@ -289,6 +289,7 @@ async def serve_http(
     tls: TLSConfig | None = None,
     limits: HttpLimits | None = None,
     shared_memory: SharedMemoryRegistry | None = None,
+    reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
@@ -305,7 +306,8 @@ async def serve_http(
     (:class:`~..limits.HttpLimits`); ``restricted`` closes API categories behind a header
     (:mod:`..restricted`); ``tls`` serves HTTPS (:mod:`..tls`); ``shared_memory`` is the
     registry of shared-memory regions, shared with the gRPC frontend (default: a registry of
-    its own that allows none).
+    its own that allows none). ``reuse_port`` shares the port with the server's other worker
+    processes (``--workers``).
 
     Raises:
         OSError: the address cannot be bound.
@@ -319,5 +321,5 @@ async def serve_http(
         create_app(server, max_body_size=max_body_size, restricted=restricted, shared_memory=shared_memory),
         InferCore(server, max_body_size, restricted, shared_memory),
         host=host, port=port, shutdown_timeout=shutdown_timeout, limits=limits, max_body_size=max_body_size,
-        ssl=ssl_context, task_status=task_status,
+        ssl=ssl_context, reuse_port=reuse_port, task_status=task_status,
     )

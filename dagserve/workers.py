@@ -1,0 +1,379 @@
+"""``dagserve serve --workers N``: one server made of N worker processes behind one set of ports.
+
+One Python process tops out near one core. With ``--workers N`` the ``dagserve`` process
+becomes a supervisor: it reserves the ports, starts N worker processes (each a whole
+``dagserve serve`` of the same repository with the same flags), restarts one that dies, and
+stops them all gracefully on SIGTERM / SIGINT.
+
+* **One set of ports.** Every worker listens on the same HTTP, gRPC and metrics ports with
+  ``SO_REUSEPORT``; the kernel spreads new connections over them (a connection, and so a gRPC
+  channel, stays with one worker).
+* **One answer.** Each worker answers on a Unix socket of its own, in a directory only this
+  user can enter (the *channel*, one JSON line per call). A statistics or ``/metrics`` request,
+  whichever worker it reaches, is answered with every worker's counts summed; a model load or
+  unload is done by every worker before it is answered (:class:`~dagserve.engine.Server.peers`).
+* **Supervision.** A worker that dies is started again (its in-flight requests fail with their
+  connection; the others go on); in explicit mode it loads what the others have loaded. A
+  worker that fails to start stops the server with its exit status.
+* **Graceful stop.** The first signal is passed to every worker, which drains as a single
+  server does (docs/operations.md); the second ends them at once.
+
+What is not shared: each worker holds its own instances of every model (memory × N; a GPU
+model once per worker), its own dynamic batches and response cache. A sequence-batched model
+refuses to load with ``--workers`` above 1 (its requests could reach different processes).
+See docs/architecture.md ("Processes") and docs/performance.md for the figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from . import errors
+from .engine import Server
+from .frontends.metrics import render_metrics
+from .frontends.runner import FrontendOptions
+
+__all__ = ["WorkerRole", "auto_workers", "serve_channel", "supervise"]
+
+log = logging.getLogger("dagserve.workers")
+
+_ENV_INDEX = "DAGSERVE_WORKER_INDEX"
+_ENV_COUNT = "DAGSERVE_WORKER_COUNT"
+_ENV_DIR = "DAGSERVE_WORKER_DIR"
+_ENV_RESTART = "DAGSERVE_WORKER_RESTARTED"
+_MAX_ANSWER = 256 * 1024 * 1024  # a /metrics text of many models; statistics are far smaller
+_CONTROL_OPS = ("load", "unload")  # may take as long as a model load; others answer at once
+_QUERY_TIMEOUT = 30.0
+
+
+def auto_workers() -> int:
+    """``--workers auto``: one worker per two cores this process may run on (a worker's loop
+    and its model threads use about two), at least 1, at most 8 (beyond which the kernel's
+    spreading of few connections leaves workers idle)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 2))
+
+
+# -- the worker's side ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process is worker ``index`` of ``count`` (from the supervisor's environment)."""
+
+    index: int
+    count: int
+    directory: Path
+    restarted: bool
+
+    @classmethod
+    def from_environment(cls) -> WorkerRole | None:
+        if _ENV_INDEX not in os.environ:
+            return None
+        return cls(
+            index=int(os.environ[_ENV_INDEX]),
+            count=int(os.environ[_ENV_COUNT]),
+            directory=Path(os.environ[_ENV_DIR]),
+            restarted=os.environ.get(_ENV_RESTART) == "1",
+        )
+
+    def socket_path(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.sock"
+
+    def peers(self) -> UnixPeers:
+        return UnixPeers(self)
+
+    def end_with_supervisor(self) -> None:
+        """Have the kernel send SIGTERM to this process when the supervisor dies (Linux), so a
+        supervisor killed outright leaves no worker behind."""
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the supervisor died before that took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def catch_up(self, server: Server) -> None:
+        """A restarted worker in explicit mode loads what the others have loaded since the
+        start (loads made with config or file overrides load from the repository here)."""
+        if not self.restarted or server.options.model_control_mode != "explicit":
+            return
+        for answer in await self.peers().call("loaded"):
+            for name in answer:
+                if server.loaded_version(name) is None:
+                    with contextlib.suppress(errors.DagserveError):
+                        await server.load_model(name, here_only=True)
+            return  # one live worker's answer is enough
+
+
+class UnixPeers:
+    """The other workers of this server, reached through their channels
+    (:class:`~dagserve.engine.peers.Peers`)."""
+
+    def __init__(self, role: WorkerRole) -> None:
+        self._role = role
+
+    async def call(self, op: str, **args: Any) -> list[Any]:
+        others = [i for i in range(self._role.count) if i != self._role.index]
+        answers: dict[int, Any] = {}
+        failures: list[BaseException] = []
+
+        async def ask(index: int) -> None:
+            try:
+                answers[index] = await _ask(self._role.socket_path(index), op, args)
+            except (FileNotFoundError, ConnectionRefusedError):
+                log.debug("worker %d is not running (being restarted?): left out of %s", index, op)
+            except errors.DagserveError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for index in others:
+                tg.start_soon(ask, index)
+        if failures:
+            raise failures[0]
+        return [answers[i] for i in others if i in answers]
+
+
+async def _ask(path: Path, op: str, args: dict[str, Any]) -> Any:
+    limit = None if op in _CONTROL_OPS else _QUERY_TIMEOUT
+    with anyio.fail_after(limit):
+        async with await anyio.connect_unix(path) as stream:
+            await stream.send(json.dumps({"op": op, "args": _encode(args)}).encode() + b"\n")
+            line = await BufferedByteReceiveStream(stream).receive_until(b"\n", _MAX_ANSWER)
+    reply = json.loads(line)
+    if "error" in reply:
+        kind = getattr(errors, reply["error"]["type"], None)
+        if not (isinstance(kind, type) and issubclass(kind, errors.DagserveError)):
+            kind = errors.InternalError
+        raise kind(reply["error"]["message"])
+    return reply["answer"]
+
+
+def _encode(value: Any) -> Any:
+    """JSON for a call's arguments: load parameters may hold bytes (gRPC ``file:`` contents)."""
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__bytes__"}:
+            return base64.b64decode(value["__bytes__"])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+async def serve_channel(
+    server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer the supervisor's and the other workers' calls on this worker's Unix socket
+    until cancelled."""
+    path = role.socket_path(role.index)
+    path.unlink(missing_ok=True)  # left by this worker's previous run
+    handlers: dict[str, Callable[..., Awaitable[Any]]] = {
+        "ready": lambda: _now(server.repository_index()),
+        "loaded": lambda: _now([n for n in server.model_names() if server.loaded_version(n) is not None]),
+        "statistics": lambda name, version: _now(server.statistics(name, version)),
+        "metrics": lambda: _now(render_metrics(server).decode()),
+        "load": lambda name, parameters: server.load_model(name, parameters, here_only=True),
+        "unload": lambda name, unload_dependents: server.unload_model(name, unload_dependents, here_only=True),
+    }
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                line = await BufferedByteReceiveStream(stream).receive_until(b"\n", _MAX_ANSWER)
+                call = json.loads(line)
+                reply: dict[str, Any] = {"answer": await handlers[call["op"]](**_decode(call["args"]))}
+            except errors.DagserveError as exc:
+                reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+            except Exception as exc:  # a malformed call from a peer of another version, a bug
+                log.exception("worker channel: call failed")
+                reply = {"error": {"type": "InternalError", "message": f"worker {role.index}: {exc!r}"}}
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(json.dumps(reply).encode() + b"\n")
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener:
+        task_status.started()
+        await listener.serve(answer)
+
+
+async def _now(value: Any) -> Any:
+    return value
+
+
+# -- the supervisor's side --------------------------------------------------------------------
+_PORT_FIELDS = (("http_port", "--http-port"), ("grpc_port", "--grpc-port"), ("metrics_port", "--metrics-port"))
+
+
+def supervise(argv: Sequence[str], options: FrontendOptions, count: int) -> int:
+    """Run the server as ``count`` worker processes started with ``argv`` (the ``serve``
+    arguments), until SIGTERM / SIGINT; the exit status (0 after a graceful stop)."""
+    directory = Path(tempfile.mkdtemp(prefix="dagserve-workers-"))  # mode 0700: only this user
+    held: list[socket.socket] = []
+    try:
+        ports = {}
+        for field, flag in _PORT_FIELDS:
+            port = getattr(options, field)
+            if port is None:
+                continue
+            host = (options.metrics_address or options.host) if field == "metrics_port" else options.host
+            sock = _hold(host, port)
+            held.append(sock)
+            ports[flag] = sock.getsockname()[1]
+        command = [sys.executable, "-m", "dagserve", *argv, *(a for flag, p in ports.items() for a in (flag, str(p)))]
+        return anyio.run(_Supervisor(command, count, directory, options, ports).run)
+    finally:
+        for sock in held:
+            sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _hold(host: str, port: int) -> socket.socket:
+    """A socket bound (not listening) to ``host:port`` with ``SO_REUSEPORT``: it keeps the
+    port (a port 0 becomes a free one) for the workers, which bind it too, and from any
+    process that does not share it."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class _Supervisor:
+    def __init__(
+        self, command: list[str], count: int, directory: Path, options: FrontendOptions, ports: dict[str, int]
+    ) -> None:
+        self.command = command
+        self.count = count
+        self.directory = directory
+        self.options = options
+        self.ports = ports
+        self.processes: dict[int, anyio.abc.Process] = {}
+        self.stopping = False
+        self.status = 0
+        self.ready = [anyio.Event() for _ in range(count)]
+        self.models: list[dict[str, Any]] = []  # worker 0's repository index, once it is ready
+
+    async def run(self) -> int:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, signals)
+                async with anyio.create_task_group() as workers:
+                    for index in range(self.count):
+                        workers.start_soon(self._keep_running, index)
+                    workers.start_soon(self._announce)
+                tg.cancel_scope.cancel()
+        if self.status == 0:
+            print("dagserve: stopped", flush=True)
+        return self.status
+
+    async def _watch_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self.stopping:
+                print(f"dagserve: {name} received again, exiting now", flush=True)
+                for process in self.processes.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                os._exit(128 + signum)
+            print(f"dagserve: {name} received, stopping {self.count} workers: finishing requests in flight "
+                  f"(at most {self.options.exit_timeout_secs:g}s; send it again to exit now)", flush=True)
+            self._stop()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        for event in self.ready:
+            event.set()  # nothing more to announce
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+
+    async def _keep_running(self, index: int) -> None:
+        restarted = False
+        while not self.stopping:
+            env = {**os.environ, _ENV_INDEX: str(index), _ENV_COUNT: str(self.count),
+                   _ENV_DIR: str(self.directory), _ENV_RESTART: "1" if restarted else "0"}
+            # A session of its own: a Ctrl-C in the terminal reaches the supervisor only,
+            # which passes one SIGTERM on (a worker would take a second signal as "exit now").
+            process = await anyio.open_process(self.command, env=env, stdin=subprocess.DEVNULL,
+                                               stdout=None, stderr=None, start_new_session=True)
+            self.processes[index] = process
+            if self.stopping:  # the signal came while it started
+                process.send_signal(signal.SIGTERM)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._wait_ready, index)
+                status = await process.wait()
+                tg.cancel_scope.cancel()
+            del self.processes[index]
+            if self.stopping:
+                if status != 0:
+                    self.status = self.status or status
+                return
+            if not self.ready[index].is_set() and not restarted:
+                # It never started: a bad flag, a port, a broken repository. Every worker
+                # would fail alike: stop the server with its status (it printed why).
+                self.status = status if status > 0 else 1
+                self._stop()
+                return
+            why = f"exited with status {status}" if status >= 0 else f"was killed by {signal.Signals(-status).name}"
+            print(f"dagserve: worker {index} (pid {process.pid}) {why}; starting it again", file=sys.stderr, flush=True)
+            restarted = True
+            await anyio.sleep(0.5)  # a worker that dies at once must not spin the machine
+
+    async def _wait_ready(self, index: int) -> None:
+        path = self.directory / f"worker-{index}.sock"
+        while True:
+            with contextlib.suppress(OSError, errors.DagserveError):
+                answer = await _ask(path, "ready", {})
+                if index == 0 and not self.ready[0].is_set():
+                    self.models = answer
+                self.ready[index].set()
+                return
+            await anyio.sleep(0.05)
+
+    async def _announce(self) -> None:
+        for event in self.ready:
+            await event.wait()
+        if self.stopping:
+            return
+        pids = ", ".join(str(p.pid) for _, p in sorted(self.processes.items()))
+        print(f"dagserve: {self.count} worker processes (pids {pids})", flush=True)
+        for model in self.models:
+            state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
+            print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
+        host = self.options.host
+        show = f"[{host}]" if ":" in host else host
+        if "--http-port" in self.ports:
+            scheme = "https" if self.options.http_tls else "http"
+            print(f"HTTP service listening on {scheme}://{show}:{self.ports['--http-port']}", flush=True)
+        if "--grpc-port" in self.ports:
+            print(f"gRPC service listening on {show}:{self.ports['--grpc-port']}", flush=True)
+        if "--metrics-port" in self.ports:
+            metrics_host = self.options.metrics_address or host
+            metrics_show = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            print(f"metrics served at http://{metrics_show}:{self.ports['--metrics-port']}/metrics", flush=True)

@@ -1,0 +1,235 @@
+"""`dagserve serve --workers N`: one server of several processes behind one set of ports.
+
+Real processes, real sockets, the real tritonclient: connections spread over the workers (the
+``whoami`` model answers with its process id), statistics and /metrics are single answers
+summed over every worker, model control reaches every worker, a killed worker is started again
+while the other answers, and a sequence-batched model is refused with the reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+REPOS = Path(__file__).parent / "repos"
+DEADLINE = 90.0  # generous: the machine may be busy, and each worker loads the repository
+
+
+class Served:
+    """A `dagserve serve --workers` process and what it printed."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.addresses: dict[str, str] = {}
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+            match = re.search(r"(HTTP|gRPC) service listening on (?:http://)?(\S+)|metrics served at http://(\S+)/metrics",
+                              line)
+            if match:
+                self.addresses[match.group(1) or "metrics"] = match.group(2) or match.group(3)
+            if len(self.addresses) == 3:
+                break
+        else:
+            raise AssertionError(f"server exited (code {proc.wait()}) before listening:\n{''.join(self.lines)}")
+        self._drain = threading.Thread(target=lambda: self.lines.extend(proc.stdout or ()), daemon=True)
+        self._drain.start()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def close(self) -> None:
+        """Stop the server if it still runs (gracefully, then for good) and close its pipe."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain.join(DEADLINE)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(repository: str, *args: str) -> Served:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
+             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            served = Served(proc)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def whoami_http(url: str, x: float = 1.0) -> int:
+    """One request on a fresh connection; the pid of the worker that answered."""
+    with httpclient.InferenceServerClient(url, network_timeout=DEADLINE) as client:
+        inp = httpclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([x], dtype=np.float32))
+        result = client.infer("whoami", [inp])
+        np.testing.assert_array_equal(result.as_numpy("Y"), [x + 1])
+        return int(result.as_numpy("PID")[0])
+
+
+def whoami_grpc(url: str) -> int:
+    with grpcclient.InferenceServerClient(url) as client:  # a channel of its own: a connection
+        inp = grpcclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+        result = client.infer("whoami", [inp], client_timeout=DEADLINE)
+        return int(result.as_numpy("PID")[0])
+
+
+def until_every_worker(call: Callable[[], int], workers: int) -> tuple[set[int], int]:
+    """Call on fresh connections until ``workers`` processes have answered: (pids, calls).
+    Each connection lands on a worker at random; a restarted worker joins once it has loaded."""
+    pids: set[int] = set()
+    calls = 0
+    end = time.monotonic() + DEADLINE
+    while len(pids) < workers:
+        assert time.monotonic() < end, f"{calls} connections reached only {len(pids)} of {workers} workers"
+        pids.add(call())
+        calls += 1
+    return pids, calls
+
+
+def metric(url: str, name: str, model: str) -> float:
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=DEADLINE) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    found = re.findall(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    assert len(found) == 1, text
+    return float(found[0])
+
+
+def test_connections_spread_over_workers_and_statistics_are_summed(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2")
+    assert "dagserve: 2 worker processes" in served.output()
+    http_pids, http_calls = until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    grpc_pids, grpc_calls = until_every_worker(lambda: whoami_grpc(served.addresses["gRPC"]), 2)
+    assert http_pids == grpc_pids, "one set of workers behind both protocols"
+    total = http_calls + grpc_calls
+
+    # Whichever worker answers (fresh connections again), the answer is the whole server's.
+    for _ in range(6):
+        with httpclient.InferenceServerClient(served.addresses["HTTP"]) as client:
+            stats = client.get_inference_statistics("whoami")["model_stats"]
+        assert [(s["name"], s["inference_count"], s["inference_stats"]["success"]["count"]) for s in stats] == [
+            ("whoami", total, total)
+        ]
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+            gstats = gclient.get_inference_statistics("whoami", as_json=True)["model_stats"]
+        assert [int(s["inference_count"]) for s in gstats] == [total]
+        assert metric(served.addresses["metrics"], "nv_inference_request_success", "whoami") == total
+        assert metric(served.addresses["metrics"], "nv_inference_count", "whoami") == total
+
+    # An unknown model is the same clear error as with one process.
+    with httpclient.InferenceServerClient(served.addresses["HTTP"]) as client, pytest.raises(
+        InferenceServerException, match="unknown model 'nope'"
+    ):
+        client.get_inference_statistics("nope")
+
+
+def test_load_and_unload_reach_every_worker(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2", "--model-control-mode", "explicit")
+    url = served.addresses["HTTP"]
+    with httpclient.InferenceServerClient(url) as client:
+        assert not client.is_model_ready("whoami")
+        client.load_model("whoami")
+    until_every_worker(lambda: whoami_http(url), 2)  # every worker serves it at once
+
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        gclient.unload_model("whoami")
+    for _ in range(20):  # fresh connections: no worker serves it any more
+        with httpclient.InferenceServerClient(url) as client:
+            assert not client.is_model_ready("whoami")
+            with pytest.raises(InferenceServerException):
+                whoami_http(url)
+
+    with httpclient.InferenceServerClient(url) as client, pytest.raises(
+        InferenceServerException, match="whoami"
+    ):
+        client.unload_model("whoami")  # not loaded anywhere: the error of one process
+
+
+def test_a_worker_that_dies_is_started_again_while_the_others_answer(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2", "--model-control-mode", "explicit", "--load-model", "whoami")
+    url = served.addresses["HTTP"]
+    before, _ = until_every_worker(lambda: whoami_http(url), 2)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: f"(pid {victim}) was killed by SIGKILL; starting it again" in served.output(),
+             "the supervisor to start the worker again")
+    # Every request meanwhile is answered (by the live worker) until the new one serves too;
+    # it loaded what the others had loaded.
+    after, _ = until_every_worker(lambda: whoami_http(url), 2)
+    assert victim not in after and len(after & before) == 1
+
+
+def test_a_sequence_model_is_refused_with_the_reason(serve: Callable[..., Served]) -> None:
+    served = serve("sequence", "--workers", "2")
+    assert re.search(r"model accumulate version -: UNAVAILABLE \(.*sequence batcher.*--workers 1\)", served.output()), (
+        served.output()
+    )
+
+
+def test_sigterm_stops_every_worker_and_exits_0(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2")
+    pids, _ = until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(DEADLINE) == 0, served.output()
+    for pid in pids:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"worker {pid} to end")
+    assert "dagserve: stopped" in served.output()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_bad_worker_counts_are_refused(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / "workers"),
+         "--workers", value], capture_output=True, text=True, timeout=DEADLINE,
+    )
+    assert done.returncode == 2
+    assert f"--workers must be a whole number of processes (1 or more) or 'auto', not '{value}'" in done.stderr
