@@ -11,7 +11,8 @@ stops them all gracefully on SIGTERM / SIGINT.
 * **One answer.** Each worker answers on a Unix socket of its own, in a directory only this
   user can enter (the *channel*, one JSON line per call). A statistics or ``/metrics`` request,
   whichever worker it reaches, is answered with every worker's counts summed; a model load or
-  unload is done by every worker before it is answered (:class:`~dagserve.engine.Server.peers`).
+  unload, and a change of the log or trace settings, is done by every worker before it is
+  answered (:class:`~dagserve.engine.Server.peers`).
 * **Supervision.** A worker that dies is started again (its in-flight requests fail with their
   connection; the others go on); in explicit mode it loads what the others have loaded. A
   worker that fails to start stops the server with its exit status.
@@ -50,6 +51,8 @@ from . import errors
 from .engine import Server
 from .frontends.metrics import render_metrics
 from .frontends.runner import FrontendOptions
+from .frontends.tracing import trace_setting
+from .log_settings import log_control
 
 __all__ = ["WorkerRole", "auto_workers", "serve_channel", "supervise"]
 
@@ -197,6 +200,8 @@ async def serve_channel(
         "metrics": lambda: _now(render_metrics(server).decode()),
         "load": lambda name, parameters: server.load_model(name, parameters, here_only=True),
         "unload": lambda name, unload_dependents: server.unload_model(name, unload_dependents, here_only=True),
+        "log_settings": lambda changes: _now(log_control().update(changes).as_dict()),
+        "trace_setting": lambda model, changes: _now(trace_setting(server, model, changes)),
     }
 
     async def answer(stream: anyio.abc.SocketStream) -> None:

@@ -165,6 +165,22 @@ def test_connections_spread_over_workers_and_statistics_are_summed(serve: Callab
         client.get_inference_statistics("nope")
 
 
+def test_log_and_trace_settings_change_in_every_worker(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2")
+    url = served.addresses["HTTP"]
+    until_every_worker(lambda: whoami_http(url), 2)
+    with httpclient.InferenceServerClient(url) as client:
+        assert client.update_log_settings({"log_verbose_level": 2})["log_verbose_level"] == 2
+        client.update_trace_settings(settings={"trace_rate": "7"})
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        gclient.update_log_settings({"log_warning": False})
+    for _ in range(20):  # fresh connections: whichever worker answers has the new settings
+        with httpclient.InferenceServerClient(url) as client:
+            logs = client.get_log_settings()
+            assert (logs["log_verbose_level"], logs["log_warning"]) == (2, False)
+            assert client.get_trace_settings()["trace_rate"] == "7"
+
+
 def test_load_and_unload_reach_every_worker(serve: Callable[..., Served]) -> None:
     served = serve("workers", "--workers", "2", "--model-control-mode", "explicit")
     url = served.addresses["HTTP"]

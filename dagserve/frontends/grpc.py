@@ -334,6 +334,8 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
             changes[name] = None if kind is None else getattr(value, kind)
         control = log_control()
         settings = control.update(changes) if changes else control.settings
+        if changes and self._server.peers is not None:  # --workers N: every worker logs alike
+            await self._server.peers.call("log_settings", changes=changes)
         response = pb.LogSettingsResponse()
         for name, current in settings.as_dict().items():
             field = ("bool_param" if isinstance(current, bool)
@@ -348,7 +350,10 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
     ) -> pb.TraceSettingResponse:
         """Triton's trace extension: update (when settings are given) and read the settings."""
-        settings = trace_setting(self._server, request.model_name, grpc_changes(request.settings))
+        changes = grpc_changes(request.settings)
+        settings = trace_setting(self._server, request.model_name, changes)
+        if changes and self._server.peers is not None:  # --workers N: every worker traces alike
+            await self._server.peers.call("trace_setting", model=request.model_name, changes=changes)
         response = pb.TraceSettingResponse()
         for name, value in settings.items():
             response.settings[name].value.extend(value if isinstance(value, list) else [value])

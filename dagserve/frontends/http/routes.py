@@ -203,14 +203,21 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
         control = log_control()
         if request.method == "POST":
             body = await _json_body(request, max_body_size, server.options.limits)
-            return _json_response(control.update(body).as_dict())
+            settings = control.update(body).as_dict()
+            if server.peers is not None:  # --workers N: every worker logs alike
+                await server.peers.call("log_settings", changes=body)
+            return _json_response(settings)
         return _json_response(control.settings.as_dict())
     async def trace_settings(request: Request) -> Response:
         """Triton's trace extension: GET reads the settings, POST changes them first."""
         changes = None
         if request.method == "POST":
             changes = http_changes(await _json_body(request, max_body_size, server.options.limits))
-        return _json_response(trace_setting(server, request.path_params.get("model", ""), changes))
+        model = request.path_params.get("model", "")
+        settings = trace_setting(server, model, changes)
+        if changes and server.peers is not None:  # --workers N: every worker traces alike
+            await server.peers.call("trace_setting", model=model, changes=changes)
+        return _json_response(settings)
 
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
