@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "that never block; a blocking one stalls the whole server)")
     s.add_argument("--workers", type=_workers, default=_workers(_env("workers", "1") or "1"),
                    help="worker processes serving the repository behind the same ports (default 1; 'auto': one per "
-                        "two cores, at most 8); each loads every model (env DAGSERVE_WORKERS; docs/operations.md)")
+                        "core); each loads every model (env DAGSERVE_WORKERS; docs/operations.md)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
                    help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
     s.add_argument("--grpc-max-message-size", type=int,
