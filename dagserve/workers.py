@@ -143,6 +143,8 @@ class UnixPeers:
                 answers[index] = await _ask(self._role.socket_path(index), op, args)
             except (FileNotFoundError, ConnectionRefusedError):
                 log.debug("worker %d is not running (being restarted?): left out of %s", index, op)
+            except TimeoutError:  # stopped (SIGSTOP), or its loop is stuck: answer without it
+                log.warning("worker %d did not answer '%s' within %gs: left out", index, op, _QUERY_TIMEOUT)
             except errors.DagserveError as exc:
                 failures.append(exc)
 

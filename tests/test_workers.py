@@ -249,3 +249,30 @@ def test_bad_worker_counts_are_refused(value: str) -> None:
     )
     assert done.returncode == 2
     assert f"--workers must be a whole number of processes (1 or more) or 'auto', not '{value}'" in done.stderr
+
+
+def test_decoupled_streams_are_answered_by_their_worker(serve: Callable[..., Served]) -> None:
+    """A gRPC stream stays on the worker its connection reached: every stream gets all of its
+    responses in order, and the statistics count every request once."""
+    served = serve("decoupled", "--workers", "2")
+    streams = 12
+    for s in range(streams):
+        received: list[object] = []
+        done = threading.Event()
+
+        def collect(result: object, error: object, received: list[object] = received, done: threading.Event = done) -> None:
+            received.append(error if error is not None else result)
+            if error is not None or len(received) == 5:
+                done.set()
+
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client:  # a connection each
+            client.start_stream(callback=collect)
+            n = grpcclient.InferInput("N", [1], "INT32")
+            n.set_data_from_numpy(np.array([5], dtype=np.int32))
+            client.async_stream_infer("repeat", [n], request_id=f"s{s}")
+            assert done.wait(DEADLINE), f"stream {s}: {received}"
+            client.stop_stream()
+        assert [r.as_numpy("OUT")[0] for r in received] == list(range(5)), received  # type: ignore[attr-defined]
+    with httpclient.InferenceServerClient(served.addresses["HTTP"]) as hclient:
+        stats = hclient.get_inference_statistics("repeat")["model_stats"]
+    assert [s["inference_stats"]["success"]["count"] for s in stats] == [streams]
