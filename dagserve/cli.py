@@ -35,7 +35,7 @@ from .frontends.runner import (
     serve,
 )
 from .tracing import parse_trace_config
-from .workers import WorkerRole, auto_workers, serve_channel, supervise
+from .workers import WorkerRole, auto_workers, serve_channel, serve_forwarding, supervise
 
 __all__ = ["main"]
 
@@ -471,6 +471,7 @@ async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | No
                     return
                 raise
             if role is not None:
+                await tg.start(serve_forwarding, server, role)
                 await tg.start(serve_channel, server, role)
                 return
             for model in server.repository_index():

@@ -19,10 +19,13 @@ stops them all gracefully on SIGTERM / SIGINT.
 * **Graceful stop.** The first signal is passed to every worker, which drains as a single
   server does (docs/operations.md); the second ends them at once.
 
-What is not shared: each worker holds its own instances of every model (memory × N; a GPU
-model once per worker), its own dynamic batches and response cache. A sequence-batched model
-refuses to load with ``--workers`` above 1 (its requests could reach different processes).
-See docs/architecture.md ("Processes") and docs/performance.md for the figures.
+* **Placement.** A model placed ``replicate`` (the default) is loaded by every worker (memory
+  × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
+  a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
+  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
+
+The response cache is per worker. See docs/architecture.md ("Processes") and
+docs/performance.md for the figures.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -45,16 +49,19 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import numpy as np
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from . import errors
+from . import errors, tensor_bytes
 from .engine import Server
 from .frontends.metrics import render_metrics
 from .frontends.runner import FrontendOptions
 from .frontends.tracing import trace_setting
+from .limits import Limits
 from .log_settings import log_control
+from .types import DataType, InferRequest, InferResponse, to_host
 
-__all__ = ["WorkerRole", "auto_workers", "serve_channel", "supervise"]
+__all__ = ["WorkerRole", "auto_workers", "serve_channel", "serve_forwarding", "supervise"]
 
 log = logging.getLogger("dagserve.workers")
 
@@ -65,6 +72,7 @@ _ENV_RESTART = "DAGSERVE_WORKER_RESTARTED"
 _MAX_ANSWER = 256 * 1024 * 1024  # a /metrics text of many models; statistics are far smaller
 _CONTROL_OPS = ("load", "unload")  # may take as long as a model load; others answer at once
 _QUERY_TIMEOUT = 30.0
+_NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)  # checked where the request came in
 
 
 def auto_workers() -> int:
@@ -99,6 +107,9 @@ class WorkerRole:
     def socket_path(self, index: int) -> Path:
         return self.directory / f"worker-{index}.sock"
 
+    def forward_path(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.forward.sock"
+
     def peers(self) -> UnixPeers:
         return UnixPeers(self)
 
@@ -132,6 +143,43 @@ class UnixPeers:
 
     def __init__(self, role: WorkerRole) -> None:
         self._role = role
+        self.index = role.index
+        self._idle: dict[int, list[_Connection]] = {}
+
+    async def forward(self, owner: int, model: str, version: str, request: InferRequest) -> InferResponse:
+        """Send ``request`` to worker ``owner``'s forwarding socket on an idle connection (or
+        a new one: one request at a time on each) and read its answer."""
+        idle = self._idle.setdefault(owner, [])
+        connection = idle.pop() if idle else None
+        if connection is None:
+            try:
+                stream = await anyio.connect_unix(self._role.forward_path(owner))
+            except OSError as exc:
+                raise errors.ModelNotReadyError(
+                    f"model '{model}' is served by worker {owner}, which cannot be reached ({exc.strerror or exc}); "
+                    "retry: a worker that died is being started again"
+                ) from None
+            connection = _Connection(stream)
+        try:
+            await connection.send(_request_frame(model, version, request))
+            header, payload = await connection.receive()
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+            await connection.aclose()
+            raise errors.ModelNotReadyError(
+                f"model '{model}': worker {owner}, which serves it, closed the connection (it may have died; "
+                "retry once it is started again)"
+            ) from None
+        except BaseException:  # cancelled mid-call: the connection's next answer would be this one's
+            with anyio.CancelScope(shield=True):
+                await connection.aclose()
+            raise
+        idle.append(connection)
+        if "error" in header:
+            raise _error(header["error"])
+        return InferResponse(
+            model_name=model, model_version=version, id=header.get("id", ""),
+            outputs=_tensors(header["tensors"], payload), datatypes={t[0]: DataType(t[1]) for t in header["tensors"]},
+        )
 
     async def call(self, op: str, **args: Any) -> list[Any]:
         others = [i for i in range(self._role.count) if i != self._role.index]
@@ -164,11 +212,117 @@ async def _ask(path: Path, op: str, args: dict[str, Any]) -> Any:
             line = await BufferedByteReceiveStream(stream).receive_until(b"\n", _MAX_ANSWER)
     reply = json.loads(line)
     if "error" in reply:
-        kind = getattr(errors, reply["error"]["type"], None)
-        if not (isinstance(kind, type) and issubclass(kind, errors.DagserveError)):
-            kind = errors.InternalError
-        raise kind(reply["error"]["message"])
+        raise _error(reply["error"])
     return reply["answer"]
+
+
+def _error(error: dict[str, str]) -> errors.DagserveError:
+    """The error a peer reported, as the same class here."""
+    kind = getattr(errors, error["type"], None)
+    if not (isinstance(kind, type) and issubclass(kind, errors.DagserveError)):
+        kind = errors.InternalError
+    return kind(error["message"])
+
+
+# -- forwarding: requests for a model another worker serves ------------------------------------
+# A frame is a 4-byte little-endian header length, a JSON header, then the tensors' wire bytes
+# back to back (the KServe binary layout: tensor_bytes); the header lists each tensor as
+# [name, datatype, shape, byte count].
+_LENGTH = struct.Struct("<I")
+_MAX_FRAME = 2**31 - 1
+
+
+class _Connection:
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = BufferedByteReceiveStream(stream)
+
+    async def send(self, frame: bytes) -> None:
+        await self._stream.send(frame)
+
+    async def receive(self) -> tuple[dict[str, Any], memoryview]:
+        (length,) = _LENGTH.unpack(await self._buffer.receive_exactly(_LENGTH.size))
+        header = json.loads(await self._buffer.receive_exactly(length))
+        size = sum(t[3] for t in header.get("tensors", ()))
+        if size > _MAX_FRAME:
+            raise errors.InternalError(f"a forwarded frame of {size} bytes is over the limit")
+        payload = await self._buffer.receive_exactly(size) if size else b""
+        return header, memoryview(payload)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._stream.aclose()
+
+
+def _frame(header: dict[str, Any], tensors: list[tuple[str, DataType, np.ndarray]]) -> bytes:
+    parts: list[bytes | memoryview] = []
+    specs = []
+    for name, datatype, array in tensors:
+        data = tensor_bytes.encode(to_host(array), datatype, name=name)
+        parts.append(data)
+        specs.append([name, datatype.value, list(array.shape), len(data)])
+    text = json.dumps({**header, "tensors": specs}).encode()
+    return b"".join((_LENGTH.pack(len(text)), text, *parts))  # one send: one copy of the tensors
+
+
+def _request_frame(model: str, version: str, request: InferRequest) -> bytes:
+    return _frame(
+        {"model": model, "version": version, "id": request.id, "parameters": request.parameters},
+        [(name, request.datatype(name), array) for name, array in request.inputs.items()],
+    )
+
+
+def _tensors(specs: list[list[Any]], payload: memoryview) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, datatype, shape, size in specs:
+        data = payload[offset:offset + size]
+        offset += size
+        count = int(np.prod(shape, dtype=np.int64))
+        dtype = DataType(datatype)
+        out[name] = tensor_bytes.decode(data, dtype, tuple(shape), count, name=name, limits=_NO_LIMITS)
+    return out
+
+
+async def serve_forwarding(
+    server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer the other workers' requests for the models this worker serves for them
+    (placement ``one``) on this worker's forwarding socket, until cancelled."""
+    path = role.forward_path(role.index)
+    path.unlink(missing_ok=True)
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        connection = _Connection(stream)
+        async with stream:
+            while True:
+                try:
+                    header, payload = await connection.receive()
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the peer closed it (or died)
+                try:
+                    inputs = _tensors(header["tensors"], payload)
+                    request = InferRequest(
+                        inputs=inputs, id=header["id"], parameters=header["parameters"],
+                        datatypes={t[0]: DataType(t[1]) for t in header["tensors"] if t[1] == "BF16"},
+                    )
+                    response = await server.infer(header["model"], header["version"], request)
+                    frame = _frame({"id": response.id},
+                                   [(n, response.datatypes[n], a) for n, a in response.outputs.items()])
+                except errors.DagserveError as exc:
+                    frame = _frame({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
+                except Exception as exc:  # a bug: the caller gets an error, this worker goes on
+                    log.exception("worker %d: forwarded request failed", role.index)
+                    frame = _frame({"error": {"type": "InternalError", "message": f"worker {role.index}: {exc!r}"}}, [])
+                try:
+                    await connection.send(frame)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener:
+        task_status.started()
+        await listener.serve(answer)
 
 
 def _encode(value: Any) -> Any:

@@ -3,7 +3,8 @@
 Real processes, real sockets, the real tritonclient: connections spread over the workers (the
 ``whoami`` model answers with its process id), statistics and /metrics are single answers
 summed over every worker, model control reaches every worker, a killed worker is started again
-while the other answers, and a sequence-batched model is refused with the reason."""
+while the other answers, and a model placed in one worker (a sequence-batched one by default)
+is reached from every worker."""
 
 from __future__ import annotations
 
@@ -217,11 +218,49 @@ def test_a_worker_that_dies_is_started_again_while_the_others_answer(serve: Call
     assert victim not in after and len(after & before) == 1
 
 
-def test_a_sequence_model_is_refused_with_the_reason(serve: Callable[..., Served]) -> None:
+def test_a_sequence_reaches_its_state_whichever_worker_each_request_reaches(serve: Callable[..., Served]) -> None:
+    """A sequence-batched model is served by one worker (placement ``one``, its default); the
+    others forward to it. Each request of a sequence here goes on a fresh connection, over
+    HTTP and gRPC in turn, so they reach both workers: the running sums are exact, and the
+    statistics count every request once."""
     served = serve("sequence", "--workers", "2")
-    assert re.search(r"model accumulate version -: UNAVAILABLE \(.*sequence batcher.*--workers 1\)", served.output()), (
-        served.output()
-    )
+    totals: dict[int, list[int]] = {7: [], 8: []}
+    for i, x in enumerate([3, 4, 5, 6, 7, 8]):
+        for seq, module, url in ((7, httpclient, served.addresses["HTTP"]), (8, grpcclient, served.addresses["gRPC"])):
+            with module.InferenceServerClient(url) as client:
+                inp = module.InferInput("X", [1, 1], "INT32")
+                inp.set_data_from_numpy(np.array([[x * (seq - 6)]], np.int32))
+                result = client.infer("accumulate", [inp], outputs=[module.InferRequestedOutput("TOTAL")],
+                                      sequence_id=seq, sequence_start=i == 0, sequence_end=i == 5)
+                totals[seq].append(int(result.as_numpy("TOTAL")[0, 0]))
+    assert totals == {7: [3, 7, 12, 18, 25, 33], 8: [6, 14, 24, 36, 50, 66]}
+    with httpclient.InferenceServerClient(served.addresses["HTTP"]) as hclient:
+        stats = hclient.get_inference_statistics("accumulate")["model_stats"]
+    assert [s["inference_stats"]["success"]["count"] for s in stats] == [12]
+
+
+def test_placement_one_serves_a_model_from_one_worker(serve: Callable[..., Served]) -> None:
+    """``parameters: {placement: one}``: however many workers the connections reach, one
+    process answers, with the outputs and errors it would give itself."""
+    served = serve("workers", "--workers", "2")
+    url = served.addresses["HTTP"]
+    until_every_worker(lambda: whoami_http(url), 2)  # both workers serve connections
+    owners = set()
+    for _ in range(16):
+        with httpclient.InferenceServerClient(url) as client:
+            inp = httpclient.InferInput("X", [2], "FP32")
+            inp.set_data_from_numpy(np.array([1.5, 2.5], dtype=np.float32))
+            result = client.infer("whoami_one", [inp], outputs=[httpclient.InferRequestedOutput("PID")])
+            assert result.as_numpy("Y") is None, "only the output asked for"
+            owners.add(int(result.as_numpy("PID")[0]))
+            bad = httpclient.InferInput("X", [2], "INT32")
+            bad.set_data_from_numpy(np.array([1, 2], dtype=np.int32))
+            with pytest.raises(InferenceServerException, match="X"):
+                client.infer("whoami_one", [bad])
+    assert len(owners) == 1
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        stats = gclient.get_inference_statistics("whoami_one", as_json=True)["model_stats"]
+    assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [16]
 
 
 def test_sigterm_stops_every_worker_and_exits_0(serve: Callable[..., Served]) -> None:
@@ -276,3 +315,28 @@ def test_decoupled_streams_are_answered_by_their_worker(serve: Callable[..., Ser
     with httpclient.InferenceServerClient(served.addresses["HTTP"]) as hclient:
         stats = hclient.get_inference_statistics("repeat")["model_stats"]
     assert [s["inference_stats"]["success"]["count"] for s in stats] == [streams]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, "replicate"),
+        ({"parameters": {"placement": "one"}}, "one"),
+        ({"instance_group": [{"kind": "KIND_GPU"}]}, "one"),  # loaded on the GPU once
+        ({"instance_group": [{"kind": "KIND_GPU"}], "parameters": {"placement": "replicate"}}, "replicate"),
+        ({"sequence_batching": {}}, "one"),
+        ({"sequence_batching": {}, "parameters": {"placement": "replicate"}}, "whose state must be in one process"),
+        ({"parameters": {"placement": "everywhere"}}, "must be 'replicate' or 'one', not 'everywhere'"),
+    ],
+)
+def test_placement_defaults_and_refusals(config: dict[str, object], expected: str) -> None:
+    from dagserve.engine.peers import placement
+    from dagserve.errors import ConfigError
+    from dagserve.repository.config import ModelConfig
+
+    model = ModelConfig.model_validate({"name": "m", "backend": "python", **config})
+    if expected in ("one", "replicate"):
+        assert placement(model, "m") == expected
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            placement(model, "m")

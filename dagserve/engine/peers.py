@@ -10,13 +10,32 @@ process) lives in :mod:`dagserve.workers`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-__all__ = ["Peers", "merge_statistics"]
+import anyio
+from anyio.abc import TaskStatus
+
+from ..errors import ConfigError
+from ..repository.config import InstanceKind, ModelConfig
+from ..types import InferRequest, InferResponse
+
+if TYPE_CHECKING:
+    from ..backends.base import Outputs
+
+__all__ = ["OWNER", "ForwardRunner", "Peers", "merge_statistics", "placement"]
+
+OWNER = 0
+"""The worker process that serves the models placed ``one`` (and the only one that loads them)."""
+
+Placement = Literal["replicate", "one"]
 
 
 class Peers(Protocol):
     """The server's other worker processes."""
+
+    index: int
+    """This process's number among the workers (:data:`OWNER` serves the models placed ``one``)."""
 
     async def call(self, op: str, **args: Any) -> list[Any]:
         """Have every other process do ``op`` (``statistics``, ``metrics``, ``load``,
@@ -24,6 +43,61 @@ class Peers(Protocol):
         running (being restarted) is left out. A process that fails the op raises the same
         :class:`~dagserve.errors.DagserveError` here."""
         ...
+
+    async def forward(self, owner: int, model: str, version: str, request: InferRequest) -> InferResponse:
+        """Have worker ``owner`` answer ``request`` for ``model`` (every output); its error
+        is raised here."""
+        ...
+
+
+def placement(config: ModelConfig, name: str) -> Placement:
+    """Where a model runs when the server has several worker processes: ``replicate`` (in
+    every worker: the default) or ``one`` (in worker :data:`OWNER` only, the others forward
+    their requests there), from the config's ``placement`` parameter. A model with a sequence
+    batcher (its sequences' state must be in one process) or a ``KIND_GPU`` instance group
+    (loaded on the GPU once, not once per worker) is placed ``one`` unless it says otherwise.
+
+    Raises:
+        ConfigError: another value, or ``replicate`` for a sequence-batched model.
+    """
+    value = config.parameters.get("placement")
+    sequence = config.sequence_batching is not None
+    if value is None:
+        gpu = any(group.kind is InstanceKind.KIND_GPU for group in config.instance_group)
+        return "one" if sequence or gpu else "replicate"
+    if value not in ("replicate", "one"):
+        raise ConfigError(f"model '{name}': parameter 'placement' must be 'replicate' or 'one', not {value!r}")
+    if value == "replicate" and sequence:
+        raise ConfigError(
+            f"model '{name}': parameter 'placement' is 'replicate', but the model uses the sequence batcher, whose "
+            "state must be in one process: use 'one' (the default for it) or remove the parameter"
+        )
+    return "one" if value == "one" else "replicate"
+
+
+class ForwardRunner:
+    """The runner of a model version another worker serves (placement ``one``): each
+    validated request goes there whole and is answered there — its batching, sequence state,
+    statistics and cache — and the outputs come back to be checked and shaped here."""
+
+    def __init__(self, peers: Peers, model: str, version: str) -> None:
+        self._peers = peers
+        self._model = model
+        self._version = version
+
+    async def submit(self, request: InferRequest, batch_size: int) -> Outputs:
+        # Every output comes back: what the client asked of them (a subset, classification)
+        # is applied here, where the response is made.
+        response = await self._peers.forward(OWNER, self._model, self._version, _all_outputs(request))
+        return response.outputs
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+
+def _all_outputs(request: InferRequest) -> InferRequest:
+    return request if request.outputs is None else replace(request, outputs=None)
 
 
 # Keys whose values are not added up across processes.

@@ -65,7 +65,7 @@ from .aliases import check_aliases
 from .cache import ResponseCache
 from .latency import MetricsConfig
 from .model import ModelState, ModelVersion
-from .peers import Peers, merge_statistics
+from .peers import OWNER, ForwardRunner, Peers, merge_statistics, placement
 from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
 from .stats import ModelStatistics
 from .warmup import warm_up
@@ -304,15 +304,22 @@ class Server:
                 entry.error = str(exc)
                 log.error("model '%s' cannot load: %s", source.name, exc)
                 return
-        if self.peers is not None and config.sequence_batching is not None:
-            # Each worker process would hold its own share of the sequences' state, and a
-            # sequence's requests arrive on whichever process their connection reached.
-            entry.error = (
-                f"model '{source.name}' uses the sequence batcher, which needs every request of a sequence in one "
-                "process; this server runs several worker processes (--workers): serve it with --workers 1"
-            )
-            log.error("model '%s' cannot load: %s", source.name, entry.error)
-            return
+        forwarded = False  # --workers N: another worker serves it, this one forwards to it
+        if self.peers is not None and not is_pipeline(source):
+            try:
+                forwarded = placement(config, source.name) == "one" and self.peers.index != OWNER
+            except ConfigError as exc:
+                entry.error = str(exc)
+                log.error("model '%s' cannot load: %s", source.name, exc)
+                return
+            if forwarded and config.model_transaction_policy.decoupled:
+                entry.error = (
+                    f"model '{source.name}' is decoupled and placed in one worker process (placement 'one', the "
+                    "default with a sequence batcher or a KIND_GPU instance group); streams are not forwarded "
+                    "between workers yet: serve it with --workers 1, or set parameter placement: replicate"
+                )
+                log.error("model '%s' cannot load: %s", source.name, entry.error)
+                return
         platform = config.platform or config.backend_name
         labels: Mapping[str, tuple[str, ...]] = {}
         if any(output.label_filename for output in config.output):
@@ -341,8 +348,10 @@ class Server:
                 version = ModelVersion(
                     name=source.name, version=number, config=config, platform=platform, cache=self.cache,
                     labels=labels,
+                    forward=ForwardRunner(self.peers, source.name, str(number)) if forwarded and self.peers else None,
                 )
-                load = functools.partial(self._load_instances, source, config, number, backend)
+                load = (_nothing_to_load if forwarded
+                        else functools.partial(self._load_instances, source, config, number, backend))
             version.stats.configure(
                 self.options.metrics_config, cached=version.cached,
                 decoupled=version.decoupled,
@@ -1003,3 +1012,7 @@ class Server:
                 f"cannot {action} models: the server runs with model control mode "
                 f"'{mode}' (start it with --model-control-mode explicit)"
             )
+
+
+async def _nothing_to_load() -> None:
+    """The load of a model version another worker process serves (it forwards there)."""
