@@ -5,7 +5,8 @@
 # Triton and dagserve's default first, then one dagserve run per entry of VARIANTS (extra
 # `serve` flags, ';'-separated), each on the Triton ensemble of three Python steps with
 # perf_analyzer at c1/16/64 over HTTP and gRPC. Prints one table per variant (with the same
-# Triton figures) and the CPU each used; leaves it all in $OUT/workers.txt.
+# Triton figures) and the CPU each used; then bench/bench_placement.py (PLACEMENT=0 skips it);
+# leaves it all in $OUT/workers.txt.
 set -uo pipefail
 OUT="${OUT:-device_out}"
 mkdir -p "$OUT"
@@ -29,4 +30,10 @@ VARIANTS=${VARIANTS:-'--workers 8; --workers 8 --python-execution inline; --work
     cat /tmp/cmp_$i/cpu.txt
     tail -n 3 /tmp/cmp_$i.log
   done
+  if [ "${PLACEMENT:-1}" = 1 ]; then
+    echo "== placement of the batched classifier step: replicate vs one (bench/bench_placement.py)"
+    WORK=${COMPARE_WORK:-/tmp/dagserve-compare}
+    PYTHONPATH="$WORK/site" timeout 300 python3 bench/bench_placement.py --workers "${PLACEMENT_WORKERS:-16}" \
+        --concurrency 64 --perf-analyzer "$WORK/pa/perf_analyzer/bin/perf_analyzer"
+  fi
 } 2>&1 | tee "$OUT/workers.txt"
