@@ -54,6 +54,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import errors, tensor_bytes
 from .engine import Server
+from .engine.peers import Emit
 from .frontends.metrics import render_metrics
 from .frontends.runner import FrontendOptions
 from .frontends.tracing import trace_setting
@@ -146,9 +147,13 @@ class UnixPeers:
         self.index = role.index
         self._idle: dict[int, list[_Connection]] = {}
 
-    async def forward(self, owner: int, model: str, version: str, request: InferRequest) -> InferResponse:
+    async def forward(
+        self, owner: int, model: str, version: str, request: InferRequest, emit: Emit | None = None
+    ) -> InferResponse | None:
         """Send ``request`` to worker ``owner``'s forwarding socket on an idle connection (or
-        a new one: one request at a time on each) and read its answer."""
+        a new one: one request at a time on each) and read its answer; with ``emit``, a
+        decoupled model's stream: ``emit(outputs, final)`` for each response, up to the final
+        one. Cancelled meanwhile, it closes the connection, which cancels the request there."""
         idle = self._idle.setdefault(owner, [])
         connection = idle.pop() if idle else None
         if connection is None:
@@ -161,24 +166,32 @@ class UnixPeers:
                 ) from None
             connection = _Connection(stream)
         try:
-            await connection.send(_request_frame(model, version, request))
-            header, payload = await connection.receive()
+            await connection.send(_request_frame(model, version, request, stream=emit is not None))
+            while True:
+                header, payload = await connection.receive()
+                if "error" in header or emit is None or header["final"]:
+                    break
+                emit(_tensors(header["tensors"], payload), False)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
             await connection.aclose()
             raise errors.ModelNotReadyError(
                 f"model '{model}': worker {owner}, which serves it, closed the connection (it may have died; "
                 "retry once it is started again)"
             ) from None
-        except BaseException:  # cancelled mid-call: the connection's next answer would be this one's
+        except BaseException:  # cancelled mid-call: closing tells the owner to cancel it too
             with anyio.CancelScope(shield=True):
                 await connection.aclose()
             raise
         idle.append(connection)
         if "error" in header:
             raise _error(header["error"])
+        outputs = _tensors(header["tensors"], payload)
+        if emit is not None:
+            emit(None if header.get("bare") else outputs, True)
+            return None
         return InferResponse(
             model_name=model, model_version=version, id=header.get("id", ""),
-            outputs=_tensors(header["tensors"], payload), datatypes={t[0]: DataType(t[1]) for t in header["tensors"]},
+            outputs=outputs, datatypes={t[0]: DataType(t[1]) for t in header["tensors"]},
         )
 
     async def call(self, op: str, **args: Any) -> list[Any]:
@@ -236,6 +249,11 @@ class _Connection:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self._stream = stream
         self._buffer = BufferedByteReceiveStream(stream)
+        self.closed = False
+
+    async def wait_closed(self) -> None:
+        """Return once the other side closes (or sends anything, which it must not)."""
+        await self._buffer.receive(1)
 
     async def send(self, frame: bytes) -> None:
         await self._stream.send(frame)
@@ -265,9 +283,9 @@ def _frame(header: dict[str, Any], tensors: list[tuple[str, DataType, np.ndarray
     return b"".join((_LENGTH.pack(len(text)), text, *parts))  # one send: one copy of the tensors
 
 
-def _request_frame(model: str, version: str, request: InferRequest) -> bytes:
+def _request_frame(model: str, version: str, request: InferRequest, *, stream: bool) -> bytes:
     return _frame(
-        {"model": model, "version": version, "id": request.id, "parameters": request.parameters},
+        {"model": model, "version": version, "id": request.id, "parameters": request.parameters, "stream": stream},
         [(name, request.datatype(name), array) for name, array in request.inputs.items()],
     )
 
@@ -288,7 +306,9 @@ async def serve_forwarding(
     server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Answer the other workers' requests for the models this worker serves for them
-    (placement ``one``) on this worker's forwarding socket, until cancelled."""
+    (placement ``one``) on this worker's forwarding socket, until cancelled. A request whose
+    connection closes before its answer (the caller was cancelled: a client gone, a deadline)
+    is cancelled here too."""
     path = role.forward_path(role.index)
     path.unlink(missing_ok=True)
 
@@ -300,29 +320,58 @@ async def serve_forwarding(
                     header, payload = await connection.receive()
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return  # the peer closed it (or died)
-                try:
-                    inputs = _tensors(header["tensors"], payload)
-                    request = InferRequest(
-                        inputs=inputs, id=header["id"], parameters=header["parameters"],
-                        datatypes={t[0]: DataType(t[1]) for t in header["tensors"] if t[1] == "BF16"},
-                    )
-                    response = await server.infer(header["model"], header["version"], request)
-                    frame = _frame({"id": response.id},
-                                   [(n, response.datatypes[n], a) for n, a in response.outputs.items()])
-                except errors.DagserveError as exc:
-                    frame = _frame({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
-                except Exception as exc:  # a bug: the caller gets an error, this worker goes on
-                    log.exception("worker %d: forwarded request failed", role.index)
-                    frame = _frame({"error": {"type": "InternalError", "message": f"worker {role.index}: {exc!r}"}}, [])
-                try:
-                    await connection.send(frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                async with anyio.create_task_group() as tg:
+                    # The caller sends nothing more on this connection before the answer: any
+                    # read that ends means it went away.
+                    tg.start_soon(_cancel_on_close, connection, tg.cancel_scope)
+                    try:
+                        await _run(server, header, payload, connection)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return
+                    tg.cancel_scope.cancel()
+                if tg.cancel_scope.cancelled_caught and connection.closed:
                     return
 
     listener = await anyio.create_unix_listener(path)
     async with listener:
         task_status.started()
         await listener.serve(answer)
+
+
+async def _cancel_on_close(connection: _Connection, scope: anyio.CancelScope) -> None:
+    with contextlib.suppress(Exception):
+        await connection.wait_closed()
+    connection.closed = True
+    scope.cancel()
+
+
+async def _run(server: Server, header: dict[str, Any], payload: memoryview, connection: _Connection) -> None:
+    """Run one forwarded request and send its answer (or answers, for a stream)."""
+    try:
+        request = InferRequest(
+            inputs=_tensors(header["tensors"], payload), id=header["id"], parameters=header["parameters"],
+            datatypes={t[0]: DataType(t[1]) for t in header["tensors"] if t[1] == "BF16"},
+        )
+        if header.get("stream"):
+            async def emit(response: InferResponse) -> None:
+                await connection.send(_response_frame(response))
+
+            await server.infer_stream(header["model"], header["version"], request, emit)
+            return
+        frame = _response_frame(await server.infer(header["model"], header["version"], request))
+    except errors.DagserveError as exc:
+        frame = _frame({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
+    except Exception as exc:  # a bug: the caller gets an error, this worker goes on
+        log.exception("forwarded request failed")
+        frame = _frame({"error": {"type": "InternalError", "message": f"{exc!r}"}}, [])
+    await connection.send(frame)
+
+
+def _response_frame(response: InferResponse) -> bytes:
+    return _frame(
+        {"id": response.id, "final": response.final, "bare": not response.outputs},
+        [(n, response.datatypes[n], a) for n, a in response.outputs.items()],
+    )
 
 
 def _encode(value: Any) -> Any:

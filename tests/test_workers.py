@@ -317,6 +317,42 @@ def test_decoupled_streams_are_answered_by_their_worker(serve: Callable[..., Ser
     assert [s["inference_stats"]["success"]["count"] for s in stats] == [streams]
 
 
+def test_a_decoupled_model_placed_one_streams_through_the_worker_that_forwards(serve: Callable[..., Served]) -> None:
+    """Streams of a decoupled model served by one worker: every stream, whichever worker its
+    connection reached, gets its responses in order from that one process, and an error
+    after some responses arrives after them."""
+    served = serve("workers", "--workers", "2")
+    until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    pids = set()
+    for s in range(10):
+        n_value = 4 if s % 2 == 0 else -3
+        received: list[object] = []
+        done = threading.Event()
+
+        def collect(result: object, error: object, received: list[object] = received, done: threading.Event = done) -> None:
+            received.append(error if error is not None else result)
+            if error is not None:
+                done.set()
+
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client:
+            client.start_stream(callback=collect)
+            n = grpcclient.InferInput("N", [1], "INT32")
+            n.set_data_from_numpy(np.array([n_value], dtype=np.int32))
+            client.async_stream_infer("stream_one", [n], enable_empty_final_response=True)
+            wait_for(lambda received=received: done.is_set() or any(
+                getattr(r, "get_response", None) and r.get_response().parameters.get("triton_final_response", None)
+                and r.get_response().parameters["triton_final_response"].bool_param for r in received
+            ), f"stream {s} to end")
+            client.stop_stream()
+        answers = [r for r in received if getattr(r, "as_numpy", None) is not None and r.as_numpy("OUT") is not None]
+        assert [int(r.as_numpy("OUT")[0]) for r in answers] == list(range(abs(n_value))), received
+        pids |= {int(r.as_numpy("PID")[0]) for r in answers}
+        if n_value < 0:
+            assert isinstance(received[-1], InferenceServerException), received
+            assert f"failed after {-n_value} responses" in str(received[-1])
+    assert len(pids) == 1
+
+
 @pytest.mark.parametrize(
     ("config", "expected"),
     [

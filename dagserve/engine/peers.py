@@ -10,6 +10,7 @@ process) lives in :mod:`dagserve.workers`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -29,6 +30,8 @@ OWNER = 0
 """The worker process that serves the models placed ``one`` (and the only one that loads them)."""
 
 Placement = Literal["replicate", "one"]
+Emit = Callable[[Mapping[str, Any] | None, bool], None]
+"""How a forwarded stream hands over each response: ``emit(outputs, final)``."""
 
 
 class Peers(Protocol):
@@ -44,9 +47,13 @@ class Peers(Protocol):
         :class:`~dagserve.errors.DagserveError` here."""
         ...
 
-    async def forward(self, owner: int, model: str, version: str, request: InferRequest) -> InferResponse:
+    async def forward(
+        self, owner: int, model: str, version: str, request: InferRequest, emit: Emit | None = None
+    ) -> InferResponse | None:
         """Have worker ``owner`` answer ``request`` for ``model`` (every output); its error
-        is raised here."""
+        is raised here. With ``emit`` (a decoupled model), ``emit(outputs, final)`` for each
+        response of the stream, up to the final one (whose outputs may be None), and None is
+        returned. Cancelling the call cancels the request in ``owner``."""
         ...
 
 
@@ -88,7 +95,14 @@ class ForwardRunner:
     async def submit(self, request: InferRequest, batch_size: int) -> Outputs:
         # Every output comes back: what the client asked of them (a subset, classification)
         # is applied here, where the response is made.
-        response = await self._peers.forward(OWNER, self._model, self._version, _all_outputs(request))
+        forwarded = _all_outputs(request)
+        sender = request.sender
+        if sender is not None:  # a decoupled model: its responses go to the request's sender
+            await self._peers.forward(OWNER, self._model, self._version, replace(forwarded, sender=None),
+                                      lambda outputs, final: sender.send(outputs, final=final))
+            return {}
+        response = await self._peers.forward(OWNER, self._model, self._version, forwarded)
+        assert response is not None
         return response.outputs
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

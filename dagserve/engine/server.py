@@ -312,14 +312,6 @@ class Server:
                 entry.error = str(exc)
                 log.error("model '%s' cannot load: %s", source.name, exc)
                 return
-            if forwarded and config.model_transaction_policy.decoupled:
-                entry.error = (
-                    f"model '{source.name}' is decoupled and placed in one worker process (placement 'one', the "
-                    "default with a sequence batcher or a KIND_GPU instance group); streams are not forwarded "
-                    "between workers yet: serve it with --workers 1, or set parameter placement: replicate"
-                )
-                log.error("model '%s' cannot load: %s", source.name, entry.error)
-                return
         platform = config.platform or config.backend_name
         labels: Mapping[str, tuple[str, ...]] = {}
         if any(output.label_filename for output in config.output):
