@@ -194,6 +194,23 @@ class UnixPeers:
             outputs=outputs, datatypes={t[0]: DataType(t[1]) for t in header["tensors"]},
         )
 
+    async def others_stopped(self) -> None:
+        """Poll the other workers' channels until none accepts a connection any more (a
+        worker's channel closes once it has drained and unloaded)."""
+        waiting = [i for i in range(self._role.count) if i != self._role.index]
+        while waiting:
+            still = []
+            for index in waiting:
+                try:
+                    stream = await anyio.connect_unix(self._role.socket_path(index))
+                except OSError:
+                    continue
+                await stream.aclose()
+                still.append(index)
+            waiting = still
+            if waiting:
+                await anyio.sleep(0.05)
+
     async def call(self, op: str, **args: Any) -> list[Any]:
         others = [i for i in range(self._role.count) if i != self._role.index]
         answers: dict[int, Any] = {}

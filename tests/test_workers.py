@@ -71,11 +71,11 @@ class Served:
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(repository: str, *args: str) -> Served:
+    def start(repository: str, *args: str, env: dict[str, str] | None = None) -> Served:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
         )
         try:
             served = Served(proc)
@@ -271,6 +271,48 @@ def test_sigterm_stops_every_worker_and_exits_0(serve: Callable[..., Served]) ->
     for pid in pids:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"worker {pid} to end")
     assert "dagserve: stopped" in served.output()
+
+
+def test_worker_0_serves_forwarded_models_until_the_other_workers_have_drained(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """``gated`` = gate -> double, and ``double`` is placed in worker 0. Worker 0's own requests
+    pass its gate at once, so on SIGTERM it has nothing left to drain, while worker 1's wait at
+    the gate; once that opens, their ``double`` steps are forwarded to worker 0, which must still
+    serve it: every request is answered and the server exits 0."""
+    gate = tmp_path / "gate"
+    served = serve("shutdown", "--workers", "2", env={"DAGSERVE_TEST_GATE": str(gate)})
+    owner = int(re.search(r"worker processes \(pids (\d+),", served.output()).group(1))  # type: ignore[union-attr]
+    (gate / f"open-{owner}").touch()
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            with httpclient.InferenceServerClient(served.addresses["HTTP"], network_timeout=DEADLINE) as client:
+                x = httpclient.InferInput("X", [1], "FP32")
+                x.set_data_from_numpy(np.array([i], dtype=np.float32))
+                results[i] = float(client.infer("gated", [x]).as_numpy("Y")[0])
+        except Exception as exc:  # noqa: BLE001 - asserted on below
+            results[i] = exc
+
+    def waiting_elsewhere() -> int:
+        return sum(1 for f in (gate / "arrived").iterdir() if not f.name.startswith(f"{owner}-"))
+
+    threads: list[threading.Thread] = []
+    while not waiting_elsewhere():  # fresh connections until some reach the other worker
+        batch = [threading.Thread(target=call, args=(len(threads) + k,)) for k in range(4)]
+        threads += batch
+        for thread in batch:
+            thread.start()
+        wait_for(lambda: sum(1 for _ in (gate / "arrived").iterdir()) >= len(threads), "the requests to arrive")
+    wait_for(lambda: len(results) == len(threads) - waiting_elsewhere(), "worker 0's requests to be answered")
+    served.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping 2 workers" in served.output(), "the stop to begin")
+    (gate / "open").touch()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert served.proc.wait(DEADLINE) == 0, served.output()
+    assert results == {i: (i + 1) * 2 for i in range(len(threads))}, results
 
 
 def _state(pid: int) -> str:

@@ -57,6 +57,11 @@ class Peers(Protocol):
         ...
 
 
+    async def others_stopped(self) -> None:
+        """Return once every other worker process has stopped (its requests answered)."""
+        ...
+
+
 def placement(config: ModelConfig, name: str) -> Placement:
     """Where a model runs when the server has several worker processes: ``replicate`` (in
     every worker: the default) or ``one`` (in worker :data:`OWNER` only, the others forward

@@ -143,6 +143,10 @@ class ServerOptions:
             object.__setattr__(self, "model_aliases", check_aliases(self.model_aliases))
 
 
+OTHERS_STOP_LIMIT = 300.0
+"""Seconds worker 0 keeps its models for the other workers' drain (``--workers N``)."""
+
+
 class Server:
     """Serves the models of one repository; see the module docstring for the lifecycle."""
 
@@ -213,6 +217,13 @@ class Server:
         self._stopping = True
         if self._poll_scope is not None:
             self._poll_scope.cancel()
+        if self.peers is not None and self.peers.index == OWNER:
+            # The other workers forward to the models placed here: serve them until they
+            # have drained too (each is bounded by its own exit timeout).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(OTHERS_STOP_LIMIT) as waited:
+                await self.peers.others_stopped()
+            if waited.cancelled_caught:
+                log.warning("other worker processes still run after %gs: unloading the models anyway", OTHERS_STOP_LIMIT)
         for entry in self._models.values():
             for version in entry.versions.values():
                 version.unload("server stopping")
