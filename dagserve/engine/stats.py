@@ -88,6 +88,9 @@ class ModelStatistics:
         """Histograms and summaries, when ``--metrics-config`` asks for them (:meth:`configure`)."""
         self.cache_enabled = False
         """The version uses the response cache (Triton shows nv_cache_* only for such models)."""
+        self.load_seconds: float | None = None
+        """How long the version took to load (Triton's ``nv_model_load_duration_secs``); None
+        until it is READY."""
         self._last_ns = 0  # perf_counter_ns of the last answered request
         # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()

@@ -316,6 +316,84 @@ def test_gpu_families_are_absent_without_nvml(monkeypatch: pytest.MonkeyPatch) -
     assert "nv_gpu_" not in response.text and "nv_energy" not in response.text
 
 
+# -- load time and pinned memory ---------------------------------------------------------------
+SLOW_MODEL = """
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(0.3)  # the load the gauge measures
+
+    def execute(self, requests):
+        raise NotImplementedError
+"""
+
+
+def test_model_load_duration_is_a_gauge_per_version(tmp_path: Path) -> None:
+    """nv_model_load_duration_secs{model,version}: the seconds the version's last load took
+    (a model whose initialize takes 0.3 s shows at least that); a reload sets it anew."""
+    model = tmp_path / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(SLOW_MODEL)
+    (model / "config.pbtxt").write_text(
+        'backend: "python"\ninput [{ name: "X" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]\n'
+    )
+    with serve_in_thread(tmp_path, grpc=False, model_control_mode="explicit", load_models=("slow",)) as running:
+        text = scrape(running)
+        first = value(text, "nv_model_load_duration_secs", model="slow", version="1")
+        assert "# TYPE nv_model_load_duration_secs gauge" in text
+        assert 0.3 <= first < 60
+        (model / "1" / "model.py").write_text(SLOW_MODEL.replace("0.3", "0.5"))
+        with httpclient.InferenceServerClient(running.http_url) as client:
+            client.load_model("slow")
+        assert value(scrape(running), "nv_model_load_duration_secs", model="slow", version="1") >= 0.5
+        with httpclient.InferenceServerClient(running.http_url) as client:
+            client.unload_model("slow")
+        wait_until(lambda: "nv_model_load_duration_secs{" not in scrape(running), what="the unload")
+
+
+def test_pinned_memory_gauges_are_zero_without_cuda(metrics_server: RunningServer) -> None:
+    """nv_pinned_memory_pool_total_bytes / _used_bytes are always there, without labels, as on
+    Triton; with no CUDA initialized in the process (this machine) dagserve holds none: 0."""
+    text = scrape(metrics_server)
+    assert "# TYPE nv_pinned_memory_pool_total_bytes gauge" in text
+    assert value(text, "nv_pinned_memory_pool_total_bytes") == 0
+    assert value(text, "nv_pinned_memory_pool_used_bytes") == 0
+
+
+class FakeTorch(types.ModuleType):
+    """A stand-in for torch with CUDA initialized, which this machine cannot run: it answers
+    ``host_memory_stats()`` with the figures of one naming scheme or the other. The real one is
+    checked on a GPU by tests/backends/test_gpu.py::test_pinned_memory_gauges_follow_torch."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        super().__init__("torch")
+        self.cuda = types.SimpleNamespace(is_initialized=lambda: True, host_memory_stats=lambda: stats)
+
+
+@pytest.mark.parametrize(("stats", "expected"), [
+    ({"allocated_bytes.current": 4096, "active_bytes.current": 1024}, (4096, 1024)),
+    ({"reserved_bytes.current": 8192, "allocated_bytes.current": 2048}, (8192, 2048)),
+])
+def test_pinned_memory_reads_torchs_host_allocator(
+    monkeypatch: pytest.MonkeyPatch, stats: dict[str, int], expected: tuple[int, int]
+) -> None:
+    """(total, used) from torch's caching host allocator, in both of torch's namings; never
+    read from a torch that has not initialized CUDA, nor when torch is not imported."""
+    from dagserve.frontends.metrics_system import pinned_memory
+
+    monkeypatch.setitem(sys.modules, "torch", FakeTorch(stats))
+    assert pinned_memory() == expected
+    idle = FakeTorch(stats)
+    idle.cuda.is_initialized = lambda: False
+    monkeypatch.setitem(sys.modules, "torch", idle)
+    assert pinned_memory() == (0, 0)
+    monkeypatch.delitem(sys.modules, "torch")
+    assert pinned_memory() == (0, 0)
+
+
 # -- flags -------------------------------------------------------------------------------------
 def test_metric_flags_reach_the_options(tmp_path: Path) -> None:
     """The Triton flags map to the options: --allow-metrics false disables the port,
