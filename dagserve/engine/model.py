@@ -193,8 +193,9 @@ class ModelVersion:
                     if endpoints is not None:
                         self.stats.endpoints = endpoints
                 self.reason = ""
+                self.stats.load_seconds = time.monotonic() - started
                 self._transition(ModelState.READY, ModelState.LOADING,
-                                 why=f"loaded in {time.monotonic() - started:.2f} s")
+                                 why=f"loaded in {self.stats.load_seconds:.2f} s")
                 task_status.started()
                 await self._unload.wait()
                 self._set_state(ModelState.UNLOADING, self._unload_why)

@@ -358,6 +358,7 @@ class Server:
             version.stats.configure(
                 self.options.metrics_config, cached=version.cached,
                 decoupled=version.decoupled,
+                buckets=config.model_metrics.buckets if config.model_metrics is not None else None,
             )
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
