@@ -93,9 +93,9 @@ def pinned_memory() -> tuple[int, int]:
     """(total, used) bytes of page-locked host memory held by torch's caching host allocator:
     (0, 0) when torch is not imported, has not initialized CUDA, or cannot say.
 
-    torch's versions name the figures two ways: older ones ``reserved_bytes`` (held) and
-    ``allocated_bytes`` (handed out), newer ones ``allocated_bytes`` (held) and
-    ``active_bytes`` (handed out); both are understood.
+    Where torch reports ``reserved_bytes`` it is the pool (held) and ``allocated_bytes`` what is
+    handed out (torch 2.11 on the H200 also reports an ``active_bytes`` larger than
+    ``allocated_bytes``, so that pair is only read when ``reserved_bytes`` is absent).
     """
     torch = sys.modules.get("torch")  # never imported here: only a process using torch has any
     if torch is None:
@@ -107,9 +107,10 @@ def pinned_memory() -> tuple[int, int]:
     except Exception as exc:  # noqa: BLE001 - an old torch, a CPU build: nothing to report
         log.debug("pinned memory: %s", exc)
         return 0, 0
-    if "active_bytes.current" in stats:
-        return int(stats.get("allocated_bytes.current", 0)), int(stats["active_bytes.current"])
-    return int(stats.get("reserved_bytes.current", 0)), int(stats.get("allocated_bytes.current", 0))
+    if "reserved_bytes.current" in stats:  # reserved: the pool (used and free); allocated: in use
+        return int(stats["reserved_bytes.current"]), int(stats.get("allocated_bytes.current", 0))
+    # Older torch: allocated_bytes is the pool, active_bytes what is in use.
+    return int(stats.get("allocated_bytes.current", 0)), int(stats.get("active_bytes.current", 0))
 
 
 class _Gpu:
