@@ -94,8 +94,8 @@ def pinned_memory() -> tuple[int, int]:
     (0, 0) when torch is not imported, has not initialized CUDA, or cannot say.
 
     Where torch reports ``reserved_bytes`` it is the pool (held) and ``allocated_bytes`` what is
-    handed out (torch 2.11 on the H200 also reports an ``active_bytes`` larger than
-    ``allocated_bytes``, so that pair is only read when ``reserved_bytes`` is absent).
+    handed out; torch 2.11 reports ``allocated_bytes`` (the pool) and ``active_bytes`` (handed
+    out), the latter measured above the former at times on the H200.
     """
     torch = sys.modules.get("torch")  # never imported here: only a process using torch has any
     if torch is None:
@@ -109,8 +109,10 @@ def pinned_memory() -> tuple[int, int]:
         return 0, 0
     if "reserved_bytes.current" in stats:  # reserved: the pool (used and free); allocated: in use
         return int(stats["reserved_bytes.current"]), int(stats.get("allocated_bytes.current", 0))
-    # Older torch: allocated_bytes is the pool, active_bytes what is in use.
-    return int(stats.get("allocated_bytes.current", 0)), int(stats.get("active_bytes.current", 0))
+    # torch 2.11: allocated_bytes is the pool, active_bytes what is in use; measured on the
+    # H200, active_bytes can read above allocated_bytes, so the pool is the larger of the two.
+    allocated, active = int(stats.get("allocated_bytes.current", 0)), int(stats.get("active_bytes.current", 0))
+    return max(allocated, active), active
 
 
 class _Gpu:
