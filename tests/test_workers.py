@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +72,7 @@ class Served:
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(repository: str, *args: str, env: dict[str, str] | None = None) -> Served:
+    def start(repository: str | Path, *args: str, env: dict[str, str] | None = None) -> Served:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
@@ -125,7 +126,9 @@ def until_every_worker(call: Callable[[], int], workers: int) -> tuple[set[int],
     end = time.monotonic() + DEADLINE
     while len(pids) < workers:
         assert time.monotonic() < end, f"{calls} connections reached only {len(pids)} of {workers} workers"
-        pids.add(call())
+        pid = call()
+        if pid:  # 0: that worker cannot answer yet
+            pids.add(pid)
         calls += 1
     return pids, calls
 
@@ -313,6 +316,22 @@ def test_worker_0_serves_forwarded_models_until_the_other_workers_have_drained(
         thread.join(DEADLINE)
     assert served.proc.wait(DEADLINE) == 0, served.output()
     assert results == {i: (i + 1) * 2 for i in range(len(threads))}, results
+
+
+def test_poll_mode_picks_up_a_new_model_in_every_worker(serve: Callable[..., Served], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    served = serve(repo, "--workers", "2", "--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    shutil.copytree(REPOS / "workers" / "whoami", repo / "whoami")
+    until_every_worker(lambda: _whoami_once_ready(served.addresses["HTTP"]), 2)
+
+
+def _whoami_once_ready(url: str) -> int:
+    """whoami's answer on a fresh connection, once that worker has loaded it (0 before)."""
+    try:
+        return whoami_http(url)
+    except InferenceServerException:
+        return 0
 
 
 def _state(pid: int) -> str:
