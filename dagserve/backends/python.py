@@ -56,6 +56,11 @@ __all__ = ["FILES", "complete_config", "load"]
 
 FILES = ModelFiles(names=("model.py",))
 
+DECOUPLED_ASYNC_CONCURRENCY = 1024
+"""How many requests one instance of a decoupled Triton model with ``async def execute`` runs at
+once (Triton sets no limit: its coroutines share the instance's event loop); the bound only keeps
+the instance pool finite."""
+
 log = logging.getLogger("dagserve.backends.python")
 
 
@@ -253,6 +258,11 @@ class TritonModel:
         self._execute = self._model.execute
         self._decoupled = context.config.model_transaction_policy.decoupled
         self.mode: ExecuteMode = "async" if inspect.iscoroutinefunction(self._execute) else mode
+        if self.mode == "async" and self._decoupled and context.config.sequence_batching is None:
+            # Triton (since 24.04) runs a decoupled model's execute coroutine in the background:
+            # the instance takes its next request while one waits (a BLS call, I/O), with no limit
+            # set by the server. The pool hands this instance out that many times at once.
+            self.concurrency = DECOUPLED_ASYNC_CONCURRENCY
         self.compute_split: tuple[int, int] | None = None
         """(input, output) ns of the last execute: wrapping the requests for the model, and
         turning its responses into outputs (Triton's compute_input / compute_output)."""
