@@ -229,7 +229,7 @@ def _read_lines(stream: IO[str], sink: list[str], seen: threading.Condition) -> 
 def start_server(command: str, env: dict[str, str], scratch: Path) -> DocServer:
     """Start *command* (``dagserve serve ...``) with every port 0 and wait until it prints the
     ports it bound; raise AssertionError with its output when it exits or takes too long."""
-    words = shlex.split(substitute(command, {}, scratch), comments=True)
+    words = shlex.split(substitute(command, {}, scratch).replace("\\\n", " "), comments=True)
     assert words[:2] == ["dagserve", "serve"], f"a serve block runs 'dagserve serve ...', not {command!r}"
     argv = [*words, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

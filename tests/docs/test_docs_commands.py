@@ -70,7 +70,7 @@ def test_a_command_block_without_a_marker_is_named() -> None:
     and accepts yaml with no marker."""
     page = ROOT / "tests" / "docs" / "unmarked.md"
     problems = doccheck.unclassified(page)
-    assert [p.split(": ", 1)[0] for p in problems] == [f"{page}:3", f"{page}:8", f"{page}:13"]
+    assert [p.split(": ", 1)[0] for p in problems] == [f"tests/docs/unmarked.md:{n}" for n in (3, 8, 13)]
     assert "a bash block with no <!-- test: run|output|serve|skip: why --> marker" in problems[0]
     assert "give it a language" in problems[1]
     assert "'test: skip' needs a reason" in problems[2]
