@@ -18,6 +18,9 @@ A fenced block in README.md or docs/*.md is classified by an HTML comment on the
     a part of the checkout's file PATH (a config, a model's code): each line of the block that
     is more than a comment or ``...`` is a line of the file, in the file's order (comments at
     the ends of lines are not compared: the docs annotate).
+``<!-- test: synopsis: COMMAND -->``
+    a usage summary of COMMAND (``dagserve serve``): every ``--flag`` it names is one that
+    ``COMMAND --help`` lists (from a line starting ``dagserve SUBCOMMAND`` on, that one's).
 ``<!-- test: skip: REASON -->``
     not run, and why (needs a GPU, Docker, a deployment's paths...).
 
@@ -57,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 
 COMMAND_LANGUAGES = {"", "bash", "sh", "shell", "console", "python", "py", "pycon"}
-KINDS = {"run", "output", "serve", "skip", "excerpt"}
+KINDS = {"run", "output", "serve", "skip", "excerpt", "synopsis"}
 DEFAULT_SERVER = "dagserve serve --model-repository examples/pipelines"
 DOC_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 COMMAND_TIMEOUT_S = 120
@@ -124,10 +127,11 @@ def unclassified(page: Path) -> list[str]:
     for block in blocks(page):
         if block.kind and block.kind not in KINDS:
             problems.append(f"{block.where}: unknown marker 'test: {block.kind}' (one of {sorted(KINDS)})")
-        elif block.kind in {"skip", "excerpt"} and not block.reason.strip():
-            problems.append(f"{block.where}: 'test: {block.kind}' needs "
-                            + ("a reason: <!-- test: skip: why -->" if block.kind == "skip"
-                               else "a path: <!-- test: excerpt: path/in/checkout -->"))
+        elif block.kind in {"skip", "excerpt", "synopsis"} and not block.reason.strip():
+            what = {"skip": "a reason: <!-- test: skip: why -->",
+                    "excerpt": "a path: <!-- test: excerpt: path/in/checkout -->",
+                    "synopsis": "a command: <!-- test: synopsis: dagserve serve -->"}[block.kind]
+            problems.append(f"{block.where}: 'test: {block.kind}' needs {what}")
         elif not block.kind and block.language in COMMAND_LANGUAGES:
             shown = block.language or "no language"
             problems.append(f"{block.where}: a {shown} block with no <!-- test: run|output|serve|skip: why --> "
@@ -164,6 +168,21 @@ def excerpt_problem(block: Block) -> str | None:
             return (f"{block.where}: the line {line.strip()!r} is not in {block.reason.strip()} "
                     "(after the lines before it)")
     return None
+
+
+def synopsis_problem(block: Block, env: dict[str, str]) -> str | None:
+    """The flags *block* names that its command's ``--help`` does not list, or None."""
+    command, unknown = block.reason.strip(), []
+    known: dict[str, set[str]] = {}
+    for line in block.text.splitlines():
+        if (m := re.match(r"\s*(dagserve [a-z]+)\b", line)):
+            command = m.group(1)
+        if command not in known:
+            help_text = subprocess.run([*shlex.split(command), "--help"], cwd=ROOT, env=env, capture_output=True,
+                                       text=True, timeout=COMMAND_TIMEOUT_S, check=True).stdout
+            known[command] = set(re.findall(r"--[\w-]+", help_text))
+        unknown += [f"{flag} ({command})" for flag in re.findall(r"--[\w-]+", line) if flag not in known[command]]
+    return f"{block.where}: not options: {', '.join(unknown)}" if unknown else None
 
 
 # -- normalising --------------------------------------------------------------------------------
@@ -343,6 +362,10 @@ def check_page(page: Path) -> PageRun:
                     expected = int(m.group(1)) if (m := re.fullmatch(r"exits (\d+)", block.reason)) else 0
                     if status != expected:
                         outcome.failures.append(f"{block.where}: exited {status}, not {expected}:\n{output}")
+                elif block.kind == "synopsis":
+                    outcome.compared += 1
+                    if (problem := synopsis_problem(block, env)):
+                        outcome.failures.append(problem)
                 elif block.kind == "excerpt":
                     outcome.compared += 1
                     if (problem := excerpt_problem(block)):
@@ -366,5 +389,5 @@ def check_page(page: Path) -> PageRun:
 
 def pages_with_commands() -> Iterator[Path]:
     for page in PAGES:
-        if any(b.kind in {"run", "serve", "excerpt"} for b in blocks(page)):
+        if any(b.kind in {"run", "serve", "excerpt", "synopsis"} for b in blocks(page)):
             yield page

@@ -83,3 +83,14 @@ def test_normalising_keeps_values_and_drops_only_what_varies() -> None:
     assert doccheck.normalise(shown) == doccheck.normalise(printed)
     assert doccheck.normalise("[ 1. -1.  1.]") == doccheck.normalise("[1. -1. 1.]")
     assert doccheck.normalise("[1. -1. 1.]") != doccheck.normalise("[1. 1. 1.]")
+
+
+def test_a_synopsis_naming_a_flag_the_command_lacks_fails(tmp_path: Path) -> None:
+    """A usage summary is checked against the command's --help, line by line for each
+    subcommand: a misspelt flag is named with its subcommand, the real ones pass."""
+    page = tmp_path / "synopsis.md"
+    page.write_text("<!-- test: synopsis: dagserve serve -->\n```text\n"
+                    "dagserve serve --model-repository PATH [--http-port 8000] [--htp-port N]\n"
+                    "dagserve graph PATH PIPELINE [--format dot] [--http-port 8000]\n```\n")
+    [failure] = doccheck.check_page(page).failures
+    assert failure == f"{page}:2: not options: --htp-port (dagserve serve), --http-port (dagserve graph)"
