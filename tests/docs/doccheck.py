@@ -214,14 +214,59 @@ def normalise(text: str) -> str:
 
 # -- servers ------------------------------------------------------------------------------------
 
-@dataclass
-class DocServer:
-    """A ``dagserve serve`` started from a doc's command, on ports the system picked."""
+_LISTENING = {"http": r"^HTTP service listening on https?://[^:\s]+:(\d+)",
+              "grpc": r"^gRPC service listening on [^:\s]+:(\d+)",
+              "metrics": r"^metrics served at http://[^:\s]+:(\d+)/"}
 
-    command: str
-    process: subprocess.Popen[str]
-    ports: dict[str, int]
-    log: list[str] = field(default_factory=list)
+
+class DocServer:
+    """A ``dagserve serve`` started from a doc's command, on ports the system picks.
+
+    Starting returns at once (a page starts all its servers together, to overlap their
+    imports); :meth:`ready` waits for the ports the server prints.
+    """
+
+    def __init__(self, command: str, env: dict[str, str], scratch: Path) -> None:
+        words = shlex.split(substitute(command, {}, scratch).replace("\\\n", " "), comments=True)
+        assert words[:2] == ["dagserve", "serve"], f"a serve block runs 'dagserve serve ...', not {command!r}"
+        self.command = command
+        self.ports: dict[str, int] = {}
+        self.log: list[str] = []
+        self._seen = threading.Condition()
+        self.process = subprocess.Popen([*words, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._seen:
+                self.log.append(line)
+                self._seen.notify_all()
+        with self._seen:
+            self.log.append("")  # end of output
+            self._seen.notify_all()
+
+    def ready(self) -> DocServer:
+        """Wait until the server has printed every port it bound; AssertionError with its output
+        when it exits first or takes longer than SERVER_START_TIMEOUT_S."""
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        with self._seen:
+            while True:
+                for name, pattern in _LISTENING.items():
+                    for line in self.log:
+                        if (m := re.match(pattern, line)):
+                            self.ports[name] = int(m.group(1))
+                left = deadline - time.monotonic()
+                if len(self.ports) == len(_LISTENING) or "" in self.log or left <= 0:
+                    break
+                self._seen.wait(left)
+        if len(self.ports) < len(_LISTENING):
+            self.stop()
+            raise AssertionError(f"{self.command!r} did not start: {''.join(self.log)}")
+        return self
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -231,54 +276,9 @@ class DocServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._reader.join(timeout=60)
         if self.process.stdout:
             self.process.stdout.close()
-
-
-def _read_lines(stream: IO[str], sink: list[str], seen: threading.Condition) -> None:
-    for line in stream:
-        with seen:
-            sink.append(line)
-            seen.notify_all()
-    with seen:
-        sink.append("")  # end of output
-        seen.notify_all()
-
-
-def start_server(command: str, env: dict[str, str], scratch: Path) -> DocServer:
-    """Start *command* (``dagserve serve ...``) with every port 0 and wait until it prints the
-    ports it bound; raise AssertionError with its output when it exits or takes too long."""
-    words = shlex.split(substitute(command, {}, scratch).replace("\\\n", " "), comments=True)
-    assert words[:2] == ["dagserve", "serve"], f"a serve block runs 'dagserve serve ...', not {command!r}"
-    argv = [*words, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    assert process.stdout is not None
-    log: list[str] = []
-    seen = threading.Condition()
-    threading.Thread(target=_read_lines, args=(process.stdout, log, seen), daemon=True).start()
-    wanted = {"http": r"^HTTP service listening on https?://[^:\s]+:(\d+)",
-              "grpc": r"^gRPC service listening on [^:\s]+:(\d+)",
-              "metrics": r"^metrics served at http://[^:\s]+:(\d+)/"}
-    ports: dict[str, int] = {}
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    with seen:
-        while len(ports) < len(wanted):
-            for name, pattern in wanted.items():
-                for line in log:
-                    if (m := re.match(pattern, line)):
-                        ports[name] = int(m.group(1))
-            if "" in log or len(ports) == len(wanted):
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            seen.wait(left)
-    server = DocServer(command, process, ports, log)
-    if len(ports) < len(wanted):
-        server.stop()
-        raise AssertionError(f"{command!r} did not start: {''.join(log)}")
-    return server
 
 
 def substitute(text: str, ports: dict[str, int], scratch: Path) -> str:
@@ -344,17 +344,18 @@ def check_page(page: Path) -> PageRun:
     env = environment()
     server: DocServer | None = None
     last: tuple[Block, str] | None = None
+    page_blocks = blocks(page)
     with tempfile.TemporaryDirectory(prefix="dagserve-docs-") as tmp:
         scratch = Path(tmp)
+        starting = [DocServer(command, env, scratch) for command in servers_of(page_blocks)]
         try:
-            for block in blocks(page):
-                if block.kind == "serve":
+            for block in page_blocks:
+                if block.kind == "serve" or (block.kind == "run" and server is None
+                                             and _talks_to_server(block.text)):
                     if server:
                         server.stop()
-                    server = start_server(block.text.strip(), env, scratch)
-                elif block.kind == "run":
-                    if server is None and _talks_to_server(block.text):
-                        server = start_server(DEFAULT_SERVER, env, scratch)
+                    server = starting.pop(0).ready()
+                if block.kind == "run":
                     ports = server.ports if server else {}
                     status, output = run_block(block, ports, scratch, env)
                     outcome.ran += 1
@@ -382,9 +383,22 @@ def check_page(page: Path) -> PageRun:
                             f"shown:\n{block.text}printed:\n{printed}")
                     last = None
         finally:
-            if server:
-                server.stop()
+            for started in [server, *starting]:
+                if started:
+                    started.stop()
     return outcome
+
+
+def servers_of(page_blocks: list[Block]) -> list[str]:
+    """The server commands a page runs, in order: the default one when a run block talks to a
+    server before any serve block, then each serve block's."""
+    commands: list[str] = []
+    for block in page_blocks:
+        if block.kind == "serve":
+            commands.append(block.text.strip())
+        elif block.kind == "run" and not commands and _talks_to_server(block.text):
+            commands.append(DEFAULT_SERVER)
+    return commands
 
 
 def pages_with_commands() -> Iterator[Path]:
