@@ -94,3 +94,20 @@ def test_a_synopsis_naming_a_flag_the_command_lacks_fails(tmp_path: Path) -> Non
                     "dagserve graph PATH PIPELINE [--format dot] [--http-port 8000]\n```\n")
     [failure] = doccheck.check_page(page).failures
     assert failure == f"{page}:2: not options: --htp-port (dagserve serve), --http-port (dagserve graph)"
+
+
+def test_an_excerpt_that_left_its_file_fails(tmp_path: Path) -> None:
+    """An excerpt passes when its lines are the file's, in order (comments and ``...`` aside),
+    and fails naming the first line the file lacks or has earlier."""
+    marker = "<!-- test: excerpt: examples/pipelines/iris/config.yaml -->\n```yaml\n"
+    good = "backend: pipeline   # annotated\n...\n    - {name: classify, model: iris_logreg, inputs: {SCALED: standardize.SCALED}}\n"
+    page = tmp_path / "excerpt.md"
+    page.write_text(marker + good + "```\n")
+    assert doccheck.check_page(page).failures == []
+    page.write_text(marker + good.replace("iris_logreg", "iris_svm") + "```\n")
+    [failure] = doccheck.check_page(page).failures
+    assert "'- {name: classify, model: iris_svm" in failure and "is not in examples/pipelines/iris/config.yaml" in failure
+    out_of_order = good.splitlines(keepends=True)
+    page.write_text(marker + out_of_order[2] + out_of_order[0] + "```\n")
+    [failure] = doccheck.check_page(page).failures
+    assert "'backend: pipeline   # annotated' is not in" in failure
