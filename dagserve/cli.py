@@ -7,6 +7,7 @@ variable ``DAGSERVE_<FLAG>`` (e.g. ``DAGSERVE_HTTP_PORT``), the flag winning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from .frontends.runner import (
     serve,
 )
 from .tracing import parse_trace_config
+from .workers import WorkerRole, auto_workers, serve_channel, serve_forwarding, supervise
 
 __all__ = ["main"]
 
@@ -123,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where sync Python models without an 'execution' parameter run: thread (default: "
                         "each instance's worker thread) or inline (the event loop: faster for short steps "
                         "that never block; a blocking one stalls the whole server)")
+    s.add_argument("--workers", type=_workers, default=_workers(_env("workers", "1") or "1"),
+                   help="worker processes serving the repository behind the same ports (default 1; 'auto': one per "
+                        "core); each loads every model (env DAGSERVE_WORKERS; docs/operations.md)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
                    help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
     s.add_argument("--grpc-max-message-size", type=int,
@@ -184,12 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, sys.argv[1:] if argv is None else list(argv))
     if args.command == "validate":
         return _validate(args.repository)
     if args.command == "graph":
         return _graph(args.repository, args.pipeline, args.format, args.output)
     raise AssertionError(args.command)
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return auto_workers()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number of processes (1 or more) or 'auto', not {text!r}")
+    return value
 
 
 def _poll_secs(text: str) -> float:
@@ -252,7 +269,7 @@ def _log_settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from .log_settings import log_control
 
     try:
@@ -272,14 +289,21 @@ def _serve(args: argparse.Namespace) -> int:
               f"{options.server.model_control_mode}, which loads every model of the repository); "
               "add --model-control-mode=explicit or remove --load-model", file=sys.stderr)
         return 2
-    busy = _busy_port(options)
-    if busy is not None:  # before any model loads: a port conflict is known at once
-        print(f"dagserve: {busy}", file=sys.stderr)
-        return 1
-    _warn_if_empty(options.server.model_repository)
+    role = WorkerRole.from_environment()  # one of the processes of a --workers N server
+    if role is None:
+        busy = _busy_port(options)
+        if busy is not None:  # before any model loads: a port conflict is known at once
+            print(f"dagserve: {busy}", file=sys.stderr)
+            return 1
+        _warn_if_empty(options.server.model_repository)
+        if args.workers > 1:
+            return supervise(argv, options, args.workers)
+    else:  # the supervisor checked and holds the ports
+        options = dataclasses.replace(options, reuse_port=True)
+        role.end_with_supervisor()
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
-        anyio.run(_serve_until_signalled, options, backend_options={"use_uvloop": uvloop})
+        anyio.run(_serve_until_signalled, options, role, backend_options={"use_uvloop": uvloop})
     except Exception as exc:  # startup failures come wrapped in task groups
         config_error = _find(exc, ConfigError)
         if config_error is not None:
@@ -411,9 +435,10 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _serve_until_signalled(options: FrontendOptions) -> None:
+async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully (:func:`serve`); a second signal
-    exits the process at once with status 128 + the signal's number."""
+    exits the process at once with status 128 + the signal's number. As a worker process
+    (``role``) it also answers its channel, and leaves what to print to the supervisor."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
             serving = anyio.CancelScope()
@@ -424,13 +449,17 @@ async def _serve_until_signalled(options: FrontendOptions) -> None:
                     if serving.cancel_called:
                         print(f"dagserve: {name} received again, exiting now", flush=True)
                         os._exit(128 + signum)
-                    print(f"dagserve: {name} received, stopping: finishing requests in flight "
-                          f"(at most {options.exit_timeout_secs:g}s; send it again to exit now)", flush=True)
+                    if role is None:
+                        print(f"dagserve: {name} received, stopping: finishing requests in flight "
+                              f"(at most {options.exit_timeout_secs:g}s; send it again to exit now)", flush=True)
                     serving.cancel()
 
             async def run(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
                 with serving:
-                    await serve(options, task_status=task_status)
+                    if role is None:
+                        await serve(options, task_status=task_status)
+                    else:
+                        await serve(options, setup=role.catch_up, peers=role.peers(), task_status=task_status)
                 tg.cancel_scope.cancel()  # stopped: the signal watcher too
 
             tg.start_soon(watch)
@@ -441,6 +470,10 @@ async def _serve_until_signalled(options: FrontendOptions) -> None:
                     tg.cancel_scope.cancel()
                     return
                 raise
+            if role is not None:
+                await tg.start(serve_forwarding, server, role)
+                await tg.start(serve_channel, server, role)
+                return
             for model in server.repository_index():
                 state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
                 print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
@@ -451,7 +484,8 @@ async def _serve_until_signalled(options: FrontendOptions) -> None:
                 print(f"gRPC service listening on {addresses.grpc}", flush=True)
             if addresses.metrics:
                 print(f"metrics served at http://{addresses.metrics}/metrics", flush=True)
-    print("dagserve: stopped", flush=True)
+    if role is None:
+        print("dagserve: stopped", flush=True)
 
 
 def _validate(repository: Path) -> int:

@@ -19,10 +19,17 @@ Security (docs/security.md): client shared memory is off unless the operator all
 as glibc's ``shm_open`` that Triton calls confines it; at most :data:`MAX_REGIONS` regions are
 registered at once (each holds a file descriptor).
 
+CUDA shared memory (``register_cuda``): the client registers a ``cudaIpcMemHandle_t`` of device
+memory it allocated; the server opens it (:mod:`dagserve.cuda_ipc`, through CuPy, imported on
+the first registration) and copies an input's bytes from the GPU to host memory before the
+model runs, and an output's bytes from host memory to the GPU after. Without CuPy or a GPU,
+registering answers UNSUPPORTED, saying what is missing.
+
 Lifetime: unregistering takes a region out of the table at once; a request that resolved it
 earlier keeps its mapping (numpy views and output windows hold it) and the memory is unmapped
 when the last of them is gone, so unregistering a region in use never crashes the server
-(Triton defers the unmap likewise).
+(Triton defers the unmap likewise). A CUDA handle is closed likewise when the last request
+holding it is done.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from . import tensor_bytes
+from . import cuda_ipc, tensor_bytes
+from .cuda_ipc import CUDA_IPC_HANDLE_SIZE, DeviceMemory
 from .errors import InvalidInputError, RegionExistsError, RegionNotFoundError, UnsupportedError
 from .limits import DEFAULT_LIMITS, Limits
 from .types import DataType, InferResponse, RequestedOutput, to_host
@@ -67,9 +75,6 @@ SHM_DIRECTORY = Path("/dev/shm")
 
 MAX_REGIONS = 256
 """Regions registered at once, system and CUDA together: each holds a file descriptor."""
-
-CUDA_IPC_HANDLE_SIZE = 64
-"""``sizeof(cudaIpcMemHandle_t)``."""
 
 DISABLED_MESSAGE = (
     "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
@@ -127,31 +132,26 @@ def _count(value: Any, key: str, where: str) -> int:
 
 
 class _Region:
-    """One registered window of a mapping."""
+    """One registered window: of a mapping (system) or of an opened CUDA IPC allocation."""
 
-    __slots__ = ("_base", "_map", "byte_size", "device_id", "key", "kind", "name", "offset")
+    __slots__ = ("_base", "_map", "byte_size", "device", "device_id", "key", "kind", "name", "offset")
 
     def __init__(
         self, kind: RegionKind, name: str, key: str, offset: int, byte_size: int,
-        mapping: mmap.mmap | None, base: int, device_id: int = 0,
+        mapping: mmap.mmap | None, base: int, device_id: int = 0, device: DeviceMemory | None = None,
     ) -> None:
         self.kind, self.name, self.key = kind, name, key
         self.offset, self.byte_size, self.device_id = offset, byte_size, device_id
         self._map, self._base = mapping, base
+        self.device = device
 
     def status(self) -> dict[str, Any]:
         if self.kind is RegionKind.SYSTEM:
             return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
         return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
 
-    def window(self, ref: TensorRef) -> memoryview:
-        """A writable view of the ``ref`` bytes of this region (it keeps the mapping alive).
-
-        Raises:
-            InvalidInputError: the window is not inside the region (Triton's messages), or the
-                object under the region has been truncated since it was registered (reading it
-                would kill the server with SIGBUS).
-        """
+    def check(self, ref: TensorRef) -> None:
+        """Raises InvalidInputError (Triton's messages) unless ``ref`` lies inside the region."""
         if ref.offset >= self.byte_size:
             raise InvalidInputError(
                 f"Invalid offset for shared memory region: '{self.name}' "
@@ -162,8 +162,29 @@ class _Region:
                 f"Invalid offset + byte size for shared memory region: '{self.name}' (offset {ref.offset} + "
                 f"byte size {ref.byte_size} > the region's {self.byte_size} bytes)"
             )
+
+    def read(self, ref: TensorRef) -> memoryview:
+        """The ``ref`` bytes: a view of the mapping (system), a host copy (CUDA).
+
+        Raises:
+            InvalidInputError: see :meth:`check` and :meth:`window`.
+        """
+        if self.device is not None:
+            self.check(ref)
+            return self.device.read(ref.offset, ref.byte_size)
+        return self.window(ref)
+
+    def window(self, ref: TensorRef) -> memoryview:
+        """A writable view of the ``ref`` bytes of this system region (it keeps the mapping alive).
+
+        Raises:
+            InvalidInputError: the window is not inside the region (Triton's messages), or the
+                object under the region has been truncated since it was registered (reading it
+                would kill the server with SIGBUS).
+        """
+        self.check(ref)
         mapping = self._map
-        assert mapping is not None  # a CUDA region is never registered (see register_cuda)
+        assert mapping is not None  # a system region
         start = self._base + ref.offset
         end = start + ref.byte_size
         try:
@@ -180,8 +201,10 @@ class _Region:
         return memoryview(mapping)[start:end]
 
     def close(self) -> None:
-        """Unmap now, or, while requests still hold views of it, when the last one is gone."""
+        """Unmap now, or, while requests still hold views of it, when the last one is gone; a
+        CUDA handle is closed when the last request holding it is done."""
         mapping, self._map = self._map, None
+        self.device = None
         if mapping is not None:
             try:
                 mapping.close()
@@ -191,12 +214,15 @@ class _Region:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class OutputTarget:
-    """The window a requested output is written to (resolved before the model runs)."""
+    """Where a requested output is written (resolved before the model runs): ``window``, a
+    view of a system region, or ``byte_size`` bytes at ``offset`` of the GPU memory ``device``."""
 
     name: str
     region: str
     byte_size: int
-    window: memoryview
+    window: memoryview | None
+    device: DeviceMemory | None = None
+    offset: int = 0
 
 
 class SharedMemoryRegistry:
@@ -267,15 +293,15 @@ class SharedMemoryRegistry:
         self._regions[name] = _Region(RegionKind.SYSTEM, name, key, offset, byte_size, mapping, base)
 
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        """Register a CUDA IPC memory handle as region ``name``.
-
-        dagserve maps no CUDA IPC memory yet: after the checks Triton makes first, this always
-        refuses with UNSUPPORTED (Triton built without GPUs answers likewise).
+        """Register ``byte_size`` bytes of the GPU memory a CUDA IPC handle shares (on GPU
+        ``device_id``) as region ``name``.
 
         Raises:
-            UnsupportedError: client shared memory is not allowed, or CUDA shared memory is
-                not available.
-            InvalidInputError: no name, or a handle that is not a ``cudaIpcMemHandle_t``.
+            UnsupportedError: client shared memory is not allowed, or this server cannot map
+                CUDA memory (no CuPy, no GPU; the message says which).
+            InvalidInputError: no name, a handle that is not a ``cudaIpcMemHandle_t`` or cannot
+                be opened, a ``device_id`` with no GPU, a zero size, a size past the end of the
+                allocation, or too many regions.
             RegionExistsError: a region of that name is registered.
         """
         self.check_allowed()
@@ -284,10 +310,21 @@ class SharedMemoryRegistry:
         if len(raw_handle) != CUDA_IPC_HANDLE_SIZE:
             raise InvalidInputError("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t")
         self._check_new(name)
-        raise UnsupportedError(
-            f"failed to register CUDA shared memory region: '{name}', GPUs not supported "
-            "(dagserve does not map CUDA IPC memory; use system shared memory)"
-        )
+        if byte_size <= 0:
+            raise InvalidInputError(f"failed to register shared memory region '{name}': byte_size must be positive")
+        try:
+            device = cuda_ipc.open_memory(raw_handle, device_id)
+        except UnsupportedError as exc:
+            raise UnsupportedError(f"failed to register CUDA shared memory region: '{name}', {exc}") from None
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"failed to register shared memory region '{name}': {exc}") from None
+        if byte_size > device.size:
+            device.close()
+            raise InvalidInputError(
+                f"failed to register shared memory region '{name}': invalid args (byte_size {byte_size} > the "
+                f"{device.size} bytes of the CUDA allocation)"
+            )
+        self._regions[name] = _Region(RegionKind.CUDA, name, "", 0, byte_size, None, 0, device_id, device)
 
     def unregister(self, kind: RegionKind, name: str = "") -> None:
         """Unregister region ``name`` of ``kind``, or every region of ``kind`` when ``name`` is
@@ -336,7 +373,8 @@ class SharedMemoryRegistry:
     ) -> np.ndarray:
         """Input ``name`` read from its region: a read-only view over the shared memory for a
         fixed-size datatype (the client must not change those bytes until it has the response,
-        as with Triton), an array of copied ``bytes`` for BYTES.
+        as with Triton), an array of copied ``bytes`` for BYTES; from a CUDA region, a host
+        copy of its bytes.
 
         Raises:
             UnsupportedError: client shared memory is not allowed.
@@ -344,7 +382,7 @@ class SharedMemoryRegistry:
             InvalidInputError: the window is outside the region, or its size does not fit the
                 input's shape and datatype.
         """
-        window = self._region(ref).window(ref)
+        window = self._region(ref).read(ref)
         array = tensor_bytes.decode(window, datatype, shape, count, name=name, limits=limits)
         if array.dtype != np.object_:
             array.flags.writeable = False  # like every other input: models must not write them
@@ -374,14 +412,19 @@ class SharedMemoryRegistry:
                 raise InvalidInputError("Output can't set both 'shared_memory_region' and 'binary_data'")
             if "classification" in params or "class_count" in params:
                 raise InvalidInputError("Output can't set both 'shared_memory_region' and 'classification'")
-            window = self._region(ref).window(ref)
-            targets[output.name] = OutputTarget(output.name, ref.region, ref.byte_size, window)
+            region = self._region(ref)
+            if region.device is not None:
+                region.check(ref)
+                targets[output.name] = OutputTarget(output.name, ref.region, ref.byte_size, None, region.device,
+                                                    ref.offset)
+            else:
+                targets[output.name] = OutputTarget(output.name, ref.region, ref.byte_size, region.window(ref))
         return targets
 
     @staticmethod
     def write_outputs(response: InferResponse, targets: Mapping[str, OutputTarget]) -> None:
-        """Copy each output of ``response`` that has a target into its window (in the wire
-        layout: little-endian, BYTES as length-prefixed elements). An output the response lacks
+        """Copy each output of ``response`` that has a target into its window or GPU memory (in
+        the wire layout: little-endian, BYTES as length-prefixed elements). An output the response lacks
         (an optional one that was not produced) is skipped, as the encoders skip it.
 
         Raises:
@@ -402,7 +445,11 @@ class SharedMemoryRegistry:
                     f"shared memory size specified with the request for output '{name}' ({target.byte_size} bytes) "
                     f"should be at least {size} bytes to hold the results"
                 )
-            target.window[:size] = raw
+            if target.window is not None:
+                target.window[:size] = raw
+            else:
+                assert target.device is not None
+                target.device.write(target.offset, memoryview(raw).cast("B") if size else memoryview(b""))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -22,6 +22,7 @@ LAYERS = {
     "dagserve.testing": 6,
     "dagserve.validation": 6,  # `dagserve validate`: asks the backends and the dsl, like the CLI
     "dagserve.drawing": 6,  # `dagserve graph`
+    "dagserve.workers": 6,  # `dagserve serve --workers N`: the supervisor and the workers' channels
     "dagserve.frontends": 5,
     "dagserve.engine": 4,
     "dagserve.dsl": 3,
@@ -34,6 +35,7 @@ LAYERS = {
     "dagserve.tensor_bytes": 1,
     "dagserve.classification": 1,
     "dagserve.shared_memory": 1,  # Triton's shared-memory regions, used by both frontends' codecs
+    "dagserve.cuda_ipc": 1,  # CUDA IPC memory of CUDA shared-memory regions (CuPy, imported lazily)
     "dagserve.log_settings": 1,  # the process's log settings: the CLI and the frontends read them
     "dagserve.errors": 0,
     "dagserve._version": 0,

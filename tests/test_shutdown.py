@@ -132,13 +132,15 @@ def grpc_call(url: str, i: int) -> np.ndarray[Any, Any]:
         client.close()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_under_load_answers_every_request_and_refuses_new_connections(
-    gate: Gate, cleanup: list[subprocess.Popen[str]]
+    gate: Gate, cleanup: list[subprocess.Popen[str]], workers: int
 ) -> None:
     """16 HTTP and 16 gRPC clients each have a pipeline request waiting in a slow step when
     SIGTERM comes: readiness turns false, new connections are refused, every request is then
-    answered correctly, and the server exits 0 soon after the last one."""
-    proc, addresses = start(gate.path)
+    answered correctly, and the server exits 0 soon after the last one — also when the server
+    is several worker processes (``--workers 2``: the signal reaches the supervisor only)."""
+    proc, addresses = start(gate.path, "--workers", str(workers))
     cleanup.append(proc)
     results: dict[tuple[str, int], Any] = {}
 

@@ -13,8 +13,12 @@ tensors, so torch is needed too; each instance computes on its own CUDA stream, 
 are staged through pinned memory, and outputs stay on the GPU as torch tensors (a frontend
 copies them to host at the edge). ``execute`` blocks in a worker thread.
 
+A version directory with ``model.plan`` and no config is completed from the engine
+(:func:`complete_config`: inputs, outputs, ``max_batch_size`` from the profiles), as Triton does.
+
 Status: written against TensorRT 10's documented API but **not run**: TensorRT could not be
-installed where dagserve was developed and tested. The missing-package error is tested.
+installed where dagserve was developed and tested. The missing-package error is tested, and
+auto-complete against a stand-in ``tensorrt`` module (tests/backends/test_tensorrt.py).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DagserveError, InvalidInputError, ModelExecutionError
+from ..repository.config import DynamicBatching, ModelConfig, TensorConfig
 from ..types import DataType, InferRequest
 from ._framework import execution_error, require
 from .base import ExecuteMode, ModelContext, ModelFiles, Outputs, run_batch
 
-__all__ = ["FILES", "TensorRTModel", "load", "pick_profile"]
+__all__ = ["FILES", "TensorRTModel", "complete_config", "load", "pick_profile"]
 
 FILES = ModelFiles(names=("model.plan",), frameworks=("tensorrt",), extra="tensorrt")
 
@@ -58,6 +63,80 @@ def pick_profile(shapes: Mapping[str, Shape], profiles: Sequence[Profile]) -> in
 
 def _within(shape: Shape, low: Shape, high: Shape) -> bool:
     return len(shape) == len(low) == len(high) and all(lo <= s <= hi for s, lo, hi in zip(shape, low, high))
+
+
+# -- auto-complete ----------------------------------------------------------------------------
+def complete_config(config: ModelConfig, version_dir: Path) -> ModelConfig:
+    """``config`` with inputs, outputs and ``max_batch_size`` read from the engine in
+    ``version_dir`` when it declares no inputs or no outputs (Triton's auto-complete of a
+    ``model.plan`` without a config); otherwise ``config`` unchanged. Blocking: it deserializes
+    the engine (which TensorRT does on a GPU).
+
+    An engine whose every input and output has a dynamic first dimension batches: its
+    ``max_batch_size`` is the largest batch its optimization profiles admit for every input
+    (when the config sets none), with dynamic batching on, as Triton completes it.
+
+    Raises:
+        ConfigError: tensorrt missing, no plan file, an engine TensorRT cannot deserialize, a
+            tensor type dagserve has no datatype for, or a ``max_batch_size`` the engine
+            cannot honour.
+    """
+    if config.input and config.output:
+        return config
+    owner = f"model '{config.name}'"
+    trt = require("tensorrt", extra=FILES.extra, owner=owner)
+    path = version_dir / FILES.candidates(config)[0]
+    if not path.is_file():
+        raise ConfigError(f"{owner}: model file {path} not found")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise ConfigError(f"{owner}: TensorRT cannot deserialize {path} (built for another TensorRT or GPU?)")
+    tensors: dict[str, list[tuple[str, DataType, Shape]]] = {"input": [], "output": []}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        kind = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
+        tensors[kind].append((name, _datatype(trt, engine.get_tensor_dtype(name), name, owner),
+                              tuple(int(d) for d in engine.get_tensor_shape(name))))
+    every = tensors["input"] + tensors["output"]
+    can_batch = bool(every) and all(shape and shape[0] == -1 for _, _, shape in every)
+    update: dict[str, Any] = {}
+    max_batch = config.max_batch_size
+    if can_batch:
+        if max_batch == 0:
+            max_batch = update["max_batch_size"] = _profile_max_batch(engine, [n for n, _, _ in tensors["input"]])
+        if max_batch > 1 and config.dynamic_batching is None and config.sequence_batching is None:
+            update["dynamic_batching"] = DynamicBatching()
+    elif max_batch != 0:
+        raise ConfigError(
+            f"{owner}: auto-complete failed: the engine cannot batch (not every input and output has a dynamic "
+            f"first dimension), but max_batch_size is {max_batch}"
+        )
+    for kind in ("input", "output"):
+        if not getattr(config, kind):
+            update[kind] = tuple(
+                TensorConfig(name=name, data_type=datatype, dims=shape[1:] if max_batch > 0 else shape)
+                for name, datatype, shape in tensors[kind]
+            )
+    return config.model_copy(update=update)
+
+
+def _datatype(trt: Any, trt_dtype: Any, name: str, owner: str) -> DataType:
+    if str(trt_dtype).rsplit(".", 1)[-1] == "BF16":  # numpy has no bfloat16
+        return DataType.BF16
+    try:
+        return DataType.from_numpy(np.dtype(trt.nptype(trt_dtype)))
+    except (TypeError, ValueError, KeyError):
+        raise ConfigError(f"{owner}: auto-complete failed: tensor '{name}' has type {trt_dtype}") from None
+
+
+def _profile_max_batch(engine: Any, inputs: Sequence[str]) -> int:
+    """The largest first dimension every input admits in some optimization profile (at least 1)."""
+    best = 1
+    for profile in range(engine.num_optimization_profiles):
+        admitted = [int(engine.get_tensor_profile_shape(name, profile)[2][0]) for name in inputs]
+        if admitted:
+            best = max(best, min(admitted))
+    return best
 
 
 def load(context: ModelContext) -> TensorRTModel:

@@ -261,12 +261,16 @@ def _annotated(hint: Any) -> DataType | None:
     if hint is None:
         return None
     origin = typing.get_origin(hint)
-    if origin is not np.ndarray:
-        return None
     args = typing.get_args(hint)
-    if len(args) != 2 or typing.get_origin(args[1]) is not np.dtype:
+    if origin is np.ndarray and len(args) == 2:
+        dtype = args[1]  # ndarray[shape, dtype[scalar]]: NDArray[scalar] up to numpy 2.4
+    elif getattr(origin, "__name__", "") == "NDArray" and len(args) == 1:
+        dtype = args[0]  # numpy 2.5: NDArray is a type alias; NDArray[scalar] keeps its argument
+    else:
         return None
-    (scalar,) = typing.get_args(args[1]) or (None,)
+    if typing.get_origin(dtype) is np.dtype:
+        (dtype,) = typing.get_args(dtype) or (None,)
+    scalar = dtype
     if not isinstance(scalar, type) or not issubclass(scalar, np.generic):
         return None
     try:

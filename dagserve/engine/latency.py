@@ -131,11 +131,16 @@ class MetricsConfig:
                 )
         return cls(**values)
 
-    def recorder(self, *, cached: bool, decoupled: bool) -> LatencyRecorder | None:
-        """A recorder for one model version, or None when no distribution is kept."""
+    def recorder(
+        self, *, cached: bool, decoupled: bool,
+        first_response_buckets: tuple[float, ...] | None = None, step_buckets: tuple[float, ...] | None = None,
+    ) -> LatencyRecorder | None:
+        """A recorder for one model version, or None when no distribution is kept.
+        ``*_buckets`` replace the histograms' default buckets (the model's ``model_metrics``)."""
         if not (self.histogram_latencies or self.summary_latencies):
             return None
-        return LatencyRecorder(self, cached=cached, decoupled=decoupled)
+        return LatencyRecorder(self, cached=cached, decoupled=decoupled,
+                               first_response_buckets=first_response_buckets, step_buckets=step_buckets)
 
 
 class Histogram:
@@ -235,15 +240,22 @@ class Summary:
 class LatencyRecorder:
     """The distributions of one model version that ``MetricsConfig`` asks for.
 
-    Values are Triton's units: microseconds for summaries, milliseconds for histograms.
+    Values are Triton's units: microseconds for summaries, milliseconds for histograms, whose
+    buckets are Triton's defaults unless the model's ``model_metrics`` sets others.
     As on Triton, a model with the response cache has no request-duration summary (its cache
     lookups and inserts would skew it) but has cache hit/miss summaries; the first response of a
     decoupled model is reported by the stream (:meth:`first_response`), not by success.
     """
 
-    def __init__(self, config: MetricsConfig, *, cached: bool, decoupled: bool) -> None:
+    def __init__(
+        self, config: MetricsConfig, *, cached: bool, decoupled: bool,
+        first_response_buckets: tuple[float, ...] | None = None, step_buckets: tuple[float, ...] | None = None,
+    ) -> None:
         self._decoupled = decoupled
-        self.first_response_ms = Histogram(FIRST_RESPONSE_BUCKETS_MS) if config.histogram_latencies else None
+        self.first_response_ms = (
+            Histogram(first_response_buckets or FIRST_RESPONSE_BUCKETS_MS) if config.histogram_latencies else None
+        )
+        self._step_buckets = step_buckets or STEP_BUCKETS_MS
         self.steps: dict[tuple[str, str], Histogram] | None = {} if config.histogram_latencies else None
         self.summaries: dict[str, Summary] = {}
         if config.summary_latencies:
@@ -291,7 +303,7 @@ class LatencyRecorder:
         if self.steps is not None:
             histogram = self.steps.get((step, model))
             if histogram is None:
-                histogram = self.steps[(step, model)] = Histogram(STEP_BUCKETS_MS)
+                histogram = self.steps[(step, model)] = Histogram(self._step_buckets)
             histogram.observe(ns / 1e6)
 
     def snapshot(self) -> dict[str, Any]:

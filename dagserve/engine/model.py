@@ -91,9 +91,13 @@ class ModelVersion:
         platform: str,
         cache: ResponseCache | None = None,
         labels: Mapping[str, tuple[str, ...]] | None = None,
+        forward: Runner | None = None,
     ) -> None:
         """``labels``: class labels of outputs, for the classification extension
-        (:mod:`dagserve.classification`), read from the config's ``label_filename``s."""
+        (:mod:`dagserve.classification`), read from the config's ``label_filename``s.
+        ``forward``: the runner that hands each request to the worker process serving this
+        model (``--workers N``, placement ``one``; :class:`.peers.ForwardRunner`), in place of
+        instances and a scheduler here."""
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -118,6 +122,7 @@ class ModelVersion:
         self._batching = config.batching
         self._max_batch = config.max_batch_size
         self._runner: Runner | None = None
+        self._forward = forward
         self._cache = cache if cache is not None and _cacheable(config) else None
         self.cached = self._cache is not None
         """Responses of this version go through the response cache."""
@@ -188,8 +193,9 @@ class ModelVersion:
                     if endpoints is not None:
                         self.stats.endpoints = endpoints
                 self.reason = ""
+                self.stats.load_seconds = time.monotonic() - started
                 self._transition(ModelState.READY, ModelState.LOADING,
-                                 why=f"loaded in {time.monotonic() - started:.2f} s")
+                                 why=f"loaded in {self.stats.load_seconds:.2f} s")
                 task_status.started()
                 await self._unload.wait()
                 self._set_state(ModelState.UNLOADING, self._unload_why)
@@ -209,6 +215,8 @@ class ModelVersion:
         """The runner over what ``load`` returned: here the backend's instances, behind the
         scheduler the config asks for (a :class:`~.pipeline.PipelineVersion` is handed its
         runner ready made and overrides this)."""
+        if self._forward is not None:
+            return self._forward  # the model's instances and scheduler are in another process
         self._pool = InstancePool(loaded, self.stats)
         sequence = self.config.sequence_batching
         if sequence is not None:

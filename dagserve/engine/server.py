@@ -65,6 +65,7 @@ from .aliases import check_aliases
 from .cache import ResponseCache
 from .latency import MetricsConfig
 from .model import ModelState, ModelVersion
+from .peers import OWNER, ForwardRunner, Peers, merge_statistics, placement
 from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
 from .stats import ModelStatistics
 from .warmup import warm_up
@@ -142,6 +143,10 @@ class ServerOptions:
             object.__setattr__(self, "model_aliases", check_aliases(self.model_aliases))
 
 
+OTHERS_STOP_LIMIT = 300.0
+"""Seconds worker 0 keeps its models for the other workers' drain (``--workers N``)."""
+
+
 class Server:
     """Serves the models of one repository; see the module docstring for the lifecycle."""
 
@@ -180,6 +185,9 @@ class Server:
         """The trace settings (Triton's trace extension) and the exporter behind them."""
         self.custom_metrics = CustomMetrics()
         """The metric families models create (``pb_utils.MetricFamily``), shown on /metrics."""
+        self.peers: Peers | None = None
+        """The other worker processes of this server (``dagserve serve --workers N``), or None
+        when this process is the whole server: set before the context is entered."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Server:  # noqa: PYI034 - Server is not meant to be subclassed
@@ -209,6 +217,13 @@ class Server:
         self._stopping = True
         if self._poll_scope is not None:
             self._poll_scope.cancel()
+        if self.peers is not None and self.peers.index == OWNER:
+            # The other workers forward to the models placed here: serve them until they
+            # have drained too (each is bounded by its own exit timeout).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(OTHERS_STOP_LIMIT) as waited:
+                await self.peers.others_stopped()
+            if waited.cancelled_caught:
+                log.warning("other worker processes still run after %gs: unloading the models anyway", OTHERS_STOP_LIMIT)
         for entry in self._models.values():
             for version in entry.versions.values():
                 version.unload("server stopping")
@@ -300,6 +315,14 @@ class Server:
                 entry.error = str(exc)
                 log.error("model '%s' cannot load: %s", source.name, exc)
                 return
+        forwarded = False  # --workers N: another worker serves it, this one forwards to it
+        if self.peers is not None and not is_pipeline(source):
+            try:
+                forwarded = placement(config, source.name) == "one" and self.peers.index != OWNER
+            except ConfigError as exc:
+                entry.error = str(exc)
+                log.error("model '%s' cannot load: %s", source.name, exc)
+                return
         platform = config.platform or config.backend_name
         labels: Mapping[str, tuple[str, ...]] = {}
         if any(output.label_filename for output in config.output):
@@ -328,11 +351,14 @@ class Server:
                 version = ModelVersion(
                     name=source.name, version=number, config=config, platform=platform, cache=self.cache,
                     labels=labels,
+                    forward=ForwardRunner(self.peers, source.name, str(number)) if forwarded and self.peers else None,
                 )
-                load = functools.partial(self._load_instances, source, config, number, backend)
+                load = (_nothing_to_load if forwarded
+                        else functools.partial(self._load_instances, source, config, number, backend))
             version.stats.configure(
                 self.options.metrics_config, cached=version.cached,
                 decoupled=version.decoupled,
+                buckets=config.model_metrics.buckets if config.model_metrics is not None else None,
             )
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
@@ -702,6 +728,14 @@ class Server:
             versions = [v for e in self._models.values() for v in e.versions.values()]
         return {"model_stats": [v.stats.snapshot() for v in versions if v.state is not ModelState.UNLOADED]}
 
+    async def gather_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        """:meth:`statistics` for the whole server: with :attr:`peers`, every worker
+        process's counts summed (:func:`.peers.merge_statistics`)."""
+        local = self.statistics(name, version)
+        if self.peers is None:
+            return local
+        return merge_statistics([local, *await self.peers.call("statistics", name=name, version=version)])
+
     def statistics_sources(self) -> list[ModelStatistics]:
         """The live statistics of every loaded version, for the metrics endpoint (which also
         reads their latency distributions, absent from :meth:`statistics`)."""
@@ -730,7 +764,9 @@ class Server:
                 entries.append({"name": name, "version": str(number), "state": state, "reason": reason})
         return entries
 
-    async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+    async def load_model(
+        self, name: str, parameters: dict[str, Any] | None = None, *, here_only: bool = False
+    ) -> None:
         """Load ``name`` from the repository, or reload it without losing a request (see
         :meth:`_reload`); a pipeline loads the models it calls first, recursively. A model whose
         directory is unchanged since it loaded (and that serves) is left as it is, as on Triton.
@@ -746,8 +782,15 @@ class Server:
             ModelNotFoundError: no such model directory (and no override files).
             ConfigError / ModelNotReadyError: the model failed to load (message says why); what
                 served before keeps serving.
+
+        With :attr:`peers` (and not ``here_only``), every worker process loads it at once, and
+        the first failure is raised.
         """
         self._require_explicit("load")
+        if self.peers is not None and not here_only:
+            await self._everywhere(self.load_model(name, parameters, here_only=True),
+                                   self.peers.call("load", name=name, parameters=parameters))
+            return
         confine.check_model_name(name)  # security: confinement
         params = parameters or {}
         override = params.get("config")
@@ -869,7 +912,7 @@ class Server:
             await self._unload(name, "removed from the repository")
         return changes
 
-    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+    async def unload_model(self, name: str, unload_dependents: bool = False, *, here_only: bool = False) -> None:
         """Unload every version of ``name``; requests in flight finish first. With
         ``unload_dependents`` (Triton's parameter), the models a pipeline calls are unloaded
         too, recursively, unless another loaded model still calls them.
@@ -877,8 +920,14 @@ class Server:
         Raises:
             UnsupportedError: model control mode ``none`` or ``poll``.
             ModelNotFoundError: the model is not loaded.
+
+        With :attr:`peers` (and not ``here_only``), every worker process unloads it.
         """
         self._require_explicit("unload")
+        if self.peers is not None and not here_only:
+            await self._everywhere(self.unload_model(name, unload_dependents, here_only=True),
+                                   self.peers.call("unload", name=name, unload_dependents=unload_dependents))
+            return
         confine.check_model_name(name)  # security: confinement
         if name not in self._models:
             raise ModelNotFoundError(f"model '{name}' is not loaded")
@@ -937,6 +986,24 @@ class Server:
             allow_symlinks_outside=self.options.allow_symlinks_outside_repository,
         )
 
+    @staticmethod
+    async def _everywhere(here: Awaitable[Any], there: Awaitable[Any]) -> None:
+        """Run a model-control action in this process and in the peers at once; raise the
+        first failure (this process's when both fail) once both have ended."""
+        failures: list[BaseException] = []
+
+        async def run(action: Awaitable[Any]) -> None:
+            try:
+                await action
+            except DagserveError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, here)
+            tg.start_soon(run, there)
+        if failures:
+            raise failures[0]
+
     def _require_explicit(self, action: str) -> None:
         mode = self.options.model_control_mode
         if mode == "poll":
@@ -949,3 +1016,7 @@ class Server:
                 f"cannot {action} models: the server runs with model control mode "
                 f"'{mode}' (start it with --model-control-mode explicit)"
             )
+
+
+async def _nothing_to_load() -> None:
+    """The load of a model version another worker process serves (it forwards there)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OverloadedError, RequestCancelledError, RequestTimeoutError
+from ..repository.config import FIRST_RESPONSE_HISTOGRAM, STEP_HISTOGRAM
 from .latency import LatencyRecorder, MetricsConfig
 
 __all__ = ["FAILURE_REASONS", "Duration", "ModelStatistics", "failure_reason"]
@@ -88,14 +89,25 @@ class ModelStatistics:
         """Histograms and summaries, when ``--metrics-config`` asks for them (:meth:`configure`)."""
         self.cache_enabled = False
         """The version uses the response cache (Triton shows nv_cache_* only for such models)."""
+        self.load_seconds: float | None = None
+        """How long the version took to load (Triton's ``nv_model_load_duration_secs``); None
+        until it is READY."""
         self._last_ns = 0  # perf_counter_ns of the last answered request
         # perf_counter_ns -> epoch milliseconds, for ``last_inference`` (Triton reports wall time).
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
 
-    def configure(self, config: MetricsConfig, *, cached: bool, decoupled: bool) -> None:
-        """Keep the distributions ``config`` asks for (before the version serves)."""
+    def configure(
+        self, config: MetricsConfig, *, cached: bool, decoupled: bool,
+        buckets: Callable[[str], tuple[float, ...] | None] | None = None,
+    ) -> None:
+        """Keep the distributions ``config`` asks for (before the version serves);
+        ``buckets(family)`` gives a histogram family's buckets when the model sets them."""
         self.cache_enabled = cached
-        self.latency = config.recorder(cached=cached, decoupled=decoupled)
+        self.latency = config.recorder(
+            cached=cached, decoupled=decoupled,
+            first_response_buckets=buckets(FIRST_RESPONSE_HISTOGRAM) if buckets else None,
+            step_buckets=buckets(STEP_HISTOGRAM) if buckets else None,
+        )
 
     def record_success(self, *, total_ns: int, queue_ns: int) -> None:
         """One request answered successfully after ``total_ns`` (``queue_ns`` of it queued)."""

@@ -165,7 +165,7 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        data = self._server.statistics(request.name, request.version)
+        data = await self._server.gather_statistics(request.name, request.version)
         return _from_json(data, pb.ModelStatisticsResponse())
 
     # -- inference --------------------------------------------------------------------------
@@ -334,6 +334,8 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
             changes[name] = None if kind is None else getattr(value, kind)
         control = log_control()
         settings = control.update(changes) if changes else control.settings
+        if changes and self._server.peers is not None:  # --workers N: every worker logs alike
+            await self._server.peers.call("log_settings", changes=changes)
         response = pb.LogSettingsResponse()
         for name, current in settings.as_dict().items():
             field = ("bool_param" if isinstance(current, bool)
@@ -348,7 +350,10 @@ class InferenceServicer(SharedMemoryRPCs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
     ) -> pb.TraceSettingResponse:
         """Triton's trace extension: update (when settings are given) and read the settings."""
-        settings = trace_setting(self._server, request.model_name, grpc_changes(request.settings))
+        changes = grpc_changes(request.settings)
+        settings = trace_setting(self._server, request.model_name, changes)
+        if changes and self._server.peers is not None:  # --workers N: every worker traces alike
+            await self._server.peers.call("trace_setting", model=request.model_name, changes=changes)
         response = pb.TraceSettingResponse()
         for name, value in settings.items():
             response.settings[name].value.extend(value if isinstance(value, list) else [value])
@@ -422,9 +427,11 @@ async def serve_grpc(
     keepalive: GrpcKeepalive | None = None,
     shutdown_timeout: float = 30,
     shared_memory: SharedMemoryRegistry | None = None,
+    reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``server`` over gRPC on ``host:port`` until cancelled.
+    """Serve ``server`` over gRPC on ``host:port`` until cancelled. ``reuse_port`` shares the
+    port with the server's other worker processes (``--workers``; ``SO_REUSEPORT``).
 
     ``restricted`` closes API categories behind a metadata header (:mod:`.restricted`);
     ``tls`` serves TLS, with client certificates required when ``tls.mutual`` (:mod:`.tls`);
@@ -454,8 +461,9 @@ async def serve_grpc(
     options = [
         ("grpc.max_receive_message_length", max_message_size),
         ("grpc.max_send_message_length", max_message_size),
-        # Fail on a port that is in use instead of silently sharing it with another process.
-        ("grpc.so_reuseport", 0),
+        # Fail on a port that is in use instead of silently sharing it with another process
+        # (unless the other processes are this server's own workers).
+        ("grpc.so_reuseport", int(reuse_port)),
         *(keepalive.channel_options() if keepalive is not None else ()),
     ]
     credentials = tls.grpc_credentials() if tls is not None else None  # security: TLS

@@ -30,7 +30,7 @@ from ..engine import Server
 from ..engine.stats import FAILURE_REASONS, ModelStatistics
 from .http.server import serve_app
 from .metrics_system import SystemMetrics
-from .metrics_text import Labels, Writer, number, sample
+from .metrics_text import Labels, Writer, merge, number, sample
 
 __all__ = ["create_metrics_app", "render_metrics", "serve_metrics"]
 
@@ -129,6 +129,9 @@ def render_metrics(server: Server, system: SystemMetrics | None = None) -> bytes
                "Instantaneous number of pending requests awaiting execution per-model.", "gauge",
                (sample("nv_inference_pending_request_count", labels, float(e.get("pending_request_count", 0)))
                 for _, e, labels in entries))
+    out.family("nv_model_load_duration_secs", "Model load time in seconds", "gauge",
+               (sample("nv_model_load_duration_secs", labels, s.load_seconds)
+                for s, _, labels in entries if s.load_seconds is not None))
     if counters:
         cached = [(s, e, labels) for s, e, labels in entries if s.cache_enabled]
         for name, doc, path, scale in _CACHE:
@@ -238,27 +241,31 @@ def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float:
 
 def create_metrics_app(server: Server, system: SystemMetrics | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return Response(render_metrics(server, system), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body = render_metrics(server, system)
+        if server.peers is not None:  # --workers N: one answer for the whole server
+            body = merge([body, *(text.encode() for text in await server.peers.call("metrics"))])
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(routes=[Route("/metrics", metrics)])
 
 
 async def serve_metrics(
     server: Server, *, host: str, port: int, cpu: bool = True, gpu: bool = True, interval_ms: float = 2000.0,
-    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    reuse_port: bool = False, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics`` until cancelled; reports the bound port through ``task_status``.
 
     With ``cpu`` / ``gpu``, CPU (``/proc``) and GPU (NVML, when ``nvidia-ml-py`` imports and
     finds a GPU) gauges are polled every ``interval_ms`` milliseconds, as Triton's
-    ``--metrics-interval-ms``; what cannot be read is absent, never an error.
+    ``--metrics-interval-ms``, and the pinned-memory gauges always; what cannot be read is
+    absent, never an error.
     """
-    system = SystemMetrics(cpu=cpu, gpu=gpu) if (cpu or gpu) else None
+    system = SystemMetrics(cpu=cpu, gpu=gpu)  # the pinned-memory gauges are always polled, as Triton's
     async with anyio.create_task_group() as tg:
-        if system is not None:
-            await anyio.to_thread.run_sync(system.start)
-            tg.start_soon(_poll, system, interval_ms / 1000)
-        await serve_app(create_metrics_app(server, system), host=host, port=port, task_status=task_status)
+        await anyio.to_thread.run_sync(system.start)
+        tg.start_soon(_poll, system, interval_ms / 1000)
+        await serve_app(create_metrics_app(server, system), host=host, port=port, reuse_port=reuse_port,
+                        task_status=task_status)
         tg.cancel_scope.cancel()
 
 

@@ -11,6 +11,14 @@ Triton's ``gpu_uuid`` label: ``nv_gpu_utilization``, ``nv_gpu_memory_total_bytes
 ``nv_energy_consumption`` (joules since the server started). Triton reads these from DCGM;
 NVML is what DCGM reads them from.
 
+Pinned memory (always, as on Triton): ``nv_pinned_memory_pool_total_bytes`` and
+``nv_pinned_memory_pool_used_bytes``. dagserve has no pool of its own: the page-locked host
+memory it uses (staging a batch for a GPU model, copying GPU outputs to host) comes from
+torch's caching host allocator, so these report that allocator's bytes (held, and handed out
+now) once torch has initialized CUDA in this process, and 0 before that or without torch —
+what Triton reports with ``--pinned-memory-pool-byte-size=0``. Reading them never imports
+torch nor initializes CUDA.
+
 Whatever cannot be read (no ``/proc``, no NVML, no GPU, one value a GPU does not report) is
 absent from the output and logged once at start; it is never an error.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,7 +36,7 @@ from typing import Any
 
 from .metrics_text import sample
 
-__all__ = ["SystemMetrics", "cpu_times", "cpu_utilization", "memory"]
+__all__ = ["SystemMetrics", "cpu_times", "cpu_utilization", "memory", "pinned_memory"]
 
 log = logging.getLogger("dagserve.metrics")
 
@@ -80,6 +89,32 @@ def memory(proc: Path = _PROC) -> tuple[int, int]:
     return values["MemTotal"], values["MemTotal"] - values["MemAvailable"]
 
 
+def pinned_memory() -> tuple[int, int]:
+    """(total, used) bytes of page-locked host memory held by torch's caching host allocator:
+    (0, 0) when torch is not imported, has not initialized CUDA, or cannot say.
+
+    Where torch reports ``reserved_bytes`` it is the pool (held) and ``allocated_bytes`` what is
+    handed out; torch 2.11 reports ``allocated_bytes`` (the pool) and ``active_bytes`` (handed
+    out), the latter measured above the former at times on the H200.
+    """
+    torch = sys.modules.get("torch")  # never imported here: only a process using torch has any
+    if torch is None:
+        return 0, 0
+    try:
+        if not torch.cuda.is_initialized():
+            return 0, 0
+        stats = torch.cuda.host_memory_stats()
+    except Exception as exc:  # noqa: BLE001 - an old torch, a CPU build: nothing to report
+        log.debug("pinned memory: %s", exc)
+        return 0, 0
+    if "reserved_bytes.current" in stats:  # reserved: the pool (used and free); allocated: in use
+        return int(stats["reserved_bytes.current"]), int(stats.get("allocated_bytes.current", 0))
+    # torch 2.11: allocated_bytes is the pool, active_bytes what is in use; measured on the
+    # H200, active_bytes can read above allocated_bytes, so the pool is the larger of the two.
+    allocated, active = int(stats.get("allocated_bytes.current", 0)), int(stats.get("active_bytes.current", 0))
+    return max(allocated, active), active
+
+
 class _Gpu:
     def __init__(self, handle: Any, uuid: str) -> None:
         self.handle = handle
@@ -111,6 +146,7 @@ class SystemMetrics:
         self._cpu: dict[str, float] = {}
         self._nvml: Any = None
         self._gpus: list[_Gpu] = []
+        self._pinned = (0, 0)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -174,8 +210,10 @@ class SystemMetrics:
             except (OSError, ValueError) as exc:
                 log.debug("CPU metrics: %s", exc)
         gpus = {g.uuid: self._read_gpu(g) for g in self._gpus}
+        pinned = pinned_memory()
         with self._lock:
             self._cpu = cpu
+            self._pinned = pinned
             for g in self._gpus:
                 g.values = gpus[g.uuid]
 
@@ -210,6 +248,7 @@ class SystemMetrics:
         with self._lock:
             cpu = dict(self._cpu)
             gpus = [(g.uuid, dict(g.values)) for g in self._gpus]
+            pinned_total, pinned_used = self._pinned
         for name, doc in (("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]"),
                           ("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes"),
                           ("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes")):
@@ -217,6 +256,11 @@ class SystemMetrics:
                 family(name, doc, "gauge", [sample(name, {}, cpu[name])])
         for name, doc, kind in _GPU_FAMILIES:
             family(name, doc, kind, [sample(name, {"gpu_uuid": uuid}, v[name]) for uuid, v in gpus if name in v])
+        for name, doc, number in (
+            ("nv_pinned_memory_pool_total_bytes", "Pinned memory pool total memory size, in bytes", pinned_total),
+            ("nv_pinned_memory_pool_used_bytes", "Pinned memory pool used memory size, in bytes", pinned_used),
+        ):
+            family(name, doc, "gauge", [sample(name, {}, float(number))])
 
 
 def _cuda_visible(index: int, uuid: str) -> bool:

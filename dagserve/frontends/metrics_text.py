@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["Labels", "Writer", "escape", "escape_help", "number", "sample"]
+__all__ = ["Labels", "Writer", "escape", "escape_help", "merge", "number", "sample"]
 
 Labels = dict[str, str]
 
@@ -49,3 +49,39 @@ def escape(value: str) -> str:
 
 def escape_help(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+# Gauges that every worker process reports alike (not a share of the whole): the largest is kept.
+_SAME_EVERYWHERE = ("nv_model_load_duration_secs",)
+
+
+def merge(texts: Iterable[bytes]) -> bytes:
+    """One exposition from those of a server's worker processes (``--workers N``): the series
+    of a family are added up across processes (counters, histogram buckets, gauges such as the
+    pending count), except a summary's quantiles and the gauges every process reports alike,
+    which keep their largest value. Families keep the order they first appear in."""
+    families: dict[str, tuple[list[str], dict[str, float]]] = {}
+    kinds: dict[str, str] = {}
+    current = ""
+    for text in texts:
+        for line in text.decode().splitlines():
+            if line.startswith("# HELP "):
+                current = line.split(" ", 3)[2]
+                families.setdefault(current, ([line], {}))
+            elif line.startswith("# TYPE "):
+                kinds[current] = line.split(" ", 3)[3]
+                if len(families[current][0]) == 1:
+                    families[current][0].append(line)
+            elif line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                samples = families.setdefault(current, ([], {}))[1]
+                keep_max = (kinds.get(current) == "summary" and "quantile=" in series) or current in _SAME_EVERYWHERE
+                old = samples.get(series)
+                new = float(value)
+                samples[series] = new if old is None else (max(old, new) if keep_max else old + new)
+    lines = [
+        line
+        for head, samples in families.values()
+        for line in (*head, *(f"{series} {number(value)}" for series, value in samples.items()))
+    ]
+    return ("\n".join(lines) + "\n").encode() if lines else b""

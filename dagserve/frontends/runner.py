@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._deprecation import renamed
 from ..engine import Server, ServerOptions
+from ..engine.peers import Peers
 from ..shared_memory import SharedMemoryRegistry
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
@@ -48,7 +49,8 @@ class FrontendOptions:
     idle clients. ``allow_client_shm`` lets clients register and use shared-memory regions
     (Triton's ``--allow-client-shm``; off by default, as Triton's). ``allow_cpu_metrics`` /
     ``allow_gpu_metrics`` add CPU and GPU gauges to ``/metrics``, polled every
-    ``metrics_interval_ms`` (Triton's flags of those names)."""
+    ``metrics_interval_ms`` (Triton's flags of those names). ``reuse_port`` shares the ports
+    with the server's other worker processes (``dagserve serve --workers N``)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -69,6 +71,7 @@ class FrontendOptions:
     allow_cpu_metrics: bool = True
     allow_gpu_metrics: bool = True
     metrics_interval_ms: float = 2000.0
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.exit_timeout_secs < 0:
@@ -90,20 +93,21 @@ async def serve(
     options: FrontendOptions,
     *,
     setup: Callable[[Server], Any] | None = None,
+    peers: Peers | None = None,
     task_status: TaskStatus[tuple[Server, Addresses]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Load the models, start the frontends, report ``(server, addresses)``, serve until
     cancelled; then stop gracefully (see the module docstring) and return.
 
     ``setup`` is called with the server before the frontends start (to register in-process
-    models). Cancelled while starting, it stops at once. Once started, cancellation only
+    models). ``peers`` are the server's other worker processes (:attr:`Server.peers`). Cancelled while starting, it stops at once. Once started, cancellation only
     begins the graceful stop, which runs shielded for up to ``exit_timeout_secs`` plus the
     models' unloading; a caller that must stop sooner exits the process.
     """
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         try:
-            started = await tg.start(_serve, options, setup, stop)
+            started = await tg.start(_serve, options, setup, peers, stop)
             task_status.started(started)
             await anyio.sleep_forever()
         finally:
@@ -113,12 +117,15 @@ async def serve(
 async def _serve(
     options: FrontendOptions,
     setup: Callable[[Server], Any] | None,
+    peers: Peers | None,
     stop: anyio.Event,
     *,
     task_status: TaskStatus[tuple[Server, Addresses]],
 ) -> None:
     with anyio.CancelScope() as scope:
-        async with Server(options.server) as server:
+        server = Server(options.server)
+        server.peers = peers
+        async with server:
             if setup is not None:
                 await setup(server) if _is_async(setup) else setup(server)
             # One registry for both protocols (a region registered over HTTP serves gRPC
@@ -154,6 +161,7 @@ async def _start_frontends(
             serve_http, server, host=options.host, port=options.http_port,
             max_body_size=options.http_max_body_size, shutdown_timeout=timeout, limits=options.http_limits,
             restricted=options.http_restricted, tls=options.http_tls, shared_memory=shared_memory,
+            reuse_port=options.reuse_port,
         ))
         http = _address(options.host, port)
     if options.grpc_port is not None:
@@ -163,7 +171,7 @@ async def _start_frontends(
             serve_grpc, server, host=options.host, port=options.grpc_port,
             max_message_size=options.grpc_max_message_size, keepalive=options.grpc_keepalive,
             shutdown_timeout=timeout, restricted=options.grpc_restricted, tls=options.grpc_tls,
-            shared_memory=shared_memory,
+            shared_memory=shared_memory, reuse_port=options.reuse_port,
         ))
         grpc = _address(options.host, port)
     if options.metrics_port is not None:
@@ -172,7 +180,7 @@ async def _start_frontends(
         metrics_host = options.metrics_address or options.host
         port = await tg.start(functools.partial(
             serve_metrics, server, host=metrics_host, port=options.metrics_port, cpu=options.allow_cpu_metrics,
-            gpu=options.allow_gpu_metrics, interval_ms=options.metrics_interval_ms,
+            gpu=options.allow_gpu_metrics, interval_ms=options.metrics_interval_ms, reuse_port=options.reuse_port,
         ))
         metrics = _address(metrics_host, port)
     return Addresses(http=http, grpc=grpc, metrics=metrics)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime
 import enum
+import itertools
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -28,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -36,6 +39,7 @@ from pydantic_core import PydanticCustomError
 from ..types import DataType, TensorSpec
 
 __all__ = [
+    "HISTOGRAM_FAMILIES",
     "PIPELINE_BACKENDS",
     "PLATFORMS",
     "DynamicBatching",
@@ -43,7 +47,9 @@ __all__ = [
     "EnsembleStep",
     "InstanceGroup",
     "InstanceKind",
+    "MetricControl",
     "ModelConfig",
+    "ModelMetrics",
     "QueuePolicy",
     "RemoteConfig",
     "TensorConfig",
@@ -297,6 +303,85 @@ class ResponseCache(_Frozen):
     enable: bool = False
 
 
+FIRST_RESPONSE_HISTOGRAM = "nv_inference_first_response_histogram_ms"
+STEP_HISTOGRAM = "dagserve_pipeline_step_histogram_ms"
+HISTOGRAM_FAMILIES = (FIRST_RESPONSE_HISTOGRAM, STEP_HISTOGRAM)
+"""The histogram families whose buckets ``model_metrics`` may set: Triton's one, and dagserve's
+per pipeline step (for pipelines)."""
+
+
+class MetricIdentifier(_Frozen):
+    family: str = ""
+
+
+class HistogramOptions(_Frozen):
+    buckets: tuple[float, ...] = Field(default=(), validate_default=True)
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
+        if not buckets:
+            raise ValueError("histogram options must specify non-empty 'buckets'")
+        for bound in buckets:
+            if not math.isfinite(bound):
+                raise ValueError(f"bucket {bound} is not a finite number (the +Inf bucket is always there)")
+        for low, high in itertools.pairwise(buckets):
+            if not low < high:
+                raise ValueError(f"buckets must be strictly increasing: {low} is followed by {high}")
+        return buckets
+
+
+class MetricControl(_Frozen):
+    """One ``model_metrics.metric_control`` entry: a metric family and its options."""
+
+    metric_identifier: MetricIdentifier | None = None
+    histogram_options: HistogramOptions | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> MetricControl:
+        # Triton's checks (model_config_utils.cc), in its order and words; then dagserve's: a
+        # family whose buckets cannot be set is an error here, where Triton only warns.
+        if self.metric_identifier is None:
+            raise ValueError("metric control must specify 'metric_identifier'")
+        family = self.metric_identifier.family
+        if not family:
+            raise ValueError("metric identifier must specify non-empty 'family'")
+        if self.histogram_options is None:
+            raise ValueError("metric control must specify 'histogram_options'")
+        if family not in HISTOGRAM_FAMILIES:
+            from .locations import did_you_mean
+
+            raise ValueError(
+                f"metric family '{family}' has no buckets to set{did_you_mean(family, HISTOGRAM_FAMILIES)} "
+                f"(the families whose buckets can be set: {', '.join(HISTOGRAM_FAMILIES)})"
+            )
+        return self
+
+
+class ModelMetrics(_Frozen):
+    """Per-model metric settings (Triton's ``model_metrics``): histogram buckets per family."""
+
+    metric_control: tuple[MetricControl, ...] = ()
+
+    @field_validator("metric_control")
+    @classmethod
+    def _once_each(cls, controls: tuple[MetricControl, ...]) -> tuple[MetricControl, ...]:
+        seen: set[str] = set()
+        for control in controls:
+            family = control.metric_identifier.family if control.metric_identifier else ""
+            if family in seen:
+                raise ValueError(f"metric family '{family}' is set twice")
+            seen.add(family)
+        return controls
+
+    def buckets(self, family: str) -> tuple[float, ...] | None:
+        """The buckets set for ``family``, None when it keeps its defaults."""
+        for control in self.metric_control:
+            if control.metric_identifier and control.metric_identifier.family == family and control.histogram_options:
+                return control.histogram_options.buckets
+        return None
+
+
 class RemoteConfig(_Frozen):
     """Where a ``backend: remote`` model is served (another KServe v2 server); see
     dagserve.backends.remote. ``url`` is one endpoint or a list (round robin over the healthy
@@ -368,7 +453,7 @@ class ModelConfig(_Frozen):
     model_operations: Annotated[Any, _unsupported("custom operation libraries are not implemented; remove it")] = None
     model_repository_agents: Annotated[Any, _unsupported("repository agents are not implemented; remove it")] = None
     runtime: Annotated[str, _unsupported("backend runtimes are not implemented; choose the model's backend with backend")] = ""
-    model_metrics: Annotated[Any, _unsupported("per-model metric settings are not implemented; remove it")] = None
+    model_metrics: ModelMetrics | None = None  # histogram buckets per family (see HISTOGRAM_FAMILIES)
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -436,6 +521,14 @@ class ModelConfig(_Frozen):
                         "hold different numbers of elements"
                     )
         return self
+
+    @field_validator("model_metrics")
+    @classmethod
+    def _step_buckets_for_pipelines(cls, metrics: ModelMetrics | None, info: ValidationInfo) -> ModelMetrics | None:
+        backend = info.data.get("backend") or _PLATFORM_BACKENDS.get(info.data.get("platform") or "", "")
+        if metrics is not None and metrics.buckets(STEP_HISTOGRAM) is not None and backend not in PIPELINE_BACKENDS:
+            raise ValueError(f"'{STEP_HISTOGRAM}' is measured per step of a pipeline, and this model is not one")
+        return metrics
 
     @property
     def batching(self) -> bool:

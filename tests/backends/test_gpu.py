@@ -8,6 +8,7 @@ device machine through ``bench/gpu_check.sh`` (results in docs/gpu.md).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -246,7 +247,6 @@ def test_cupy_to_host_uses_pinned_memory() -> None:
 def test_gpu_outputs_over_http_and_grpc(repo: Path, add_model: ModelWriter) -> None:
     """A GPU model whose outputs stay on the device answers over the wire: the frontends copy
     to host at the edge (plain urllib for HTTP and grpcio for gRPC, no client library needed)."""
-    import json
     import urllib.request
 
     import grpc
@@ -283,3 +283,32 @@ async def test_kind_auto_uses_the_gpu(repo: Path, add_model: ModelWriter) -> Non
         response = await server.infer("embed", "", InferRequest(inputs={"x": rows(2)}))
     y: Any = response.outputs["y"]
     assert is_device_tensor(y) and y.device.type == "cuda"
+
+
+def test_pinned_memory_gauges_follow_torch(repo: Path, add_model: ModelWriter) -> None:
+    """nv_pinned_memory_pool_total_bytes / _used_bytes report torch's caching host allocator:
+    after a GPU model with output_memory host has answered, the pool holds memory (used at
+    most total), read on a real scrape of /metrics."""
+    import re
+    import urllib.request
+
+    from dagserve.testing import serve_in_thread, wait_until
+
+    config = EMBED_CONFIG + 'parameters { key: "output_memory" value: { string_value: "host" } }\n'
+    add_model("embed", config, {"1/model.py": EMBED})
+    x = rows(4)
+    with serve_in_thread(repo, grpc=False, metrics_interval_ms=50) as running:
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 16], "data": x.ravel().tolist()}]})
+        request = urllib.request.Request(f"http://{running.http_url}/v2/models/embed/infer", data=body.encode())
+        with urllib.request.urlopen(request) as reply:
+            assert reply.status == 200
+
+        def gauge(name: str) -> float:
+            with urllib.request.urlopen(f"http://{running.metrics_url}/metrics") as page:
+                text = page.read().decode()
+            found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+            assert found, f"no {name} in /metrics"
+            return float(found.group(1))
+
+        wait_until(lambda: gauge("nv_pinned_memory_pool_total_bytes") > 0, what="a poll after CUDA started")
+        assert 0 <= gauge("nv_pinned_memory_pool_used_bytes") <= gauge("nv_pinned_memory_pool_total_bytes")

@@ -97,3 +97,23 @@ def test_async_function_gets_an_async_infer() -> None:
 
     assert inspect.iscoroutinefunction(f.infer)
     assert asyncio.run(f.infer({"x": np.zeros(1, np.float32)}))["y"].tolist() == [1.0]
+
+
+def test_numpy_2_5_ndarray_alias_annotations_give_datatypes() -> None:
+    """numpy 2.5 makes ``NDArray`` a type alias (PEP 695): ``NDArray[np.float32]`` then has
+    the alias as origin and ``np.float32`` as its one argument (seen on the GPU machine's
+    numpy 2.5.2, where the iris example failed to load). numpy 2.5 is not on this machine's
+    package index, so the alias is rebuilt here the way numpy defines it."""
+    from typing import Any, TypeVar
+
+    from typing_extensions import TypeAliasType
+
+    from dagserve.dsl.functions import _annotated
+    from dagserve.types import DataType
+
+    scalar = TypeVar("scalar", bound=np.generic)
+    alias = TypeAliasType("NDArray", np.ndarray[Any, np.dtype[scalar]], type_params=(scalar,))
+    assert _annotated(alias[np.float32]) is DataType.FP32
+    assert _annotated(alias[np.int64]) is DataType.INT64
+    assert _annotated(alias[np.dtype[np.uint8]]) is DataType.UINT8
+    assert _annotated(alias[Any]) is None

@@ -316,6 +316,184 @@ def test_gpu_families_are_absent_without_nvml(monkeypatch: pytest.MonkeyPatch) -
     assert "nv_gpu_" not in response.text and "nv_energy" not in response.text
 
 
+# -- load time and pinned memory ---------------------------------------------------------------
+SLOW_MODEL = """
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(0.3)  # the load the gauge measures
+
+    def execute(self, requests):
+        raise NotImplementedError
+"""
+
+
+def test_model_load_duration_is_a_gauge_per_version(tmp_path: Path) -> None:
+    """nv_model_load_duration_secs{model,version}: the seconds the version's last load took
+    (a model whose initialize takes 0.3 s shows at least that); a reload sets it anew."""
+    model = tmp_path / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(SLOW_MODEL)
+    (model / "config.pbtxt").write_text(
+        'backend: "python"\ninput [{ name: "X" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]\n'
+    )
+    with serve_in_thread(tmp_path, grpc=False, model_control_mode="explicit", load_models=("slow",)) as running:
+        text = scrape(running)
+        first = value(text, "nv_model_load_duration_secs", model="slow", version="1")
+        assert "# TYPE nv_model_load_duration_secs gauge" in text
+        assert 0.3 <= first < 60
+        (model / "1" / "model.py").write_text(SLOW_MODEL.replace("0.3", "0.5"))
+        with httpclient.InferenceServerClient(running.http_url) as client:
+            client.load_model("slow")
+        assert value(scrape(running), "nv_model_load_duration_secs", model="slow", version="1") >= 0.5
+        with httpclient.InferenceServerClient(running.http_url) as client:
+            client.unload_model("slow")
+        wait_until(lambda: "nv_model_load_duration_secs{" not in scrape(running), what="the unload")
+
+
+def test_pinned_memory_gauges_are_zero_without_cuda(metrics_server: RunningServer) -> None:
+    """nv_pinned_memory_pool_total_bytes / _used_bytes are always there, without labels, as on
+    Triton; with no CUDA initialized in the process (this machine) dagserve holds none: 0."""
+    text = scrape(metrics_server)
+    assert "# TYPE nv_pinned_memory_pool_total_bytes gauge" in text
+    assert value(text, "nv_pinned_memory_pool_total_bytes") == 0
+    assert value(text, "nv_pinned_memory_pool_used_bytes") == 0
+
+
+class FakeTorch(types.ModuleType):
+    """A stand-in for torch with CUDA initialized, which this machine cannot run: it answers
+    ``host_memory_stats()`` with the figures of one naming scheme or the other. The real one is
+    checked on a GPU by tests/backends/test_gpu.py::test_pinned_memory_gauges_follow_torch."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        super().__init__("torch")
+        self.cuda = types.SimpleNamespace(is_initialized=lambda: True, host_memory_stats=lambda: stats)
+
+
+@pytest.mark.parametrize(("stats", "expected"), [
+    ({"allocated_bytes.current": 4096, "active_bytes.current": 1024}, (4096, 1024)),
+    ({"reserved_bytes.current": 8192, "allocated_bytes.current": 2048}, (8192, 2048)),
+])
+def test_pinned_memory_reads_torchs_host_allocator(
+    monkeypatch: pytest.MonkeyPatch, stats: dict[str, int], expected: tuple[int, int]
+) -> None:
+    """(total, used) from torch's caching host allocator, in both of torch's namings; never
+    read from a torch that has not initialized CUDA, nor when torch is not imported."""
+    from dagserve.frontends.metrics_system import pinned_memory
+
+    monkeypatch.setitem(sys.modules, "torch", FakeTorch(stats))
+    assert pinned_memory() == expected
+    idle = FakeTorch(stats)
+    idle.cuda.is_initialized = lambda: False
+    monkeypatch.setitem(sys.modules, "torch", idle)
+    assert pinned_memory() == (0, 0)
+    monkeypatch.delitem(sys.modules, "torch")
+    assert pinned_memory() == (0, 0)
+
+
+# -- model_metrics: histogram buckets per model --------------------------------------------------
+PASS_THROUGH = "def infer(inputs):\n    return {'Y': inputs['X']}\n"
+IO_PBTXT = ('backend: "python"\ninput [{ name: "X" data_type: TYPE_FP32 dims: [1] }]\n'
+            'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]\n')
+FIRST_RESPONSE_BUCKETS = """
+model_metrics {
+  metric_control: [
+    { metric_identifier: { family: "nv_inference_first_response_histogram_ms" }
+      histogram_options: { buckets: [ 1, 2, 4, 8 ] } }
+  ]
+}
+"""
+PIPELINE_YAML = """
+backend: pipeline
+inputs: [{name: X, datatype: FP32, shape: [1]}]
+outputs: [{name: Y, datatype: FP32, shape: [1]}]
+pipeline:
+  steps: [{name: only, model: tuned, inputs: {X: X}}]
+  outputs: {Y: only.Y}
+model_metrics:
+  metric_control:
+    - metric_identifier: {family: nv_inference_first_response_histogram_ms}
+      histogram_options: {buckets: [3, 30]}
+    - metric_identifier: {family: dagserve_pipeline_step_histogram_ms}
+      histogram_options: {buckets: [0.5, 50]}
+"""
+
+
+def _buckets(text: str, family: str, **labels: str) -> list[str]:
+    found = []
+    for line in text.splitlines():
+        if line.startswith(family + "_bucket{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            found.append(re.search(r'le="([^"]+)"', line).group(1))  # type: ignore[union-attr]
+    return found
+
+
+def test_model_metrics_set_histogram_buckets_per_model(tmp_path: Path) -> None:
+    """model_metrics in config.pbtxt sets one model's first-response buckets, leaving another
+    model Triton's defaults; in a YAML pipeline it sets the pipeline's and its steps' buckets;
+    every request lands in the +Inf bucket and in the buckets its time allows."""
+    for name, config in (("tuned", IO_PBTXT + FIRST_RESPONSE_BUCKETS), ("plain", IO_PBTXT)):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.py").write_text(PASS_THROUGH)
+        (tmp_path / name / "config.pbtxt").write_text(config)
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "config.yaml").write_text(PIPELINE_YAML)
+    with serve_in_thread(tmp_path, grpc=False, metrics_config=MetricsConfig(histogram_latencies=True)) as running:
+        for model in ("tuned", "plain", "pipe", "pipe"):
+            infer(running, model, 1)
+        text = scrape(running)
+        with httpclient.InferenceServerClient(running.http_url) as client:
+            shown = client.get_model_config("tuned")["model_metrics"]
+    family = "nv_inference_first_response_histogram_ms"
+    assert _buckets(text, family, model="tuned") == ["1", "2", "4", "8", "+Inf"]
+    assert _buckets(text, family, model="plain") == ["100", "500", "2000", "5000", "+Inf"]
+    assert _buckets(text, family, model="pipe") == ["3", "30", "+Inf"]
+    step = {"pipeline": "pipe", "step": "only"}
+    assert _buckets(text, "dagserve_pipeline_step_histogram_ms", **step) == ["0.5", "50", "+Inf"]
+    assert value(text, family + "_bucket", model="tuned", version="1", le="+Inf") == 3  # its own and the pipeline's
+    assert value(text, family + "_bucket", model="pipe", version="1", le="+Inf") == 2
+    counts = [value(text, family + "_bucket", model="tuned", version="1", le=le) for le in ("1", "2", "4", "8")]
+    assert counts == sorted(counts) and counts[-1] <= 3
+    assert shown == {"metric_control": [{"metric_identifier": {"family": family},
+                                         "histogram_options": {"buckets": [1.0, 2.0, 4.0, 8.0]}}]}
+
+
+@pytest.mark.parametrize(("control", "message"), [
+    ('{ metric_identifier: { family: "nv_inference_request_duration_us" } histogram_options: { buckets: [1] } }',
+     "metric family 'nv_inference_request_duration_us' has no buckets to set"),
+    ('{ metric_identifier: { family: "nv_inference_first_response_histogram" } histogram_options: { buckets: [1] } }',
+     "did you mean 'nv_inference_first_response_histogram_ms'?"),
+    ('{ histogram_options: { buckets: [1] } }', "metric control must specify 'metric_identifier'"),
+    ('{ metric_identifier: { family: "" } histogram_options: { buckets: [1] } }',
+     "metric identifier must specify non-empty 'family'"),
+    ('{ metric_identifier: { family: "nv_inference_first_response_histogram_ms" } }',
+     "metric control must specify 'histogram_options'"),
+    ('{ metric_identifier: { family: "nv_inference_first_response_histogram_ms" } histogram_options: { } }',
+     "histogram options must specify non-empty 'buckets'"),
+    ('{ metric_identifier: { family: "nv_inference_first_response_histogram_ms" } histogram_options: { buckets: [5, 1] } }',
+     "buckets must be strictly increasing: 5.0 is followed by 1.0"),
+    ('{ metric_identifier: { family: "dagserve_pipeline_step_histogram_ms" } histogram_options: { buckets: [1] } }',
+     "is measured per step of a pipeline, and this model is not one"),
+])
+def test_model_metrics_mistakes_fail_the_load_with_the_reason(tmp_path: Path, control: str, message: str) -> None:
+    """A bad model_metrics fails that model's load with the file, the line and Triton's words
+    (an unknown family, which Triton only warns about, too); the server serves the rest."""
+    for name, config in (("bad", IO_PBTXT + f"model_metrics {{\n  metric_control: [ {control} ] }}\n"),
+                         ("good", IO_PBTXT)):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.py").write_text(PASS_THROUGH)
+        (tmp_path / name / "config.pbtxt").write_text(config)
+    with serve_in_thread(tmp_path, grpc=False) as running:
+        with httpclient.InferenceServerClient(running.http_url) as client:
+            index = {entry["name"]: entry for entry in client.get_model_repository_index()}
+        assert float(infer(running, "good", 2)[0]) == 2
+    assert index["bad"]["state"] == "UNAVAILABLE"
+    assert message in index["bad"]["reason"]
+    assert re.search(r"bad/config\.pbtxt:[45]: field 'model_metrics", index["bad"]["reason"])  # its line
+
+
 # -- flags -------------------------------------------------------------------------------------
 def test_metric_flags_reach_the_options(tmp_path: Path) -> None:
     """The Triton flags map to the options: --allow-metrics false disables the port,

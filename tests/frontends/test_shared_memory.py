@@ -403,11 +403,21 @@ def test_unregistering_a_region_in_use(running: RunningServer, regions: Regions,
     assert c.is_server_live()
 
 
+def _cuda_usable() -> bool:
+    try:
+        import cupy  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        return bool(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no GPU
+        return False
+
+
+@pytest.mark.skipif(_cuda_usable(), reason="CUDA works here: tests/frontends/test_cuda_shared_memory.py covers it")
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_cuda_shared_memory_is_unsupported_here(running: RunningServer, protocol: str) -> None:
-    """The CUDA endpoints answer: status lists nothing, unregister is a no-op, register is
-    refused UNSUPPORTED (501 / UNIMPLEMENTED) with Triton's words for a server without GPUs,
-    after the handle check Triton makes first."""
+    """Without CuPy or a GPU the CUDA endpoints answer: status lists nothing, unregister is a
+    no-op, register is refused UNSUPPORTED (501 / UNIMPLEMENTED) saying what is missing, after
+    the handle check Triton makes first."""
     c = client(running, protocol)
     unsupported = "501" if protocol == "http" else "StatusCode.UNIMPLEMENTED"
     invalid = "400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"
@@ -418,7 +428,8 @@ def test_cuda_shared_memory_is_unsupported_here(running: RunningServer, protocol
     c.unregister_cuda_shared_memory("anything")
     code, message = error_of(lambda: c.register_cuda_shared_memory("gpu", raw_handle, 0, 64))
     assert code == unsupported
-    assert message.startswith("failed to register CUDA shared memory region: 'gpu', GPUs not supported")
+    assert message.startswith("failed to register CUDA shared memory region: 'gpu', CUDA shared memory needs ")
+    assert "pip install cupy" in message or "a CUDA GPU" in message
     short = base64.b64encode(bytes(8))
     code, message = error_of(lambda: c.register_cuda_shared_memory("gpu", short.decode() if protocol == "http" else short, 0, 64))
     assert (code, message) == (invalid, "'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t")

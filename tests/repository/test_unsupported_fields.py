@@ -57,9 +57,6 @@ CASES = [
     ("model_operations", IO + 'model_operations { op_library_filename: "ops.so" }\n', "operation"),
     ("model_repository_agents", IO + 'model_repository_agents { agents [ { name: "checksum" } ] }\n', "agents"),
     ("runtime", IO + 'runtime: "model.py"\n', "runtime"),
-    ("model_metrics",
-     IO + 'model_metrics { metric_control [ { metric_identifier { family: "nv_inference_first_response_histogram_ms" }'
-          ' histogram_options { buckets: [ 1 ] } } ] }\n', "metric"),
 ]
 IDS = [c[0] for c in CASES]
 

@@ -144,7 +144,7 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
 
     async def model_stats(request: Request) -> Response:
         p = request.path_params
-        return _json_response(server.statistics(p.get("model", ""), p.get("version", "")))
+        return _json_response(await server.gather_statistics(p.get("model", ""), p.get("version", "")))
 
     async def repository_index(request: Request) -> Response:
         body = await _json_body(request, max_body_size, server.options.limits)
@@ -203,14 +203,21 @@ def _routes(server: Server, max_body_size: int, shared_memory: SharedMemoryRegis
         control = log_control()
         if request.method == "POST":
             body = await _json_body(request, max_body_size, server.options.limits)
-            return _json_response(control.update(body).as_dict())
+            settings = control.update(body).as_dict()
+            if server.peers is not None:  # --workers N: every worker logs alike
+                await server.peers.call("log_settings", changes=body)
+            return _json_response(settings)
         return _json_response(control.settings.as_dict())
     async def trace_settings(request: Request) -> Response:
         """Triton's trace extension: GET reads the settings, POST changes them first."""
         changes = None
         if request.method == "POST":
             changes = http_changes(await _json_body(request, max_body_size, server.options.limits))
-        return _json_response(trace_setting(server, request.path_params.get("model", ""), changes))
+        model = request.path_params.get("model", "")
+        settings = trace_setting(server, model, changes)
+        if changes and server.peers is not None:  # --workers N: every worker traces alike
+            await server.peers.call("trace_setting", model=model, changes=changes)
+        return _json_response(settings)
 
     model = "/v2/models/{model}"
     version = "/v2/models/{model}/versions/{version}"
@@ -289,6 +296,7 @@ async def serve_http(
     tls: TLSConfig | None = None,
     limits: HttpLimits | None = None,
     shared_memory: SharedMemoryRegistry | None = None,
+    reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
@@ -305,7 +313,8 @@ async def serve_http(
     (:class:`~..limits.HttpLimits`); ``restricted`` closes API categories behind a header
     (:mod:`..restricted`); ``tls`` serves HTTPS (:mod:`..tls`); ``shared_memory`` is the
     registry of shared-memory regions, shared with the gRPC frontend (default: a registry of
-    its own that allows none).
+    its own that allows none). ``reuse_port`` shares the port with the server's other worker
+    processes (``--workers``).
 
     Raises:
         OSError: the address cannot be bound.
@@ -319,5 +328,5 @@ async def serve_http(
         create_app(server, max_body_size=max_body_size, restricted=restricted, shared_memory=shared_memory),
         InferCore(server, max_body_size, restricted, shared_memory),
         host=host, port=port, shutdown_timeout=shutdown_timeout, limits=limits, max_body_size=max_body_size,
-        ssl=ssl_context, task_status=task_status,
+        ssl=ssl_context, reuse_port=reuse_port, task_status=task_status,
     )

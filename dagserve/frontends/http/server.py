@@ -694,8 +694,10 @@ class _NoInfer:
         raise AssertionError("no infer routes")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0 picks a free one).
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one). ``reuse_port``
+    shares the port with the server's other worker processes (``SO_REUSEPORT``: the kernel
+    spreads new connections over them).
 
     The socket is created with ``proto=IPPROTO_TCP``: asyncio sets TCP_NODELAY only on
     accepted sockets whose protocol says TCP (the connection sets it again to be sure).
@@ -706,6 +708,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(2048)
         sock.setblocking(False)
@@ -721,12 +725,13 @@ async def serve_app(
     host: str,
     port: int,
     shutdown_timeout: float = 30,
+    reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """:func:`serve_http11` for a plain ASGI app (no infer routes), e.g. ``/metrics``: it stops
     as soon as its requests are answered."""
     await serve_http11(app, _NoInfer(), host=host, port=port, shutdown_timeout=shutdown_timeout,
-                       task_status=task_status)
+                       reuse_port=reuse_port, task_status=task_status)
 
 
 async def serve_http11(
@@ -740,6 +745,7 @@ async def serve_http11(
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     keep_alive_timeout: float | None = None,
     ssl: ssl_module.SSLContext | None = None,
+    reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled: infer routes by ``infer``, the rest by
@@ -761,7 +767,7 @@ async def serve_http11(
         raise ValueError(f"max_body_size must be positive, got {max_body_size}")
     if keep_alive_timeout is not None:
         limits = dataclasses.replace(limits, keep_alive_timeout=keep_alive_timeout)
-    sock = bind(host, port)
+    sock = bind(host, port, reuse_port=reuse_port)
     try:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:

@@ -1,0 +1,606 @@
+"""``dagserve serve --workers N``: one server made of N worker processes behind one set of ports.
+
+One Python process tops out near one core. With ``--workers N`` the ``dagserve`` process
+becomes a supervisor: it reserves the ports, starts N worker processes (each a whole
+``dagserve serve`` of the same repository with the same flags), restarts one that dies, and
+stops them all gracefully on SIGTERM / SIGINT.
+
+* **One set of ports.** Every worker listens on the same HTTP, gRPC and metrics ports with
+  ``SO_REUSEPORT``; the kernel spreads new connections over them (a connection, and so a gRPC
+  channel, stays with one worker).
+* **One answer.** Each worker answers on a Unix socket of its own, in a directory only this
+  user can enter (the *channel*, one JSON line per call). A statistics or ``/metrics`` request,
+  whichever worker it reaches, is answered with every worker's counts summed; a model load or
+  unload, and a change of the log or trace settings, is done by every worker before it is
+  answered (:class:`~dagserve.engine.Server.peers`).
+* **Supervision.** A worker that dies is started again (its in-flight requests fail with their
+  connection; the others go on); in explicit mode it loads what the others have loaded. A
+  worker that fails to start stops the server with its exit status.
+* **Graceful stop.** The first signal is passed to every worker, which drains as a single
+  server does (docs/operations.md); the second ends them at once.
+
+* **Placement.** A model placed ``replicate`` (the default) is loaded by every worker (memory
+  × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
+  a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
+  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
+
+The response cache is per worker. See docs/architecture.md ("Processes") and
+docs/performance.md for the figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import numpy as np
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from . import errors, tensor_bytes
+from .engine import Server
+from .engine.peers import Emit
+from .frontends.metrics import render_metrics
+from .frontends.runner import FrontendOptions
+from .frontends.tracing import trace_setting
+from .limits import Limits
+from .log_settings import log_control
+from .types import DataType, InferRequest, InferResponse, to_host
+
+__all__ = ["WorkerRole", "auto_workers", "serve_channel", "serve_forwarding", "supervise"]
+
+log = logging.getLogger("dagserve.workers")
+
+_ENV_INDEX = "DAGSERVE_WORKER_INDEX"
+_ENV_COUNT = "DAGSERVE_WORKER_COUNT"
+_ENV_DIR = "DAGSERVE_WORKER_DIR"
+_ENV_RESTART = "DAGSERVE_WORKER_RESTARTED"
+_MAX_ANSWER = 256 * 1024 * 1024  # a /metrics text of many models; statistics are far smaller
+_CONTROL_OPS = ("load", "unload")  # may take as long as a model load; others answer at once
+_QUERY_TIMEOUT = 30.0
+_NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)  # checked where the request came in
+
+
+def auto_workers() -> int:
+    """``--workers auto``: one worker per core this process may run on (1 on a 1-core
+    machine). On 16 cores, 16 workers served the three-step ensemble at 24,030 req/s (HTTP
+    c64), 8 workers at 15,342 (docs/performance.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores)
+
+
+# -- the worker's side ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process is worker ``index`` of ``count`` (from the supervisor's environment)."""
+
+    index: int
+    count: int
+    directory: Path
+    restarted: bool
+
+    @classmethod
+    def from_environment(cls) -> WorkerRole | None:
+        if _ENV_INDEX not in os.environ:
+            return None
+        return cls(
+            index=int(os.environ[_ENV_INDEX]),
+            count=int(os.environ[_ENV_COUNT]),
+            directory=Path(os.environ[_ENV_DIR]),
+            restarted=os.environ.get(_ENV_RESTART) == "1",
+        )
+
+    def socket_path(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.sock"
+
+    def forward_path(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.forward.sock"
+
+    def peers(self) -> UnixPeers:
+        return UnixPeers(self)
+
+    def end_with_supervisor(self) -> None:
+        """Have the kernel send SIGTERM to this process when the supervisor dies (Linux), so a
+        supervisor killed outright leaves no worker behind."""
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the supervisor died before that took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def catch_up(self, server: Server) -> None:
+        """A restarted worker in explicit mode loads what the others have loaded since the
+        start (loads made with config or file overrides load from the repository here)."""
+        if not self.restarted or server.options.model_control_mode != "explicit":
+            return
+        for answer in await self.peers().call("loaded"):
+            for name in answer:
+                if server.loaded_version(name) is None:
+                    with contextlib.suppress(errors.DagserveError):
+                        await server.load_model(name, here_only=True)
+            return  # one live worker's answer is enough
+
+
+class UnixPeers:
+    """The other workers of this server, reached through their channels
+    (:class:`~dagserve.engine.peers.Peers`)."""
+
+    def __init__(self, role: WorkerRole) -> None:
+        self._role = role
+        self.index = role.index
+        self._idle: dict[int, list[_Connection]] = {}
+
+    async def forward(
+        self, owner: int, model: str, version: str, request: InferRequest, emit: Emit | None = None
+    ) -> InferResponse | None:
+        """Send ``request`` to worker ``owner``'s forwarding socket on an idle connection (or
+        a new one: one request at a time on each) and read its answer; with ``emit``, a
+        decoupled model's stream: ``emit(outputs, final)`` for each response, up to the final
+        one. Cancelled meanwhile, it closes the connection, which cancels the request there."""
+        idle = self._idle.setdefault(owner, [])
+        connection = idle.pop() if idle else None
+        if connection is None:
+            try:
+                stream = await anyio.connect_unix(self._role.forward_path(owner))
+            except OSError as exc:
+                raise errors.ModelNotReadyError(
+                    f"model '{model}' is served by worker {owner}, which cannot be reached ({exc.strerror or exc}); "
+                    "retry: a worker that died is being started again"
+                ) from None
+            connection = _Connection(stream)
+        try:
+            await connection.send(_request_frame(model, version, request, stream=emit is not None))
+            while True:
+                header, payload = await connection.receive()
+                if "error" in header or emit is None or header["final"]:
+                    break
+                emit(_tensors(header["tensors"], payload), False)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+            await connection.aclose()
+            raise errors.ModelNotReadyError(
+                f"model '{model}': worker {owner}, which serves it, closed the connection (it may have died; "
+                "retry once it is started again)"
+            ) from None
+        except BaseException:  # cancelled mid-call: closing tells the owner to cancel it too
+            with anyio.CancelScope(shield=True):
+                await connection.aclose()
+            raise
+        idle.append(connection)
+        if "error" in header:
+            raise _error(header["error"])
+        outputs = _tensors(header["tensors"], payload)
+        if emit is not None:
+            emit(None if header.get("bare") else outputs, True)
+            return None
+        return InferResponse(
+            model_name=model, model_version=version, id=header.get("id", ""),
+            outputs=outputs, datatypes={t[0]: DataType(t[1]) for t in header["tensors"]},
+        )
+
+    async def others_stopped(self) -> None:
+        """Poll the other workers' channels until none accepts a connection any more (a
+        worker's channel closes once it has drained and unloaded)."""
+        waiting = [i for i in range(self._role.count) if i != self._role.index]
+        while waiting:
+            still = []
+            for index in waiting:
+                try:
+                    stream = await anyio.connect_unix(self._role.socket_path(index))
+                except OSError:
+                    continue
+                await stream.aclose()
+                still.append(index)
+            waiting = still
+            if waiting:
+                await anyio.sleep(0.05)
+
+    async def call(self, op: str, **args: Any) -> list[Any]:
+        others = [i for i in range(self._role.count) if i != self._role.index]
+        answers: dict[int, Any] = {}
+        failures: list[BaseException] = []
+
+        async def ask(index: int) -> None:
+            try:
+                answers[index] = await _ask(self._role.socket_path(index), op, args)
+            except (FileNotFoundError, ConnectionRefusedError):
+                log.debug("worker %d is not running (being restarted?): left out of %s", index, op)
+            except TimeoutError:  # stopped (SIGSTOP), or its loop is stuck: answer without it
+                log.warning("worker %d did not answer '%s' within %gs: left out", index, op, _QUERY_TIMEOUT)
+            except errors.DagserveError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for index in others:
+                tg.start_soon(ask, index)
+        if failures:
+            raise failures[0]
+        return [answers[i] for i in others if i in answers]
+
+
+async def _ask(path: Path, op: str, args: dict[str, Any]) -> Any:
+    limit = None if op in _CONTROL_OPS else _QUERY_TIMEOUT
+    with anyio.fail_after(limit):
+        async with await anyio.connect_unix(path) as stream:
+            await stream.send(json.dumps({"op": op, "args": _encode(args)}).encode() + b"\n")
+            line = await BufferedByteReceiveStream(stream).receive_until(b"\n", _MAX_ANSWER)
+    reply = json.loads(line)
+    if "error" in reply:
+        raise _error(reply["error"])
+    return reply["answer"]
+
+
+def _error(error: dict[str, str]) -> errors.DagserveError:
+    """The error a peer reported, as the same class here."""
+    kind = getattr(errors, error["type"], None)
+    if not (isinstance(kind, type) and issubclass(kind, errors.DagserveError)):
+        kind = errors.InternalError
+    return kind(error["message"])
+
+
+# -- forwarding: requests for a model another worker serves ------------------------------------
+# A frame is a 4-byte little-endian header length, a JSON header, then the tensors' wire bytes
+# back to back (the KServe binary layout: tensor_bytes); the header lists each tensor as
+# [name, datatype, shape, byte count].
+_LENGTH = struct.Struct("<I")
+_MAX_FRAME = 2**31 - 1
+
+
+class _Connection:
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = BufferedByteReceiveStream(stream)
+        self.closed = False
+
+    async def wait_closed(self) -> None:
+        """Return once the other side closes (or sends anything, which it must not)."""
+        await self._buffer.receive(1)
+
+    async def send(self, frame: bytes) -> None:
+        await self._stream.send(frame)
+
+    async def receive(self) -> tuple[dict[str, Any], memoryview]:
+        (length,) = _LENGTH.unpack(await self._buffer.receive_exactly(_LENGTH.size))
+        header = json.loads(await self._buffer.receive_exactly(length))
+        size = sum(t[3] for t in header.get("tensors", ()))
+        if size > _MAX_FRAME:
+            raise errors.InternalError(f"a forwarded frame of {size} bytes is over the limit")
+        payload = await self._buffer.receive_exactly(size) if size else b""
+        return header, memoryview(payload)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._stream.aclose()
+
+
+def _frame(header: dict[str, Any], tensors: list[tuple[str, DataType, np.ndarray]]) -> bytes:
+    parts: list[bytes | memoryview] = []
+    specs = []
+    for name, datatype, array in tensors:
+        data = tensor_bytes.encode(to_host(array), datatype, name=name)
+        parts.append(data)
+        specs.append([name, datatype.value, list(array.shape), len(data)])
+    text = json.dumps({**header, "tensors": specs}).encode()
+    return b"".join((_LENGTH.pack(len(text)), text, *parts))  # one send: one copy of the tensors
+
+
+def _request_frame(model: str, version: str, request: InferRequest, *, stream: bool) -> bytes:
+    return _frame(
+        {"model": model, "version": version, "id": request.id, "parameters": request.parameters, "stream": stream},
+        [(name, request.datatype(name), array) for name, array in request.inputs.items()],
+    )
+
+
+def _tensors(specs: list[list[Any]], payload: memoryview) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, datatype, shape, size in specs:
+        data = payload[offset:offset + size]
+        offset += size
+        count = int(np.prod(shape, dtype=np.int64))
+        dtype = DataType(datatype)
+        out[name] = tensor_bytes.decode(data, dtype, tuple(shape), count, name=name, limits=_NO_LIMITS)
+    return out
+
+
+async def serve_forwarding(
+    server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer the other workers' requests for the models this worker serves for them
+    (placement ``one``) on this worker's forwarding socket, until cancelled. A request whose
+    connection closes before its answer (the caller was cancelled: a client gone, a deadline)
+    is cancelled here too."""
+    path = role.forward_path(role.index)
+    path.unlink(missing_ok=True)
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        connection = _Connection(stream)
+        async with stream:
+            while True:
+                try:
+                    header, payload = await connection.receive()
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the peer closed it (or died)
+                async with anyio.create_task_group() as tg:
+                    # The caller sends nothing more on this connection before the answer: any
+                    # read that ends means it went away.
+                    tg.start_soon(_cancel_on_close, connection, tg.cancel_scope)
+                    try:
+                        await _run(server, header, payload, connection)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return
+                    tg.cancel_scope.cancel()
+                if tg.cancel_scope.cancelled_caught and connection.closed:
+                    return
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener:
+        task_status.started()
+        await listener.serve(answer)
+
+
+async def _cancel_on_close(connection: _Connection, scope: anyio.CancelScope) -> None:
+    with contextlib.suppress(Exception):
+        await connection.wait_closed()
+    connection.closed = True
+    scope.cancel()
+
+
+async def _run(server: Server, header: dict[str, Any], payload: memoryview, connection: _Connection) -> None:
+    """Run one forwarded request and send its answer (or answers, for a stream)."""
+    try:
+        request = InferRequest(
+            inputs=_tensors(header["tensors"], payload), id=header["id"], parameters=header["parameters"],
+            datatypes={t[0]: DataType(t[1]) for t in header["tensors"] if t[1] == "BF16"},
+        )
+        if header.get("stream"):
+            async def emit(response: InferResponse) -> None:
+                await connection.send(_response_frame(response))
+
+            await server.infer_stream(header["model"], header["version"], request, emit)
+            return
+        frame = _response_frame(await server.infer(header["model"], header["version"], request))
+    except errors.DagserveError as exc:
+        frame = _frame({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
+    except Exception as exc:  # a bug: the caller gets an error, this worker goes on
+        log.exception("forwarded request failed")
+        frame = _frame({"error": {"type": "InternalError", "message": f"{exc!r}"}}, [])
+    await connection.send(frame)
+
+
+def _response_frame(response: InferResponse) -> bytes:
+    return _frame(
+        {"id": response.id, "final": response.final, "bare": not response.outputs},
+        [(n, response.datatypes[n], a) for n, a in response.outputs.items()],
+    )
+
+
+def _encode(value: Any) -> Any:
+    """JSON for a call's arguments: load parameters may hold bytes (gRPC ``file:`` contents)."""
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__bytes__"}:
+            return base64.b64decode(value["__bytes__"])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+async def serve_channel(
+    server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer the supervisor's and the other workers' calls on this worker's Unix socket
+    until cancelled."""
+    path = role.socket_path(role.index)
+    path.unlink(missing_ok=True)  # left by this worker's previous run
+    handlers: dict[str, Callable[..., Awaitable[Any]]] = {
+        "ready": lambda: _now(server.repository_index()),
+        "loaded": lambda: _now([n for n in server.model_names() if server.loaded_version(n) is not None]),
+        "statistics": lambda name, version: _now(server.statistics(name, version)),
+        "metrics": lambda: _now(render_metrics(server).decode()),
+        "load": lambda name, parameters: server.load_model(name, parameters, here_only=True),
+        "unload": lambda name, unload_dependents: server.unload_model(name, unload_dependents, here_only=True),
+        "log_settings": lambda changes: _now(log_control().update(changes).as_dict()),
+        "trace_setting": lambda model, changes: _now(trace_setting(server, model, changes)),
+    }
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                line = await BufferedByteReceiveStream(stream).receive_until(b"\n", _MAX_ANSWER)
+                call = json.loads(line)
+                reply: dict[str, Any] = {"answer": await handlers[call["op"]](**_decode(call["args"]))}
+            except errors.DagserveError as exc:
+                reply = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+            except Exception as exc:  # a malformed call from a peer of another version, a bug
+                log.exception("worker channel: call failed")
+                reply = {"error": {"type": "InternalError", "message": f"worker {role.index}: {exc!r}"}}
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(json.dumps(reply).encode() + b"\n")
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener:
+        task_status.started()
+        await listener.serve(answer)
+
+
+async def _now(value: Any) -> Any:
+    return value
+
+
+# -- the supervisor's side --------------------------------------------------------------------
+_PORT_FIELDS = (("http_port", "--http-port"), ("grpc_port", "--grpc-port"), ("metrics_port", "--metrics-port"))
+
+
+def supervise(argv: Sequence[str], options: FrontendOptions, count: int) -> int:
+    """Run the server as ``count`` worker processes started with ``argv`` (the ``serve``
+    arguments), until SIGTERM / SIGINT; the exit status (0 after a graceful stop)."""
+    directory = Path(tempfile.mkdtemp(prefix="dagserve-workers-"))  # mode 0700: only this user
+    held: list[socket.socket] = []
+    try:
+        ports = {}
+        for field, flag in _PORT_FIELDS:
+            port = getattr(options, field)
+            if port is None:
+                continue
+            host = (options.metrics_address or options.host) if field == "metrics_port" else options.host
+            sock = _hold(host, port)
+            held.append(sock)
+            ports[flag] = sock.getsockname()[1]
+        command = [sys.executable, "-m", "dagserve", *argv, *(a for flag, p in ports.items() for a in (flag, str(p)))]
+        return anyio.run(_Supervisor(command, count, directory, options, ports).run)
+    finally:
+        for sock in held:
+            sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _hold(host: str, port: int) -> socket.socket:
+    """A socket bound (not listening) to ``host:port`` with ``SO_REUSEPORT``: it keeps the
+    port (a port 0 becomes a free one) for the workers, which bind it too, and from any
+    process that does not share it."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class _Supervisor:
+    def __init__(
+        self, command: list[str], count: int, directory: Path, options: FrontendOptions, ports: dict[str, int]
+    ) -> None:
+        self.command = command
+        self.count = count
+        self.directory = directory
+        self.options = options
+        self.ports = ports
+        self.processes: dict[int, anyio.abc.Process] = {}
+        self.stopping = False
+        self.status = 0
+        self.ready = [anyio.Event() for _ in range(count)]
+        self.models: list[dict[str, Any]] = []  # worker 0's repository index, once it is ready
+
+    async def run(self) -> int:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, signals)
+                async with anyio.create_task_group() as workers:
+                    for index in range(self.count):
+                        workers.start_soon(self._keep_running, index)
+                    workers.start_soon(self._announce)
+                tg.cancel_scope.cancel()
+        if self.status == 0:
+            print("dagserve: stopped", flush=True)
+        return self.status
+
+    async def _watch_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self.stopping:
+                print(f"dagserve: {name} received again, exiting now", flush=True)
+                for process in self.processes.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                os._exit(128 + signum)
+            print(f"dagserve: {name} received, stopping {self.count} workers: finishing requests in flight "
+                  f"(at most {self.options.exit_timeout_secs:g}s; send it again to exit now)", flush=True)
+            self._stop()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        for event in self.ready:
+            event.set()  # nothing more to announce
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+
+    async def _keep_running(self, index: int) -> None:
+        restarted = False
+        while not self.stopping:
+            env = {**os.environ, _ENV_INDEX: str(index), _ENV_COUNT: str(self.count),
+                   _ENV_DIR: str(self.directory), _ENV_RESTART: "1" if restarted else "0"}
+            # A session of its own: a Ctrl-C in the terminal reaches the supervisor only,
+            # which passes one SIGTERM on (a worker would take a second signal as "exit now").
+            process = await anyio.open_process(self.command, env=env, stdin=subprocess.DEVNULL,
+                                               stdout=None, stderr=None, start_new_session=True)
+            self.processes[index] = process
+            if self.stopping:  # the signal came while it started
+                process.send_signal(signal.SIGTERM)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._wait_ready, index)
+                status = await process.wait()
+                tg.cancel_scope.cancel()
+            del self.processes[index]
+            if self.stopping:
+                if status != 0:
+                    self.status = self.status or status
+                return
+            if not self.ready[index].is_set() and not restarted:
+                # It never started: a bad flag, a port, a broken repository. Every worker
+                # would fail alike: stop the server with its status (it printed why).
+                self.status = status if status > 0 else 1
+                self._stop()
+                return
+            why = f"exited with status {status}" if status >= 0 else f"was killed by {signal.Signals(-status).name}"
+            print(f"dagserve: worker {index} (pid {process.pid}) {why}; starting it again", file=sys.stderr, flush=True)
+            restarted = True
+            await anyio.sleep(0.5)  # a worker that dies at once must not spin the machine
+
+    async def _wait_ready(self, index: int) -> None:
+        path = self.directory / f"worker-{index}.sock"
+        while True:
+            with contextlib.suppress(OSError, errors.DagserveError):
+                answer = await _ask(path, "ready", {})
+                if index == 0 and not self.ready[0].is_set():
+                    self.models = answer
+                self.ready[index].set()
+                return
+            await anyio.sleep(0.05)
+
+    async def _announce(self) -> None:
+        for event in self.ready:
+            await event.wait()
+        if self.stopping:
+            return
+        pids = ", ".join(str(p.pid) for _, p in sorted(self.processes.items()))
+        print(f"dagserve: {self.count} worker processes (pids {pids})", flush=True)
+        for model in self.models:
+            state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
+            print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
+        host = self.options.host
+        show = f"[{host}]" if ":" in host else host
+        if "--http-port" in self.ports:
+            scheme = "https" if self.options.http_tls else "http"
+            print(f"HTTP service listening on {scheme}://{show}:{self.ports['--http-port']}", flush=True)
+        if "--grpc-port" in self.ports:
+            print(f"gRPC service listening on {show}:{self.ports['--grpc-port']}", flush=True)
+        if "--metrics-port" in self.ports:
+            metrics_host = self.options.metrics_address or host
+            metrics_show = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            print(f"metrics served at http://{metrics_show}:{self.ports['--metrics-port']}/metrics", flush=True)

@@ -1,0 +1,439 @@
+"""`dagserve serve --workers N`: one server of several processes behind one set of ports.
+
+Real processes, real sockets, the real tritonclient: connections spread over the workers (the
+``whoami`` model answers with its process id), statistics and /metrics are single answers
+summed over every worker, model control reaches every worker, a killed worker is started again
+while the other answers, and a model placed in one worker (a sequence-batched one by default)
+is reached from every worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+REPOS = Path(__file__).parent / "repos"
+DEADLINE = 90.0  # generous: the machine may be busy, and each worker loads the repository
+
+
+class Served:
+    """A `dagserve serve --workers` process and what it printed."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.addresses: dict[str, str] = {}
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+            match = re.search(r"(HTTP|gRPC) service listening on (?:http://)?(\S+)|metrics served at http://(\S+)/metrics",
+                              line)
+            if match:
+                self.addresses[match.group(1) or "metrics"] = match.group(2) or match.group(3)
+            if len(self.addresses) == 3:
+                break
+        else:
+            raise AssertionError(f"server exited (code {proc.wait()}) before listening:\n{''.join(self.lines)}")
+        self._drain = threading.Thread(target=lambda: self.lines.extend(proc.stdout or ()), daemon=True)
+        self._drain.start()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def close(self) -> None:
+        """Stop the server if it still runs (gracefully, then for good) and close its pipe."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain.join(DEADLINE)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(repository: str | Path, *args: str, env: dict[str, str] | None = None) -> Served:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
+             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+        )
+        try:
+            served = Served(proc)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def whoami_http(url: str, x: float = 1.0) -> int:
+    """One request on a fresh connection; the pid of the worker that answered."""
+    with httpclient.InferenceServerClient(url, network_timeout=DEADLINE) as client:
+        inp = httpclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([x], dtype=np.float32))
+        result = client.infer("whoami", [inp])
+        np.testing.assert_array_equal(result.as_numpy("Y"), [x + 1])
+        return int(result.as_numpy("PID")[0])
+
+
+def whoami_grpc(url: str) -> int:
+    with grpcclient.InferenceServerClient(url) as client:  # a channel of its own: a connection
+        inp = grpcclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+        result = client.infer("whoami", [inp], client_timeout=DEADLINE)
+        return int(result.as_numpy("PID")[0])
+
+
+def until_every_worker(call: Callable[[], int], workers: int) -> tuple[set[int], int]:
+    """Call on fresh connections until ``workers`` processes have answered: (pids, calls).
+    Each connection lands on a worker at random; a restarted worker joins once it has loaded."""
+    pids: set[int] = set()
+    calls = 0
+    end = time.monotonic() + DEADLINE
+    while len(pids) < workers:
+        assert time.monotonic() < end, f"{calls} connections reached only {len(pids)} of {workers} workers"
+        pid = call()
+        if pid:  # 0: that worker cannot answer yet
+            pids.add(pid)
+        calls += 1
+    return pids, calls
+
+
+def metric(url: str, name: str, model: str) -> float:
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=DEADLINE) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    found = re.findall(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    assert len(found) == 1, text
+    return float(found[0])
+
+
+def test_connections_spread_over_workers_and_statistics_are_summed(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2")
+    assert "dagserve: 2 worker processes" in served.output()
+    http_pids, http_calls = until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    grpc_pids, grpc_calls = until_every_worker(lambda: whoami_grpc(served.addresses["gRPC"]), 2)
+    assert http_pids == grpc_pids, "one set of workers behind both protocols"
+    total = http_calls + grpc_calls
+
+    # Whichever worker answers (fresh connections again), the answer is the whole server's.
+    for _ in range(6):
+        with httpclient.InferenceServerClient(served.addresses["HTTP"]) as client:
+            stats = client.get_inference_statistics("whoami")["model_stats"]
+        assert [(s["name"], s["inference_count"], s["inference_stats"]["success"]["count"]) for s in stats] == [
+            ("whoami", total, total)
+        ]
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+            gstats = gclient.get_inference_statistics("whoami", as_json=True)["model_stats"]
+        assert [int(s["inference_count"]) for s in gstats] == [total]
+        assert metric(served.addresses["metrics"], "nv_inference_request_success", "whoami") == total
+        assert metric(served.addresses["metrics"], "nv_inference_count", "whoami") == total
+
+    # An unknown model is the same clear error as with one process.
+    with httpclient.InferenceServerClient(served.addresses["HTTP"]) as client, pytest.raises(
+        InferenceServerException, match="unknown model 'nope'"
+    ):
+        client.get_inference_statistics("nope")
+
+
+def test_log_and_trace_settings_change_in_every_worker(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2")
+    url = served.addresses["HTTP"]
+    until_every_worker(lambda: whoami_http(url), 2)
+    with httpclient.InferenceServerClient(url) as client:
+        assert client.update_log_settings({"log_verbose_level": 2})["log_verbose_level"] == 2
+        client.update_trace_settings(settings={"trace_rate": "7"})
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        gclient.update_log_settings({"log_warning": False})
+    for _ in range(20):  # fresh connections: whichever worker answers has the new settings
+        with httpclient.InferenceServerClient(url) as client:
+            logs = client.get_log_settings()
+            assert (logs["log_verbose_level"], logs["log_warning"]) == (2, False)
+            assert client.get_trace_settings()["trace_rate"] == "7"
+
+
+def test_load_and_unload_reach_every_worker(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2", "--model-control-mode", "explicit")
+    url = served.addresses["HTTP"]
+    with httpclient.InferenceServerClient(url) as client:
+        assert not client.is_model_ready("whoami")
+        client.load_model("whoami")
+    until_every_worker(lambda: whoami_http(url), 2)  # every worker serves it at once
+
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        gclient.unload_model("whoami")
+    for _ in range(20):  # fresh connections: no worker serves it any more
+        with httpclient.InferenceServerClient(url) as client:
+            assert not client.is_model_ready("whoami")
+            with pytest.raises(InferenceServerException):
+                whoami_http(url)
+
+    with httpclient.InferenceServerClient(url) as client, pytest.raises(
+        InferenceServerException, match="whoami"
+    ):
+        client.unload_model("whoami")  # not loaded anywhere: the error of one process
+
+
+def test_a_worker_that_dies_is_started_again_while_the_others_answer(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2", "--model-control-mode", "explicit", "--load-model", "whoami")
+    url = served.addresses["HTTP"]
+    before, _ = until_every_worker(lambda: whoami_http(url), 2)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: f"(pid {victim}) was killed by SIGKILL; starting it again" in served.output(),
+             "the supervisor to start the worker again")
+    # Every request meanwhile is answered (by the live worker) until the new one serves too;
+    # it loaded what the others had loaded.
+    after, _ = until_every_worker(lambda: whoami_http(url), 2)
+    assert victim not in after and len(after & before) == 1
+
+
+def test_a_sequence_reaches_its_state_whichever_worker_each_request_reaches(serve: Callable[..., Served]) -> None:
+    """A sequence-batched model is served by one worker (placement ``one``, its default); the
+    others forward to it. Each request of a sequence here goes on a fresh connection, over
+    HTTP and gRPC in turn, so they reach both workers: the running sums are exact, and the
+    statistics count every request once."""
+    served = serve("sequence", "--workers", "2")
+    totals: dict[int, list[int]] = {7: [], 8: []}
+    for i, x in enumerate([3, 4, 5, 6, 7, 8]):
+        for seq, module, url in ((7, httpclient, served.addresses["HTTP"]), (8, grpcclient, served.addresses["gRPC"])):
+            with module.InferenceServerClient(url) as client:
+                inp = module.InferInput("X", [1, 1], "INT32")
+                inp.set_data_from_numpy(np.array([[x * (seq - 6)]], np.int32))
+                result = client.infer("accumulate", [inp], outputs=[module.InferRequestedOutput("TOTAL")],
+                                      sequence_id=seq, sequence_start=i == 0, sequence_end=i == 5)
+                totals[seq].append(int(result.as_numpy("TOTAL")[0, 0]))
+    assert totals == {7: [3, 7, 12, 18, 25, 33], 8: [6, 14, 24, 36, 50, 66]}
+    with httpclient.InferenceServerClient(served.addresses["HTTP"]) as hclient:
+        stats = hclient.get_inference_statistics("accumulate")["model_stats"]
+    assert [s["inference_stats"]["success"]["count"] for s in stats] == [12]
+
+
+def test_placement_one_serves_a_model_from_one_worker(serve: Callable[..., Served]) -> None:
+    """``parameters: {placement: one}``: however many workers the connections reach, one
+    process answers, with the outputs and errors it would give itself."""
+    served = serve("workers", "--workers", "2")
+    url = served.addresses["HTTP"]
+    until_every_worker(lambda: whoami_http(url), 2)  # both workers serve connections
+    owners = set()
+    for _ in range(16):
+        with httpclient.InferenceServerClient(url) as client:
+            inp = httpclient.InferInput("X", [2], "FP32")
+            inp.set_data_from_numpy(np.array([1.5, 2.5], dtype=np.float32))
+            result = client.infer("whoami_one", [inp], outputs=[httpclient.InferRequestedOutput("PID")])
+            assert result.as_numpy("Y") is None, "only the output asked for"
+            owners.add(int(result.as_numpy("PID")[0]))
+            bad = httpclient.InferInput("X", [2], "INT32")
+            bad.set_data_from_numpy(np.array([1, 2], dtype=np.int32))
+            with pytest.raises(InferenceServerException, match="X"):
+                client.infer("whoami_one", [bad])
+    assert len(owners) == 1
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        stats = gclient.get_inference_statistics("whoami_one", as_json=True)["model_stats"]
+    assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [16]
+
+
+def test_sigterm_stops_every_worker_and_exits_0(serve: Callable[..., Served]) -> None:
+    served = serve("workers", "--workers", "2")
+    pids, _ = until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(DEADLINE) == 0, served.output()
+    for pid in pids:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"worker {pid} to end")
+    assert "dagserve: stopped" in served.output()
+
+
+def test_worker_0_serves_forwarded_models_until_the_other_workers_have_drained(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """``gated`` = gate -> double, and ``double`` is placed in worker 0. Worker 0's own requests
+    pass its gate at once, so on SIGTERM it has nothing left to drain, while worker 1's wait at
+    the gate; once that opens, their ``double`` steps are forwarded to worker 0, which must still
+    serve it: every request is answered and the server exits 0."""
+    gate = tmp_path / "gate"
+    served = serve("shutdown", "--workers", "2", env={"DAGSERVE_TEST_GATE": str(gate)})
+    owner = int(re.search(r"worker processes \(pids (\d+),", served.output()).group(1))  # type: ignore[union-attr]
+    (gate / f"open-{owner}").touch()
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            with httpclient.InferenceServerClient(served.addresses["HTTP"], network_timeout=DEADLINE) as client:
+                x = httpclient.InferInput("X", [1], "FP32")
+                x.set_data_from_numpy(np.array([i], dtype=np.float32))
+                results[i] = float(client.infer("gated", [x]).as_numpy("Y")[0])
+        except Exception as exc:  # noqa: BLE001 - asserted on below
+            results[i] = exc
+
+    def waiting_elsewhere() -> int:
+        return sum(1 for f in (gate / "arrived").iterdir() if not f.name.startswith(f"{owner}-"))
+
+    threads: list[threading.Thread] = []
+    while not waiting_elsewhere():  # fresh connections until some reach the other worker
+        batch = [threading.Thread(target=call, args=(len(threads) + k,)) for k in range(4)]
+        threads += batch
+        for thread in batch:
+            thread.start()
+        wait_for(lambda: sum(1 for _ in (gate / "arrived").iterdir()) >= len(threads), "the requests to arrive")
+    wait_for(lambda: len(results) == len(threads) - waiting_elsewhere(), "worker 0's requests to be answered")
+    served.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping 2 workers" in served.output(), "the stop to begin")
+    (gate / "open").touch()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert served.proc.wait(DEADLINE) == 0, served.output()
+    assert results == {i: (i + 1) * 2 for i in range(len(threads))}, results
+
+
+def test_poll_mode_picks_up_a_new_model_in_every_worker(serve: Callable[..., Served], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    served = serve(repo, "--workers", "2", "--model-control-mode", "poll", "--repository-poll-secs", "0.2")
+    shutil.copytree(REPOS / "workers" / "whoami", repo / "whoami")
+    until_every_worker(lambda: _whoami_once_ready(served.addresses["HTTP"]), 2)
+
+
+def _whoami_once_ready(url: str) -> int:
+    """whoami's answer on a fresh connection, once that worker has loaded it (0 before)."""
+    try:
+        return whoami_http(url)
+    except InferenceServerException:
+        return 0
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_bad_worker_counts_are_refused(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / "workers"),
+         "--workers", value], capture_output=True, text=True, timeout=DEADLINE,
+    )
+    assert done.returncode == 2
+    assert f"--workers must be a whole number of processes (1 or more) or 'auto', not '{value}'" in done.stderr
+
+
+def test_decoupled_streams_are_answered_by_their_worker(serve: Callable[..., Served]) -> None:
+    """A gRPC stream stays on the worker its connection reached: every stream gets all of its
+    responses in order, and the statistics count every request once."""
+    served = serve("decoupled", "--workers", "2")
+    streams = 12
+    for s in range(streams):
+        received: list[object] = []
+        done = threading.Event()
+
+        def collect(result: object, error: object, received: list[object] = received, done: threading.Event = done) -> None:
+            received.append(error if error is not None else result)
+            if error is not None or len(received) == 5:
+                done.set()
+
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client:  # a connection each
+            client.start_stream(callback=collect)
+            n = grpcclient.InferInput("N", [1], "INT32")
+            n.set_data_from_numpy(np.array([5], dtype=np.int32))
+            client.async_stream_infer("repeat", [n], request_id=f"s{s}")
+            assert done.wait(DEADLINE), f"stream {s}: {received}"
+            client.stop_stream()
+        assert [r.as_numpy("OUT")[0] for r in received] == list(range(5)), received  # type: ignore[attr-defined]
+    with httpclient.InferenceServerClient(served.addresses["HTTP"]) as hclient:
+        stats = hclient.get_inference_statistics("repeat")["model_stats"]
+    assert [s["inference_stats"]["success"]["count"] for s in stats] == [streams]
+
+
+def test_a_decoupled_model_placed_one_streams_through_the_worker_that_forwards(serve: Callable[..., Served]) -> None:
+    """Streams of a decoupled model served by one worker: every stream, whichever worker its
+    connection reached, gets its responses in order from that one process, and an error
+    after some responses arrives after them."""
+    served = serve("workers", "--workers", "2")
+    until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    pids = set()
+    for s in range(10):
+        n_value = 4 if s % 2 == 0 else -3
+        received: list[object] = []
+        done = threading.Event()
+
+        def collect(result: object, error: object, received: list[object] = received, done: threading.Event = done) -> None:
+            received.append(error if error is not None else result)
+            if error is not None:
+                done.set()
+
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client:
+            client.start_stream(callback=collect)
+            n = grpcclient.InferInput("N", [1], "INT32")
+            n.set_data_from_numpy(np.array([n_value], dtype=np.int32))
+            client.async_stream_infer("stream_one", [n], enable_empty_final_response=True)
+            wait_for(lambda received=received: done.is_set() or any(
+                getattr(r, "get_response", None) and r.get_response().parameters.get("triton_final_response", None)
+                and r.get_response().parameters["triton_final_response"].bool_param for r in received
+            ), f"stream {s} to end")
+            client.stop_stream()
+        answers = [r for r in received if getattr(r, "as_numpy", None) is not None and r.as_numpy("OUT") is not None]
+        assert [int(r.as_numpy("OUT")[0]) for r in answers] == list(range(abs(n_value))), received
+        pids |= {int(r.as_numpy("PID")[0]) for r in answers}
+        if n_value < 0:
+            assert isinstance(received[-1], InferenceServerException), received
+            assert f"failed after {-n_value} responses" in str(received[-1])
+    assert len(pids) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, "replicate"),
+        ({"parameters": {"placement": "one"}}, "one"),
+        ({"instance_group": [{"kind": "KIND_GPU"}]}, "one"),  # loaded on the GPU once
+        ({"instance_group": [{"kind": "KIND_GPU"}], "parameters": {"placement": "replicate"}}, "replicate"),
+        ({"sequence_batching": {}}, "one"),
+        ({"sequence_batching": {}, "parameters": {"placement": "replicate"}}, "whose state must be in one process"),
+        ({"parameters": {"placement": "everywhere"}}, "must be 'replicate' or 'one', not 'everywhere'"),
+    ],
+)
+def test_placement_defaults_and_refusals(config: dict[str, object], expected: str) -> None:
+    from dagserve.engine.peers import placement
+    from dagserve.errors import ConfigError
+    from dagserve.repository.config import ModelConfig
+
+    model = ModelConfig.model_validate({"name": "m", "backend": "python", **config})
+    if expected in ("one", "replicate"):
+        assert placement(model, "m") == expected
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            placement(model, "m")
