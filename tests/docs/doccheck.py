@@ -9,8 +9,9 @@ A fenced block in README.md or docs/*.md is classified by an HTML comment on the
     environment first on ``PATH`` (so ``dagserve`` and ``python`` are this checkout's); it must
     exit 0 (or N).
 ``<!-- test: output -->``
-    what the ``run`` block before it prints (stdout and stderr together); a line ``...`` stands
-    for any number of lines the page leaves out.
+    what the ``run`` block before it prints (stdout and stderr together), or what the ``serve``
+    block before it printed until it was ready (its log lines aside); a line ``...`` stands for
+    any number of lines the page leaves out.
 ``<!-- test: serve -->``
     a ``bash`` block of one ``dagserve serve ...`` command: started as the page's server for the
     ``run`` blocks after it (until the next ``serve`` block).
@@ -34,8 +35,9 @@ one of these markers: a command nobody runs can drift unseen.
 What is substituted, and how the comparison is normalised — nothing else varies:
 
 * the documented ports ``localhost:8000`` / ``8001`` / ``8002`` (HTTP, gRPC, metrics) become the
-  server's real ones in the commands, and the real ones are written back as the documented ones
-  in the output; ``/tmp/`` in a command becomes a directory of the test's own (and back);
+  server's real ones (on 127.0.0.1) in the commands, and the real port numbers are written back
+  as the documented ones in the output; ``/tmp/`` in a command becomes a directory of the
+  test's own (and back);
 * error ids, durations (``0.04 s``, ``12 ms``), timestamps and process ids compare equal to any
   value;
 * whitespace is not compared: the docs wrap long lines and align columns.
@@ -193,6 +195,7 @@ _VARYING = [
     (re.compile(r"\b[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+\b"), "<glog prefix>"),
     (re.compile(r"\b\d+(\.\d+)? ?(s|ms|µs|us)\b"), "<duration>"),
     (re.compile(r"\bpid \d+\b"), "pid <pid>"),
+    (re.compile(r"\(pids [\d, ]+\)"), "(pids <pids>)"),
 ]
 
 
@@ -217,6 +220,9 @@ def normalise(text: str) -> str:
 _LISTENING = {"http": r"^HTTP service listening on https?://[^:\s]+:(\d+)",
               "grpc": r"^gRPC service listening on [^:\s]+:(\d+)",
               "metrics": r"^metrics served at http://[^:\s]+:(\d+)/"}
+
+
+_LOG_LINE = re.compile(r"^[IWEV]\d{4} \d\d:\d\d:\d\d")  # the log's lines (default format)
 
 
 class DocServer:
@@ -294,7 +300,7 @@ def unsubstitute(text: str, ports: dict[str, int], scratch: Path) -> str:
     as ``/tmp/``."""
     for name, port in ports.items():
         for host in ("127.0.0.1", "localhost"):
-            text = text.replace(f"{host}:{port}", f"localhost:{DOC_PORTS[name]}")
+            text = text.replace(f"{host}:{port}", f"{host}:{DOC_PORTS[name]}")
     return text.replace(f"{scratch}/", "/tmp/")
 
 
@@ -355,6 +361,9 @@ def check_page(page: Path) -> PageRun:
                     if server:
                         server.stop()
                     server = starting.pop(0).ready()
+                    if block.kind == "serve":
+                        banner = "".join(line for line in server.log if not _LOG_LINE.match(line))
+                        last = (block, unsubstitute(banner, server.ports, scratch))
                 if block.kind == "run":
                     ports = server.ports if server else {}
                     status, output = run_block(block, ports, scratch, env)

@@ -33,6 +33,20 @@ def test_page_commands_print_what_the_page_shows(page: Path) -> None:
 PAGE = """\
 # A page
 
+<!-- test: serve -->
+```bash
+dagserve serve --model-repository examples/pipelines
+```
+
+<!-- test: output -->
+```text
+...
+model iris version %s: READY
+...
+HTTP service listening on http://127.0.0.1:8000
+...
+```
+
 <!-- test: run -->
 ```bash
 curl -s localhost:8000/v2/models/iris/infer -d '{"inputs": [
@@ -50,19 +64,21 @@ curl -s localhost:8000/v2/models/iris/infer -d '{"inputs": [
 
 @pytest.mark.slow
 def test_a_shown_output_that_differs_fails_naming_both_blocks(tmp_path: Path) -> None:
-    """The same command passes with the output it prints and fails with another one, whose
-    message names the output block and the command block."""
+    """The same server and command pass with the outputs they print and fail with others, each
+    failure naming the output block and the block that printed something else."""
     good = tmp_path / "good.md"
-    good.write_text(PAGE % "setosa")
+    good.write_text(PAGE % ("1", "setosa"))
     outcome = doccheck.check_page(good)
-    assert (outcome.ran, outcome.compared, outcome.failures) == (1, 1, [])
+    assert (outcome.ran, outcome.compared, outcome.failures) == (1, 2, [])
 
     wrong = tmp_path / "wrong.md"
-    wrong.write_text(PAGE % "virginica")
+    wrong.write_text(PAGE % ("2", "virginica"))
     failures = doccheck.check_page(wrong).failures
-    assert len(failures) == 1
-    assert failures[0].startswith(f"{wrong}:11: the output shown differs from what {wrong}:4 prints")
-    assert '"data":["setosa"]' in failures[0]
+    assert len(failures) == 2
+    assert failures[0].startswith(f"{wrong}:9: the output shown differs from what {wrong}:4 prints")
+    assert "model iris version 1: READY" in failures[0]
+    assert failures[1].startswith(f"{wrong}:25: the output shown differs from what {wrong}:18 prints")
+    assert '"data":["setosa"]' in failures[1]
 
 
 def test_a_command_block_without_a_marker_is_named() -> None:
