@@ -821,7 +821,10 @@ async def _serve(
         # leaves them open. Bounded: a transport the loop never finishes must not hang the stop.
         # Connections accepted just before the listener closed get their transport (and
         # connection_made) a few loop turns later: let those turns run so they are counted.
-        for _ in range(3):
-            await anyio.lowlevel.checkpoint()
-        with anyio.move_on_after(1.0):
-            await state.transports_closed()
+        # Shielded: a stop is usually a cancellation, in which an unshielded wait would end at
+        # once (it did: the late-GC ResourceWarning of an unclosed server-side transport).
+        with anyio.CancelScope(shield=True):
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            with anyio.move_on_after(1.0):
+                await state.transports_closed()
