@@ -9,10 +9,15 @@ dagserve latency) measured in this one run.
 Needs the Triton reference venv (``../shared/triton-reference/setup.sh VENV``); pass it with
 ``--triton-venv`` (default /tmp/triton-venv; it is set up there when missing).
 
-Run: python bench/bench_vs_triton.py [--seconds 3] [--protocols http,grpc] [--dagserve-args "--python-execution inline"]
+Run: python bench/bench_vs_triton.py [--seconds 3] [--protocols http,grpc] [--concurrency 1,16]
+    [--dagserve-args "--python-execution inline"] [--tree OTHER_CHECKOUT] [--rounds N]
 
 ``--dagserve-args`` serves dagserve a second time with those flags after its default run, and
 prints its ratios too (e.g. ``--python-execution inline``: the operator's opt-in for short steps).
+``--tree`` also serves another checkout of dagserve (its code first on PYTHONPATH, same
+interpreter), for a before/after comparison of a change. ``--rounds N`` repeats the whole
+sequence of servers N times, interleaved, so that load from elsewhere on a shared machine falls
+on every server alike; each figure printed at the end is the median of its rounds.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import re
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "bench" / "repos" / "triton_ensemble"
-REFERENCE = ROOT.parent / "shared" / "triton-reference"
+# The reference kit beside the checkout (../shared); TRITON_REFERENCE names it for a checkout elsewhere.
+REFERENCE = Path(os.environ.get("TRITON_REFERENCE", ROOT.parent / "shared" / "triton-reference"))
 MODEL, SHAPE = "classify", "RAW:32"
 HTTP, GRPC, METRICS = 8700, 8701, 8702
 
@@ -84,12 +91,14 @@ def _perf_once(venv: Path, protocol: str, port: int, concurrency: int, seconds: 
 
 
 def measure(name: str, command: list[str], env: dict[str, str], venv: Path, args: argparse.Namespace) -> dict:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Run from the served tree, so that ``python -m dagserve.cli`` imports that tree's code.
+    cwd = env.get("PYTHONPATH") or None
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
     try:
         wait_ready(proc)
         for protocol in args.protocols.split(","):
-            for c in (1, 16):
+            for c in (int(c) for c in args.concurrency.split(",")):
                 results[(protocol, c)] = perf(venv, protocol, c, args.seconds)
                 rate, p50 = results[(protocol, c)]
                 print(f"{name:8s} {protocol:4s} c={c:<2d} {rate:8.0f} infer/s  p50 {p50 / 1000:6.3f} ms", flush=True)
@@ -104,27 +113,42 @@ def main() -> int:
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--dagserve-args", default="", help="extra flags for a second dagserve run")
     parser.add_argument("--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/triton-venv")))
+    parser.add_argument("--concurrency", default="1,16", help="perf_analyzer concurrencies, comma-separated")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="another dagserve checkout to serve too (repeatable)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of the whole sequence")
     args = parser.parse_args()
     venv = args.triton_venv
     if not (venv / "bin" / "perf_analyzer").exists():
         subprocess.run(["bash", str(REFERENCE / "setup.sh"), str(venv)], check=True)
 
-    triton = measure(
-        "triton",
-        ["bash", str(REFERENCE / "run_triton.sh"), str(venv), str(REPO), str(HTTP), str(GRPC), str(METRICS)],
-        dict(os.environ), venv, args,
-    )
+    triton_command = ["bash", str(REFERENCE / "run_triton.sh"), str(venv), str(REPO), str(HTTP), str(GRPC), str(METRICS)]
     serve = [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO), "--http-port", str(HTTP),
              "--grpc-port", str(GRPC), "--metrics-port", str(METRICS), "--log-level", "warning"]
-    runs = {"dagserve": measure("dagserve", serve, dict(os.environ), venv, args)}
-    if args.dagserve_args:
-        runs[f"dagserve {args.dagserve_args}"] = measure("dagserve+", serve + shlex.split(args.dagserve_args),
-                                                         dict(os.environ), venv, args)
+    servers: list[tuple[str, list[str], dict[str, str]]] = [
+        ("triton", triton_command, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    ]
+    for tree in [ROOT, *args.tree]:
+        env = dict(os.environ) | {"PYTHONPATH": str(tree.resolve())}
+        label = "dagserve" if tree == ROOT else f"dagserve@{tree}"
+        servers.append((label, serve, env))
+        if args.dagserve_args:
+            servers.append((f"{label} {args.dagserve_args}", serve + shlex.split(args.dagserve_args), env))
+    rounds: dict[str, list[dict]] = {name: [] for name, _, _ in servers}
+    for r in range(args.rounds):
+        for name, command, env in servers:
+            if args.rounds > 1:
+                print(f"-- round {r + 1}: {name}", flush=True)
+            rounds[name].append(measure(name[:8], command, env, venv, args))
+    runs = {name: {key: tuple(statistics.median(run[key][i] for run in results) for i in (0, 1))
+                   for key in results[0]} for name, results in rounds.items()}
+    triton = runs.pop("triton")
     for name, dagserve in runs.items():
-        print(f"\nratios ({name} vs Triton, same run, same client):")
+        print(f"\nratios ({name} vs Triton, same run, same client{'; medians' if args.rounds > 1 else ''}):")
         for key in triton:
             (t_rate, t_p50), (d_rate, d_p50) = triton[key], dagserve[key]
-            print(f"  {key[0]:4s} c={key[1]:<2d} throughput x{d_rate / t_rate:.2f}   p50 latency x{d_p50 / t_p50:.2f}")
+            print(f"  {key[0]:4s} c={key[1]:<2d} {d_rate:8.0f} infer/s (Triton {t_rate:.0f})  "
+                  f"throughput x{d_rate / t_rate:.2f}   p50 latency x{d_p50 / t_p50:.2f}")
     return 0
 
 
