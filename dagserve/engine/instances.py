@@ -15,7 +15,9 @@ logged (at most once a minute per model) so that an operator sees which model to
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
+import functools
 import logging
 import queue
 import threading
@@ -32,7 +34,7 @@ from ..tracing.context import Span
 from ..types import InferRequest
 from .stats import ModelStatistics
 
-__all__ = ["INLINE_WARN_NS", "InstancePool", "InstanceThread"]
+__all__ = ["INLINE_WARN_NS", "ChainCancelled", "InstancePool", "InstanceThread", "Later"]
 
 log = logging.getLogger("dagserve.engine")
 
@@ -41,6 +43,16 @@ INLINE_WARN_NS = 10_000_000
 its mode does not change."""
 
 _WARN_EVERY_NS = 60_000_000_000
+
+Later = list[Callable[[], None]]
+"""Statistics recorded off the event loop, as calls the event loop makes afterwards (the
+statistics are written by the event loop only)."""
+
+
+class ChainCancelled(asyncio.CancelledError):
+    """Raised on a worker thread when the caller of the work it runs was cancelled; it counts
+    as a cancellation wherever a failure reason is derived from it."""
+
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, asyncio.Future[Any], asyncio.AbstractEventLoop]
 
@@ -76,6 +88,23 @@ class InstanceThread:
         Raises:
             ModelNotReadyError: :meth:`close` was called (the instance is being unloaded).
         """
+        future = self.submit(func, *args)
+        try:
+            # shield: a cancelled caller must not cancel the future the thread will resolve.
+            return await asyncio.shield(future)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([future])
+            raise
+
+    def submit(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue ``func(*args)`` for this thread, in a copy of the caller's context, and return
+        the future of its result (resolved on the calling event loop). The caller must wait for
+        it even when cancelled, as :meth:`run` does.
+
+        Raises:
+            ModelNotReadyError: :meth:`close` was called.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
@@ -85,23 +114,17 @@ class InstanceThread:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._jobs.put((func, args, contextvars.copy_context(), future, loop))
-        try:
-            # shield: a cancelled caller must not cancel the future the thread will resolve.
-            return await asyncio.shield(future)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([future])
-            raise
+        return future
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Refuse new calls, let the thread finish those already submitted, then end it
-        (blocking; idempotent)."""
+        (blocking unless ``wait`` is false; idempotent)."""
         with self._lock:
             self._closed = True
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._jobs.put(None)
-        if thread is not None:
+        if thread is not None and wait:
             thread.join()
 
     def _work(self) -> None:
@@ -168,7 +191,12 @@ class InstancePool:
         # An async instance may take several calls at once (``concurrency``, e.g. a remote
         # model's connection limit): it is handed out that many times.
         self._free = [i for i in instances for _ in range(max(1, int(getattr(i, "concurrency", 1))))]
-        self._available = anyio.Semaphore(len(self._free))
+        # Taken and given back on the event loop, and also by the worker thread that runs a
+        # pipeline request's chain of steps (:mod:`.chain`): a lock, and waiters served in order.
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[asyncio.Future[ModelInstance]] = collections.deque()
+        self.threaded = all(i.mode == "thread" for i in self.instances)
+        """Every instance runs blocking code (``thread`` mode): :meth:`run_now` may run it."""
         self._stats = stats
         self._threads = {
             id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")
@@ -179,28 +207,58 @@ class InstancePool:
         """Traced requests inside the model now; while 0, :meth:`run` looks for no span."""
 
     async def acquire(self) -> ModelInstance:
-        """Wait for a free instance and take it; give it back with :meth:`release`.
+        """Wait for a free instance and take it (callers are served in the order they
+        came); give it back with :meth:`release`. Cancelled while waiting, it takes none.
 
         A free instance is taken without yielding to the event loop: on the hot path of an
         idle model (and of every pipeline hop) a yield costs a whole loop turn.
         """
+        with self._lock:
+            if self._free and not self._waiters:
+                return self._free.pop()
+            waiter: asyncio.Future[ModelInstance] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
         try:
-            self._available.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._available.acquire()
-        return self._free.pop()
+            return await waiter
+        except BaseException:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled():  # handed one just as it was cancelled
+                self.release(waiter.result())
+            raise
 
     def try_acquire(self) -> ModelInstance | None:
-        """A free instance, taken at once, or ``None`` when all are busy."""
-        try:
-            self._available.acquire_nowait()
-        except anyio.WouldBlock:
-            return None
-        return self._free.pop()
+        """A free instance, taken at once, or ``None`` when all are busy (or others wait).
+        Safe from any thread."""
+        with self._lock:
+            if self._free and not self._waiters:
+                return self._free.pop()
+        return None
 
     def release(self, instance: ModelInstance) -> None:
-        self._free.append(instance)
-        self._available.release()
+        """Give ``instance`` back: to the first waiter, else to the free list. Safe from any
+        thread (a waiter is then handed the instance on its event loop)."""
+        with self._lock:
+            if not self._waiters:
+                self._free.append(instance)
+                return
+            waiter = self._waiters.popleft()
+        loop = waiter.get_loop()
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._hand(waiter, instance)
+        else:
+            _call_soon(loop, self._hand, waiter, instance)
+
+    def _hand(self, waiter: asyncio.Future[ModelInstance], instance: ModelInstance) -> None:
+        if waiter.done():  # its caller was cancelled meanwhile: the next one gets it
+            self.release(instance)
+        else:
+            waiter.set_result(instance)
 
     async def run(self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int) -> Sequence[Outputs | BaseException]:
         """Execute one batch on ``instance``: one result (outputs or error) per request.
@@ -238,6 +296,35 @@ class InstancePool:
         split = getattr(instance, "compute_split", None)  # (input_ns, output_ns) a backend measured
         self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split)
         return results
+
+    def run_now(
+        self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int, later: Later,
+        cancelled: Callable[[], bool],
+    ) -> Sequence[Outputs | BaseException]:
+        """:meth:`run` for a ``thread`` instance, called on a worker thread (not the event
+        loop) that runs ``instance.execute`` itself, for requests that are not traced. The
+        statistics are not recorded here but appended to ``later``, which the event loop runs.
+        When ``cancelled()`` turns true during the execution its result is dropped, as a
+        cancelled :meth:`run`'s is.
+
+        Raises:
+            ModelExecutionError: the backend broke its contract (wrong number of results).
+            ChainCancelled: the caller was cancelled while it executed.
+        """
+        start = time.perf_counter_ns()
+        results = instance.execute(requests)
+        infer_ns = time.perf_counter_ns() - start
+        if cancelled():
+            raise ChainCancelled
+        if len(results) != len(requests):
+            raise ModelExecutionError(
+                f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
+            )
+        split = getattr(instance, "compute_split", None)
+        later.append(functools.partial(
+            self._stats.record_execution, batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split
+        ))
+        return results  # type: ignore[no-any-return]
 
     def _warn_inline(self, infer_ns: int) -> None:
         now = time.monotonic_ns()
