@@ -34,7 +34,7 @@ from ..tracing.context import Span
 from ..types import InferRequest
 from .stats import ModelStatistics
 
-__all__ = ["INLINE_WARN_NS", "ChainCancelled", "InstancePool", "InstanceThread", "Later"]
+__all__ = ["INLINE_WARN_NS", "ChainCancelled", "InstancePool", "InstanceThread", "OffLoop"]
 
 log = logging.getLogger("dagserve.engine")
 
@@ -44,14 +44,40 @@ its mode does not change."""
 
 _WARN_EVERY_NS = 60_000_000_000
 
-Later = list[Callable[[], None]]
-"""Statistics recorded off the event loop, as calls the event loop makes afterwards (the
-statistics are written by the event loop only)."""
+class OffLoop:
+    """A request's work done on a worker thread rather than the event loop (:mod:`.chain`).
+
+    ``later``: the statistics it made, as calls for the event loop to make when the work is
+    done (statistics are written by the event loop only). :meth:`cancel` (from the event
+    loop) says the request's caller is gone: the work stops at its next check of
+    :attr:`cancelled`, and a wait for an instance (:meth:`InstancePool.acquire_waiting`) ends.
+    """
+
+    __slots__ = ("cancelled", "later", "wake")
+
+    def __init__(self) -> None:
+        self.later: list[Callable[[], None]] = []
+        self.cancelled = False
+        self.wake = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.wake.set()
 
 
 class ChainCancelled(asyncio.CancelledError):
     """Raised on a worker thread when the caller of the work it runs was cancelled; it counts
     as a cancellation wherever a failure reason is derived from it."""
+
+
+class _ThreadWaiter:
+    """A worker thread in an :class:`InstancePool`'s line of waiters."""
+
+    __slots__ = ("instance", "wake")
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self.instance: ModelInstance | None = None
 
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, asyncio.Future[Any], asyncio.AbstractEventLoop]
@@ -194,7 +220,9 @@ class InstancePool:
         # Taken and given back on the event loop, and also by the worker thread that runs a
         # pipeline request's chain of steps (:mod:`.chain`): a lock, and waiters served in order.
         self._lock = threading.Lock()
-        self._waiters: collections.deque[asyncio.Future[ModelInstance]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[ModelInstance] | _ThreadWaiter] = collections.deque()
+        self.thread_waiting = 0
+        """Worker threads waiting for an instance now (:meth:`acquire_waiting`)."""
         self.threaded = all(i.mode == "thread" for i in self.instances)
         """Every instance runs blocking code (``thread`` mode): :meth:`run_now` may run it."""
         self._stats = stats
@@ -236,14 +264,38 @@ class InstancePool:
                 return self._free.pop()
         return None
 
+    def acquire_waiting(self, work: OffLoop) -> ModelInstance | None:
+        """On a worker thread: a free instance, waiting in line with the event loop's callers
+        of :meth:`acquire` when none is; ``None`` when ``work`` is cancelled first."""
+        with self._lock:
+            if self._free and not self._waiters:
+                return self._free.pop()
+            work.wake.clear()
+            if work.cancelled:
+                return None
+            waiter = _ThreadWaiter(work.wake)
+            self._waiters.append(waiter)
+            self.thread_waiting += 1
+        waiter.wake.wait()
+        with self._lock:
+            self.thread_waiting -= 1
+            if waiter.instance is None:  # cancelled: still in line
+                self._waiters.remove(waiter)
+            return waiter.instance
+
     def release(self, instance: ModelInstance) -> None:
         """Give ``instance`` back: to the first waiter, else to the free list. Safe from any
-        thread (a waiter is then handed the instance on its event loop)."""
+        thread (a waiter is then handed the instance on its event loop, or woken on its
+        thread)."""
         with self._lock:
             if not self._waiters:
                 self._free.append(instance)
                 return
             waiter = self._waiters.popleft()
+            if isinstance(waiter, _ThreadWaiter):
+                waiter.instance = instance
+                waiter.wake.set()
+                return
         loop = waiter.get_loop()
         try:
             on_loop = asyncio.get_running_loop() is loop
@@ -298,14 +350,12 @@ class InstancePool:
         return results
 
     def run_now(
-        self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int, later: Later,
-        cancelled: Callable[[], bool],
+        self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int, work: OffLoop
     ) -> Sequence[Outputs | BaseException]:
         """:meth:`run` for a ``thread`` instance, called on a worker thread (not the event
         loop) that runs ``instance.execute`` itself, for requests that are not traced. The
-        statistics are not recorded here but appended to ``later``, which the event loop runs.
-        When ``cancelled()`` turns true during the execution its result is dropped, as a
-        cancelled :meth:`run`'s is.
+        statistics go to ``work.later``. When ``work`` is cancelled during the execution its
+        result is dropped, as a cancelled :meth:`run`'s is.
 
         Raises:
             ModelExecutionError: the backend broke its contract (wrong number of results).
@@ -314,14 +364,14 @@ class InstancePool:
         start = time.perf_counter_ns()
         results = instance.execute(requests)
         infer_ns = time.perf_counter_ns() - start
-        if cancelled():
+        if work.cancelled:
             raise ChainCancelled
         if len(results) != len(requests):
             raise ModelExecutionError(
                 f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
             )
         split = getattr(instance, "compute_split", None)
-        later.append(functools.partial(
+        work.later.append(functools.partial(
             self._stats.record_execution, batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split
         ))
         return results  # type: ignore[no-any-return]

@@ -43,7 +43,7 @@ from ..types import (
     to_host,
 )
 from .cache import ResponseCache, request_key
-from .instances import InstancePool, Later
+from .instances import InstancePool, OffLoop
 from .parameters import check_parameters, check_priority
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
@@ -336,25 +336,25 @@ class ModelVersion:
         if not self._in_flight and self.state is ModelState.UNLOADING:
             self._idle.set()
 
-    def infer_now(self, request: InferRequest, later: Later, cancelled: Callable[[], bool]) -> InferResponse | None:
+    def infer_now(self, request: InferRequest, work: OffLoop) -> InferResponse | None:
         """:meth:`infer` on a worker thread between :meth:`enter` and :meth:`leave`, for a
-        version that :attr:`runs_now` and a request that is not traced: it runs at once on
-        this thread when an instance is free and nothing is queued before it, else returns
-        ``None`` (nothing done, nothing recorded) for the caller to call :meth:`infer` on the
-        event loop (also when the version is no longer ready: the event loop looks the model up
-        again, which finds a reloaded version). Statistics go to ``later``, for the event loop
-        to record.
+        version that :attr:`runs_now` and a request that is not traced. The request goes
+        through the version's scheduler as on the event loop, except that a dynamic batcher
+        runs it only as a batch of one taken at once (nothing queued, an instance free): else,
+        and when the version is no longer ready (a reload: the event loop looks the model up
+        again), this returns ``None``, having done and recorded nothing, for the caller to call
+        :meth:`infer` on the event loop. Statistics go to ``work.later``.
 
         Raises:
             DagserveError: as :meth:`infer`.
-            ChainCancelled: ``cancelled()`` turned true while the model executed.
+            ChainCancelled: ``work`` was cancelled while the request waited or executed.
         """
         if self.state is not ModelState.READY:
-            return None  # unloading (a reload): the event loop looks the member up again
+            return None
         batch_size = self.validate(request)
         runner = self._runner
         assert runner is not None
-        raw = runner.submit_now(request, batch_size, later, cancelled)  # type: ignore[attr-defined]
+        raw = runner.submit_now(request, batch_size, work)  # type: ignore[attr-defined]
         if raw is None:
             return None
         return self._response(request, self.check_outputs(raw, request.output_names()))

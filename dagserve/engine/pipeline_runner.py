@@ -42,7 +42,6 @@ from ..tracing.context import CURRENT as _TRACE
 from ..types import InferRequest, InferResponse, shape_matches
 from .chain import ChainWorkers, run_chain
 from .gather import gather
-from .instances import Later
 from .stats import Duration, ModelStatistics
 
 if TYPE_CHECKING:
@@ -378,7 +377,7 @@ class PipelineRunner:
         return outputs
 
     def inputs_for(
-        self, step: StepPlan, values: list[Any], request: InferRequest, later: Later | None = None
+        self, step: StepPlan, values: list[Any], request: InferRequest, later: list[Callable[[], None]] | None = None
     ) -> dict[str, Any] | None:
         """The inputs of ``step`` in this request, or None (counted as skipped) when its
         ``when`` does not hold or a required input does not exist. With ``later`` (off the
@@ -404,7 +403,7 @@ class PipelineRunner:
             self._skipped(step, later)
         return inputs
 
-    def _skipped(self, step: StepPlan, later: Later | None) -> None:
+    def _skipped(self, step: StepPlan, later: list[Callable[[], None]] | None) -> None:
         if later is not None:
             later.append(functools.partial(self._skipped, step, None))
         else:

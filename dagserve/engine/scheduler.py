@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 from ..backends.base import ModelInstance, Outputs
 from ..errors import OverloadedError, RequestCancelledError, RequestTimeoutError
 from ..types import InferRequest
-from .instances import InstancePool, Later
+from .instances import ChainCancelled, InstancePool, OffLoop
 from .queue import QueuedRequest, RequestQueue
 from .stats import ModelStatistics
 
@@ -96,8 +96,8 @@ class DirectScheduler:
     def __init__(self, pool: InstancePool, stats: ModelStatistics) -> None:
         self._pool = pool
         self._stats = stats
-        self._waiting = 0  # requests waiting for a free instance
-        stats.pending = lambda: self._waiting
+        self._waiting = 0  # requests waiting for a free instance on the event loop
+        stats.pending = lambda: self._waiting + pool.thread_waiting
 
     async def submit(self, request: InferRequest, batch_size: int) -> Outputs:
         """Run ``request``; return its outputs or raise its error."""
@@ -114,16 +114,27 @@ class DirectScheduler:
                 self._waiting -= 1
         return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
 
-    def submit_now(
-        self, request: InferRequest, batch_size: int, later: Later, cancelled: Callable[[], bool]
-    ) -> Outputs | None:
-        """:meth:`submit` on a worker thread, run on it at once (see :func:`_run_alone_now`);
-        ``None`` when no instance is free, so the caller submits on the event loop instead."""
+    def submit_now(self, request: InferRequest, batch_size: int, work: OffLoop) -> Outputs:
+        """:meth:`submit` on a worker thread, which waits in line for an instance as
+        :meth:`submit` does, then runs the request itself (see :func:`_run_alone_now`).
+
+        Raises:
+            ChainCancelled: ``work`` was cancelled while waiting or executing.
+        """
         start = time.perf_counter_ns()
-        instance = self._pool.try_acquire()
+        instance = self._pool.acquire_waiting(work)
         if instance is None:
-            return None
-        return _run_alone_now(self._pool, self._stats, instance, request, batch_size, start, later, cancelled)
+            work.later.append(functools.partial(
+                self._stats.record_failure, total_ns=time.perf_counter_ns() - start, reason="CANCELED"
+            ))
+            raise ChainCancelled
+        if work.cancelled:  # handed an instance just as the caller went away
+            self._pool.release(instance)
+            work.later.append(functools.partial(
+                self._stats.record_failure, total_ns=time.perf_counter_ns() - start, reason="CANCELED"
+            ))
+            raise ChainCancelled
+        return _run_alone_now(self._pool, self._stats, instance, request, batch_size, start, work)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Nothing runs in the background for this scheduler."""
@@ -215,9 +226,7 @@ class DynamicBatcher:
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)
 
-    def submit_now(
-        self, request: InferRequest, batch_size: int, later: Later, cancelled: Callable[[], bool]
-    ) -> Outputs | None:
+    def submit_now(self, request: InferRequest, batch_size: int, work: OffLoop) -> Outputs | None:
         """:meth:`submit`'s direct path on a worker thread (see :func:`_run_alone_now`): the
         request runs at once as a batch of one when nothing is queued and an instance is free
         (the batch the batch loop would send, with no queue delay); ``None`` otherwise, so
@@ -234,7 +243,7 @@ class DynamicBatcher:
         instance = self._pool.try_acquire()
         if instance is None:
             return None
-        return _run_alone_now(self._pool, self._stats, instance, request, batch_size, start, later, cancelled)
+        return _run_alone_now(self._pool, self._stats, instance, request, batch_size, start, work)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The batch loop: runs until cancelled, one batch per free instance."""
@@ -329,13 +338,14 @@ async def _run_alone(
 
 def _run_alone_now(
     pool: InstancePool, stats: ModelStatistics, instance: ModelInstance, request: InferRequest, batch_size: int,
-    start: int, later: Later, cancelled: Callable[[], bool],
+    start: int, work: OffLoop,
 ) -> Outputs:
     """:func:`_run_alone` on a worker thread, which executes the request itself
-    (:meth:`InstancePool.run_now`); the statistics go to ``later`` for the event loop."""
+    (:meth:`InstancePool.run_now`); the statistics go to ``work.later`` for the event loop."""
+    later = work.later
     queue_ns = time.perf_counter_ns() - start
     try:
-        result = pool.run_now(instance, [request], batch_size, later, cancelled)[0]
+        result = pool.run_now(instance, [request], batch_size, work)[0]
     except BaseException as exc:
         later.append(functools.partial(stats.record_failure, total_ns=time.perf_counter_ns() - start, error=exc))
         raise

@@ -56,40 +56,51 @@ MEMBER = (
 )
 
 
-def pipeline(steps: list[str], extra: str = "", skip_when: bool = False) -> str:
-    lines = [
-        "backend: pipeline",
-        "inputs: [{name: X, datatype: INT64, shape: [-1]}]",
-        "outputs:",
-        "  - {name: Y, datatype: INT64, shape: [-1]}",
-        *[f"  - {{name: T_{s}, datatype: INT64, shape: [1], optional: true}}" for s in steps],
-        "pipeline:",
-        *([f"  {extra}"] if extra else []),
-        "  steps:",
-    ]
-    previous = "X"
-    for i, s in enumerate(steps):
-        when = ', when: "params.skip != true"' if skip_when and i == len(steps) - 1 else ""
-        lines.append(f"    - {{name: {s}, model: {s}, inputs: {{X: {previous}}}{when}}}")
-        previous = f"{s}.Y"
-    lines.append("  outputs:")
-    lines.append(f"    Y: {steps[-2] + '.Y' if skip_when else previous}")
-    for s in steps:
-        lines.append(f"    T_{s}: {s}.T")
-    return "\n".join(lines) + "\n"
+ABC = """
+backend: pipeline
+inputs: [{name: X, datatype: INT64, shape: [-1]}]
+outputs:
+  - {name: Y, datatype: INT64, shape: [-1]}
+  - {name: T_a, datatype: INT64, shape: [1]}
+  - {name: T_b, datatype: INT64, shape: [1], optional: true}
+  - {name: T_c, datatype: INT64, shape: [1]}
+pipeline:
+  EXTRA
+  steps:
+    - {name: a, model: a, inputs: {X: X}}
+    - {name: b, model: b, inputs: {X: a.Y}, when: "params.skip != true"}
+    - {name: c, model: c, inputs: {X: [b.Y, a.Y]}}
+  outputs: {Y: c.Y, T_a: a.T, T_b: b.T, T_c: c.T}
+"""
+
+AC = """
+backend: pipeline
+inputs: [{name: X, datatype: INT64, shape: [-1]}]
+outputs:
+  - {name: Y, datatype: INT64, shape: [-1]}
+  - {name: T_a, datatype: INT64, shape: [1]}
+  - {name: T_c, datatype: INT64, shape: [1]}
+pipeline:
+  EXTRA
+  steps:
+    - {name: a, model: a, inputs: {X: X}}
+    - {name: c, model: c, inputs: {X: a.Y}}
+  outputs: {Y: c.Y, T_a: a.T, T_c: c.T}
+"""
 
 
 def make_repo(root: Path, *, step_by_step: bool = False) -> Path:
-    """Members a, b, c and pipelines abc (a -> b -> c) and ac (a -> c); with ``step_by_step``
-    the pipelines set ``max_inflight_requests``, which rules chains out."""
+    """Members a, b, c and pipelines abc (a -> b -> c, b skipped with the parameter skip,
+    then c reads a's output) and ac (a -> c); with ``step_by_step`` the pipelines set
+    ``max_inflight_requests``, which rules chains out."""
     for name in ("a", "b", "c"):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(MODEL.replace("__NAME__", name))
         (root / name / "config.yaml").write_text(MEMBER)
     extra = "max_inflight_requests: 100" if step_by_step else ""
-    for name, steps in (("abc", ["a", "b", "c"]), ("ac", ["a", "c"])):
+    for name, text in (("abc", ABC), ("ac", AC)):
         (root / name).mkdir()
-        (root / name / "config.yaml").write_text(pipeline(steps, extra))
+        (root / name / "config.yaml").write_text(text.replace("EXTRA", extra))
     return root
 
 
@@ -123,7 +134,7 @@ async def test_consecutive_thread_steps_run_on_one_chain_thread(tmp_path: Path) 
         response = await server.infer("abc", "", request(1, 2))
         assert response.outputs["Y"].tolist() == [4, 5]
         names = thread_names(response, "abc")
-        assert len(set(names)) == 1 and names[0].startswith("dagserve-abc-chain-"), names
+        assert names == ["dagserve-abc-chain"] * 3, names
     async with Server(model_repository=make_repo(tmp_path / "plain", step_by_step=True)) as server:
         response = await server.infer("abc", "", request(1, 2))
         assert response.outputs["Y"].tolist() == [4, 5]
@@ -160,6 +171,7 @@ async def traffic(server: Server) -> list[str]:
     for i in range(5):
         assert (await server.infer("abc", "", request(i))).outputs["Y"].tolist() == [i + 3]
         assert (await server.infer("ac", "", request(i))).outputs["Y"].tolist() == [i + 2]
+        assert (await server.infer("abc", "", request(i, skip=True))).outputs["Y"].tolist() == [i + 2]
     with pytest.raises(ModelExecutionError) as failed:
         await server.infer("abc", "", request(-2))  # -1 at b (a adds 1): raises
     messages.append(str(failed.value))
@@ -187,7 +199,8 @@ async def test_statistics_and_errors_are_those_of_step_by_step(tmp_path: Path) -
     assert chained == plain
     assert chained["b"]["failure_reasons"]["BACKEND"] == 1  # the ValueError
     assert chained["b"]["failure_reasons"]["CANCELED"] == 1  # the step running at the deadline
-    assert chained["abc"]["steps"][2][1] == 5 + 10  # c never ran after the failure or the deadline
+    assert chained["abc"]["steps"][1][3] == 5  # b skipped
+    assert chained["abc"]["steps"][2][1] == 5 + 5 + 10  # c never ran after the failure or the deadline
     for chained_message, plain_message in zip(chained_messages, plain_messages):
         assert chained_message.split("error id")[0] == plain_message.split("error id")[0]
     assert "pipeline 'abc', step 'b' (model 'b')" in chained_messages[0]
@@ -197,26 +210,26 @@ async def test_statistics_and_errors_are_those_of_step_by_step(tmp_path: Path) -
 @pytest.mark.anyio
 async def test_skipped_step_is_counted(tmp_path: Path) -> None:
     """A step skipped by its ``when`` inside a chain is counted as skipped, as step by step."""
-    make_repo(tmp_path)
-    (tmp_path / "abc" / "config.yaml").write_text(pipeline(["a", "b", "c"], skip_when=True))
-    async with Server(model_repository=tmp_path) as server:
+    async with Server(model_repository=make_repo(tmp_path)) as server:
         response = await server.infer("abc", "", request(1, skip=True))
-        assert response.outputs["Y"].tolist() == [3] and "T_c" not in response.outputs
-        assert (await server.infer("abc", "", request(1))).outputs["T_c"].shape == (1,)
+        assert response.outputs["Y"].tolist() == [3] and "T_b" not in response.outputs
+        assert thread_names(response, "ac") == ["dagserve-abc-chain"] * 2
+        assert (await server.infer("abc", "", request(1))).outputs["Y"].tolist() == [4]
         steps = server.statistics("abc")["model_stats"][0]["steps"]
-        assert [(s["success"]["count"], s["skipped"]["count"]) for s in steps] == [(2, 0), (2, 0), (1, 1)]
+        assert [(s["success"]["count"], s["skipped"]["count"]) for s in steps] == [(2, 0), (1, 1), (2, 0)]
 
 
-def http_infer(url: str, model: str, value: int) -> list[int]:
+def http_infer(url: str, model: str, value: int, **parameters: Any) -> list[int]:
     client = httpclient.InferenceServerClient(url, network_timeout=120)
     x = httpclient.InferInput("X", [1], "INT64")
     x.set_data_from_numpy(np.array([value], np.int64))
-    return client.infer(model, [x]).as_numpy("Y").tolist()  # type: ignore[no-any-return]
+    return client.infer(model, [x], parameters=parameters or None).as_numpy("Y").tolist()  # type: ignore[no-any-return]
 
 
 def test_blocked_step_in_a_chain_holds_only_its_model(tmp_path: Path, gate: types.ModuleType) -> None:
-    """While a chain is stuck in model b: health, metrics and another pipeline's chain answer;
-    a second request reaching b waits for b's instance, and both finish once b returns."""
+    """While a chain is stuck in model b: health, metrics, another pipeline and a request of
+    the same pipeline that skips b answer (the latter on a spare chain thread); a second
+    request reaching b waits for b's instance, and both finish once b returns."""
     with serve_in_thread(make_repo(tmp_path), grpc=False) as running, ThreadPoolExecutor(2) as pool:
         stuck = pool.submit(http_infer, running.http_url, "abc", -3)  # -2 at b (a adds 1): blocks
         assert gate.entered.wait(60), "model b was never called"
@@ -228,6 +241,7 @@ def test_blocked_step_in_a_chain_holds_only_its_model(tmp_path: Path, gate: type
             assert metrics.status_code == 200 and "nv_inference_request_success" in metrics.text
         for i in range(5):
             assert http_infer(running.http_url, "ac", i) == [i + 2]
+            assert http_infer(running.http_url, "abc", i, skip=True) == [i + 2]
         assert not stuck.done() and not behind.done()
         gate.release.set()
         assert stuck.result(timeout=60) == [0]
