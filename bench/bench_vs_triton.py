@@ -66,13 +66,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def perf(venv: Path, protocol: str, concurrency: int, seconds: float) -> tuple[float, float]:
-    """(throughput infer/s, p50 latency µs) from perf_analyzer."""
+def perf(venv: Path, protocol: str, concurrency: int, seconds: float, *, required: bool = True) -> tuple[float, float] | None:
+    """(throughput infer/s, p50 latency µs) from perf_analyzer; ``None`` when it gave no
+    figures twice and ``required`` is false (one measurement of several rounds)."""
     port = HTTP if protocol == "http" else GRPC
     for _ in range(2):  # perf_analyzer now and then ends a trial with no figures on a loaded machine: once more
         result = _perf_once(venv, protocol, port, concurrency, seconds)
         if isinstance(result, tuple):
             return result
+    if not required:
+        return None
     raise RuntimeError("perf_analyzer gave no result:\n" + result[-2000:])
 
 
@@ -99,8 +102,12 @@ def measure(name: str, command: list[str], env: dict[str, str], venv: Path, args
         wait_ready(proc)
         for protocol in args.protocols.split(","):
             for c in (int(c) for c in args.concurrency.split(",")):
-                results[(protocol, c)] = perf(venv, protocol, c, args.seconds)
-                rate, p50 = results[(protocol, c)]
+                result = perf(venv, protocol, c, args.seconds, required=args.rounds == 1)
+                if result is None:
+                    print(f"{name:8s} {protocol:4s} c={c:<2d} no stable figures this round", flush=True)
+                    continue
+                results[(protocol, c)] = result
+                rate, p50 = result
                 print(f"{name:8s} {protocol:4s} c={c:<2d} {rate:8.0f} infer/s  p50 {p50 / 1000:6.3f} ms", flush=True)
     finally:
         stop(proc)
@@ -140,12 +147,18 @@ def main() -> int:
             if args.rounds > 1:
                 print(f"-- round {r + 1}: {name}", flush=True)
             rounds[name].append(measure(name[:8], command, env, venv, args))
-    runs = {name: {key: tuple(statistics.median(run[key][i] for run in results) for i in (0, 1))
-                   for key in results[0]} for name, results in rounds.items()}
+    keys = [(protocol, int(c)) for protocol in args.protocols.split(",") for c in args.concurrency.split(",")]
+    runs = {
+        name: {key: tuple(statistics.median(run[key][i] for run in results if key in run) for i in (0, 1))
+               for key in keys if any(key in run for run in results)}
+        for name, results in rounds.items()
+    }
     triton = runs.pop("triton")
     for name, dagserve in runs.items():
         print(f"\nratios ({name} vs Triton, same run, same client{'; medians' if args.rounds > 1 else ''}):")
         for key in triton:
+            if key not in dagserve:
+                continue
             (t_rate, t_p50), (d_rate, d_p50) = triton[key], dagserve[key]
             print(f"  {key[0]:4s} c={key[1]:<2d} {d_rate:8.0f} infer/s (Triton {t_rate:.0f})  "
                   f"throughput x{d_rate / t_rate:.2f}   p50 latency x{d_p50 / t_p50:.2f}")
