@@ -36,7 +36,10 @@ What stays the same as step by step on the event loop:
 
 A chain runs only where it cannot change the outcome: a sequential route of two or more
 steps, no ``max_inflight_requests``, a request that is not traced, and steps that are plain
-calls (not mapped, not looped) of members that :attr:`~.model.ModelVersion.runs_now`. What an
+calls (not mapped, not looped) of members that :attr:`~.model.ModelVersion.runs_now`: sync
+Python that holds the GIL (the backend's ``chain`` attribute), which could not overlap with
+other steps anyway; torch, ONNX Runtime and process-isolated steps release it and keep their
+own threads, so that concurrent requests still overlap across their steps. What an
 author of model code may notice: a member's ``execute`` runs on a chain thread rather than
 always the same thread of its instance (still one call at a time per instance).
 """

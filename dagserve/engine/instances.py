@@ -223,8 +223,10 @@ class InstancePool:
         self._waiters: collections.deque[asyncio.Future[ModelInstance] | _ThreadWaiter] = collections.deque()
         self.thread_waiting = 0
         """Worker threads waiting for an instance now (:meth:`acquire_waiting`)."""
-        self.threaded = all(i.mode == "thread" for i in self.instances)
-        """Every instance runs blocking code (``thread`` mode): :meth:`run_now` may run it."""
+        self.chains = all(i.mode == "thread" and getattr(i, "chain", False) for i in self.instances)
+        """Every instance runs blocking Python code that holds the GIL (``thread`` mode, the
+        backend's ``chain`` attribute): a pipeline may run it on a chain thread
+        (:meth:`run_now`, :mod:`.chain`)."""
         self._stats = stats
         self._threads = {
             id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")

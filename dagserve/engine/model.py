@@ -313,15 +313,15 @@ class ModelVersion:
     def runs_now(self) -> bool:
         """Whether :meth:`infer_now` may run this version's requests on a worker thread: it
         is ready, answers once per request from its own instances (no pipeline, decoupled
-        or sequence model), caches nothing, and every instance runs blocking code on a
-        thread (``execution: thread``)."""
+        or sequence model), caches nothing, and every instance runs blocking Python code on
+        a thread (``execution: thread``; the backend sets ``chain`` on its instances)."""
         return (
             self.state is ModelState.READY
             and self._cache is None
             and not self.decoupled
             and not self._health
             and self._pool is not None
-            and self._pool.threaded
+            and self._pool.chains
             and hasattr(self._runner, "submit_now")
         )
 
