@@ -34,8 +34,8 @@ What stays the same as step by step on the event loop:
   about :data:`CHAIN_WAIT` behind it at most, then run on a spare thread. Health, metrics and other
   models never wait for a chain.
 
-A chain runs only where it cannot change the outcome: a sequential route of two or more
-steps, no ``max_inflight_requests``, a request that is not traced, and steps that are plain
+A chain runs only where it cannot change the outcome, from the first step of the route to the
+first step that cannot join it: a sequential route of two or more steps, no ``max_inflight_requests``, a request that is not traced, and steps that are plain
 calls (not mapped, not looped) of members that :attr:`~.model.ModelVersion.runs_now`: sync
 Python that holds the GIL (the backend's ``chain`` attribute), which could not overlap with
 other steps anyway; torch, ONNX Runtime and process-isolated steps release it and keep their

@@ -246,3 +246,16 @@ def test_blocked_step_in_a_chain_holds_only_its_model(tmp_path: Path, gate: type
         gate.release.set()
         assert stuck.result(timeout=60) == [0]
         assert behind.result(timeout=60) == [8]
+
+
+@pytest.mark.anyio
+async def test_a_step_that_cannot_chain_ends_the_chain(tmp_path: Path) -> None:
+    """A member that runs on the event loop (``execution: inline``) is no part of a chain:
+    the steps before it and after it run step by step, each on its own instance's thread."""
+    make_repo(tmp_path)
+    (tmp_path / "b" / "config.yaml").write_text(MEMBER + "parameters: {execution: inline}\n")
+    async with Server(model_repository=tmp_path) as server:
+        response = await server.infer("abc", "", request(1))
+        assert response.outputs["Y"].tolist() == [4]
+        names = thread_names(response, "abc")
+        assert names == ["dagserve-a-0", threading.current_thread().name, "dagserve-c-0"], names
