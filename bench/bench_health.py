@@ -1,6 +1,6 @@
 """Health under overload: how fast ready and metrics answer while 256 clients hammer a model.
 
-    python bench/bench_health.py [--seconds 20] [--concurrency 256] [--execution thread|inline]
+    python bench/bench_health.py [--seconds 20] [--concurrency 256] [--execution thread|inline] [--pipeline]
 
 Serves ``bench/repos/identity`` (a copy, with the ``execution`` parameter when given, and
 ``--model-ms`` of pure-Python work per call on ``--instances`` instances) with
@@ -9,6 +9,9 @@ connections each sending KServe v2 JSON inference requests back to back (closed 
 this process probes ``/v2/health/ready`` and ``/metrics`` every 10 ms, each on a new connection
 as a kubelet or Prometheus would, and prints their p50/p99/max latency and the load's
 throughput. The goal (issue 10): p99 <= 50 ms. Client and server share the machine's cores.
+With ``--pipeline`` the load goes to ``bench/repos/triton_ensemble`` (a Triton ensemble of three
+sync Python steps, run as chains: docs/performance.md) instead; the model options then apply to
+its classifier step.
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _serverproc
 
 REPO = Path(__file__).resolve().parent / "repos" / "identity"
-BODY = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [16], "data": list(range(16))}]}).encode()
+ENSEMBLE = Path(__file__).resolve().parent / "repos" / "triton_ensemble"
+BODIES = {
+    "identity": json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [16], "data": list(range(16))}]}),
+    "classify": json.dumps({"inputs": [{"name": "RAW", "datatype": "UINT8", "shape": [1, 32], "data": list(range(32))}]}),
+}
 
 
-async def _connection(host: str, port: int, path: str, stop_at: float, counts: dict[int, int]) -> None:
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
+async def _connection(host: str, port: int, model: str, stop_at: float, counts: dict[int, int]) -> None:
+    body = BODIES[model].encode()
+    request = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.monotonic() < stop_at:
@@ -59,7 +67,7 @@ def _load(address: str, model: str, concurrency: int, seconds: float, out: multi
 
     async def main() -> None:
         stop_at = time.monotonic() + seconds
-        await asyncio.gather(*(_connection(host, int(port), f"/v2/models/{model}/infer", stop_at, counts)
+        await asyncio.gather(*(_connection(host, int(port), model, stop_at, counts)
                                for _ in range(concurrency)))
 
     asyncio.run(main())
@@ -96,17 +104,19 @@ def main() -> int:
     parser.add_argument("--model-ms", type=float, default=0.0,
                         help="pure-Python work (holding the GIL) the model does per call, in ms")
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--pipeline", action="store_true", help="load the three-step Triton ensemble instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        shutil.copytree(REPO, repo)
-        config = repo / "identity" / "config.pbtxt"
+        shutil.copytree(ENSEMBLE if args.pipeline else REPO, repo)
+        model_name = "classify" if args.pipeline else "identity"
+        config = repo / ("classifier" if args.pipeline else "identity") / "config.pbtxt"
         extra = f"instance_group [ {{ count: {args.instances} kind: KIND_CPU }} ]\n"
         if args.execution:
             extra += f'parameters {{ key: "execution" value {{ string_value: "{args.execution}" }} }}\n'
         config.write_text(config.read_text() + extra)
         if args.model_ms:
-            model = repo / "identity" / "1" / "model.py"
+            model = repo / ("classifier" if args.pipeline else "identity") / "1" / "model.py"
             model.write_text(model.read_text().replace(
                 "    def execute(self, requests):\n",
                 "    def execute(self, requests):\n"
@@ -118,7 +128,7 @@ def main() -> int:
         server = _serverproc.start(repo)
         try:
             out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-            load = multiprocessing.Process(target=_load, args=(server.http, "identity", args.concurrency, args.seconds + 2, out))
+            load = multiprocessing.Process(target=_load, args=(server.http, model_name, args.concurrency, args.seconds + 2, out))
             load.start()
             time.sleep(2)  # let the load reach its steady state before probing
             ready: list[float] = []
@@ -133,7 +143,7 @@ def main() -> int:
         finally:
             code = server.stop()
     total = sum(n for status, n in counts.items() if status == 200)
-    print(f"load: c{args.concurrency} over {args.seconds + 2:.0f} s, execution {args.execution or 'default'}, "
+    print(f"load: {model_name} c{args.concurrency} over {args.seconds + 2:.0f} s, execution {args.execution or 'default'}, "
           f"model {args.model_ms} ms of Python x {args.instances} instance(s): "
           f"{total / (args.seconds + 2):.0f} req/s answered 200; statuses {dict(sorted(counts.items()))}; server exit {code}")
     print(_summary("ready", ready))

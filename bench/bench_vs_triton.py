@@ -13,28 +13,29 @@ BLS (``--shape`` defaults to ``RAW:32``, the input of every model of both bench 
     python bench/bench_vs_triton.py --repository bench/repos/triton_bls \
         --model classify_bls,classify_bls_async --protocols http --rounds 3
 
-``--rounds N`` repeats the whole Triton-then-dagserve sequence N times, so that on a shared,
-noisy machine both servers meet the same noise, and prints each round's ratios.
+``--dagserve-args`` serves dagserve a second time with those flags after its default run, and
+prints its ratios too (e.g. ``--python-execution inline``: the operator's opt-in for short steps).
+``--tree`` also serves another checkout of dagserve (its code first on PYTHONPATH, same
+interpreter), for a before/after comparison of a change. ``--rounds N`` repeats the whole
+sequence of servers N times, interleaved, so that load from elsewhere on a shared machine falls
+on every server alike; each figure printed at the end is the median of its rounds.
 
 Needs the Triton reference venv (``../shared/triton-reference/setup.sh VENV``); pass it with
 ``--triton-venv`` (default /tmp/triton-venv; it is set up there when missing).
 
 Run: python bench/bench_vs_triton.py [--seconds 3] [--protocols http,grpc] [--concurrency 1,16]
-        [--repository PATH --model NAME[,NAME...] --shape RAW:32] [--rounds 1]
-        [--dagserve-args "--python-execution inline"]
-
-``--dagserve-args`` serves dagserve a second time with those flags after its default run, and
-prints its ratios too (e.g. ``--python-execution inline``: the operator's opt-in for short steps).
+        [--repository PATH --model NAME[,NAME...] --shape RAW:32] [--rounds N] [--port 8700]
+        [--dagserve-args "--python-execution inline"] [--tree OTHER_CHECKOUT]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "bench" / "repos" / "triton_ensemble"
-REFERENCE = ROOT.parent / "shared" / "triton-reference"
+# The reference kit beside the checkout (../shared); TRITON_REFERENCE names it for a checkout elsewhere.
+REFERENCE = Path(os.environ.get("TRITON_REFERENCE", ROOT.parent / "shared" / "triton-reference"))
 MODEL, SHAPE = "classify", "RAW:32"
 # A result is keyed by (model, protocol, concurrency) and holds (throughput infer/s, p50 µs).
 Key = tuple[str, str, int]
@@ -74,8 +76,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def perf(venv: Path, model: str, shape: str, protocol: str, concurrency: int, seconds: float) -> tuple[float, float]:
-    """(throughput infer/s, p50 latency µs) from perf_analyzer; NaNs (and its output printed)
+def perf(venv: Path, model: str, shape: str, protocol: str, concurrency: int, seconds: float) -> tuple[float, float] | None:
+    """(throughput infer/s, p50 latency µs) from perf_analyzer; None (and its output printed)
     when it gives no figures."""
     port = HTTP if protocol == "http" else GRPC
     # perf_analyzer now and then finds no 3 stable windows on a loaded machine: once more, with more windows.
@@ -84,7 +86,7 @@ def perf(venv: Path, model: str, shape: str, protocol: str, concurrency: int, se
         if isinstance(result, tuple):
             return result
     print("perf_analyzer gave no result:\n" + result[-1000:], file=sys.stderr, flush=True)
-    return math.nan, math.nan
+    return None
 
 
 def _perf_once(
@@ -106,14 +108,20 @@ def _perf_once(
 def measure(
     name: str, command: list[str], env: dict[str, str], venv: Path, args: argparse.Namespace
 ) -> dict[Key, tuple[float, float]]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Run from the served tree, so that ``python -m dagserve.cli`` imports that tree's code.
+    cwd = env.get("PYTHONPATH") or None
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
     try:
         wait_ready(proc)
         for model in args.model.split(","):
             for protocol in args.protocols.split(","):
                 for c in (int(c) for c in args.concurrency.split(",")):
-                    rate, p50 = results[(model, protocol, c)] = perf(venv, model, args.shape, protocol, c, args.seconds)
+                    result = perf(venv, model, args.shape, protocol, c, args.seconds)
+                    if result is None:
+                        print(f"{name:9s} {model:18s} {protocol:4s} c={c:<2d} no stable figures", flush=True)
+                        continue
+                    rate, p50 = results[(model, protocol, c)] = result
                     print(f"{name:9s} {model:18s} {protocol:4s} c={c:<2d} {rate:8.0f} infer/s  p50 {p50 / 1000:6.3f} ms",
                           flush=True)
     finally:
@@ -130,9 +138,11 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=REPO, help="a Triton model repository")
     parser.add_argument("--model", default=MODEL, help="the model(s) to drive, comma-separated")
     parser.add_argument("--shape", default=SHAPE, help="perf_analyzer --shape for the models' input")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat Triton then dagserve this many times")
-    parser.add_argument("--port", type=int, default=HTTP, help="HTTP port of both servers (gRPC +1, metrics +2)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of the whole sequence")
+    parser.add_argument("--port", type=int, default=HTTP, help="HTTP port of every server (gRPC +1, metrics +2)")
     parser.add_argument("--dagserve-args", default="", help="extra flags for a second dagserve run")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="another dagserve checkout to serve too (repeatable)")
     parser.add_argument("--triton-venv", type=Path, default=Path(os.environ.get("TRITON_VENV", "/tmp/triton-venv")))
     args = parser.parse_args()
     HTTP, GRPC, METRICS = args.port, args.port + 1, args.port + 2
@@ -141,26 +151,41 @@ def main() -> int:
         subprocess.run(["bash", str(REFERENCE / "setup.sh"), str(venv)], check=True)
 
     repo = str(args.repository.resolve())
+    triton_command = ["bash", str(REFERENCE / "run_triton.sh"), str(venv), repo, str(HTTP), str(GRPC), str(METRICS)]
     serve = [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", repo, "--http-port", str(HTTP),
              "--grpc-port", str(GRPC), "--metrics-port", str(METRICS), "--log-level", "warning"]
-    for round_ in range(1, args.rounds + 1):
-        if args.rounds > 1:
-            print(f"\nround {round_} of {args.rounds}", flush=True)
-        triton = measure(
-            "triton",
-            ["bash", str(REFERENCE / "run_triton.sh"), str(venv), repo, str(HTTP), str(GRPC), str(METRICS)],
-            dict(os.environ), venv, args,
-        )
-        runs = {"dagserve": measure("dagserve", serve, dict(os.environ), venv, args)}
+    servers: list[tuple[str, list[str], dict[str, str]]] = [
+        ("triton", triton_command, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    ]
+    for tree in [ROOT, *args.tree]:
+        env = dict(os.environ) | {"PYTHONPATH": str(tree.resolve())}
+        label = "dagserve" if tree == ROOT else f"dagserve@{tree}"
+        servers.append((label, serve, env))
         if args.dagserve_args:
-            runs[f"dagserve {args.dagserve_args}"] = measure("dagserve+", serve + shlex.split(args.dagserve_args),
-                                                             dict(os.environ), venv, args)
-        for name, dagserve in runs.items():
-            print(f"\nratios ({name} vs Triton, same run, same client):")
-            for key in triton:
-                (t_rate, t_p50), (d_rate, d_p50) = triton[key], dagserve[key]
-                print(f"  {key[0]:18s} {key[1]:4s} c={key[2]:<2d} throughput x{d_rate / t_rate:.2f}"
-                      f"   p50 latency x{d_p50 / t_p50:.2f}")
+            servers.append((f"{label} {args.dagserve_args}", serve + shlex.split(args.dagserve_args), env))
+    rounds: dict[str, list[dict[Key, tuple[float, float]]]] = {name: [] for name, _, _ in servers}
+    for r in range(args.rounds):
+        for name, command, env in servers:
+            if args.rounds > 1:
+                print(f"-- round {r + 1}: {name}", flush=True)
+            rounds[name].append(measure(name[:9], command, env, venv, args))
+    keys = [(m, p, int(c)) for m in args.model.split(",") for p in args.protocols.split(",")
+            for c in args.concurrency.split(",")]
+    runs = {
+        name: {key: (statistics.median(run[key][0] for run in results if key in run),
+                     statistics.median(run[key][1] for run in results if key in run))
+               for key in keys if any(key in run for run in results)}
+        for name, results in rounds.items()
+    }
+    triton = runs.pop("triton")
+    for name, dagserve in runs.items():
+        print(f"\nratios ({name} vs Triton, same run, same client{'; medians' if args.rounds > 1 else ''}):")
+        for key in triton:
+            if key not in dagserve:
+                continue
+            (t_rate, t_p50), (d_rate, d_p50) = triton[key], dagserve[key]
+            print(f"  {key[0]:18s} {key[1]:4s} c={key[2]:<2d} {d_rate:8.0f} infer/s (Triton {t_rate:.0f})  "
+                  f"throughput x{d_rate / t_rate:.2f}   p50 latency x{d_p50 / t_p50:.2f}")
     return 0
 
 

@@ -15,6 +15,13 @@ alone (other requests of the batch still succeed).
   engine never changes an instance's mode;
 * ``"async"``: ``execute`` is a coroutine function, awaited on the event loop.
 
+An instance may also set ``chain = True``: its ``thread``-mode ``execute`` is Python code that
+holds the GIL (the Python backend's in-process models), so a pipeline may run a request's
+consecutive steps of such models one after another on one worker thread of its own instead of
+each on its instance's thread (``engine/chain.py``): nothing that could overlap is serialised.
+Backends whose ``execute`` releases the GIL (torch, ONNX Runtime, a worker process) leave it
+unset and keep their own threads.
+
 Backends import no engine code; what they may ask of the server (BLS calls) goes through the
 :class:`ModelContext` the engine hands them.
 """

@@ -252,6 +252,8 @@ def _failure(context: ModelContext, exc: BaseException) -> errors.ModelExecution
 class TritonModel:
     """A ``TritonPythonModel`` instance."""
 
+    chain = True  # Python that holds the GIL: may run on a pipeline's chain thread (backends.base)
+
     def __init__(self, cls: type, context: ModelContext, mode: ExecuteMode) -> None:
         self._context = context
         self._model = cls()
@@ -363,6 +365,8 @@ class TritonModel:
 
 class NativeModel:
     """A native ``Model`` class or ``infer`` function over dicts of numpy arrays."""
+
+    chain = True  # as TritonModel.chain
 
     def __init__(self, module: ModuleType, context: ModelContext, mode: ExecuteMode) -> None:
         self._context = context

@@ -15,7 +15,9 @@ logged (at most once a minute per model) so that an operator sees which model to
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
+import functools
 import logging
 import queue
 import threading
@@ -32,7 +34,7 @@ from ..tracing.context import Span
 from ..types import InferRequest
 from .stats import ModelStatistics
 
-__all__ = ["INLINE_WARN_NS", "InstancePool", "InstanceThread"]
+__all__ = ["INLINE_WARN_NS", "ChainCancelled", "InstancePool", "InstanceThread", "OffLoop"]
 
 log = logging.getLogger("dagserve.engine")
 
@@ -41,6 +43,42 @@ INLINE_WARN_NS = 10_000_000
 its mode does not change."""
 
 _WARN_EVERY_NS = 60_000_000_000
+
+class OffLoop:
+    """A request's work done on a worker thread rather than the event loop (:mod:`.chain`).
+
+    ``later``: the statistics it made, as calls for the event loop to make when the work is
+    done (statistics are written by the event loop only). :meth:`cancel` (from the event
+    loop) says the request's caller is gone: the work stops at its next check of
+    :attr:`cancelled`, and a wait for an instance (:meth:`InstancePool.acquire_waiting`) ends.
+    """
+
+    __slots__ = ("cancelled", "later", "wake")
+
+    def __init__(self) -> None:
+        self.later: list[Callable[[], None]] = []
+        self.cancelled = False
+        self.wake = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.wake.set()
+
+
+class ChainCancelled(asyncio.CancelledError):
+    """Raised on a worker thread when the caller of the work it runs was cancelled; it counts
+    as a cancellation wherever a failure reason is derived from it."""
+
+
+class _ThreadWaiter:
+    """A worker thread in an :class:`InstancePool`'s line of waiters."""
+
+    __slots__ = ("instance", "wake")
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self.instance: ModelInstance | None = None
+
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, asyncio.Future[Any], asyncio.AbstractEventLoop]
 
@@ -76,6 +114,23 @@ class InstanceThread:
         Raises:
             ModelNotReadyError: :meth:`close` was called (the instance is being unloaded).
         """
+        future = self.submit(func, *args)
+        try:
+            # shield: a cancelled caller must not cancel the future the thread will resolve.
+            return await asyncio.shield(future)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([future])
+            raise
+
+    def submit(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue ``func(*args)`` for this thread, in a copy of the caller's context, and return
+        the future of its result (resolved on the calling event loop). The caller must wait for
+        it even when cancelled, as :meth:`run` does.
+
+        Raises:
+            ModelNotReadyError: :meth:`close` was called.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
@@ -85,23 +140,17 @@ class InstanceThread:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._jobs.put((func, args, contextvars.copy_context(), future, loop))
-        try:
-            # shield: a cancelled caller must not cancel the future the thread will resolve.
-            return await asyncio.shield(future)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([future])
-            raise
+        return future
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Refuse new calls, let the thread finish those already submitted, then end it
-        (blocking; idempotent)."""
+        (blocking unless ``wait`` is false; idempotent)."""
         with self._lock:
             self._closed = True
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._jobs.put(None)
-        if thread is not None:
+        if thread is not None and wait:
             thread.join()
 
     def _work(self) -> None:
@@ -168,7 +217,16 @@ class InstancePool:
         # An async instance may take several calls at once (``concurrency``, e.g. a remote
         # model's connection limit): it is handed out that many times.
         self._free = [i for i in instances for _ in range(max(1, int(getattr(i, "concurrency", 1))))]
-        self._available = anyio.Semaphore(len(self._free))
+        # Taken and given back on the event loop, and also by the worker thread that runs a
+        # pipeline request's chain of steps (:mod:`.chain`): a lock, and waiters served in order.
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[asyncio.Future[ModelInstance] | _ThreadWaiter] = collections.deque()
+        self.thread_waiting = 0
+        """Worker threads waiting for an instance now (:meth:`acquire_waiting`)."""
+        self.chains = all(i.mode == "thread" and getattr(i, "chain", False) for i in self.instances)
+        """Every instance runs blocking Python code that holds the GIL (``thread`` mode, the
+        backend's ``chain`` attribute): a pipeline may run it on a chain thread
+        (:meth:`run_now`, :mod:`.chain`)."""
         self._stats = stats
         self._threads = {
             id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")
@@ -179,28 +237,82 @@ class InstancePool:
         """Traced requests inside the model now; while 0, :meth:`run` looks for no span."""
 
     async def acquire(self) -> ModelInstance:
-        """Wait for a free instance and take it; give it back with :meth:`release`.
+        """Wait for a free instance and take it (callers are served in the order they
+        came); give it back with :meth:`release`. Cancelled while waiting, it takes none.
 
         A free instance is taken without yielding to the event loop: on the hot path of an
         idle model (and of every pipeline hop) a yield costs a whole loop turn.
         """
+        with self._lock:
+            if self._free and not self._waiters:
+                return self._free.pop()
+            waiter: asyncio.Future[ModelInstance] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
         try:
-            self._available.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._available.acquire()
-        return self._free.pop()
+            return await waiter
+        except BaseException:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled():  # handed one just as it was cancelled
+                self.release(waiter.result())
+            raise
 
     def try_acquire(self) -> ModelInstance | None:
-        """A free instance, taken at once, or ``None`` when all are busy."""
-        try:
-            self._available.acquire_nowait()
-        except anyio.WouldBlock:
-            return None
-        return self._free.pop()
+        """A free instance, taken at once, or ``None`` when all are busy (or others wait).
+        Safe from any thread."""
+        with self._lock:
+            if self._free and not self._waiters:
+                return self._free.pop()
+        return None
+
+    def acquire_waiting(self, work: OffLoop) -> ModelInstance | None:
+        """On a worker thread: a free instance, waiting in line with the event loop's callers
+        of :meth:`acquire` when none is; ``None`` when ``work`` is cancelled first."""
+        with self._lock:
+            if self._free and not self._waiters:
+                return self._free.pop()
+            work.wake.clear()
+            if work.cancelled:
+                return None
+            waiter = _ThreadWaiter(work.wake)
+            self._waiters.append(waiter)
+            self.thread_waiting += 1
+        waiter.wake.wait()
+        with self._lock:
+            self.thread_waiting -= 1
+            if waiter.instance is None:  # cancelled: still in line
+                self._waiters.remove(waiter)
+            return waiter.instance
 
     def release(self, instance: ModelInstance) -> None:
-        self._free.append(instance)
-        self._available.release()
+        """Give ``instance`` back: to the first waiter, else to the free list. Safe from any
+        thread (a waiter is then handed the instance on its event loop, or woken on its
+        thread)."""
+        with self._lock:
+            if not self._waiters:
+                self._free.append(instance)
+                return
+            waiter = self._waiters.popleft()
+            if isinstance(waiter, _ThreadWaiter):
+                waiter.instance = instance
+                waiter.wake.set()
+                return
+        loop = waiter.get_loop()
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._hand(waiter, instance)
+        else:
+            _call_soon(loop, self._hand, waiter, instance)
+
+    def _hand(self, waiter: asyncio.Future[ModelInstance], instance: ModelInstance) -> None:
+        if waiter.done():  # its caller was cancelled meanwhile: the next one gets it
+            self.release(instance)
+        else:
+            waiter.set_result(instance)
 
     async def run(self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int) -> Sequence[Outputs | BaseException]:
         """Execute one batch on ``instance``: one result (outputs or error) per request.
@@ -238,6 +350,33 @@ class InstancePool:
         split = getattr(instance, "compute_split", None)  # (input_ns, output_ns) a backend measured
         self._stats.record_execution(batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split)
         return results
+
+    def run_now(
+        self, instance: ModelInstance, requests: Sequence[InferRequest], batch_size: int, work: OffLoop
+    ) -> Sequence[Outputs | BaseException]:
+        """:meth:`run` for a ``thread`` instance, called on a worker thread (not the event
+        loop) that runs ``instance.execute`` itself, for requests that are not traced. The
+        statistics go to ``work.later``. When ``work`` is cancelled during the execution its
+        result is dropped, as a cancelled :meth:`run`'s is.
+
+        Raises:
+            ModelExecutionError: the backend broke its contract (wrong number of results).
+            ChainCancelled: the caller was cancelled while it executed.
+        """
+        start = time.perf_counter_ns()
+        results = instance.execute(requests)
+        infer_ns = time.perf_counter_ns() - start
+        if work.cancelled:
+            raise ChainCancelled
+        if len(results) != len(requests):
+            raise ModelExecutionError(
+                f"model '{self._stats.name}': backend returned {len(results)} results for {len(requests)} requests"
+            )
+        split = getattr(instance, "compute_split", None)
+        work.later.append(functools.partial(
+            self._stats.record_execution, batch_size=batch_size, requests=len(requests), infer_ns=infer_ns, split=split
+        ))
+        return results  # type: ignore[no-any-return]
 
     def _warn_inline(self, infer_ns: int) -> None:
         now = time.monotonic_ns()

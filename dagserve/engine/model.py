@@ -43,7 +43,7 @@ from ..types import (
     to_host,
 )
 from .cache import ResponseCache, request_key
-from .instances import InstancePool
+from .instances import InstancePool, OffLoop
 from .parameters import check_parameters, check_priority
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
@@ -316,6 +316,56 @@ class ModelVersion:
         if key is not None and self._cache is not None:
             self._cache.put(key, outputs)
         return self._response(request, outputs)
+
+    @property
+    def runs_now(self) -> bool:
+        """Whether :meth:`infer_now` may run this version's requests on a worker thread: it
+        is ready, answers once per request from its own instances (no pipeline, decoupled
+        or sequence model), caches nothing, and every instance runs blocking Python code on
+        a thread (``execution: thread``; the backend sets ``chain`` on its instances)."""
+        return (
+            self.state is ModelState.READY
+            and self._cache is None
+            and not self.decoupled
+            and not self._health
+            and self._pool is not None
+            and self._pool.chains
+            and hasattr(self._runner, "submit_now")
+        )
+
+    def enter(self) -> None:
+        """Count a request in flight (on the event loop) for calls of :meth:`infer_now` made
+        for it on a worker thread: the version does not close until :meth:`leave`."""
+        self._in_flight += 1
+
+    def leave(self) -> None:
+        """The end of what :meth:`enter` began (on the event loop)."""
+        self._in_flight -= 1
+        if not self._in_flight and self.state is ModelState.UNLOADING:
+            self._idle.set()
+
+    def infer_now(self, request: InferRequest, work: OffLoop) -> InferResponse | None:
+        """:meth:`infer` on a worker thread between :meth:`enter` and :meth:`leave`, for a
+        version that :attr:`runs_now` and a request that is not traced. The request goes
+        through the version's scheduler as on the event loop, except that a dynamic batcher
+        runs it only as a batch of one taken at once (nothing queued, an instance free): else,
+        and when the version is no longer ready (a reload: the event loop looks the model up
+        again), this returns ``None``, having done and recorded nothing, for the caller to call
+        :meth:`infer` on the event loop. Statistics go to ``work.later``.
+
+        Raises:
+            DagserveError: as :meth:`infer`.
+            ChainCancelled: ``work`` was cancelled while the request waited or executed.
+        """
+        if self.state is not ModelState.READY:
+            return None
+        batch_size = self.validate(request)
+        runner = self._runner
+        assert runner is not None
+        raw = runner.submit_now(request, batch_size, work)  # type: ignore[attr-defined]
+        if raw is None:
+            return None
+        return self._response(request, self.check_outputs(raw, request.output_names()))
 
     async def _traced(self, request: InferRequest, emit: Callable[[InferResponse], Awaitable[None]] | None = None) -> Any:
         """:meth:`infer` (or :meth:`infer_stream` with ``emit``) in a span of this model under

@@ -10,7 +10,7 @@
 * tensors go from step to step as the same numpy arrays (no copies); request parameters, id
   and priority/timeout parameters reach every step;
 * only the steps needed for the requested outputs run; a step whose ``when`` fails, or whose
-  required input does not exist, is skipped (:meth:`PipelineRunner._inputs_for`);
+  required input does not exist, is skipped (:meth:`PipelineRunner.inputs_for`);
 * the first failing step cancels the rest of the request (:class:`FirstFailure`), and its
   error keeps its class (a bad input stays a bad input) with the pipeline, step and model
   prefixed to the message.
@@ -22,6 +22,7 @@ serving a pipeline as a model version is :mod:`.pipeline`.
 from __future__ import annotations
 
 import builtins
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -39,6 +40,7 @@ from ..errors import DagserveError, InvalidInputError, ModelExecutionError, Requ
 from ..repository.config import ModelConfig
 from ..tracing.context import CURRENT as _TRACE
 from ..types import InferRequest, InferResponse, shape_matches
+from .chain import ChainWorkers, run_chain
 from .gather import gather
 from .stats import Duration, ModelStatistics
 
@@ -233,6 +235,7 @@ class PipelineRunner:
             if plan.max_inflight_requests
             else None
         )
+        self._workers: ChainWorkers | None = None  # while run() runs, unless max_inflight_requests
 
     def bind(self, stats: PipelineStatistics) -> None:
         """Record into ``stats`` (the serving version's) from now on."""
@@ -240,8 +243,16 @@ class PipelineRunner:
         self._stats = stats
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Nothing runs in the background: every request runs in its caller's task."""
-        task_status.started()
+        """Every request runs in its caller's task; this owns the chain threads (:mod:`.chain`)
+        from when the pipeline serves until it is cancelled, then ends them."""
+        self._workers = None if self._limiters is not None else ChainWorkers(self.plan.name)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            workers, self._workers = self._workers, None
+            if workers is not None:
+                workers.close()
 
     async def submit(self, request: InferRequest, batch_size: int) -> Mapping[str, np.ndarray]:
         """Run the pipeline for one validated request; return the outputs that exist.
@@ -291,7 +302,10 @@ class PipelineRunner:
         """Run the steps of ``route`` on ``values``: a chain in this task, else concurrently."""
         if route.sequential:
             steps = self._steps
-            for i in route.steps:
+            order = route.steps
+            if self._workers is not None and len(order) > 1 and _TRACE.get() is None:
+                order = order[await run_chain(self, self._workers, order, values, request):]
+            for i in order:
                 await self._step(steps[i], values, request)
         elif route.steps:
             await self._concurrently(route, values, request)
@@ -325,7 +339,7 @@ class PipelineRunner:
 
     # -- one step ------------------------------------------------------------------------------
     async def _step(self, step: StepPlan, values: list[Any], request: InferRequest) -> None:
-        inputs = self._inputs_for(step, values, request)
+        inputs = self.inputs_for(step, values, request)
         if inputs is None:
             return
         outputs: Mapping[str, np.ndarray]
@@ -362,14 +376,17 @@ class PipelineRunner:
             _TRACE.reset(token)
         return outputs
 
-    def _inputs_for(self, step: StepPlan, values: list[Any], request: InferRequest) -> dict[str, Any] | None:
+    def inputs_for(
+        self, step: StepPlan, values: list[Any], request: InferRequest, later: list[Callable[[], None]] | None = None
+    ) -> dict[str, Any] | None:
         """The inputs of ``step`` in this request, or None (counted as skipped) when its
-        ``when`` does not hold or a required input does not exist."""
+        ``when`` does not hold or a required input does not exist. With ``later`` (off the
+        event loop, :mod:`.chain`) the count is appended to it instead."""
         gate = step.gate
         if gate is not None:
             actual = values[gate.slot] if gate.param is None else request.parameters.get(gate.param)
             if not self._holds(step, gate.condition, actual):
-                self._step_stats[step.index].skipped += 1
+                self._skipped(step, later)
                 return None
         inputs: dict[str, Any] | None
         if step.simple is not None:
@@ -383,8 +400,23 @@ class PipelineRunner:
         else:
             inputs = self._gather(step, values)
         if inputs is None:
-            self._step_stats[step.index].skipped += 1
+            self._skipped(step, later)
         return inputs
+
+    def _skipped(self, step: StepPlan, later: list[Callable[[], None]] | None) -> None:
+        if later is not None:
+            later.append(functools.partial(self._skipped, step, None))
+        else:
+            self._step_stats[step.index].skipped += 1
+
+    def step_statistics(self, step: StepPlan) -> StepStatistics:
+        """The counters of ``step``."""
+        return self._step_stats[step.index]
+
+    @property
+    def statistics(self) -> PipelineStatistics:
+        """The statistics of the version this runner serves."""
+        return self._stats
 
     @staticmethod
     def _gather(step: StepPlan, values: list[Any]) -> dict[str, Any] | None:
@@ -445,7 +477,7 @@ class PipelineRunner:
                     )
         except DagserveError as exc:
             stats.fail.add(time.perf_counter_ns() - start)
-            raise self._attributed(exc, step) from exc
+            raise self.attributed(exc, step) from exc
         end = time.perf_counter_ns()
         stats.success.add(end - start)
         stats.queue.add(queued - start)
@@ -526,7 +558,8 @@ class PipelineRunner:
         except ConditionTypeError as exc:
             raise InvalidInputError(f"pipeline '{self.plan.name}', step '{step.name}': {exc}") from None
 
-    def _attributed(self, exc: DagserveError, step: StepPlan) -> DagserveError:
+    def attributed(self, exc: DagserveError, step: StepPlan) -> DagserveError:
+        """``exc`` as the error of ``step``: its class, the pipeline, step and model prefixed."""
         message = f"pipeline '{self.plan.name}', step '{step.name}' (model '{step.model}'): {exc}"
         try:
             return type(exc)(message)

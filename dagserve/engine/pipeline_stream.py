@@ -67,7 +67,7 @@ class DecoupledPipelineRunner(PipelineRunner):
         streams = []
         for i in route.decoupled:
             step = self._steps[i]
-            inputs = self._inputs_for(step, values, request)
+            inputs = self.inputs_for(step, values, request)
             if inputs is not None:
                 streams.append((step, inputs))
         if not streams:

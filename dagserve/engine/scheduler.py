@@ -14,6 +14,7 @@ Priorities, queue policies and timeouts live in :mod:`.queue`.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from anyio.abc import TaskStatus
 from ..backends.base import ModelInstance, Outputs
 from ..errors import OverloadedError, RequestCancelledError, RequestTimeoutError
 from ..types import InferRequest
-from .instances import InstancePool
+from .instances import ChainCancelled, InstancePool, OffLoop
 from .queue import QueuedRequest, RequestQueue
 from .stats import ModelStatistics
 
@@ -95,8 +96,8 @@ class DirectScheduler:
     def __init__(self, pool: InstancePool, stats: ModelStatistics) -> None:
         self._pool = pool
         self._stats = stats
-        self._waiting = 0  # requests waiting for a free instance
-        stats.pending = lambda: self._waiting
+        self._waiting = 0  # requests waiting for a free instance on the event loop
+        stats.pending = lambda: self._waiting + pool.thread_waiting
 
     async def submit(self, request: InferRequest, batch_size: int) -> Outputs:
         """Run ``request``; return its outputs or raise its error."""
@@ -112,6 +113,28 @@ class DirectScheduler:
             finally:
                 self._waiting -= 1
         return await _run_alone(self._pool, self._stats, instance, request, batch_size, start)
+
+    def submit_now(self, request: InferRequest, batch_size: int, work: OffLoop) -> Outputs:
+        """:meth:`submit` on a worker thread, which waits in line for an instance as
+        :meth:`submit` does, then runs the request itself (see :func:`_run_alone_now`).
+
+        Raises:
+            ChainCancelled: ``work`` was cancelled while waiting or executing.
+        """
+        start = time.perf_counter_ns()
+        instance = self._pool.acquire_waiting(work)
+        if instance is None:
+            work.later.append(functools.partial(
+                self._stats.record_failure, total_ns=time.perf_counter_ns() - start, reason="CANCELED"
+            ))
+            raise ChainCancelled
+        if work.cancelled:  # handed an instance just as the caller went away
+            self._pool.release(instance)
+            work.later.append(functools.partial(
+                self._stats.record_failure, total_ns=time.perf_counter_ns() - start, reason="CANCELED"
+            ))
+            raise ChainCancelled
+        return _run_alone_now(self._pool, self._stats, instance, request, batch_size, start, work)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Nothing runs in the background for this scheduler."""
@@ -144,8 +167,10 @@ class DynamicBatcher:
         self._released = 0  # batches whose responses went out, with preserve_ordering
         self._finished: dict[int, list[QueuedRequest]] = {}
         # The direct path keeps Triton's semantics only when a batch would not wait for more
-        # requests and responses need not keep the order of other instances' batches.
-        self._direct = policy.max_queue_delay == 0 and not policy.preferred_batch_sizes and not preserve_ordering
+        # requests and responses need not keep the order of other instances' batches. With no
+        # queue delay, preferred batch sizes never make a batch wait (decide() sends what is
+        # queued at once), so they do not rule it out.
+        self._direct = policy.max_queue_delay == 0 and not preserve_ordering
         stats.pending = queue.__len__
 
     def statistics(self) -> dict[str, int]:
@@ -200,6 +225,25 @@ class DynamicBatcher:
             raise
         assert item.result is not None
         return _settle(item.result, self._stats, start, item.queue_ns)
+
+    def submit_now(self, request: InferRequest, batch_size: int, work: OffLoop) -> Outputs | None:
+        """:meth:`submit`'s direct path on a worker thread (see :func:`_run_alone_now`): the
+        request runs at once as a batch of one when nothing is queued and an instance is free
+        (the batch the batch loop would send, with no queue delay); ``None`` otherwise, so
+        the caller submits on the event loop instead.
+
+        Raises:
+            InvalidInputError: a bad ``priority`` parameter (as :meth:`submit`).
+        """
+        level = self._queue.level_of(request)
+        self._queue.policies[level].timeout_for(request)
+        if not self._direct or len(self._queue) or request.fan_out:
+            return None
+        start = time.perf_counter_ns()
+        instance = self._pool.try_acquire()
+        if instance is None:
+            return None
+        return _run_alone_now(self._pool, self._stats, instance, request, batch_size, start, work)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The batch loop: runs until cancelled, one batch per free instance."""
@@ -290,6 +334,29 @@ async def _run_alone(
     finally:
         pool.release(instance)
     return _settle(result, stats, start, queue_ns)
+
+
+def _run_alone_now(
+    pool: InstancePool, stats: ModelStatistics, instance: ModelInstance, request: InferRequest, batch_size: int,
+    start: int, work: OffLoop,
+) -> Outputs:
+    """:func:`_run_alone` on a worker thread, which executes the request itself
+    (:meth:`InstancePool.run_now`); the statistics go to ``work.later`` for the event loop."""
+    later = work.later
+    queue_ns = time.perf_counter_ns() - start
+    try:
+        result = pool.run_now(instance, [request], batch_size, work)[0]
+    except BaseException as exc:
+        later.append(functools.partial(stats.record_failure, total_ns=time.perf_counter_ns() - start, error=exc))
+        raise
+    finally:
+        pool.release(instance)
+    total = time.perf_counter_ns() - start
+    if isinstance(result, BaseException):
+        later.append(functools.partial(stats.record_failure, total_ns=total, error=result))
+        raise result
+    later.append(functools.partial(stats.record_success, total_ns=total, queue_ns=queue_ns))
+    return result
 
 
 def _settle(result: Outputs | BaseException, stats: ModelStatistics, start: int, queue_ns: int) -> Outputs:
