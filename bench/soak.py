@@ -1,6 +1,7 @@
 """A bounded soak: sustained mixed traffic with reloads, ended by SIGTERM under load.
 
     python bench/soak.py [--duration 600] [--concurrency 16] [--reload-every 10] [--window 10]
+        [--dagserve-args "--workers 4"]
 
 Serves ``bench/repos/triton_ensemble`` (preprocess -> classifier -> postprocess, Triton-style
 Python models, ``classify`` as a Triton ensemble) with ``dagserve serve --model-control-mode
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -152,7 +154,8 @@ class Traffic:
 
 
 async def soak(args: argparse.Namespace) -> int:
-    server = _serverproc.start(args.repository, "--model-control-mode", "explicit", "--load-model", "*")
+    server = _serverproc.start(args.repository, "--model-control-mode", "explicit", "--load-model", "*",
+                               *shlex.split(args.dagserve_args))
     tally = Tally(window=args.window)
     kinds = tuple(k for k in args.invalid.split(",") if k)
     traffic = Traffic(server.http, server.grpc, tally, kinds)
@@ -238,6 +241,7 @@ def main() -> int:
                         help="a copy of bench/repos/triton_ensemble (e.g. with other execution parameters)")
     parser.add_argument("--reload-every", type=float, default=10.0, help="seconds between reloads of classifier")
     parser.add_argument("--window", type=float, default=10.0, help="seconds per throughput window")
+    parser.add_argument("--dagserve-args", default="", help="extra `dagserve serve` flags, e.g. \"--workers 4\"")
     parser.add_argument("--exit-timeout", type=float, default=60.0, help="seconds to wait for the exit after SIGTERM")
     parser.add_argument("--invalid", default=",".join(INVALID_KINDS),
                         help=f"comma-separated kinds of invalid request to mix in (default: all of {', '.join(INVALID_KINDS)})")
