@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import DataType, RequestedOutput
+from ..types import DataType, InferRequest, RequestedOutput
 from .conditions import Condition, Param
 from .spec import STACK, FrozenMap, GatherSpec, Source, TensorRef, source_refs
 from .typecheck import Adapt, CheckedPipeline, TensorType, adapt
@@ -92,6 +92,18 @@ class StepPlan:
     empty_outputs: tuple[tuple[str, int, np.dtype[Any], tuple[int, ...]], ...] = ()
     loop: LoopPlan | None = None
     decoupled: bool = False
+
+    def member_request(self, inputs: dict[str, Any], request: InferRequest, *, fan_out: bool = False) -> InferRequest:
+        """The request for one call of this step's member: ``inputs``, with the pipeline
+        request's id and parameters, and the outputs the step reads."""
+        return InferRequest(
+            inputs=inputs,
+            id=request.id,
+            datatypes=self.datatypes,
+            parameters=request.parameters,
+            outputs=self.requested,
+            fan_out=fan_out,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

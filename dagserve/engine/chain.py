@@ -219,13 +219,7 @@ class _Chain(OffLoop):
         """:meth:`.PipelineRunner._call` on this thread; ``None`` when the member cannot run
         the request now (nothing recorded)."""
         runner = self.runner
-        sub = InferRequest(
-            inputs=inputs,
-            id=request.id,
-            datatypes=step.datatypes,
-            parameters=request.parameters,
-            outputs=step.requested,
-        )
+        sub = step.member_request(inputs, request)
         stats = runner.step_statistics(step)
         start = time.perf_counter_ns()
         try:

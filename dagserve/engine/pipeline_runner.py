@@ -448,14 +448,7 @@ class PipelineRunner:
             DagserveError: the member's, attributed to the pipeline and step. Anything else
                 (e.g. raised by ``each``) passes through as is, uncounted.
         """
-        sub = InferRequest(
-            inputs=inputs,
-            id=request.id,
-            datatypes=step.datatypes,
-            parameters=request.parameters,
-            outputs=step.requested,
-            fan_out=fan_out,
-        )
+        sub = step.member_request(inputs, request, fan_out=fan_out)
         model, version = step.model, step.version
         stats = self._step_stats[step.index]
         start = time.perf_counter_ns()
@@ -593,3 +586,4 @@ def collect(wires: tuple[Wire, ...], values: list[Any]) -> dict[str, Any]:
         if value is not None:
             result[wire.name] = value
     return result
+
