@@ -31,6 +31,7 @@ from .frontends.runner import (
     DEFAULT_EXIT_TIMEOUT_SECS,
     DEFAULT_GRPC_MAX_MESSAGE_SIZE,
     DEFAULT_HTTP_MAX_BODY_SIZE,
+    Addresses,
     FrontendOptions,
     serve,
 )
@@ -297,7 +298,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             return 1
         _warn_if_empty(options.server.model_repository)
         if args.workers > 1:
-            return supervise(argv, options, args.workers)
+            return supervise(argv, options, args.workers, announce=_announce)
     else:  # the supervisor checked and holds the ports
         options = dataclasses.replace(options, reuse_port=True)
         role.end_with_supervisor()
@@ -474,18 +475,24 @@ async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | No
                 await tg.start(serve_forwarding, server, role)
                 await tg.start(serve_channel, server, role)
                 return
-            for model in server.repository_index():
-                state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
-                print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
-            if addresses.http:
-                scheme = "https" if options.http_tls else "http"  # security: TLS
-                print(f"HTTP service listening on {scheme}://{addresses.http}", flush=True)
-            if addresses.grpc:
-                print(f"gRPC service listening on {addresses.grpc}", flush=True)
-            if addresses.metrics:
-                print(f"metrics served at http://{addresses.metrics}/metrics", flush=True)
+            _announce(server.repository_index(), addresses, options)
     if role is None:
         print("dagserve: stopped", flush=True)
+
+
+def _announce(models: list[dict[str, Any]], addresses: Addresses, options: FrontendOptions) -> None:
+    """Print each model's state and where the server listens (once it does; with
+    ``--workers``, the supervisor prints it once every worker is ready)."""
+    for model in models:
+        state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
+        print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
+    if addresses.http:
+        scheme = "https" if options.http_tls else "http"  # security: TLS
+        print(f"HTTP service listening on {scheme}://{addresses.http}", flush=True)
+    if addresses.grpc:
+        print(f"gRPC service listening on {addresses.grpc}", flush=True)
+    if addresses.metrics:
+        print(f"metrics served at http://{addresses.metrics}/metrics", flush=True)
 
 
 def _validate(repository: Path) -> int:

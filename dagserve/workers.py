@@ -56,7 +56,7 @@ from . import errors, tensor_bytes
 from .engine import Server
 from .engine.peers import Emit
 from .frontends.metrics import render_metrics
-from .frontends.runner import FrontendOptions
+from .frontends.runner import Addresses, FrontendOptions, format_address
 from .frontends.tracing import trace_setting
 from .limits import Limits
 from .log_settings import log_control
@@ -78,8 +78,8 @@ _NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)
 
 def auto_workers() -> int:
     """``--workers auto``: one worker per core this process may run on (1 on a 1-core
-    machine). On 16 cores, 16 workers served the three-step ensemble at 24,030 req/s (HTTP
-    c64), 8 workers at 15,342 (docs/performance.md)."""
+    machine). On 16 cores, 16 workers served the three-step ensemble at 29,545 req/s (HTTP
+    c64, default execution), one process at 1,286 (docs/performance.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores)
 
@@ -130,7 +130,8 @@ class WorkerRole:
         start (loads made with config or file overrides load from the repository here)."""
         if not self.restarted or server.options.model_control_mode != "explicit":
             return
-        for answer in await self.peers().call("loaded"):
+        assert server.peers is not None
+        for answer in await server.peers.call("loaded"):
             for name in answer:
                 if server.loaded_version(name) is None:
                     with contextlib.suppress(errors.DagserveError):
@@ -451,12 +452,15 @@ async def _now(value: Any) -> Any:
 
 
 # -- the supervisor's side --------------------------------------------------------------------
+Announce = Callable[[list[dict[str, Any]], Addresses, FrontendOptions], None]
+"""Prints the banner: the models' states and the addresses (the CLI's)."""
 _PORT_FIELDS = (("http_port", "--http-port"), ("grpc_port", "--grpc-port"), ("metrics_port", "--metrics-port"))
 
 
-def supervise(argv: Sequence[str], options: FrontendOptions, count: int) -> int:
+def supervise(argv: Sequence[str], options: FrontendOptions, count: int, *, announce: Announce) -> int:
     """Run the server as ``count`` worker processes started with ``argv`` (the ``serve``
-    arguments), until SIGTERM / SIGINT; the exit status (0 after a graceful stop)."""
+    arguments), until SIGTERM / SIGINT; the exit status (0 after a graceful stop). Once every
+    worker is ready, ``announce`` prints worker 0's models and the addresses."""
     directory = Path(tempfile.mkdtemp(prefix="dagserve-workers-"))  # mode 0700: only this user
     held: list[socket.socket] = []
     try:
@@ -470,7 +474,7 @@ def supervise(argv: Sequence[str], options: FrontendOptions, count: int) -> int:
             held.append(sock)
             ports[flag] = sock.getsockname()[1]
         command = [sys.executable, "-m", "dagserve", *argv, *(a for flag, p in ports.items() for a in (flag, str(p)))]
-        return anyio.run(_Supervisor(command, count, directory, options, ports).run)
+        return anyio.run(_Supervisor(command, count, directory, options, ports, announce).run)
     finally:
         for sock in held:
             sock.close()
@@ -493,8 +497,10 @@ def _hold(host: str, port: int) -> socket.socket:
 
 class _Supervisor:
     def __init__(
-        self, command: list[str], count: int, directory: Path, options: FrontendOptions, ports: dict[str, int]
+        self, command: list[str], count: int, directory: Path, options: FrontendOptions, ports: dict[str, int],
+        announce: Announce,
     ) -> None:
+        self.announce = announce
         self.command = command
         self.count = count
         self.directory = directory
@@ -590,17 +596,10 @@ class _Supervisor:
             return
         pids = ", ".join(str(p.pid) for _, p in sorted(self.processes.items()))
         print(f"dagserve: {self.count} worker processes (pids {pids})", flush=True)
-        for model in self.models:
-            state = model["state"] + (f" ({model['reason']})" if model["reason"] and model["state"] != "READY" else "")
-            print(f"model {model['name']} version {model['version'] or '-'}: {state}", flush=True)
-        host = self.options.host
-        show = f"[{host}]" if ":" in host else host
-        if "--http-port" in self.ports:
-            scheme = "https" if self.options.http_tls else "http"
-            print(f"HTTP service listening on {scheme}://{show}:{self.ports['--http-port']}", flush=True)
-        if "--grpc-port" in self.ports:
-            print(f"gRPC service listening on {show}:{self.ports['--grpc-port']}", flush=True)
-        if "--metrics-port" in self.ports:
-            metrics_host = self.options.metrics_address or host
-            metrics_show = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
-            print(f"metrics served at http://{metrics_show}:{self.ports['--metrics-port']}/metrics", flush=True)
+        options, ports = self.options, self.ports
+        metrics_host = options.metrics_address or options.host
+        self.announce(self.models, Addresses(
+            http=format_address(options.host, ports["--http-port"]) if "--http-port" in ports else None,
+            grpc=format_address(options.host, ports["--grpc-port"]) if "--grpc-port" in ports else None,
+            metrics=format_address(metrics_host, ports["--metrics-port"]) if "--metrics-port" in ports else None,
+        ), options)

@@ -29,7 +29,7 @@ from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
 
-__all__ = ["Addresses", "FrontendOptions", "serve"]
+__all__ = ["Addresses", "FrontendOptions", "format_address", "serve"]
 
 log = logging.getLogger("dagserve.frontends")
 
@@ -163,7 +163,7 @@ async def _start_frontends(
             restricted=options.http_restricted, tls=options.http_tls, shared_memory=shared_memory,
             reuse_port=options.reuse_port,
         ))
-        http = _address(options.host, port)
+        http = format_address(options.host, port)
     if options.grpc_port is not None:
         from .grpc import serve_grpc
 
@@ -173,7 +173,7 @@ async def _start_frontends(
             shutdown_timeout=timeout, restricted=options.grpc_restricted, tls=options.grpc_tls,
             shared_memory=shared_memory, reuse_port=options.reuse_port,
         ))
-        grpc = _address(options.host, port)
+        grpc = format_address(options.host, port)
     if options.metrics_port is not None:
         from .metrics import serve_metrics
 
@@ -182,11 +182,12 @@ async def _start_frontends(
             serve_metrics, server, host=metrics_host, port=options.metrics_port, cpu=options.allow_cpu_metrics,
             gpu=options.allow_gpu_metrics, interval_ms=options.metrics_interval_ms, reuse_port=options.reuse_port,
         ))
-        metrics = _address(metrics_host, port)
+        metrics = format_address(metrics_host, port)
     return Addresses(http=http, grpc=grpc, metrics=metrics)
 
 
-def _address(host: str, port: int) -> str:
+def format_address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
