@@ -42,7 +42,7 @@ class Peers(Protocol):
 
     async def call(self, op: str, **args: Any) -> list[Any]:
         """Have every other process do ``op`` (``statistics``, ``metrics``, ``load``,
-        ``unload``) with ``args``; their answers, in process order. A process that is not
+        ``unload``, ``loaded``, ``log_settings``, ``trace_setting``) with ``args``; their answers, in process order. A process that is not
         running (being restarted) is left out. A process that fails the op raises the same
         :class:`~dagserve.errors.DagserveError` here."""
         ...
