@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import multiprocessing
+import os
 import random
 import shlex
 import signal
@@ -60,18 +62,34 @@ def expected(raw: np.ndarray) -> tuple[set[bytes], float]:
 
 @dataclass
 class Tally:
-    started: float = field(default_factory=time.monotonic)
-    window: float = 10.0
-    done_per_window: collections.Counter[int] = field(default_factory=collections.Counter)
+    """What one client process saw (its requests' outcomes), sent to the parent at the end."""
+
     valid_ok: int = 0
     lost: int = 0
     lost_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     invalid: collections.Counter[str] = field(default_factory=collections.Counter)
-    reloads_ok: int = 0
-    reloads_failed: list[str] = field(default_factory=list)
 
-    def finished(self) -> None:
-        self.done_per_window[int((time.monotonic() - self.started) // self.window)] += 1
+
+@dataclass
+class Shared:
+    """What the parent and the client processes share while traffic flows."""
+
+    started: float  # time.monotonic(): one clock for every process on Linux
+    window: float
+    windows: int
+    clients: int
+    done: Any  # multiprocessing.Array: requests finished, per client and window
+    lost: Any  # multiprocessing.Array: valid requests lost so far, per client
+    stop: Any  # multiprocessing.Event: start no new request
+    stopped: list[Any]  # one multiprocessing.Event per client: it starts no new request
+
+    def finished(self, client: int) -> None:
+        w = int((time.monotonic() - self.started) // self.window)
+        if w < self.windows:
+            self.done[client * self.windows + w] += 1
+
+    def done_in(self, w: int) -> int:
+        return sum(self.done[c * self.windows + w] for c in range(self.clients))
 
 
 def _is_client_error(exc: BaseException) -> bool:
@@ -153,57 +171,104 @@ class Traffic:
         self.tally.invalid[f"{kind}: WRONGLY ACCEPTED"] += 1
 
 
+def client_process(index: int, tasks: list[int], http: str, grpc: str, kinds: tuple[str, ...],
+                   shared: Shared, results: Any) -> None:
+    """One client process: ``tasks`` (their numbers) keep a request in flight each, until
+    ``shared.stop``; then its tally goes to ``results``."""
+    tally = Tally()
+
+    async def run() -> None:
+        traffic = Traffic(http, grpc, tally, kinds)
+        stopping = asyncio.Event()
+
+        async def task(number: int) -> None:
+            rng = random.Random(number)
+            protocol = "http" if number % 2 == 0 else "grpc"
+            while not stopping.is_set():
+                if not kinds or rng.random() < 0.8:
+                    await traffic.valid(protocol, rng)
+                else:
+                    await traffic.invalid(protocol, rng)
+                shared.lost[index] = tally.lost
+                shared.finished(index)
+
+        running = [asyncio.ensure_future(task(n)) for n in tasks]
+        while not shared.stop.is_set():
+            await asyncio.sleep(0.005)
+        stopping.set()  # no task starts a request after this; the ones in flight go on
+        shared.stopped[index].set()
+        await asyncio.wait(running, timeout=120)
+        await traffic.close()
+
+    asyncio.run(run())
+    results.put((index, tally))
+
+
 async def soak(args: argparse.Namespace) -> int:
     server = _serverproc.start(args.repository, "--model-control-mode", "explicit", "--load-model", "*",
                                *shlex.split(args.dagserve_args))
-    tally = Tally(window=args.window)
     kinds = tuple(k for k in args.invalid.split(",") if k)
-    traffic = Traffic(server.http, server.grpc, tally, kinds)
-    stopping = asyncio.Event()
-    print(f"serving {args.repository.name} on http {server.http} grpc {server.grpc}; {args.duration:.0f} s at c{args.concurrency}",
-          flush=True)
+    clients = max(1, min(args.clients, args.concurrency))
+    windows = int(args.duration // args.window)
+    mp = multiprocessing.get_context("spawn")
+    shared = Shared(started=0.0, window=args.window, windows=windows, clients=clients,
+                    done=mp.Array("q", clients * windows, lock=False), lost=mp.Array("q", clients, lock=False),
+                    stop=mp.Event(), stopped=[mp.Event() for _ in range(clients)])
+    results = mp.Queue()
+    print(f"serving {args.repository.name} on http {server.http} grpc {server.grpc}; {args.duration:.0f} s at "
+          f"c{args.concurrency} from {clients} client process(es)", flush=True)
+    import tritonclient.http.aio as http_aio
 
-    async def worker(index: int) -> None:
-        rng = random.Random(index)
-        protocol = "http" if index % 2 == 0 else "grpc"
-        while not stopping.is_set():
-            if not kinds or rng.random() < 0.8:
-                await traffic.valid(protocol, rng)
-            else:
-                await traffic.invalid(protocol, rng)
-            tally.finished()
+    control = http_aio.InferenceServerClient(server.http)
+    reloads_ok, reloads_failed = 0, []
 
     async def reloader() -> None:
+        nonlocal reloads_ok
         while True:
             await asyncio.sleep(args.reload_every)
-            if stopping.is_set():
+            if shared.stop.is_set():
                 return
             try:
-                await traffic.clients["http"].load_model("classifier")
-                tally.reloads_ok += 1
+                await control.load_model("classifier")
+                reloads_ok += 1
             except Exception as exc:  # noqa: BLE001
-                tally.reloads_failed.append(str(exc)[:160])
+                reloads_failed.append(str(exc)[:160])
+
+    server_cpu, client_cpu = [], []
+
+    def cpu_now() -> tuple[float, float]:
+        mine = _serverproc.tree_cpu_seconds(os.getpid()) - _serverproc.tree_cpu_seconds(server.proc.pid)
+        return _serverproc.tree_cpu_seconds(server.proc.pid), mine
 
     async def reporter() -> None:
-        shown = 0
-        while not stopping.is_set():
-            await asyncio.sleep(1)
-            current = int((time.monotonic() - tally.started) // tally.window)
-            for w in range(shown, current):
-                print(f"  window {w:3d}: {tally.done_per_window[w] / tally.window:7.0f} req/s  "
-                      f"(lost so far {tally.lost})", flush=True)
-            shown = max(shown, current)
+        last = cpu_now()
+        for w in range(windows):
+            await asyncio.sleep(max(0.0, shared.started + (w + 1) * args.window - time.monotonic()))
+            now = cpu_now()
+            server_cpu.append((now[0] - last[0]) / args.window)
+            client_cpu.append((now[1] - last[1]) / args.window)
+            last = now
+            print(f"  window {w:3d}: {shared.done_in(w) / args.window:7.0f} req/s  server CPU {server_cpu[-1]:4.2f}  "
+                  f"clients CPU {client_cpu[-1]:4.2f}  (lost so far {sum(shared.lost)})", flush=True)
 
-    tasks = [asyncio.ensure_future(worker(i)) for i in range(args.concurrency)]
+    # Every client process starts at one instant, and the windows count from it.
+    shared.started = time.monotonic() + 3.0 + clients
+    procs = [mp.Process(target=client_process, daemon=True,
+                        args=(i, list(range(i, args.concurrency, clients)), server.http, server.grpc, kinds, shared, results))
+             for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    await asyncio.sleep(max(0.0, shared.started - time.monotonic()))
     side = [asyncio.ensure_future(reloader()), asyncio.ensure_future(reporter())]
     await asyncio.sleep(args.duration)
-    full_windows = int(args.duration // args.window)
 
     # SIGTERM under load: no new request after it, the ones in flight must be answered.
+    shared.stop.set()
+    for event in shared.stopped:
+        await asyncio.to_thread(event.wait, 60)
     signalled = time.monotonic()
-    stopping.set()
     server.proc.send_signal(signal.SIGTERM)
-    await asyncio.wait(tasks, timeout=120)
+    tallies = [await asyncio.to_thread(results.get, True, 180) for _ in procs]
     for t in side:
         t.cancel()
     await asyncio.gather(*side, return_exceptions=True)
@@ -215,17 +280,30 @@ async def soak(args: argparse.Namespace) -> int:
         code = f"none: still running {args.exit_timeout:.0f} s after SIGTERM, killed"
         print("server output (last 30 lines):\n  " + "\n  ".join(server.lines[-30:]))
     exit_s = time.monotonic() - signalled
-    await traffic.close()
+    await control.close()
+    for proc in procs:
+        proc.join(30)
 
-    rates = [tally.done_per_window[w] / tally.window for w in range(full_windows)]
+    tally = Tally()
+    for _, part in tallies:
+        tally.valid_ok += part.valid_ok
+        tally.lost += part.lost
+        tally.lost_reasons.update(part.lost_reasons)
+        tally.invalid.update(part.invalid)
+    rates = [shared.done_in(w) / args.window for w in range(windows)]
     print(f"windows ({args.window:.0f} s, req/s): {' '.join(f'{r:.0f}' for r in rates)}")
     if rates and max(rates) > 0:
         print(f"worst/best window = {min(rates) / max(rates):.2f} (goal >= 0.80)")
+    if server_cpu:
+        print(f"server CPU (cores) per window: min {min(server_cpu):.2f}, max {max(server_cpu):.2f}; "
+              f"clients: min {min(client_cpu):.2f}, max {max(client_cpu):.2f}")
+        per_request = [cpu / rate * 1e6 for cpu, rate in zip(server_cpu, rates) if rate]
+        print(f"server CPU per request (µs): min {min(per_request):.0f}, max {max(per_request):.0f}")
     print(f"valid answered correctly: {tally.valid_ok}")
     for outcome, n in sorted(tally.invalid.items()):
         print(f"invalid {outcome}: {n}")
-    print(f"reloads: {tally.reloads_ok} ok, {len(tally.reloads_failed)} failed"
-          + (f" (first: {tally.reloads_failed[0]})" if tally.reloads_failed else ""))
+    print(f"reloads: {reloads_ok} ok, {len(reloads_failed)} failed"
+          + (f" (first: {reloads_failed[0]})" if reloads_failed else ""))
     for reason, n in tally.lost_reasons.most_common(5):
         print(f"  lost {n} x {reason}")
     print(f"lost = {tally.lost}")
@@ -237,6 +315,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic before SIGTERM")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=1,
+                        help="client processes sharing the concurrency (one Python client tops out near one core)")
     parser.add_argument("--repository", type=Path, default=REPO,
                         help="a copy of bench/repos/triton_ensemble (e.g. with other execution parameters)")
     parser.add_argument("--reload-every", type=float, default=10.0, help="seconds between reloads of classifier")
