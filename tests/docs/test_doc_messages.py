@@ -14,6 +14,7 @@ An ID that a page shows and no producer knows fails, and so does a producer that
 from __future__ import annotations
 
 import logging
+import socket
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -206,6 +207,26 @@ def _remote_datatype_mismatch(tmp: Path) -> str:
         """})
         reason = load_failure(repo, "detector")
     return shown(reason, tmp).replace(pool.grpc_url, "gpu-pool-0:8001")
+
+
+@producer("remote-unreachable")
+def _remote_unreachable(tmp: Path) -> str:
+    """The docs' remote 'detector' whose one endpoint refuses connections (a port bound but not
+    listening), asked for an inference: the 503's message. As above, that endpoint is written
+    as the docs' grpc://gpu-pool-0:8001."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        repo = write(tmp / "models", {"detector/config.yaml": f"""
+            backend: remote
+            max_batch_size: 8
+            remote:
+              url: grpc://{address}
+            inputs:  [{{name: IMAGE, datatype: FP32, shape: [3, 224, 224]}}]
+            outputs: [{{name: BOXES, datatype: FP32, shape: [-1, 4]}}]
+        """})
+        said = refusal(repo, "detector", {"IMAGE": np.zeros((1, 3, 224, 224), np.float32)}, status="503")
+    return said.replace(address, "gpu-pool-0:8001")
 
 
 # -- docs/pipelines.md --------------------------------------------------------------------------
