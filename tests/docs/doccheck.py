@@ -22,15 +22,26 @@ A fenced block in README.md or docs/*.md is classified by an HTML comment on the
 ``<!-- test: synopsis: COMMAND -->``
     a usage summary of COMMAND (``dagserve serve``): every ``--flag`` it names is one that
     ``COMMAND --help`` lists (from a line starting ``dagserve SUBCOMMAND`` on, that one's).
+``<!-- test: message: ID -->``
+    an error message or a log sample dagserve writes: tests/docs/test_doc_messages.py has one
+    producer per ID, which provokes the situation for real and compares what dagserve says with
+    the block (normalised as outputs are, below). Several blocks may show one ID; an ID no
+    producer knows fails, and so does a producer whose ID no page shows.
+``<!-- test: figure: WHAT -->``
+    not the output of a program: a diagram, a file tree, a config fragment, a formula (WHAT
+    says which); nothing to check.
 ``<!-- test: skip: REASON -->``
-    not run, and why (needs a GPU, Docker, a deployment's paths...).
+    not run, and why (needs a GPU, Docker, a deployment's paths...); for an output, why it
+    cannot be produced here (a record of a run on the GPU machine).
 
 A ``run`` block that talks to a server (names ``localhost:8000``...) before any ``serve`` block
 gets the server the docs start with: ``dagserve serve --model-repository examples/pipelines``
 (what ``scripts/demo.sh`` serves). One server per page, on ports the system picks.
 
-Every fenced block whose language is a shell or Python, or that names no language, must carry
-one of these markers: a command nobody runs can drift unseen.
+Every fenced block whose language is a shell or Python, or ``text``, or that names no language,
+must carry one of these markers: a command nobody runs, or a message nobody compares with
+dagserve's, can drift unseen. (``yaml``, ``json`` and the like need none: they are configs and
+requests, checked where a marker says so.)
 
 What is substituted, and how the comparison is normalised — nothing else varies:
 
@@ -39,7 +50,8 @@ What is substituted, and how the comparison is normalised — nothing else varie
   as the documented ones in the output; ``/tmp/`` in a command becomes a directory of the
   test's own (and back);
 * error ids, durations (``0.04 s``, ``12 ms``), timestamps and process ids compare equal to any
-  value;
+  value, and so does the source line a log line names (``model.py:143]``, ``"line": 143``):
+  it moves with every edit of that file;
 * whitespace is not compared: the docs wrap long lines and align columns.
 """
 
@@ -62,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]
 
 COMMAND_LANGUAGES = {"", "bash", "sh", "shell", "console", "python", "py", "pycon"}
-KINDS = {"run", "output", "serve", "skip", "excerpt", "synopsis"}
+KINDS = {"run", "output", "serve", "skip", "excerpt", "synopsis", "message", "figure"}
 DEFAULT_SERVER = "dagserve serve --model-repository examples/pipelines"
 DOC_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 COMMAND_TIMEOUT_S = 120
@@ -122,6 +134,13 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
+_NEEDS_REASON = {"skip": "a reason: <!-- test: skip: why -->",
+                 "excerpt": "a path: <!-- test: excerpt: path/in/checkout -->",
+                 "synopsis": "a command: <!-- test: synopsis: dagserve serve -->",
+                 "message": "an id: <!-- test: message: remote-mismatch --> (tests/docs/test_doc_messages.py)",
+                 "figure": "what it shows: <!-- test: figure: a file tree -->"}
+
+
 def unclassified(page: Path) -> list[str]:
     """A line per block of *page* that is a command (or names no language) yet has no marker,
     or whose marker is malformed."""
@@ -129,20 +148,31 @@ def unclassified(page: Path) -> list[str]:
     for block in blocks(page):
         if block.kind and block.kind not in KINDS:
             problems.append(f"{block.where}: unknown marker 'test: {block.kind}' (one of {sorted(KINDS)})")
-        elif block.kind in {"skip", "excerpt", "synopsis"} and not block.reason.strip():
-            what = {"skip": "a reason: <!-- test: skip: why -->",
-                    "excerpt": "a path: <!-- test: excerpt: path/in/checkout -->",
-                    "synopsis": "a command: <!-- test: synopsis: dagserve serve -->"}[block.kind]
-            problems.append(f"{block.where}: 'test: {block.kind}' needs {what}")
+        elif block.kind in _NEEDS_REASON and not block.reason.strip():
+            problems.append(f"{block.where}: 'test: {block.kind}' needs {_NEEDS_REASON[block.kind]}")
         elif not block.kind and block.language in COMMAND_LANGUAGES:
             shown = block.language or "no language"
             problems.append(f"{block.where}: a {shown} block with no <!-- test: run|output|serve|skip: why --> "
                             "marker before it" + ("; give it a language (text for an output)"
                                                   if not block.language else ""))
+        elif not block.kind and block.language == "text":
+            problems.append(f"{block.where}: a text block with no marker before it: <!-- test: output --> "
+                            "(what the block before prints), <!-- test: message: ID --> (an error or log "
+                            "sample), <!-- test: figure: what it is --> or <!-- test: skip: why -->")
         elif block.kind in {"run", "serve"} and block.language not in {"bash", "sh", "shell", "python", "py"}:
             problems.append(f"{block.where}: 'test: {block.kind}' on a {block.language or 'no-language'} block "
                             "(bash or python)")
     return problems
+
+
+def message_blocks(pages: list[Path] = PAGES) -> dict[str, list[Block]]:
+    """The ``message`` blocks of *pages* by their ID, each ID's in page order."""
+    found: dict[str, list[Block]] = {}
+    for page in pages:
+        for block in blocks(page):
+            if block.kind == "message" and block.reason.strip():
+                found.setdefault(block.reason.strip(), []).append(block)
+    return found
 
 
 # -- excerpts ----------------------------------------------------------------------------------
@@ -195,6 +225,10 @@ _VARYING = [
     (re.compile(r"\b[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+\b"), "<glog prefix>"),
     (re.compile(r"\b\d+(\.\d+)? ?(s|ms|µs|us)\b"), "<duration>"),
     (re.compile(r"\bpid \d+\b"), "pid <pid>"),
+    (re.compile(r"(<timestamp> [IWEV]) \d+ "), r"\1 <pid> "),  # --log-format ISO8601
+    (re.compile(r'"pid": \d+'), '"pid": <pid>'),  # --log-format json
+    (re.compile(r"\b([\w.]+\.py):\d+\]"), r"\1:<line>]"),
+    (re.compile(r'"line": \d+'), '"line": <line>'),
     (re.compile(r"\(pids [\d, ]+\)"), "(pids <pids>)"),
 ]
 

@@ -13,8 +13,8 @@ from .doccheck import PAGES, ROOT
 
 
 def test_every_command_block_is_run_or_says_why_not() -> None:
-    """A shell or Python block (or one naming no language) with no run/output/serve/skip marker
-    fails, naming the page and line."""
+    """A shell, Python or text block (or one naming no language) with no marker fails, naming
+    the page and line."""
     problems = [problem for page in PAGES for problem in doccheck.unclassified(page)]
     assert not problems, "\n".join(problems)
 
@@ -82,14 +82,16 @@ def test_a_shown_output_that_differs_fails_naming_both_blocks(tmp_path: Path) ->
 
 
 def test_a_command_block_without_a_marker_is_named() -> None:
-    """unclassified() names an unmarked bash block, an untyped block and a skip with no reason,
-    and accepts yaml with no marker."""
+    """unclassified() names an unmarked bash block, an untyped block, a skip with no reason, an
+    unmarked text block and a message with no id, and accepts yaml with no marker and a figure."""
     page = ROOT / "tests" / "docs" / "unmarked.md"
     problems = doccheck.unclassified(page)
-    assert [p.split(": ", 1)[0] for p in problems] == [f"tests/docs/unmarked.md:{n}" for n in (3, 8, 13)]
+    assert [p.split(": ", 1)[0] for p in problems] == [f"tests/docs/unmarked.md:{n}" for n in (3, 8, 13, 26, 31)]
     assert "a bash block with no <!-- test: run|output|serve|skip: why --> marker" in problems[0]
     assert "give it a language" in problems[1]
     assert "'test: skip' needs a reason" in problems[2]
+    assert "a text block with no marker before it: <!-- test: output -->" in problems[3]
+    assert "'test: message' needs an id" in problems[4]
 
 
 def test_normalising_keeps_values_and_drops_only_what_varies() -> None:
