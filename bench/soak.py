@@ -85,7 +85,7 @@ class Shared:
 
     def finished(self, client: int) -> None:
         w = int((time.monotonic() - self.started) // self.window)
-        if w < self.windows:
+        if 0 <= w < self.windows:
             self.done[client * self.windows + w] += 1
 
     def done_in(self, w: int) -> int:
@@ -192,6 +192,7 @@ def client_process(index: int, tasks: list[int], http: str, grpc: str, kinds: tu
                 shared.lost[index] = tally.lost
                 shared.finished(index)
 
+        await asyncio.sleep(max(0.0, shared.started - time.monotonic()))  # the first window's start
         running = [asyncio.ensure_future(task(n)) for n in tasks]
         while not shared.stop.is_set():
             await asyncio.sleep(0.005)

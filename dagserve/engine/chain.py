@@ -11,11 +11,12 @@ instance pool (:meth:`~.model.ModelVersion.infer_now`) — and hands the request
 
 Each pipeline has a main chain thread, which runs the chains lined up for it one after
 another: under load it is woken once for a run of requests, and its chains never contend
-with each other for an instance. While its current chain has run :data:`CHAIN_WAIT` or more
-(a step that blocks, or steps long enough to be worth overlapping as step by step they
-would), the chains lined up behind it are taken back and new ones are not lined up: they run
-on spare threads, one chain each; with every spare busy, a request goes step by step on the
-event loop as without chains.
+with each other for an instance. While its current chain is stuck — it has run
+:data:`CHAIN_WAIT` while the process was mostly idle (a step that blocks: a sleep, I/O), or
+:data:`CHAIN_LONG` however busy the process (a long step; under load a chain may just be
+waiting its turn for the GIL, which more threads would not help) — the chains lined up behind
+it are taken back and new ones are not lined up: they run on spare threads, one chain each;
+with every spare busy, a request goes step by step on the event loop as without chains.
 
 What stays the same as step by step on the event loop:
 
@@ -31,8 +32,8 @@ What stays the same as step by step on the event loop:
   step;
 * a model that blocks holds its own instance and the chain thread running it: requests that
   need that model wait for it, as they would anyway; other requests of the pipeline wait
-  about :data:`CHAIN_WAIT` behind it at most, then run on a spare thread. Health, metrics and other
-  models never wait for a chain.
+  :data:`CHAIN_WAIT` (:data:`CHAIN_LONG` in a busy process) behind it at most, then run on a
+  spare thread. Health, metrics and other models never wait for a chain.
 
 A chain runs only where it cannot change the outcome, from the first step of the route to the
 first step that cannot join it: a sequential route of two or more steps, no ``max_inflight_requests``, a request that is not traced, and steps that are plain
@@ -64,18 +65,24 @@ if TYPE_CHECKING:
     from .model import ModelVersion
     from .pipeline_runner import PipelineRunner, StepStatistics
 
-__all__ = ["CHAIN_WAIT", "SPARE_THREADS", "ChainWorkers", "run_chain"]
+__all__ = ["CHAIN_LONG", "CHAIN_WAIT", "SPARE_THREADS", "ChainWorkers", "run_chain"]
 
 CHAIN_WAIT = 0.002
 """Seconds a chain may run on the main chain thread before the chains lined up behind it, and
-new ones, go to spare threads instead (a model that blocks, or steps long enough to be worth
-overlapping, as step by step they would)."""
+new ones, go to spare threads instead, if meanwhile the process was mostly idle (a model that
+blocks: as step by step, they overlap with it)."""
+
+CHAIN_LONG = 0.02
+"""Seconds after which a chain is stuck however busy the process (a long step, or one that
+blocks while other requests keep the CPU busy). Four of CPython's default switch intervals: a
+chain that only waits its turn for the GIL gets it well before."""
 
 SPARE_THREADS = 16
 """Spare chain threads per pipeline at most; with every one busy a request goes step by step."""
 
 _REVOKED = -1
 _CHAIN_WAIT_NS = CHAIN_WAIT * 1e9
+_CHAIN_LONG_NS = CHAIN_LONG * 1e9
 
 
 class ChainWorkers:
@@ -91,13 +98,24 @@ class ChainWorkers:
         self._main: InstanceThread | None = None
         self.main_since = 0
         """perf_counter_ns when the main thread's current chain began; 0 between chains."""
+        self.main_cpu_since = 0
+        """The process's CPU time (process_time_ns) when that chain began."""
         self._idle: list[InstanceThread] = []
         self._spares: list[InstanceThread] = []
 
     def stuck(self) -> bool:
-        """Whether the main thread's current chain has run for :data:`CHAIN_WAIT` or more."""
+        """Whether the main thread's current chain is stuck: it has run :data:`CHAIN_LONG`,
+        or :data:`CHAIN_WAIT` while the process used the CPU less than half the time — its
+        thread blocks (a sleep, I/O, a lock). A chain of a busy process may just be waiting
+        its turn for the GIL, behind the event loop and other threads: not stuck before
+        :data:`CHAIN_LONG`."""
         since = self.main_since
-        return bool(since) and time.perf_counter_ns() - since > _CHAIN_WAIT_NS
+        if not since:
+            return False
+        age = time.perf_counter_ns() - since
+        if age <= _CHAIN_WAIT_NS:
+            return False
+        return age > _CHAIN_LONG_NS or (time.process_time_ns() - self.main_cpu_since) * 2 < age
 
     def main(self) -> InstanceThread | None:
         """The main thread, unless it is :meth:`stuck`."""
@@ -179,6 +197,7 @@ class _Chain(OffLoop):
         main = self.main
         if main is None:
             return self.run(order, versions, values, request)
+        main.main_cpu_since = time.process_time_ns()
         main.main_since = time.perf_counter_ns()
         try:
             return self.run(order, versions, values, request)

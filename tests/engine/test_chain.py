@@ -259,3 +259,24 @@ async def test_a_step_that_cannot_chain_ends_the_chain(tmp_path: Path) -> None:
         assert response.outputs["Y"].tolist() == [4]
         names = thread_names(response, "abc")
         assert names == ["dagserve-a-0", threading.current_thread().name, "dagserve-c-0"], names
+
+
+def test_a_chain_is_stuck_when_it_blocks_not_when_it_waits_for_the_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main chain thread's current chain counts as stuck after CHAIN_WAIT only if the
+    process was mostly idle meanwhile (its step blocks: sleep, I/O); in a busy process it may
+    be waiting its turn for the GIL, and only CHAIN_LONG makes it stuck."""
+    import time
+
+    from dagserve.engine import chain
+
+    workers = chain.ChainWorkers("p")
+    assert not workers.stuck()  # no chain running
+    workers.main_cpu_since = time.process_time_ns()
+    workers.main_since = time.perf_counter_ns() - 5 * 10**6  # began 5 ms ago
+    assert workers.stuck(), "5 ms with the process idle: blocked"
+    # The same age while the process was busy (it used far more CPU than the chain's age).
+    monkeypatch.setattr(chain, "_CHAIN_LONG_NS", 3600 * 10**9)
+    workers.main_cpu_since = time.process_time_ns() - 10 * 10**9
+    assert not workers.stuck(), "busy: waiting for the GIL, not stuck before CHAIN_LONG"
+    monkeypatch.setattr(chain, "_CHAIN_LONG_NS", 10**6)  # 1 ms: the 5-ms-old chain is past it
+    assert workers.stuck(), "past CHAIN_LONG: stuck however busy"
