@@ -4,7 +4,7 @@
 # the next (the machine stays warm between two calls made back to back). From the project root:
 #   run(command="bash bench/device_soak.sh start", carry=[".device-carry"], timeout_s=600)
 #   run(command="bash bench/device_soak.sh wait", timeout_s=600)      # at once after the first
-# SOAK_ARGS passes flags to bench/soak.py (default: --duration 600). The log is $OUT/soak.log.
+# SOAK_ARGS passes flags to bench/soak.py (default: --duration 600 --clients 4). The log is $OUT/soak.log.
 set -uo pipefail
 OUT="${OUT:-soak_out}"
 mkdir -p "$OUT"
@@ -15,9 +15,9 @@ case "${1:-}" in
     extra=$(ls .device-carry/wheels/{PyYAML,pyyaml,uvloop,httpx,httpcore,h11}-*.whl 2>/dev/null)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .device-carry/whl/*.whl $extra || exit 1
-    echo "== machine: $(nproc) cores; soak.py ${SOAK_ARGS:---duration 600}"
+    echo "== machine: $(nproc) cores; soak.py ${SOAK_ARGS:---duration 600 --clients 4}"
     PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 setsid nohup \
-        python3 bench/soak.py ${SOAK_ARGS:---duration 600} > "$LOG" 2>&1 < /dev/null &
+        python3 bench/soak.py ${SOAK_ARGS:---duration 600 --clients 4} > "$LOG" 2>&1 < /dev/null &
     echo $! > /tmp/dagserve-soak.pid
     # Collect what there is at the end of this command's time; the soak goes on.
     for _ in $(seq "${START_WAIT:-540}"); do
