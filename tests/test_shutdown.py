@@ -102,7 +102,8 @@ def refused(address: str) -> bool:
     try:
         with socket.create_connection((host, int(port)), timeout=5):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A reset means the listener closed while this connect was in its backlog.
         return True
 
 

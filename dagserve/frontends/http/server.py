@@ -110,7 +110,7 @@ class _State:
         self._emptied: anyio.Event | None = None
         # Every transport made, counted until it is lost, refused ones included: the server
         # returns only once their sockets are closed (a close is finished by a later loop turn).
-        self.open_transports = 0
+        self.open_transports: set[asyncio.Transport] = set()
         self._transports_gone: anyio.Event | None = None
 
     def protocol(self) -> _Connection:
@@ -148,9 +148,9 @@ class _State:
             for connection in list(self.connections):
                 connection.check_timeouts(now, limits)
 
-    def transport_lost(self) -> None:
-        self.open_transports -= 1
-        if self._transports_gone is not None and self.open_transports == 0:
+    def transport_lost(self, transport: asyncio.Transport) -> None:
+        self.open_transports.discard(transport)
+        if self._transports_gone is not None and not self.open_transports:
             self._transports_gone.set()
 
     async def transports_closed(self) -> None:
@@ -228,7 +228,7 @@ class _Connection(asyncio.Protocol):
         # A stream transport (uvloop's is not an asyncio.Transport subclass, hence the cast).
         self._transport = transport = cast(asyncio.Transport, transport)
         state = self._state
-        state.open_transports += 1
+        state.open_transports.add(transport)
         if state.stopping:
             transport.close()
             return
@@ -279,7 +279,7 @@ class _Connection(asyncio.Protocol):
             self._scope.cancel()  # the client left: take its request off the queue
         self._wake()
         self._state.closed(self)
-        self._state.transport_lost()
+        self._state.transport_lost(self._transport)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -826,5 +826,12 @@ async def _serve(
         with anyio.CancelScope(shield=True):
             for _ in range(3):
                 await anyio.lowlevel.checkpoint()
-            with anyio.move_on_after(1.0):
+            with anyio.move_on_after(5.0):
                 await state.transports_closed()
+            if state.open_transports:  # still flushing to a client that does not read
+                log.warning("HTTP: %d connections not closed 5s after the stop: aborting them",
+                            len(state.open_transports))
+                for transport in list(state.open_transports):
+                    transport.abort()
+                for _ in range(3):  # the aborts close their sockets on the next turn
+                    await anyio.lowlevel.checkpoint()
