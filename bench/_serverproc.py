@@ -46,6 +46,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU time every process of this machine has used so far (all cores together), and the
+    time the hypervisor gave this machine's virtual cores to others (steal), from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and of every live process below it."""
     parents: dict[int, int] = {}

@@ -235,11 +235,13 @@ async def soak(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001
                 reloads_failed.append(str(exc)[:160])
 
-    server_cpu, client_cpu = [], []
+    server_cpu, client_cpu, other_cpu, steal_cpu = [], [], [], []
 
-    def cpu_now() -> tuple[float, float]:
-        mine = _serverproc.tree_cpu_seconds(os.getpid()) - _serverproc.tree_cpu_seconds(server.proc.pid)
-        return _serverproc.tree_cpu_seconds(server.proc.pid), mine
+    def cpu_now() -> tuple[float, float, float, float]:
+        served = _serverproc.tree_cpu_seconds(server.proc.pid)
+        mine = _serverproc.tree_cpu_seconds(os.getpid()) - served
+        busy, steal = _serverproc.machine_cpu_seconds()
+        return served, mine, busy - served - mine, steal
 
     async def reporter() -> None:
         last = cpu_now()
@@ -248,9 +250,12 @@ async def soak(args: argparse.Namespace) -> int:
             now = cpu_now()
             server_cpu.append((now[0] - last[0]) / args.window)
             client_cpu.append((now[1] - last[1]) / args.window)
+            other_cpu.append(max(0.0, now[2] - last[2]) / args.window)
+            steal_cpu.append((now[3] - last[3]) / args.window)
             last = now
             print(f"  window {w:3d}: {shared.done_in(w) / args.window:7.0f} req/s  server CPU {server_cpu[-1]:4.2f}  "
-                  f"clients CPU {client_cpu[-1]:4.2f}  (lost so far {sum(shared.lost)})", flush=True)
+                  f"clients CPU {client_cpu[-1]:4.2f}  other processes {other_cpu[-1]:4.2f}  "
+                  f"steal {steal_cpu[-1]:4.2f}  (lost so far {sum(shared.lost)})", flush=True)
 
     # Every client process starts at one instant, and the windows count from it.
     shared.started = time.monotonic() + 3.0 + clients
@@ -297,7 +302,8 @@ async def soak(args: argparse.Namespace) -> int:
         print(f"worst/best window = {min(rates) / max(rates):.2f} (goal >= 0.80)")
     if server_cpu:
         print(f"server CPU (cores) per window: min {min(server_cpu):.2f}, max {max(server_cpu):.2f}; "
-              f"clients: min {min(client_cpu):.2f}, max {max(client_cpu):.2f}")
+              f"clients: min {min(client_cpu):.2f}, max {max(client_cpu):.2f}; other processes: min "
+              f"{min(other_cpu):.2f}, max {max(other_cpu):.2f}; steal: min {min(steal_cpu):.2f}, max {max(steal_cpu):.2f}")
         per_request = [cpu / rate * 1e6 for cpu, rate in zip(server_cpu, rates) if rate]
         print(f"server CPU per request (µs): min {min(per_request):.0f}, max {max(per_request):.0f}")
     print(f"valid answered correctly: {tally.valid_ok}")
