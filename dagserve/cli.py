@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_workers, default=_workers(_env("workers", "1") or "1"),
                    help="worker processes serving the repository behind the same ports (default 1; 'auto': one per "
                         "core); each loads every model (env DAGSERVE_WORKERS; docs/operations.md)")
+    s.add_argument("--worker-spread", type=_bool, default=_bool(_env("worker-spread", "false") or "false"),
+                   help="with --workers: a worker busier than another hands new requests for replicated models to it "
+                        "(for clients that send everything over one connection, as gRPC does); default false: on 2 "
+                        "cores it cost throughput (docs/operations.md)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
                    help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
     s.add_argument("--grpc-max-message-size", type=int,
@@ -301,6 +305,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             return supervise(argv, options, args.workers, announce=_announce)
     else:  # the supervisor checked and holds the ports
         options = dataclasses.replace(options, reuse_port=True)
+        role = dataclasses.replace(role, spread=args.worker_spread)
         role.end_with_supervisor()
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:

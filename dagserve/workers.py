@@ -23,6 +23,9 @@ stops them all gracefully on SIGTERM / SIGINT.
   × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
   a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
   (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
+* **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands new requests for replicated
+  models to it through the same socket (:class:`~dagserve.engine.peers.Spread`), so that a
+  client multiplexing calls on one connection (a gRPC channel) still reaches every worker.
 
 The response cache is per worker. See docs/architecture.md ("Processes") and
 docs/performance.md for the figures.
@@ -34,6 +37,7 @@ import base64
 import contextlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import signal
@@ -42,10 +46,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -54,7 +58,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import errors, tensor_bytes
 from .engine import Server
-from .engine.peers import Emit
+from .engine.peers import Emit, PeerLostError, PeerUnreachableError
 from .frontends.metrics import render_metrics
 from .frontends.runner import Addresses, FrontendOptions, format_address
 from .frontends.tracing import trace_setting
@@ -93,6 +97,8 @@ class WorkerRole:
     count: int
     directory: Path
     restarted: bool
+    spread: bool = False
+    """Hand requests to less busy workers (``--worker-spread``)."""
 
     @classmethod
     def from_environment(cls) -> WorkerRole | None:
@@ -147,6 +153,9 @@ class UnixPeers:
         self._role = role
         self.index = role.index
         self._idle: dict[int, list[_Connection]] = {}
+        self.loads: MutableSequence[int] | None = (
+            _shared_counts(role.directory / "loads", role.count) if role.spread else None
+        )
 
     async def forward(
         self, owner: int, model: str, version: str, request: InferRequest, emit: Emit | None = None
@@ -161,7 +170,7 @@ class UnixPeers:
             try:
                 stream = await anyio.connect_unix(self._role.forward_path(owner))
             except OSError as exc:
-                raise errors.ModelNotReadyError(
+                raise PeerUnreachableError(
                     f"model '{model}' is served by worker {owner}, which cannot be reached ({exc.strerror or exc}); "
                     "retry: a worker that died is being started again"
                 ) from None
@@ -175,7 +184,7 @@ class UnixPeers:
                 emit(_tensors(header["tensors"], payload), False)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
             await connection.aclose()
-            raise errors.ModelNotReadyError(
+            raise PeerLostError(
                 f"model '{model}': worker {owner}, which serves it, closed the connection (it may have died; "
                 "retry once it is started again)"
             ) from None
@@ -261,6 +270,19 @@ def _error(error: dict[str, str]) -> errors.DagserveError:
 # [name, datatype, shape, byte count].
 _LENGTH = struct.Struct("<I")
 _MAX_FRAME = 2**31 - 1
+
+
+def _shared_counts(path: Path, count: int) -> MutableSequence[int]:
+    """``count`` integers in a file every worker maps (the first to come creates it; a
+    worker writes only its own one, which readers see whole: aligned 8-byte words)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < 8 * count:
+            os.ftruncate(fd, 8 * count)
+        memory = mmap.mmap(fd, 8 * count)
+    finally:
+        os.close(fd)
+    return cast("MutableSequence[int]", memoryview(memory).cast("q"))
 
 
 class _Connection:
@@ -365,6 +387,11 @@ async def _cancel_on_close(connection: _Connection, scope: anyio.CancelScope) ->
 
 async def _run(server: Server, header: dict[str, Any], payload: memoryview, connection: _Connection) -> None:
     """Run one forwarded request and send its answer (or answers, for a stream)."""
+    with server.spread.running() if server.spread is not None else contextlib.nullcontext():
+        await _run_here(server, header, payload, connection)
+
+
+async def _run_here(server: Server, header: dict[str, Any], payload: memoryview, connection: _Connection) -> None:
     try:
         request = InferRequest(
             inputs=_tensors(header["tensors"], payload), id=header["id"], parameters=header["parameters"],

@@ -8,6 +8,8 @@ is reached from every worker."""
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -264,6 +267,45 @@ def test_placement_one_serves_a_model_from_one_worker(serve: Callable[..., Serve
     with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
         stats = gclient.get_inference_statistics("whoami_one", as_json=True)["model_stats"]
     assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [16]
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_a_busy_worker_hands_requests_of_one_connection_to_an_idle_one(
+    serve: Callable[..., Served], tmp_path: Path, spread: bool
+) -> None:
+    """Eight calls at once on one gRPC channel (one connection, so one worker) to a replicated
+    model that holds each call at a gate: with ``--worker-spread true`` the busy worker hands
+    some to the idle one, so calls wait in both processes; without it (the default) all wait in
+    one. Once the gate opens every call is answered with its own result, and the statistics
+    count each once."""
+    gate = tmp_path / "gate"
+    served = serve("shutdown", "--workers", "2", *(["--worker-spread", "true"] if spread else []),
+                   env={"DAGSERVE_TEST_GATE": str(gate)})
+    pids = {int(p) for p in re.search(r"worker processes \(pids ([\d, ]+)\)", served.output()).group(1).split(", ")}  # type: ignore[union-attr]
+    results: dict[int, object] = {}
+    done = threading.Event()
+
+    def arrivals() -> list[int]:
+        return [int(f.name.split("-")[0]) for f in (gate / "arrived").iterdir()] if (gate / "arrived").exists() else []
+
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client:
+        def answered(i: int, result: Any, error: Any) -> None:
+            results[i] = error if error is not None else float(result.as_numpy("Y")[0])
+            if len(results) == 8:
+                done.set()
+
+        for i in range(8):
+            x = grpcclient.InferInput("X", [1], "FP32")
+            x.set_data_from_numpy(np.array([i], dtype=np.float32))
+            client.async_infer("gate", [x], functools.partial(answered, i), client_timeout=DEADLINE)
+        wait_for(lambda: len(arrivals()) == 8, "the eight calls to reach the gate")
+        waiting = collections.Counter(arrivals())
+        assert len(waiting) == (2 if spread else 1) and set(waiting) <= pids, f"calls waiting per worker: {waiting}"
+        (gate / "open").touch()
+        assert done.wait(DEADLINE)
+        stats = client.get_inference_statistics("gate", as_json=True)["model_stats"]
+    assert results == {i: i + 1.0 for i in range(8)}
+    assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [8]
 
 
 def test_sigterm_stops_every_worker_and_exits_0(serve: Callable[..., Served]) -> None:

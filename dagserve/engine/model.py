@@ -45,6 +45,7 @@ from ..types import (
 from .cache import ResponseCache, request_key
 from .instances import InstancePool, OffLoop
 from .parameters import check_parameters, check_priority
+from .peers import Spread
 from .queue import RequestQueue
 from .scheduler import BatchPolicy, DirectScheduler, DynamicBatcher
 from .sequence import SequenceBatcher
@@ -123,6 +124,9 @@ class ModelVersion:
         self._max_batch = config.max_batch_size
         self._runner: Runner | None = None
         self._forward = forward
+        self.spread: Spread | None = None
+        """Set for a replicated model of a ``--workers N`` server: requests from clients may
+        run on a less busy worker (:class:`.peers.Spread`)."""
         self._cache = cache if cache is not None and _cacheable(config) else None
         self.cached = self._cache is not None
         """Responses of this version go through the response cache."""
@@ -307,7 +311,10 @@ class ModelVersion:
         assert runner is not None  # _check_ready() saw it
         self._in_flight += 1
         try:
-            raw = await runner.submit(request, batch_size)
+            if self.spread is None or request.trace is not None:
+                raw = await runner.submit(request, batch_size)
+            else:
+                raw = await self.spread.submit(runner, self.name, self.version_str, request, batch_size)
         finally:
             self._in_flight -= 1
             if not self._in_flight and self.state is ModelState.UNLOADING:

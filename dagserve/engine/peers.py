@@ -10,21 +10,23 @@ process) lives in :mod:`dagserve.workers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping, MutableSequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelNotFoundError, ModelNotReadyError
 from ..repository.config import InstanceKind, ModelConfig
 from ..types import InferRequest, InferResponse
 
 if TYPE_CHECKING:
     from ..backends.base import Outputs
 
-__all__ = ["OWNER", "ForwardRunner", "Peers", "merge_statistics", "placement"]
+__all__ = ["OWNER", "ForwardRunner", "PeerLostError", "PeerUnreachableError", "Peers", "Spread", "merge_statistics", "placement"]
 
 OWNER = 0
 """The worker process that serves the models placed ``one`` (and the only one that loads them)."""
@@ -40,6 +42,10 @@ class Peers(Protocol):
     index: int
     """This process's number among the workers (:data:`OWNER` serves the models placed ``one``)."""
 
+    loads: MutableSequence[int] | None
+    """Requests each worker is running now, one slot per worker in memory they all share
+    (:class:`Spread`); each worker writes its own slot only. None: not shared."""
+
     async def call(self, op: str, **args: Any) -> list[Any]:
         """Have every other process do ``op`` (``statistics``, ``metrics``, ``load``,
         ``unload``, ``loaded``, ``log_settings``, ``trace_setting``) with ``args``; their answers, in process order. A process that is not
@@ -53,9 +59,13 @@ class Peers(Protocol):
         """Have worker ``owner`` answer ``request`` for ``model`` (every output); its error
         is raised here. With ``emit`` (a decoupled model), ``emit(outputs, final)`` for each
         response of the stream, up to the final one (whose outputs may be None), and None is
-        returned. Cancelling the call cancels the request in ``owner``."""
-        ...
+        returned. Cancelling the call cancels the request in ``owner``.
 
+        Raises:
+            PeerUnreachableError: ``owner`` cannot be reached (the request was not sent).
+            PeerLostError: ``owner`` closed the connection before answering.
+        """
+        ...
 
     async def others_stopped(self) -> None:
         """Return once every other worker process has stopped (its requests answered)."""
@@ -85,6 +95,93 @@ def placement(config: ModelConfig, name: str) -> Placement:
             "state must be in one process: use 'one' (the default for it) or remove the parameter"
         )
     return "one" if value == "one" else "replicate"
+
+
+class PeerUnreachableError(ModelNotReadyError):
+    """A worker process could not be reached, so the request was never sent to it (it is
+    being started again, or stopping)."""
+
+
+class PeerLostError(ModelNotReadyError):
+    """A worker process closed the connection before answering a request sent to it (it
+    died, most likely): the request may have run there."""
+
+
+_FORWARDED = contextvars.ContextVar("dagserve_forwarded", default=False)
+
+
+class Spread:
+    """Evens out the work of the worker processes (``--workers N``) for replicated models.
+
+    The kernel gives each connection to one worker, and a client that multiplexes many calls
+    over one connection (a gRPC channel: perf_analyzer's, tritonclient's) would keep one worker
+    busy while the others idle. A worker that runs at least :data:`MARGIN` requests, and that
+    many more than twice the least busy other one's, hands a new request to it whole (a pipeline with its steps) over
+    the forwarding socket, as placement ``one`` does. Only requests that came from a client
+    are handed on: a pipeline's steps, and a request another worker handed here, run here.
+    """
+
+    MARGIN = 2
+    """How many requests this worker must be running, beyond twice a peer's, before it hands
+    one on: below that, the forwarding costs more than the wait it saves."""
+
+    def __init__(self, peers: Peers, loads: MutableSequence[int]) -> None:
+        self._peers = peers
+        self._loads = loads
+        self._index = peers.index
+        self._sent = [0] * len(loads)  # handed to each worker by this one, not yet answered
+        self.handed = 0
+        loads[self._index] = 0  # a restarted worker's slot held its predecessor's count
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Count a request run by this worker, and mark what runs inside it (its steps) as
+        not to be handed on."""
+        token = _FORWARDED.set(True)
+        self._loads[self._index] += 1
+        try:
+            yield
+        finally:
+            self._loads[self._index] -= 1
+            _FORWARDED.reset(token)
+
+    def peer(self) -> int | None:
+        """The worker to hand the current request to, or None to run it here."""
+        loads = self._loads
+        here = loads[self._index]
+        if here < self.MARGIN:
+            return None
+        # Only to a peer running less than half as much: between workers that are about as
+        # busy (connections the kernel spread evenly), handing on costs more than it evens out.
+        best, least = None, (here - self.MARGIN) // 2 + 1
+        for index, load in enumerate(loads):
+            # A peer's own count lags behind what this worker has just sent it.
+            load = max(load, self._sent[index])
+            if index != self._index and load < least:
+                best, least = index, load
+        self.handed += best is not None
+        return best
+
+    async def submit(self, runner: Any, model: str, version: str, request: InferRequest, batch_size: int) -> Outputs:
+        """Run ``request`` through ``runner`` here, or on a less busy worker."""
+        if _FORWARDED.get():  # a step of a request counted already, or a request handed here
+            return await runner.submit(request, batch_size)  # type: ignore[no-any-return]
+        peer = self.peer()
+        if peer is not None:
+            self._sent[peer] += 1
+            try:
+                response = await self._peers.forward(peer, model, version, _all_outputs(request))
+            except PeerLostError:
+                raise  # it may have run there: not again here
+            except (PeerUnreachableError, ModelNotFoundError, ModelNotReadyError):
+                pass  # refused there, unrun (a worker restarting, stopping or still loading): run it here
+            else:
+                assert response is not None
+                return response.outputs
+            finally:
+                self._sent[peer] -= 1
+        with self.running():
+            return await runner.submit(request, batch_size)  # type: ignore[no-any-return]
 
 
 class ForwardRunner:

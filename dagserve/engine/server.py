@@ -65,7 +65,7 @@ from .aliases import check_aliases
 from .cache import ResponseCache
 from .latency import MetricsConfig
 from .model import ModelState, ModelVersion
-from .peers import OWNER, ForwardRunner, Peers, merge_statistics, placement
+from .peers import OWNER, ForwardRunner, Peers, Spread, merge_statistics, placement
 from .registry import ModelEntry, is_pipeline, pipeline_members, repository_fingerprints, with_members
 from .stats import ModelStatistics
 from .warmup import warm_up
@@ -188,10 +188,15 @@ class Server:
         self.peers: Peers | None = None
         """The other worker processes of this server (``dagserve serve --workers N``), or None
         when this process is the whole server: set before the context is entered."""
+        self.spread: Spread | None = None
+        """How this worker hands requests for replicated models to less busy ones (with
+        :attr:`peers`)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Server:  # noqa: PYI034 - Server is not meant to be subclassed
         self.tracing.open()
+        if self.peers is not None and self.peers.loads is not None:
+            self.spread = Spread(self.peers, self.peers.loads)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -360,6 +365,8 @@ class Server:
                 decoupled=version.decoupled,
                 buckets=config.model_metrics.buckets if config.model_metrics is not None else None,
             )
+            if self.spread is not None and not forwarded and not version.decoupled:
+                version.spread = self.spread  # replicated: a busy worker may hand its requests on
             entry.versions[number] = version
             await self._tg.start(version.serve, load)
             entry.started.append(version)
