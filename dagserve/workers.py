@@ -23,9 +23,10 @@ stops them all gracefully on SIGTERM / SIGINT.
   × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
   a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
   (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
-* **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands new requests for replicated
-  models to it through the same socket (:class:`~dagserve.engine.peers.Spread`), so that a
-  client multiplexing calls on one connection (a gRPC channel) still reaches every worker.
+* **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands
+  new requests for replicated models to it through the same socket
+  (:class:`~dagserve.engine.peers.Spread`), so that a client multiplexing calls on one
+  connection (a gRPC channel) still reaches every worker.
 
 The response cache is per worker. See docs/architecture.md ("Processes") and
 docs/performance.md for the figures.

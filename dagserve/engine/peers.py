@@ -115,22 +115,23 @@ class Spread:
 
     The kernel gives each connection to one worker, and a client that multiplexes many calls
     over one connection (a gRPC channel: perf_analyzer's, tritonclient's) would keep one worker
-    busy while the others idle. A worker that runs at least :data:`MARGIN` requests, and that
-    many more than twice the least busy other one's, hands a new request to it whole (a pipeline with its steps) over
-    the forwarding socket, as placement ``one`` does. Only requests that came from a client
-    are handed on: a pipeline's steps, and a request another worker handed here, run here.
+    busy while the others idle. A worker that runs at least :data:`MARGIN` requests, and
+    that many more than twice the least busy other one's, hands a new request to it whole (a
+    pipeline with its steps) over the forwarding socket, as placement ``one`` does. Only
+    requests that came from a client are handed on: a pipeline's steps, and a request another
+    worker handed here, run here.
     """
 
     MARGIN = 2
     """How many requests this worker must be running, beyond twice a peer's, before it hands
     one on: below that, the forwarding costs more than the wait it saves."""
 
-    def __init__(self, peers: Peers, loads: MutableSequence[int]) -> None:
+    def __init__(self, peers: Peers) -> None:
+        assert peers.loads is not None
         self._peers = peers
-        self._loads = loads
+        self._loads = loads = peers.loads
         self._index = peers.index
         self._sent = [0] * len(loads)  # handed to each worker by this one, not yet answered
-        self.handed = 0
         loads[self._index] = 0  # a restarted worker's slot held its predecessor's count
 
     @contextlib.contextmanager
@@ -159,7 +160,6 @@ class Spread:
             load = max(load, self._sent[index])
             if index != self._index and load < least:
                 best, least = index, load
-        self.handed += best is not None
         return best
 
     async def submit(self, runner: Any, model: str, version: str, request: InferRequest, batch_size: int) -> Outputs:

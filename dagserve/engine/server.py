@@ -196,7 +196,7 @@ class Server:
     async def __aenter__(self) -> Server:  # noqa: PYI034 - Server is not meant to be subclassed
         self.tracing.open()
         if self.peers is not None and self.peers.loads is not None:
-            self.spread = Spread(self.peers, self.peers.loads)
+            self.spread = Spread(self.peers)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
