@@ -12,9 +12,9 @@ LOG=/tmp/dagserve-soak.log
 case "${1:-}" in
   start)
     # What the machine's image lacks, from the carried wheels (docs/gpu.md lists them).
-    extra=$(ls .device-carry/wheels/{PyYAML,pyyaml,uvloop,httpx,httpcore,h11}-*.whl 2>/dev/null)
+    # wheels/: the project's own (prepare_carry.sh); whl/: tritonclient[http,grpc] and what it adds.
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .device-carry/whl/*.whl $extra || exit 1
+        .device-carry/wheels/*.whl .device-carry/whl/*.whl || exit 1
     echo "== machine: $(nproc) cores; soak.py ${SOAK_ARGS:---duration 600 --clients 4}"
     PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 setsid nohup \
         python3 bench/soak.py ${SOAK_ARGS:---duration 600 --clients 4} > "$LOG" 2>&1 < /dev/null &
