@@ -39,6 +39,9 @@ def pbtxt_to_dict(text: str, *, path: Path) -> dict[str, Any]:
     except text_format.ParseError as exc:
         raise ConfigError(f"{path}:{exc}{_hint(str(exc))}") from None
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    for key, value in data.get("parameters", {}).items():
+        if not value:  # string_value "" is protobuf's default, which MessageToDict leaves out
+            data["parameters"][key] = {"string_value": ""}
     _refuse_unsupported(data, text, path)
     return data
 

@@ -44,6 +44,14 @@ def test_pbtxt_and_yaml_give_equal_configs() -> None:
     assert a.dynamic_batching is not None and a.dynamic_batching.preferred_batch_size == (4, 8)
 
 
+def test_pbtxt_parameter_may_be_an_empty_string() -> None:
+    """``string_value: ""`` is a parameter whose value is empty, as on Triton (protobuf leaves
+    a default value out of its dict, which read as a parameter with no value)."""
+    text = PBTXT.replace('parameters { key: "factor"', 'parameters { key: "env" value: { string_value: "" } }\nparameters { key: "factor"')
+    config = parse_config(text, path=Path("m/config.pbtxt"), name="m")
+    assert config.parameters == {"env": "", "factor": "3"}
+
+
 def test_triton_json_shape() -> None:
     """/config's JSON uses Triton's field names and TYPE_* datatypes."""
     data = parse_config(PBTXT, path=Path("m/config.pbtxt"), name="m").to_triton_json()
