@@ -7,7 +7,8 @@
    ``Server`` with ``dynamic_batching``, hit by many concurrent tasks each sending one image
    per request (``Server.infer``, no network), outputs copied to host at the edge
    (``to_host``) as a frontend would. ``--served`` lists the variants to run, each
-   ``INSTANCES:OUTPUT_MEMORY`` (instances of the model; ``device`` or ``host`` outputs).
+   ``INSTANCES:OUTPUT_MEMORY[:IN_FLIGHT]`` (instances of the model; ``device`` or ``host``
+   outputs; the ``batches_in_flight`` parameter, else the backend's default).
 
 Prints both throughputs and dagserve's share of the direct one, with request latencies.
 
@@ -67,13 +68,15 @@ CLASSES = {"small": 10, "resnet50": 1000, "large": 1000}
 
 
 def write_repo(
-    repo: Path, kind: str, device: str, max_batch: int, delay_us: int, precision: str, instances: int, memory: str
+    repo: Path, kind: str, device: str, max_batch: int, delay_us: int, precision: str, instances: int, memory: str,
+    in_flight: str = "",
 ) -> None:
     model_dir = repo / "cnn"
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "1" / "model.py").write_text(MODEL_FILE.replace("{kind}", kind))
     c, h, w = SHAPES[kind]
     group = "KIND_GPU" if device == "cuda" else "KIND_CPU"
+    flight = f'parameters {{ key: "batches_in_flight" value: {{ string_value: "{in_flight}" }} }}\n' if in_flight else ""
     (model_dir / "config.pbtxt").write_text(f"""
 backend: "pytorch"
 max_batch_size: {max_batch}
@@ -83,7 +86,7 @@ instance_group [{{ kind: {group} count: {instances} }}]
 dynamic_batching {{ max_queue_delay_microseconds: {delay_us} preferred_batch_size: [{max_batch}] }}
 parameters {{ key: "precision" value: {{ string_value: "{precision}" }} }}
 parameters {{ key: "output_memory" value: {{ string_value: "{memory}" }} }}
-model_warmup [{{ name: "full" batch_size: {max_batch} count: 3
+{flight}model_warmup [{{ name: "full" batch_size: {max_batch} count: 3
   inputs {{ key: "images" value: {{ data_type: TYPE_FP32 dims: [{c}, {h}, {w}] random_data: true }} }} }}]
 """)
 
@@ -162,7 +165,7 @@ def main() -> None:
     parser.add_argument("--direct-seconds", type=float, default=1.0, help="per batch size")
     parser.add_argument("--delay-us", type=int, default=2000, help="max_queue_delay_microseconds")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--served", default="1:device", help="variants INSTANCES:device|host, comma-separated")
+    parser.add_argument("--served", default="1:device", help="variants INSTANCES:device|host[:IN_FLIGHT], comma-separated")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads, for both runs (0: torch's default); 1 keeps a "
                              "shared or busy CPU from collapsing under OpenMP spin-waits")
@@ -179,18 +182,19 @@ def main() -> None:
     print(f"direct best: {rates[best]:,.0f} images/s at batch {best}")
 
     for variant in args.served.split(","):
-        instances, memory = variant.split(":")
+        instances, memory, in_flight = (variant.split(":") + [""])[:3]
         with tempfile.TemporaryDirectory() as tmp:
             repo = Path(tmp)
             write_repo(repo, args.model, args.device, args.max_batch, args.delay_us, args.precision,
-                       int(instances), memory)
+                       int(instances), memory, in_flight)
             rate, latencies, stats = anyio.run(served, repo, args.model, args.concurrency, args.seconds)
         batches = stats["execution_count"]
         mean_batch = stats["inference_count"] / batches if batches else 0.0
         latencies.sort()
         p50 = statistics.median(latencies) * 1e3
         p99 = latencies[int(len(latencies) * 0.99) - 1] * 1e3 if latencies else 0.0
-        print(f"served ({instances} instance(s), {memory} outputs): {rate:,.0f} images/s at concurrency "
+        flight = f", {in_flight} batches in flight" if in_flight else ""
+        print(f"served ({instances} instance(s), {memory} outputs{flight}): {rate:,.0f} images/s at concurrency "
               f"{args.concurrency} (1 image/request, mean batch {mean_batch:.1f}, max {args.max_batch}); "
               f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
               f"dagserve share of direct throughput: {rate / rates[best]:.0%}")

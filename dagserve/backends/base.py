@@ -2,7 +2,7 @@
 
 Lifecycle of an instance: the engine calls the backend's ``load(context)`` once per instance
 (in a worker thread, since loading is blocking), then ``execute`` any number of times — never
-concurrently on the same instance — then ``close()`` once. ``execute`` receives a batch: the
+concurrently on the same instance unless it sets ``concurrency`` (below) — then ``close()`` once. ``execute`` receives a batch: the
 list of requests the scheduler grouped, each still with its own batch dimension, and returns one
 result per request, in order: a mapping of output tensors, or an exception for that request
 alone (other requests of the batch still succeed).
@@ -14,6 +14,11 @@ alone (other requests of the batch still succeed).
 * ``"inline"``: a short non-blocking call, run directly on the event loop (no thread hop); the
   engine never changes an instance's mode;
 * ``"async"``: ``execute`` is a coroutine function, awaited on the event loop.
+
+An instance may set ``concurrency = k`` (default 1) to take up to ``k`` calls of ``execute``
+at once: an ``async`` one is awaited that many times concurrently; a ``thread`` one gets ``k``
+worker threads, so its ``execute`` must then be safe to call from several threads (the PyTorch
+backend's GPU instances do this to stage one batch while another computes).
 
 An instance may also set ``chain = True``: its ``thread``-mode ``execute`` is Python code that
 holds the GIL (the Python backend's in-process models), so a pipeline may run a request's

@@ -37,7 +37,13 @@ Parameters (strings, Triton's names where Triton has them):
 * ``output_memory``: ``device`` (default) keeps a GPU instance's outputs on the GPU; ``host``
   copies each batch's outputs to pinned host memory in one DMA before ``execute`` returns —
   cheaper for a model whose answers go straight to clients (one copy per batch, off the event
-  loop, instead of one per response at the edge).
+  loop, instead of one per response at the edge);
+* ``batches_in_flight`` (default 2 on a GPU, 1 on the CPU): how many batches one instance
+  runs at once, each from its own thread on its own CUDA stream, over the one copy of the
+  weights. With 2, the next batch is staged (host inputs into pinned memory, the copy to the
+  device) while the current one computes, so the GPU does not wait for the host between
+  batches (ResNet-50 with one instance: docs/gpu.md). Set it to 1 for a module whose
+  ``forward`` keeps state between calls and so must not run on two threads at once.
 
 A batching model (``max_batch_size > 0``) runs a batch of requests as one ``forward`` over
 their inputs concatenated along dimension 0, then splits the outputs. ``execute`` blocks in a
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -260,8 +267,23 @@ class TorchModel:
         self._model = model
         self._call = self._input_plan(arg_names)
         self._take_outputs = self._output_plan()
-        # Each GPU instance computes on its own stream, so instances on one GPU overlap.
-        self._stream = torch.cuda.Stream(device) if self._cuda else None
+        self.concurrency = integer(params, "batches_in_flight", 2 if self._cuda else 1, owner)
+        """Batches run at once (``backends.base``): each on a thread of its own."""
+        if self.concurrency < 1:
+            raise ConfigError(f"{owner}: parameter batches_in_flight must be 1 or more, not {self.concurrency}")
+        # Each thread that runs this instance computes on a CUDA stream of its own, so batches
+        # of one instance (and instances on one GPU) overlap.
+        self._streams = threading.local()
+
+    @property
+    def _stream(self) -> Any:
+        """This thread's CUDA stream (``None`` on the CPU)."""
+        if not self._cuda:
+            return None
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = self._torch.cuda.Stream(self._device)
+        return stream
 
     # -- how inputs reach forward() and outputs come back ------------------------------------
     def _input_plan(self, arg_names: list[str]) -> Callable[[dict[str, Any]], Any]:
@@ -326,18 +348,19 @@ class TorchModel:
                 stack.enter_context(torch.inference_mode() if self._inference_mode else torch.no_grad())
                 if not self._optimized:
                     stack.enter_context(torch.jit.optimized_execution(False))
-                if self._stream is not None:
-                    stack.enter_context(torch.cuda.stream(self._stream))
+                stream = self._stream
+                if stream is not None:
+                    stack.enter_context(torch.cuda.stream(stream))
                 tensors, sizes = self._gather(requests)
                 outputs = self._take_outputs(self._call(tensors))
                 outputs = {n: self._cast_back(n, t) for n, t in outputs.items()}
                 if self._host_outputs:
                     outputs = {n: self._to_pinned(t) for n, t in outputs.items()}
                 parts = self._split(outputs, sizes)
-            if self._stream is not None:
+            if stream is not None:
                 # Outputs leave this thread complete, so a consumer on another stream (or the
                 # host copy at the edge) never sees a tensor still being written.
-                self._stream.synchronize()
+                stream.synchronize()
         except DagserveError as exc:
             return [exc] * len(requests)
         except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad batch
@@ -410,7 +433,7 @@ class TorchModel:
             tensor = tensor.view(torch.bfloat16)
         if tensor.device != self._device:
             tensor = tensor.to(self._device, non_blocking=True)
-        elif self._stream is not None and tensor.is_cuda:
+        elif self._cuda and tensor.is_cuda:
             # Produced on another stream: keep the allocator from reusing it under us.
             tensor.record_stream(self._stream)
         return tensor

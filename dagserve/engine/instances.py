@@ -197,6 +197,10 @@ class _Computes:
             span.end(result if isinstance(result, BaseException) else None)
 
 
+def _concurrency(instance: ModelInstance) -> int:
+    return max(1, int(getattr(instance, "concurrency", 1)))
+
+
 def _succeed(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
@@ -214,9 +218,10 @@ class InstancePool:
         if not instances:
             raise ValueError("a pool needs at least one instance")
         self.instances = tuple(instances)
-        # An async instance may take several calls at once (``concurrency``, e.g. a remote
-        # model's connection limit): it is handed out that many times.
-        self._free = [i for i in instances for _ in range(max(1, int(getattr(i, "concurrency", 1))))]
+        # An instance may take several calls at once (``concurrency``: a remote model's
+        # connection limit, a GPU instance that stages one batch while another computes): it
+        # is handed out that many times.
+        self._free = [i for i in instances for _ in range(_concurrency(i))]
         # Taken and given back on the event loop, and also by the worker thread that runs a
         # pipeline request's chain of steps (:mod:`.chain`): a lock, and waiters served in order.
         self._lock = threading.Lock()
@@ -228,8 +233,13 @@ class InstancePool:
         backend's ``chain`` attribute): a pipeline may run it on a chain thread
         (:meth:`run_now`, :mod:`.chain`)."""
         self._stats = stats
+        # A ``thread`` instance with ``concurrency`` k has k threads: its free ones, taken and
+        # given back on the event loop (the pool hands the instance out at most k times).
         self._threads = {
-            id(instance): InstanceThread(f"dagserve-{stats.name}-{i}", f"model '{stats.name}'")
+            id(instance): [
+                InstanceThread(f"dagserve-{stats.name}-{i}" + (f".{j}" if j else ""), f"model '{stats.name}'")
+                for j in range(_concurrency(instance) if instance.mode == "thread" else 1)
+            ]
             for i, instance in enumerate(self.instances)
         }
         self._warned_ns = -_WARN_EVERY_NS
@@ -329,7 +339,12 @@ class InstancePool:
         mode = instance.mode
         try:
             if mode == "thread":
-                results = await self._threads[id(instance)].run(instance.execute, requests)
+                free = self._threads[id(instance)]
+                thread = free.pop()
+                try:
+                    results = await thread.run(instance.execute, requests)
+                finally:
+                    free.append(thread)
             elif mode == "async":
                 results = await instance.execute(requests)
             else:
@@ -393,5 +408,6 @@ class InstancePool:
         """Stop the instances' threads, then close every instance (blocking; call from a worker
         thread once no batch is in flight)."""
         for instance in self.instances:
-            self._threads[id(instance)].close()
+            for thread in self._threads[id(instance)]:
+                thread.close()
             instance.close()

@@ -130,6 +130,56 @@ async def test_host_output_memory_answers_pinned_numpy(repo: Path, add_model: Mo
         np.testing.assert_allclose(answers[i], reference(x), rtol=1e-4, atol=1e-4)
 
 
+TWO_STREAMS = b'''
+import threading
+
+import torch
+
+STREAMS = set()
+BOTH_IN = threading.Barrier(2, timeout=120)
+
+
+def create_model():
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            STREAMS.add(torch.cuda.current_stream().cuda_stream)
+            BOTH_IN.wait()  # returns only once two forwards run at once
+            return x * 2, torch.full((x.shape[0], 1), float(len(STREAMS)), device=x.device)
+
+    return Double()
+'''
+
+
+async def test_one_gpu_instance_runs_two_batches_on_two_streams(repo: Path, add_model: ModelWriter) -> None:
+    """By default one KIND_GPU torch instance takes a second batch while the first runs
+    (``batches_in_flight`` 2), on a CUDA stream of its own: both forwards are inside at once
+    (a barrier of two) and saw two streams."""
+    import anyio
+
+    config = """
+backend: "pytorch"
+max_batch_size: 4
+input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [3] }, { name: "streams" data_type: TYPE_FP32 dims: [1] }]
+instance_group [{ kind: KIND_GPU gpus: [0] count: 1 }]
+"""
+    add_model("double", config, {"1/model.py": TWO_STREAMS})
+    inputs = [np.full((1, 3), i + 1, np.float32) for i in range(2)]
+    answers: dict[int, Any] = {}
+    async with Server(model_repository=repo) as server:
+
+        async def one(i: int) -> None:
+            answers[i] = (await server.infer("double", "", InferRequest(inputs={"x": inputs[i]}))).outputs
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(2):
+                    tg.start_soon(one, i)
+    for i in range(2):
+        np.testing.assert_array_equal(to_host(answers[i]["y"]), inputs[i] * 2)
+        np.testing.assert_array_equal(to_host(answers[i]["streams"]), [[2.0]])
+
+
 async def test_half_precision_on_gpu(repo: Path, add_model: ModelWriter) -> None:
     """precision fp16 computes in half on the GPU (its answer is the half one, not the
     full-precision one) and still answers FP32."""

@@ -300,3 +300,89 @@ def test_served_over_http_and_grpc(repo: Path, add_model: ModelWriter) -> None:
         grpc.close()
     np.testing.assert_allclose(got_http, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got_grpc, expected, rtol=1e-6, atol=1e-6)
+
+
+OVERLAP_FILE = '''
+import threading
+
+import torch
+
+BUILT = []
+INSIDE = {"now": 0, "most": 0}
+LOCK = threading.Lock()
+BOTH_IN = threading.Barrier(2, timeout=120)
+
+
+def create_model():
+    BUILT.append(1)
+
+    class Overlap(torch.nn.Module):
+        def forward(self, x):
+            with LOCK:
+                INSIDE["now"] += 1
+                INSIDE["most"] = max(INSIDE["most"], INSIDE["now"])
+            try:
+                BOTH_IN.wait()  # returns only once two forwards run at once
+                return x + 0, torch.full((x.shape[0], 1), float(len(BUILT)))
+            finally:
+                with LOCK:
+                    INSIDE["now"] -= 1
+
+    return Overlap()
+'''
+
+OVERLAP_CONFIG = """
+backend: "pytorch"
+max_batch_size: 4
+input [{ name: "x" data_type: TYPE_FP32 dims: [2] }]
+output [
+  { name: "y" data_type: TYPE_FP32 dims: [2] },
+  { name: "built" data_type: TYPE_FP32 dims: [1] }
+]
+instance_group [{ kind: KIND_CPU count: 1 }]
+parameters { key: "batches_in_flight" value: { string_value: "2" } }
+"""
+
+
+async def test_one_instance_runs_two_batches_at_once(repo: Path, add_model: ModelWriter) -> None:
+    """With ``batches_in_flight: 2`` one instance (the module built once) runs two requests'
+    forwards at the same time: each forward waits at a barrier that opens only when two are
+    inside, so both answer only if the instance took the second batch while the first ran."""
+    add_model("overlap", OVERLAP_CONFIG, {"1/model.py": OVERLAP_FILE.encode()})
+    inputs = [np.full((1, 2), i, np.float32) for i in range(2)]
+    async with Server(model_repository=repo) as server:
+        responses = [None, None]
+
+        async def one(i: int) -> None:
+            responses[i] = await server.infer("overlap", "", InferRequest(inputs={"x": inputs[i]}))
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(2):
+                    tg.start_soon(one, i)
+        stats = server.statistics("overlap")["model_stats"][0]
+    for i, response in enumerate(responses):
+        np.testing.assert_array_equal(response.outputs["y"], inputs[i])  # type: ignore[union-attr]
+        np.testing.assert_array_equal(response.outputs["built"], [[1.0]])  # type: ignore[union-attr]
+    assert stats["execution_count"] == 2
+
+
+@pytest.mark.parametrize(("value", "reason"), [("0", "must be 1 or more"), ("two", "must be an integer")])
+async def test_batches_in_flight_is_checked(repo: Path, add_model: ModelWriter, value: str, reason: str) -> None:
+    config = OVERLAP_CONFIG.replace('string_value: "2"', f'string_value: "{value}"')
+    add_model("overlap", config, {"1/model.py": OVERLAP_FILE.encode()})
+    async with Server(model_repository=repo, strict_readiness=False) as server:
+        [entry] = server.repository_index()
+    assert "batches_in_flight" in entry["reason"] and reason in entry["reason"]
+
+
+def test_a_cpu_instance_runs_one_batch_at_a_time_by_default(repo: Path, add_model: ModelWriter) -> None:
+    """On the CPU torch's own threads already use the cores: one batch at a time unless asked."""
+    model_dir = add_model("net", NET_CONFIG, {"1/model.pt": save_script(Net())})
+    config, _ = load_config(model_dir)
+    context = ModelContext(
+        name="net", version=1, config=config, model_dir=model_dir, version_dir=model_dir / "1",
+        repository=repo, instance_name="net_0_0",
+    )
+    instance = get_backend("pytorch").load(context)
+    assert instance.concurrency == 1
