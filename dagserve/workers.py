@@ -19,10 +19,12 @@ stops them all gracefully on SIGTERM / SIGINT.
 * **Graceful stop.** The first signal is passed to every worker, which drains as a single
   server does (docs/operations.md); the second ends them at once.
 
-* **Placement.** A model placed ``replicate`` (the default) is loaded by every worker (memory
-  × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
-  a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
-  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
+* **Placement.** A model placed ``replicate`` (the default for Python models) is loaded by
+  every worker (memory × N, dynamic batches per worker); one placed ``one`` (the default for a
+  sequence batcher, a ``KIND_GPU`` instance group or a framework backend: PyTorch, ONNX
+  Runtime, TensorRT, FIL) only by worker 0, to which the others forward its requests
+  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`;
+  :func:`~dagserve.engine.peers.placement` says why).
 * **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands
   new requests for replicated models to it through the same socket
   (:class:`~dagserve.engine.peers.Spread`), so that a client multiplexing calls on one

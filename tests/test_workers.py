@@ -269,6 +269,74 @@ def test_placement_one_serves_a_model_from_one_worker(serve: Callable[..., Serve
     assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [16]
 
 
+def _onnx_scale_repository(root: Path) -> Path:
+    """A repository of ``scale`` (ONNX Runtime: y = 2x + 1, FP32 [4] rows, batching) with a
+    full config (nothing to auto-complete, so only a worker that loads it opens the graph),
+    and ``whoami``."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["doubled"]), helper.make_node("Add", ["doubled", "one"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+                     helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    (root / "scale" / "1").mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(root / "scale" / "1" / "model.onnx"))
+    (root / "scale" / "config.yaml").write_text(
+        "backend: onnxruntime\nmax_batch_size: 8\n"
+        "inputs: [{name: x, datatype: FP32, shape: [4]}]\noutputs: [{name: y, datatype: FP32, shape: [4]}]\n"
+    )
+    shutil.copytree(REPOS / "workers" / "whoami", root / "whoami")
+    return root
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as maps:
+        return maps.read()
+
+
+def test_a_framework_model_is_loaded_by_one_worker_and_answers_through_every_worker(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """An ONNX Runtime model is placed ``one`` by default: worker 0 alone has the runtime in
+    memory, and a connection to either worker gets its answer, counted once."""
+    served = serve(_onnx_scale_repository(tmp_path), "--workers", "2")
+    match = re.search(r"dagserve: 2 worker processes \(pids (\d+), (\d+)\)", served.output())
+    assert match, served.output()
+    owner, other = int(match.group(1)), int(match.group(2))  # in worker order
+    assert "onnxruntime" in _maps(owner)
+    assert "onnxruntime" not in _maps(other), "worker 1 forwards: it never loads the runtime"
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    pids: set[int] = set()
+    calls = 0
+    end = time.monotonic() + DEADLINE
+    while pids != {owner, other}:
+        assert time.monotonic() < end, f"{calls} connections reached only workers {pids}"
+        # One client, one connection: whoami says which worker holds it, scale is asked there.
+        with httpclient.InferenceServerClient(served.addresses["HTTP"], network_timeout=DEADLINE) as client:
+            who = httpclient.InferInput("X", [1], "FP32")
+            who.set_data_from_numpy(np.array([0.0], dtype=np.float32))
+            pids.add(int(client.infer("whoami", [who]).as_numpy("PID")[0]))
+            inp = httpclient.InferInput("x", [2, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_array_equal(client.infer("scale", [inp]).as_numpy("y"), 2 * x + 1)
+        calls += 1
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        inp = grpcclient.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(x[:1])
+        np.testing.assert_array_equal(gclient.infer("scale", [inp]).as_numpy("y"), 2 * x[:1] + 1)
+        stats = gclient.get_inference_statistics("scale", as_json=True)["model_stats"]
+    assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [calls + 1]
+    assert "onnxruntime" not in _maps(other)
+
+
 @pytest.mark.parametrize("spread", [True, False])
 def test_a_busy_worker_hands_requests_of_one_connection_to_an_idle_one(
     serve: Callable[..., Served], tmp_path: Path, spread: bool
@@ -471,14 +539,31 @@ def test_a_decoupled_model_placed_one_streams_through_the_worker_that_forwards(s
         ({"sequence_batching": {}}, "one"),
         ({"sequence_batching": {}, "parameters": {"placement": "replicate"}}, "whose state must be in one process"),
         ({"parameters": {"placement": "everywhere"}}, "must be 'replicate' or 'one', not 'everywhere'"),
+        # Framework runtimes: one copy of the weights, one intra-op thread pool over the cores.
+        ({"backend": "pytorch"}, "one"),
+        ({"backend": "", "platform": "pytorch_libtorch"}, "one"),
+        ({"backend": "onnxruntime"}, "one"),
+        ({"backend": "", "platform": "onnxruntime_onnx"}, "one"),
+        ({"backend": "tensorrt"}, "one"),
+        ({"backend": "", "platform": "tensorrt_plan"}, "one"),
+        ({"backend": "fil"}, "one"),
+        ({"backend": "onnxruntime", "parameters": {"placement": "replicate"}}, "replicate"),  # said explicitly
+        ({"backend": "fil", "parameters": {"placement": "replicate"}}, "replicate"),
+        ({"backend": "pytorch", "sequence_batching": {}, "parameters": {"placement": "replicate"}},
+         "whose state must be in one process"),
+        # Python code holds the GIL: processes are what spread it over the cores.
+        ({"backend": "sklearn"}, "replicate"),
+        ({"backend": "remote", "remote": {"url": "http://127.0.0.1:1"}}, "replicate"),  # a client
     ],
 )
 def test_placement_defaults_and_refusals(config: dict[str, object], expected: str) -> None:
+    """A config's ``placement`` wins (but for a sequence batcher); without it, sequence-batched,
+    KIND_GPU and framework-backend models are placed in one worker, the rest replicated."""
     from dagserve.engine.peers import placement
     from dagserve.errors import ConfigError
     from dagserve.repository.config import ModelConfig
 
-    model = ModelConfig.model_validate({"name": "m", "backend": "python", **config})
+    model = ModelConfig.model_validate({"name": "m", **{"backend": "python", **config}})
     if expected in ("one", "replicate"):
         assert placement(model, "m") == expected
     else:
