@@ -84,8 +84,8 @@ _NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)
 
 
 def auto_workers() -> int:
-    """``--workers auto``: one worker per core this process may run on (1 on a 1-core
-    machine). On 16 cores, 16 workers served the three-step ensemble at 29,545 req/s (HTTP
+    """``--workers auto``, the default: one worker per core this process may run on (its CPU
+    affinity; 1 on a 1-core machine, which then runs as one process). On 16 cores, 16 workers served the three-step ensemble at 29,545 req/s (HTTP
     c64, default execution), one process at 1,286 (docs/performance.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores)

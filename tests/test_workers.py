@@ -75,10 +75,17 @@ class Served:
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(repository: str | Path, *args: str, env: dict[str, str] | None = None) -> Served:
+    def start(repository: str | Path, *args: str, env: dict[str, str] | None = None,
+              cores: list[int] | None = None) -> Served:
+        """``dagserve serve`` of ``repository`` on free ports; with ``cores``, allowed to run on
+        those cores only (its CPU affinity, set before it starts, as ``taskset`` does)."""
+        serve = ["-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
+                 "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]
+        if cores is not None:  # exec'd, so the server is this very process (no preexec_fn among threads)
+            serve = ["-c", (f"import os, sys; os.sched_setaffinity(0, {cores!r}); "
+                            f"os.execv(sys.executable, [sys.executable, *{serve!r}])")]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
-             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
+            [sys.executable, *serve],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
         )
         try:
@@ -451,6 +458,63 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc: no psutil)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # it ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state
+                children.add(int(entry.name))
+    return children
+
+
+def test_workers_default_to_one_per_core_of_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --workers or DAGSERVE_WORKERS, ``serve`` runs one worker per core it may use."""
+    from dagserve.cli import build_parser
+
+    monkeypatch.delenv("DAGSERVE_WORKERS", raising=False)
+    args = build_parser().parse_args(["serve", "--model-repository", "."])
+    assert args.workers == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("DAGSERVE_WORKERS", "3")
+    assert build_parser().parse_args(["serve", "--model-repository", "."]).workers == 3
+    assert build_parser().parse_args(["serve", "--model-repository", ".", "--workers", "1"]).workers == 1
+
+
+def test_by_default_a_one_core_server_is_one_process(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dagserve serve`` with no --workers, allowed one core: no supervisor, no worker
+    processes; the process started answers requests itself."""
+    monkeypatch.delenv("DAGSERVE_WORKERS", raising=False)
+    served = serve("workers", cores=sorted(os.sched_getaffinity(0))[:1])
+    assert "worker processes" not in served.output()
+    assert whoami_http(served.addresses["HTTP"]) == served.proc.pid
+    assert whoami_grpc(served.addresses["gRPC"]) == served.proc.pid
+    assert _children(served.proc.pid) == set()
+
+
+def test_by_default_a_two_core_server_runs_two_workers(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dagserve serve`` with no --workers, allowed two cores: a supervisor of two worker
+    processes, both of which answer over HTTP."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        pytest.skip("this process may use one core only")
+    monkeypatch.delenv("DAGSERVE_WORKERS", raising=False)
+    served = serve("workers", cores=cores)
+    match = re.search(r"dagserve: 2 worker processes \(pids (\d+), (\d+)\)", served.output())
+    assert match, served.output()
+    workers = {int(match.group(1)), int(match.group(2))}
+    assert _children(served.proc.pid) == workers
+    pids, _ = until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    assert pids == workers
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
 def test_bad_worker_counts_are_refused(value: str) -> None:
     done = subprocess.run(
@@ -563,7 +627,7 @@ def test_placement_defaults_and_refusals(config: dict[str, object], expected: st
     from dagserve.errors import ConfigError
     from dagserve.repository.config import ModelConfig
 
-    model = ModelConfig.model_validate({"name": "m", **{"backend": "python", **config}})
+    model = ModelConfig.model_validate({"name": "m", "backend": "python", **config})
     if expected in ("one", "replicate"):
         assert placement(model, "m") == expected
     else:
