@@ -633,3 +633,48 @@ def test_placement_defaults_and_refusals(config: dict[str, object], expected: st
     else:
         with pytest.raises(ConfigError, match=expected):
             placement(model, "m")
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_cpu_quota_is_the_least_of_the_cgroup_and_its_parents_v2(tmp_path: Path) -> None:
+    """cgroup v2: a pod's limit above the container's own cgroup counts; ``max`` is no limit."""
+    from dagserve.workers import cpu_quota
+
+    root = _write(tmp_path, {"kubepods/pod1/cpu.max": "150000 100000\n", "kubepods/pod1/c1/cpu.max": "max 100000\n",
+                             "kubepods/cpu.max": "max 100000\n", "other/cpu.max": "50000 100000\n"})
+    assert cpu_quota(root, "0::/kubepods/pod1/c1\n") == 1.5
+    assert cpu_quota(root, "0::/kubepods\n") is None
+    assert cpu_quota(root, "0::/\n") is None
+    assert cpu_quota(root, "0::/gone\n") is None  # not there: unknown, no limit
+
+
+def test_cpu_quota_v1_reads_the_mount_a_container_sees(tmp_path: Path) -> None:
+    """cgroup v1: the host's path of the cgroup may not exist in a container, whose cpu mount is
+    its own cgroup; a quota of -1 is no limit."""
+    from dagserve.workers import cpu_quota
+
+    root = _write(tmp_path, {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cpu_quota(root, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n") == 2.0
+    root = _write(tmp_path / "host", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+                                      "cpu/job/cpu.cfs_quota_us": "50000\n", "cpu/job/cpu.cfs_period_us": "100000\n"})
+    assert cpu_quota(root, "3:cpu:/job\n") == 0.5
+    assert cpu_quota(root, "3:cpu:/\n") is None
+
+
+def test_auto_workers_never_exceed_the_cpu_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half a CPU's quota is one worker, however many cores the affinity allows; no quota is
+    one per core."""
+    from dagserve import workers
+
+    monkeypatch.setattr(workers, "cpu_quota", lambda: 0.5)
+    assert workers.auto_workers() == 1
+    monkeypatch.setattr(workers, "cpu_quota", lambda: None)
+    assert workers.auto_workers() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(workers, "cpu_quota", lambda: 64.0)
+    assert workers.auto_workers() == len(os.sched_getaffinity(0))
