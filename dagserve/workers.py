@@ -138,7 +138,7 @@ def _v2_quota(folder: Path) -> float | None:
     try:
         limit, period = (folder / "cpu.max").read_text().split()
         return None if limit == "max" else int(limit) / int(period)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         return None
 
 
