@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where sync Python models without an 'execution' parameter run: thread (default: "
                         "each instance's worker thread) or inline (the event loop: faster for short steps "
                         "that never block; a blocking one stalls the whole server)")
-    s.add_argument("--workers", type=_workers, default=_workers(_env("workers", "1") or "1"),
-                   help="worker processes serving the repository behind the same ports (default 1; 'auto': one per "
-                        "core); each loads every model (env DAGSERVE_WORKERS; docs/operations.md)")
+    s.add_argument("--workers", type=_workers, default=_env("workers", "auto") or "auto",
+                   help="worker processes serving the repository behind the same ports (default auto: one per "
+                        "core this process may use, at most its CPU quota; 1: one process, no supervisor); "
+                        "framework models (PyTorch, ONNX, TensorRT, FIL) load in one worker only "
+                        "(env DAGSERVE_WORKERS; docs/operations.md)")
     s.add_argument("--worker-spread", type=_bool, default=_bool(_env("worker-spread", "false") or "false"),
                    help="with --workers: a worker busier than another hands new requests for replicated models to it "
                         "(for clients that send everything over one connection, as gRPC does); default false: on 2 "

@@ -19,10 +19,12 @@ stops them all gracefully on SIGTERM / SIGINT.
 * **Graceful stop.** The first signal is passed to every worker, which drains as a single
   server does (docs/operations.md); the second ends them at once.
 
-* **Placement.** A model placed ``replicate`` (the default) is loaded by every worker (memory
-  × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
-  a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
-  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
+* **Placement.** A model placed ``replicate`` (the default for Python models) is loaded by
+  every worker (memory × N, dynamic batches per worker); one placed ``one`` (the default for a
+  sequence batcher, a ``KIND_GPU`` instance group or a framework backend: PyTorch, ONNX
+  Runtime, TensorRT, FIL) only by worker 0, to which the others forward its requests
+  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`;
+  :func:`~dagserve.engine.peers.placement` says why).
 * **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands
   new requests for replicated models to it through the same socket
   (:class:`~dagserve.engine.peers.Spread`), so that a client multiplexing calls on one
@@ -38,6 +40,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import mmap
 import os
 import shutil
@@ -67,7 +70,7 @@ from .limits import Limits
 from .log_settings import log_control
 from .types import DataType, InferRequest, InferResponse, to_host
 
-__all__ = ["WorkerRole", "auto_workers", "serve_channel", "serve_forwarding", "supervise"]
+__all__ = ["WorkerRole", "auto_workers", "cpu_quota", "serve_channel", "serve_forwarding", "supervise"]
 
 log = logging.getLogger("dagserve.workers")
 
@@ -82,11 +85,70 @@ _NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)
 
 
 def auto_workers() -> int:
-    """``--workers auto``: one worker per core this process may run on (1 on a 1-core
-    machine). On 16 cores, 16 workers served the three-step ensemble at 29,545 req/s (HTTP
-    c64, default execution), one process at 1,286 (docs/performance.md)."""
+    """``--workers auto``, the default: one worker per core this process may run on (its CPU
+    affinity; 1 on a 1-core machine, which then runs as one process), and no more than its
+    cgroup's CPU quota rounded up (:func:`cpu_quota`: a container's CPU limit, which the
+    affinity does not show). On 16 cores, 16 workers served the three-step ensemble at
+    29,545 req/s (HTTP c64, default execution), one process at 1,286 (docs/performance.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
     return max(1, cores)
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup"), cgroups: str | None = None) -> float | None:
+    """The CPUs' worth of time per period this process may use by its cgroup's CPU quota (a
+    Kubernetes CPU limit, ``docker --cpus``): the least quota of its cgroup and the cgroups
+    above it (cgroup v2 ``cpu.max``; v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or
+    None when there is none or it cannot be read. ``cgroups``: the text of
+    ``/proc/self/cgroup`` (read when None)."""
+    if cgroups is None:
+        try:
+            cgroups = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    quotas: list[float] = []
+    for line in cgroups.splitlines():
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:  # the v2 hierarchy
+            quotas += _quotas(root / path.lstrip("/"), root, _v2_quota)
+        elif "cpu" in controllers.split(","):  # a v1 hierarchy with the cpu controller
+            for mount in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+                # In a container the mount is its own cgroup, whatever path the host names.
+                quotas += _quotas(mount / path.lstrip("/"), mount, _v1_quota) or _quotas(mount, mount, _v1_quota)
+    return min(quotas, default=None)
+
+
+def _quotas(directory: Path, top: Path, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas set in ``directory`` and its parents up to ``top`` (empty if it is not there)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for folder in (directory, *directory.parents):
+        quota = read(folder)
+        if quota is not None:
+            found.append(quota)
+        if folder == top or top not in folder.parents:
+            break
+    return found
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        limit, period = (folder / "cpu.max").read_text().split()
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        limit = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return limit / period if limit > 0 and period > 0 else None  # -1: no quota
 
 
 # -- the worker's side ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Shared fixtures: the anyio backend, the paths of the test repositories, and the gate of the
-``slow`` test model."""
+"""Shared fixtures: the anyio backend, the paths of the test repositories, the gate of the
+``slow`` test model, and one worker process for every server the tests start."""
 
 from __future__ import annotations
 
@@ -11,6 +11,17 @@ import pytest
 from dagserve.testing import FileGate
 
 REPOS = Path(__file__).parent / "repos"
+
+@pytest.fixture(autouse=True, scope="session")
+def one_worker_process() -> Iterator[None]:
+    """Servers the tests start as ``dagserve serve`` subprocesses (they inherit this environment)
+    run as one process, as ``--workers 1``: they test the engine and the frontends, whose
+    answers must not depend on the machine's core count (``serve``'s default is ``auto``).
+    tests/test_workers.py tests the workers with ``--workers N``, and the default itself with
+    the variable removed."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSERVE_WORKERS", "1")
+        yield
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -75,10 +75,17 @@ class Served:
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(repository: str | Path, *args: str, env: dict[str, str] | None = None) -> Served:
+    def start(repository: str | Path, *args: str, env: dict[str, str] | None = None,
+              cores: list[int] | None = None) -> Served:
+        """``dagserve serve`` of ``repository`` on free ports; with ``cores``, allowed to run on
+        those cores only (its CPU affinity, set before it starts, as ``taskset`` does)."""
+        serve = ["-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
+                 "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]
+        if cores is not None:  # exec'd, so the server is this very process (no preexec_fn among threads)
+            serve = ["-c", (f"import os, sys; os.sched_setaffinity(0, {cores!r}); "
+                            f"os.execv(sys.executable, [sys.executable, *{serve!r}])")]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPOS / repository),
-             "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
+            [sys.executable, *serve],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
         )
         try:
@@ -269,6 +276,74 @@ def test_placement_one_serves_a_model_from_one_worker(serve: Callable[..., Serve
     assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [16]
 
 
+def _onnx_scale_repository(root: Path) -> Path:
+    """A repository of ``scale`` (ONNX Runtime: y = 2x + 1, FP32 [4] rows, batching) with a
+    full config (nothing to auto-complete, so only a worker that loads it opens the graph),
+    and ``whoami``."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["doubled"]), helper.make_node("Add", ["doubled", "one"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+                     helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    (root / "scale" / "1").mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(root / "scale" / "1" / "model.onnx"))
+    (root / "scale" / "config.yaml").write_text(
+        "backend: onnxruntime\nmax_batch_size: 8\n"
+        "inputs: [{name: x, datatype: FP32, shape: [4]}]\noutputs: [{name: y, datatype: FP32, shape: [4]}]\n"
+    )
+    shutil.copytree(REPOS / "workers" / "whoami", root / "whoami")
+    return root
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as maps:
+        return maps.read()
+
+
+def test_a_framework_model_is_loaded_by_one_worker_and_answers_through_every_worker(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """An ONNX Runtime model is placed ``one`` by default: worker 0 alone has the runtime in
+    memory, and a connection to either worker gets its answer, counted once."""
+    served = serve(_onnx_scale_repository(tmp_path), "--workers", "2")
+    match = re.search(r"dagserve: 2 worker processes \(pids (\d+), (\d+)\)", served.output())
+    assert match, served.output()
+    owner, other = int(match.group(1)), int(match.group(2))  # in worker order
+    assert "onnxruntime" in _maps(owner)
+    assert "onnxruntime" not in _maps(other), "worker 1 forwards: it never loads the runtime"
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    pids: set[int] = set()
+    calls = 0
+    end = time.monotonic() + DEADLINE
+    while pids != {owner, other}:
+        assert time.monotonic() < end, f"{calls} connections reached only workers {pids}"
+        # One client, one connection: whoami says which worker holds it, scale is asked there.
+        with httpclient.InferenceServerClient(served.addresses["HTTP"], network_timeout=DEADLINE) as client:
+            who = httpclient.InferInput("X", [1], "FP32")
+            who.set_data_from_numpy(np.array([0.0], dtype=np.float32))
+            pids.add(int(client.infer("whoami", [who]).as_numpy("PID")[0]))
+            inp = httpclient.InferInput("x", [2, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_array_equal(client.infer("scale", [inp]).as_numpy("y"), 2 * x + 1)
+        calls += 1
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as gclient:
+        inp = grpcclient.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(x[:1])
+        np.testing.assert_array_equal(gclient.infer("scale", [inp]).as_numpy("y"), 2 * x[:1] + 1)
+        stats = gclient.get_inference_statistics("scale", as_json=True)["model_stats"]
+    assert [int(s["inference_stats"]["success"]["count"]) for s in stats] == [calls + 1]
+    assert "onnxruntime" not in _maps(other)
+
+
 @pytest.mark.parametrize("spread", [True, False])
 def test_a_busy_worker_hands_requests_of_one_connection_to_an_idle_one(
     serve: Callable[..., Served], tmp_path: Path, spread: bool
@@ -383,6 +458,63 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc: no psutil)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # it ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state
+                children.add(int(entry.name))
+    return children
+
+
+def test_workers_default_to_one_per_core_of_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --workers or DAGSERVE_WORKERS, ``serve`` runs one worker per core it may use."""
+    from dagserve.cli import build_parser
+
+    monkeypatch.delenv("DAGSERVE_WORKERS", raising=False)
+    args = build_parser().parse_args(["serve", "--model-repository", "."])
+    assert args.workers == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("DAGSERVE_WORKERS", "3")
+    assert build_parser().parse_args(["serve", "--model-repository", "."]).workers == 3
+    assert build_parser().parse_args(["serve", "--model-repository", ".", "--workers", "1"]).workers == 1
+
+
+def test_by_default_a_one_core_server_is_one_process(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dagserve serve`` with no --workers, allowed one core: no supervisor, no worker
+    processes; the process started answers requests itself."""
+    monkeypatch.delenv("DAGSERVE_WORKERS", raising=False)
+    served = serve("workers", cores=sorted(os.sched_getaffinity(0))[:1])
+    assert "worker processes" not in served.output()
+    assert whoami_http(served.addresses["HTTP"]) == served.proc.pid
+    assert whoami_grpc(served.addresses["gRPC"]) == served.proc.pid
+    assert _children(served.proc.pid) == set()
+
+
+def test_by_default_a_two_core_server_runs_two_workers(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dagserve serve`` with no --workers, allowed two cores: a supervisor of two worker
+    processes, both of which answer over HTTP."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        pytest.skip("this process may use one core only")
+    monkeypatch.delenv("DAGSERVE_WORKERS", raising=False)
+    served = serve("workers", cores=cores)
+    match = re.search(r"dagserve: 2 worker processes \(pids (\d+), (\d+)\)", served.output())
+    assert match, served.output()
+    workers = {int(match.group(1)), int(match.group(2))}
+    assert _children(served.proc.pid) == workers
+    pids, _ = until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+    assert pids == workers
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
 def test_bad_worker_counts_are_refused(value: str) -> None:
     done = subprocess.run(
@@ -471,9 +603,26 @@ def test_a_decoupled_model_placed_one_streams_through_the_worker_that_forwards(s
         ({"sequence_batching": {}}, "one"),
         ({"sequence_batching": {}, "parameters": {"placement": "replicate"}}, "whose state must be in one process"),
         ({"parameters": {"placement": "everywhere"}}, "must be 'replicate' or 'one', not 'everywhere'"),
+        # Framework runtimes: one copy of the weights, one intra-op thread pool over the cores.
+        ({"backend": "pytorch"}, "one"),
+        ({"backend": "", "platform": "pytorch_libtorch"}, "one"),
+        ({"backend": "onnxruntime"}, "one"),
+        ({"backend": "", "platform": "onnxruntime_onnx"}, "one"),
+        ({"backend": "tensorrt"}, "one"),
+        ({"backend": "", "platform": "tensorrt_plan"}, "one"),
+        ({"backend": "fil"}, "one"),
+        ({"backend": "onnxruntime", "parameters": {"placement": "replicate"}}, "replicate"),  # said explicitly
+        ({"backend": "fil", "parameters": {"placement": "replicate"}}, "replicate"),
+        ({"backend": "pytorch", "sequence_batching": {}, "parameters": {"placement": "replicate"}},
+         "whose state must be in one process"),
+        # Python code holds the GIL: processes are what spread it over the cores.
+        ({"backend": "sklearn"}, "replicate"),
+        ({"backend": "remote", "remote": {"url": "http://127.0.0.1:1"}}, "replicate"),  # a client
     ],
 )
 def test_placement_defaults_and_refusals(config: dict[str, object], expected: str) -> None:
+    """A config's ``placement`` wins (but for a sequence batcher); without it, sequence-batched,
+    KIND_GPU and framework-backend models are placed in one worker, the rest replicated."""
     from dagserve.engine.peers import placement
     from dagserve.errors import ConfigError
     from dagserve.repository.config import ModelConfig
@@ -484,3 +633,48 @@ def test_placement_defaults_and_refusals(config: dict[str, object], expected: st
     else:
         with pytest.raises(ConfigError, match=expected):
             placement(model, "m")
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_cpu_quota_is_the_least_of_the_cgroup_and_its_parents_v2(tmp_path: Path) -> None:
+    """cgroup v2: a pod's limit above the container's own cgroup counts; ``max`` is no limit."""
+    from dagserve.workers import cpu_quota
+
+    root = _write(tmp_path, {"kubepods/pod1/cpu.max": "150000 100000\n", "kubepods/pod1/c1/cpu.max": "max 100000\n",
+                             "kubepods/cpu.max": "max 100000\n", "other/cpu.max": "50000 100000\n"})
+    assert cpu_quota(root, "0::/kubepods/pod1/c1\n") == 1.5
+    assert cpu_quota(root, "0::/kubepods\n") is None
+    assert cpu_quota(root, "0::/\n") is None
+    assert cpu_quota(root, "0::/gone\n") is None  # not there: unknown, no limit
+
+
+def test_cpu_quota_v1_reads_the_mount_a_container_sees(tmp_path: Path) -> None:
+    """cgroup v1: the host's path of the cgroup may not exist in a container, whose cpu mount is
+    its own cgroup; a quota of -1 is no limit."""
+    from dagserve.workers import cpu_quota
+
+    root = _write(tmp_path, {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cpu_quota(root, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n") == 2.0
+    root = _write(tmp_path / "host", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+                                      "cpu/job/cpu.cfs_quota_us": "50000\n", "cpu/job/cpu.cfs_period_us": "100000\n"})
+    assert cpu_quota(root, "3:cpu:/job\n") == 0.5
+    assert cpu_quota(root, "3:cpu:/\n") is None
+
+
+def test_auto_workers_never_exceed_the_cpu_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half a CPU's quota is one worker, however many cores the affinity allows; no quota is
+    one per core."""
+    from dagserve import workers
+
+    monkeypatch.setattr(workers, "cpu_quota", lambda: 0.5)
+    assert workers.auto_workers() == 1
+    monkeypatch.setattr(workers, "cpu_quota", lambda: None)
+    assert workers.auto_workers() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(workers, "cpu_quota", lambda: 64.0)
+    assert workers.auto_workers() == len(os.sched_getaffinity(0))

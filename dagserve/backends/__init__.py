@@ -17,7 +17,7 @@ from ..repository.config import ModelConfig
 from .base import Backend, ModelContext, ModelFiles, ModelInstance
 from .reshape import with_reshape
 
-__all__ = ["Backend", "ModelContext", "ModelInstance", "backend_names", "complete_config", "get_backend"]
+__all__ = ["RUNTIME_BACKENDS", "Backend", "ModelContext", "ModelInstance", "backend_names", "complete_config", "get_backend"]
 
 log = logging.getLogger("dagserve.backends")
 
@@ -30,6 +30,15 @@ _MODULES = {
     "sklearn": "dagserve.backends.sklearn",  # a joblib / pickle file of a fitted estimator
     "remote": "dagserve.backends.remote",  # another KServe v2 server
 }
+
+RUNTIME_BACKENDS = frozenset({"pytorch", "onnxruntime", "tensorrt", "fil"})
+"""Backends that run a model in a native framework runtime with its own thread pools (libtorch,
+ONNX Runtime, TensorRT, XGBoost / LightGBM / Treelite): each such runtime sizes its intra-op
+pool to the machine's cores and holds its weights (and GPU context) per process, so ``--workers
+N`` loads them once by default (placement ``one``, :func:`dagserve.engine.peers.placement`).
+Not ``python``, ``sklearn`` (small estimators whose ``predict`` is mostly Python and numpy
+calls holding the GIL: only more processes spread it over the cores) or ``remote`` (a
+client)."""
 
 _RESHAPES_ITSELF = {"onnxruntime", "remote"}  # remote: the remote server reshapes
 """Backends that apply the config's ``reshape`` themselves (and check it against the model)."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
+from ..backends import RUNTIME_BACKENDS
 from ..errors import ConfigError, ModelNotFoundError, ModelNotReadyError
 from ..repository.config import InstanceKind, ModelConfig
 from ..types import InferRequest, InferResponse
@@ -74,10 +75,22 @@ class Peers(Protocol):
 
 def placement(config: ModelConfig, name: str) -> Placement:
     """Where a model runs when the server has several worker processes: ``replicate`` (in
-    every worker: the default) or ``one`` (in worker :data:`OWNER` only, the others forward
-    their requests there), from the config's ``placement`` parameter. A model with a sequence
-    batcher (its sequences' state must be in one process) or a ``KIND_GPU`` instance group
-    (loaded on the GPU once, not once per worker) is placed ``one`` unless it says otherwise.
+    every worker) or ``one`` (in worker :data:`OWNER` only, the others forward their requests
+    there), from the config's ``placement`` parameter, which wins when given.
+
+    Without it, the default is ``one`` for what replication would multiply but not speed up:
+
+    * a **sequence batcher**: its sequences' state must be in one process;
+    * a ``KIND_GPU`` **instance group**: loaded on the GPU once, not once per worker;
+    * a **framework backend** (:data:`~dagserve.backends.RUNTIME_BACKENDS`: PyTorch, ONNX
+      Runtime, TensorRT, FIL): N copies of the weights, and N runtimes each sizing its
+      intra-op thread pool to every core, would oversubscribe the cores the one copy already
+      uses (the runtime releases the GIL, so one process runs it on all of them).
+
+    Everything else is ``replicate``: Python models (their code holds the GIL, so only
+    processes spread it over the cores), scikit-learn and remote models. Pipelines and their
+    function steps are not placed: every worker runs them, and each step reaches its model
+    where that model is placed.
 
     Raises:
         ConfigError: another value, or ``replicate`` for a sequence-batched model.
@@ -86,7 +99,8 @@ def placement(config: ModelConfig, name: str) -> Placement:
     sequence = config.sequence_batching is not None
     if value is None:
         gpu = any(group.kind is InstanceKind.KIND_GPU for group in config.instance_group)
-        return "one" if sequence or gpu else "replicate"
+        runtime = config.backend_name in RUNTIME_BACKENDS
+        return "one" if sequence or gpu or runtime else "replicate"
     if value not in ("replicate", "one"):
         raise ConfigError(f"model '{name}': parameter 'placement' must be 'replicate' or 'one', not {value!r}")
     if value == "replicate" and sequence:
