@@ -577,6 +577,72 @@ class _Transport(asyncio.Transport):
         pass
 
 
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected (server end, client end) pair of TCP sockets on the loopback."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_end, _ = listener.accept()
+    client.setblocking(False)
+    return server_end, client
+
+
+async def _receive_until_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = b""
+    with anyio.fail_after(60):
+        while chunk := await loop.sock_recv(sock, 65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.anyio
+async def test_a_request_waiting_unread_when_the_server_stops_is_answered() -> None:
+    """A client that sends on an idle keep-alive connection just as the server stops has its
+    request answered (with ``connection: close``), not the connection closed under it: the
+    request's bytes, already in the socket but not yet read by the event loop, count as a
+    request in progress. Reading is paused here to hold them unread at the stop."""
+    loop = asyncio.get_running_loop()
+    server_end, client = _tcp_pair()
+    async with anyio.create_task_group() as tg:
+        connection = _Connection(_State(_echo_scope, _NoInfer(), tg))
+        transport, _ = await loop.connect_accepted_socket(lambda: connection, server_end)
+        await loop.sock_sendall(client, request("GET", "/first"))
+        first = b""
+        with anyio.fail_after(60):
+            while b'"/first"' not in first:
+                first += await loop.sock_recv(client, 65536)
+        assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first
+
+        transport.pause_reading()  # idle now; what the client sends next stays in the socket
+        await loop.sock_sendall(client, request("GET", "/second"))
+        connection.shutdown()
+        assert not transport.is_closing()
+        transport.resume_reading()
+        second = await _receive_until_eof(loop, client)
+    client.close()
+    assert second.startswith(b"HTTP/1.1 200") and b'"/second"' in second
+    assert b"connection: close" in second
+
+
+@pytest.mark.anyio
+async def test_an_idle_connection_is_closed_at_once_when_the_server_stops() -> None:
+    """With nothing sent and nothing waiting, a graceful stop closes a keep-alive connection
+    straight away."""
+    loop = asyncio.get_running_loop()
+    server_end, client = _tcp_pair()
+    async with anyio.create_task_group() as tg:
+        connection = _Connection(_State(_echo_scope, _NoInfer(), tg))
+        transport, _ = await loop.connect_accepted_socket(lambda: connection, server_end)
+        await loop.sock_sendall(client, request("GET", "/first"))
+        first = b""
+        with anyio.fail_after(60):
+            while b'"/first"' not in first:
+                first += await loop.sock_recv(client, 65536)
+        connection.shutdown()
+        assert transport.is_closing()
+        assert await _receive_until_eof(loop, client) == b""
+    client.close()
+
+
 @pytest.mark.anyio
 async def test_infer_response_is_one_write() -> None:
     """An infer response, head and body, leaves in a single transport write."""

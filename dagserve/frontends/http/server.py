@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
 import socket
 import ssl as ssl_module
 import struct
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote
@@ -179,7 +181,7 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_body_since", "_broken", "_chunk_size", "_head_size", "_headers_pending", "_idle_since", "_in_infer", "_loop",
+        "_body_since", "_broken", "_chunk_size", "_draining", "_head_size", "_headers_pending", "_idle_since", "_in_infer", "_loop",
         "_max_head", "_message_since", "_parser", "_parsing", "_queue", "_read_paused", "_reused", "_running",
         "_scope", "_state", "_stopping", "_transport", "_url", "_waiters", "_write_size", "_write_stalled_since",
         "closed", "max_body_size", "write_paused",
@@ -203,6 +205,7 @@ class _Connection(asyncio.Protocol):
         self._waiters: list[asyncio.Future[None]] = []
         self.closed = False  # the connection is gone
         self._stopping = False  # close after the response in progress
+        self._draining = False  # the server is stopping: answer what the client has sent, then close
         self._broken = False  # unparseable input or an upgrade: read no further
         self._read_paused = False
         self.write_paused = False
@@ -415,7 +418,7 @@ class _Connection(asyncio.Protocol):
         queue = self._queue
         while not self.closed:
             if not queue:
-                if self._stopping:
+                if self._stopping and not (self._draining and self._request_coming()):
                     return
                 self._idle_since = self._loop.time()
                 await self._wait()
@@ -621,12 +624,18 @@ class _Connection(asyncio.Protocol):
         """Graceful stop: close now when idle, else after the response in progress (or
         to the request whose headers are arriving); every response from now on says
         ``connection: close``."""
-        self._stopping = True
+        self._stopping = self._draining = True
         for request in self._queue:
             request.keep_alive = False
-        if not self._queue and not self._headers_pending:
+        if not self._queue and not self._request_coming():
             self._transport.close()
         self._wake()
+
+    def _request_coming(self) -> bool:
+        """Whether a request has begun: its first bytes parsed, or waiting unread in the
+        socket. A client may send on an idle keep-alive connection just as the server
+        stops; closing it then would lose a request sent before the stop."""
+        return self._headers_pending or _unread_bytes(self._transport) > 0
 
     def check_timeouts(self, now: float, limits: HttpLimits) -> None:
         """Close the connection if the client has stalled past one of ``limits``' timeouts:
@@ -682,6 +691,17 @@ class _Connection(asyncio.Protocol):
         if answer:
             self._transport.write(simple_response(408, message))
         self._transport.close()
+
+
+def _unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes received on the transport's socket that the event loop has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 class _NoInfer:
