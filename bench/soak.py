@@ -315,6 +315,8 @@ async def soak(args: argparse.Namespace) -> int:
         print(f"  lost {n} x {reason}")
     print(f"lost = {tally.lost}")
     print(f"exit code = {code}, exit took {exit_s:.1f} s after SIGTERM")
+    if code != 0:
+        print("the server's last lines:\n  " + "\n  ".join(list(server.lines)[-30:]))
     return 0 if tally.lost == 0 and code == 0 else 1
 
 
