@@ -57,6 +57,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import numpy as np
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -81,6 +82,7 @@ _LENGTH = struct.Struct("<I")
 _MAX_FRAME = 2**31 - 1
 _ALIGN = 64  # every tensor in a buffer starts on a cache line, so its numpy view is aligned
 _MIN_BUFFER = 1 << 20
+_SETTLE = 2  # event-loop iterations a sender waits for the views of what it received to go
 _NAME = re.compile(r"forward-\d+-\d+-\d+")
 _NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)  # checked where the request came in
 _serial = itertools.count()
@@ -203,8 +205,15 @@ class Connection:
     async def send(self, frame: Frame) -> None:
         """Send ``frame``; its header says whether this end still holds views of the peer's
         buffer (``retire``)."""
-        if self.reading_in_use():
-            frame.header["retire"] = True
+        for _ in range(_SETTLE):
+            if not self.reading_in_use():
+                break
+            # The caller has dropped the request, but the event loop may still hold it for an
+            # iteration (callbacks of the futures that carried its results, scheduled already).
+            await anyio.lowlevel.checkpoint()
+        else:
+            if self.reading_in_use():
+                frame.header["retire"] = True
         text = json.dumps(frame.header).encode()
         head = _LENGTH.pack(len(text)) + text
         if len(frame.payload) < _MIN_BUFFER:  # one send; a copy of a small payload costs less than a call
@@ -218,6 +227,7 @@ class Connection:
             raise InternalError(f"a forwarded frame of {size} bytes is over the limit")
         if self._write is not None and not self._retire and size <= len(self._write):
             return self._write
+        why = "first" if self._write is None else "retired: the peer still views it" if self._retire else "grown"
         self._drop_write()
         size = max(_MIN_BUFFER, 1 << (size - 1).bit_length())
         path = self._directory / f"forward-{self._tag}-{next(_serial)}"
@@ -233,6 +243,7 @@ class Connection:
         self._write_path = path
         self._retire = False
         self.buffers_made += 1
+        log.debug("forwarding buffer %s of %d bytes made (%s)", path.name, size, why)
         header["buffer"] = {"name": path.name, "size": size}
         return self._write
 
