@@ -22,7 +22,8 @@ stops them all gracefully on SIGTERM / SIGINT.
 * **Placement.** A model placed ``replicate`` (the default) is loaded by every worker (memory
   × N, dynamic batches per worker); one placed ``one`` (the default for a sequence batcher or
   a ``KIND_GPU`` instance group) only by worker 0, to which the others forward its requests
-  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`).
+  (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`); their large
+  tensors cross in shared memory, CUDA tensors by CUDA IPC (:mod:`dagserve.forwarding`).
 * **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands
   new requests for replicated models to it through the same socket
   (:class:`~dagserve.engine.peers.Spread`), so that a client multiplexing calls on one
