@@ -26,6 +26,7 @@ from .drawing import FORMATS
 from .engine import ServerOptions
 from .engine.aliases import parse_aliases
 from .errors import ConfigError, DagserveError
+from .forwarding import SHM_MIN_BYTES
 from .frontends.limits import GrpcKeepalive, HttpLimits
 from .frontends.runner import (
     DEFAULT_EXIT_TIMEOUT_SECS,
@@ -135,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --workers: a worker busier than another hands new requests for replicated models to it "
                         "(for clients that send everything over one connection, as gRPC does); default false: on 2 "
                         "cores it cost throughput (docs/operations.md)")
+    s.add_argument("--worker-shm-min-bytes", type=int,
+                   default=int(_env("worker-shm-min-bytes", str(SHM_MIN_BYTES)) or SHM_MIN_BYTES),
+                   help="with --workers: a tensor of a forwarded request (a model placed 'one', spreading) of at least "
+                        f"this many bytes crosses between workers in shared memory, a smaller one through the socket "
+                        f"(default {SHM_MIN_BYTES}; docs/operations.md)")
     s.add_argument("--http-max-body-size", type=int, default=int(_env("http-max-body-size", str(DEFAULT_HTTP_MAX_BODY_SIZE)) or 0),
                    help=f"largest HTTP request body in bytes (default {DEFAULT_HTTP_MAX_BODY_SIZE})")
     s.add_argument("--grpc-max-message-size", type=int,
@@ -307,7 +313,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             return supervise(argv, options, args.workers, announce=_announce)
     else:  # the supervisor checked and holds the ports
         options = dataclasses.replace(options, reuse_port=True)
-        role = dataclasses.replace(role, spread=args.worker_spread)
+        role = dataclasses.replace(role, spread=args.worker_spread, shm_min_bytes=args.worker_shm_min_bytes)
         role.end_with_supervisor()
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:

@@ -24,7 +24,8 @@ stops them all gracefully on SIGTERM / SIGINT.
   sequence batcher, a ``KIND_GPU`` instance group or a framework backend: PyTorch, ONNX
   Runtime, TensorRT, FIL) only by worker 0, to which the others forward its requests
   (:func:`serve_forwarding`, :class:`~dagserve.engine.peers.ForwardRunner`;
-  :func:`~dagserve.engine.peers.placement` says why).
+  :func:`~dagserve.engine.peers.placement` says why); their large tensors cross in shared
+  memory, CUDA tensors by CUDA IPC (:mod:`dagserve.forwarding`).
 * **Spreading** (``--worker-spread true``). A worker more than twice as busy as another hands
   new requests for replicated models to it through the same socket
   (:class:`~dagserve.engine.peers.Spread`), so that a client multiplexing calls on one
@@ -46,7 +47,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -57,18 +57,17 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
-import numpy as np
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from . import errors, tensor_bytes
+from . import errors
 from .engine import Server
 from .engine.peers import Emit, PeerLostError, PeerUnreachableError
+from .forwarding import SHM_MIN_BYTES, Connection, Frame, Received, Tensor, remove_buffers
 from .frontends.metrics import render_metrics
 from .frontends.runner import Addresses, FrontendOptions, format_address
 from .frontends.tracing import trace_setting
-from .limits import Limits
 from .log_settings import log_control
-from .types import DataType, InferRequest, InferResponse, to_host
+from .types import DataType, InferRequest, InferResponse
 
 __all__ = ["WorkerRole", "auto_workers", "cpu_quota", "serve_channel", "serve_forwarding", "supervise"]
 
@@ -81,7 +80,6 @@ _ENV_RESTART = "DAGSERVE_WORKER_RESTARTED"
 _MAX_ANSWER = 256 * 1024 * 1024  # a /metrics text of many models; statistics are far smaller
 _CONTROL_OPS = ("load", "unload")  # may take as long as a model load; others answer at once
 _QUERY_TIMEOUT = 30.0
-_NO_LIMITS = Limits(max_tensor_elements=2**62, max_bytes_element_size=2**31 - 1)  # checked where the request came in
 
 
 def auto_workers() -> int:
@@ -162,6 +160,9 @@ class WorkerRole:
     restarted: bool
     spread: bool = False
     """Hand requests to less busy workers (``--worker-spread``)."""
+    shm_min_bytes: int = SHM_MIN_BYTES
+    """A forwarded host tensor of at least this many bytes crosses in shared memory
+    (``--worker-shm-min-bytes``; :mod:`dagserve.forwarding`)."""
 
     @classmethod
     def from_environment(cls) -> WorkerRole | None:
@@ -182,6 +183,10 @@ class WorkerRole:
 
     def peers(self) -> UnixPeers:
         return UnixPeers(self)
+
+    def connection(self, stream: anyio.abc.ByteStream) -> Connection:
+        """A forwarding connection over ``stream``, its buffers in the private directory."""
+        return Connection(stream, self.directory, f"{self.index}-{os.getpid()}", shm_min_bytes=self.shm_min_bytes)
 
     def end_with_supervisor(self) -> None:
         """Have the kernel send SIGTERM to this process when the supervisor dies (Linux), so a
@@ -215,7 +220,7 @@ class UnixPeers:
     def __init__(self, role: WorkerRole) -> None:
         self._role = role
         self.index = role.index
-        self._idle: dict[int, list[_Connection]] = {}
+        self._idle: dict[int, list[Connection]] = {}
         self.loads: MutableSequence[int] | None = (
             _shared_counts(role.directory / "loads", role.count) if role.spread else None
         )
@@ -227,8 +232,7 @@ class UnixPeers:
         a new one: one request at a time on each) and read its answer; with ``emit``, a
         decoupled model's stream: ``emit(outputs, final)`` for each response, up to the final
         one. Cancelled meanwhile, it closes the connection, which cancels the request there."""
-        idle = self._idle.setdefault(owner, [])
-        connection = idle.pop() if idle else None
+        connection = _idle_connection(self._idle.setdefault(owner, []))
         if connection is None:
             try:
                 stream = await anyio.connect_unix(self._role.forward_path(owner))
@@ -237,14 +241,22 @@ class UnixPeers:
                     f"model '{model}' is served by worker {owner}, which cannot be reached ({exc.strerror or exc}); "
                     "retry: a worker that died is being started again"
                 ) from None
-            connection = _Connection(stream)
+            connection = self._role.connection(stream)
         try:
-            await connection.send(_request_frame(model, version, request, stream=emit is not None))
+            # A stream's frames all go through the socket: worker 0 sends its responses
+            # without waiting, so it could overwrite a buffer this worker still reads.
+            await connection.send(connection.pack(
+                {"model": model, "version": version, "id": request.id, "parameters": request.parameters,
+                 "stream": emit is not None},
+                [(name, request.datatype(name), array) for name, array in request.inputs.items()],
+                inline=emit is not None,
+            ))
             while True:
-                header, payload = await connection.receive()
+                received = await connection.receive()
+                header = received.header
                 if "error" in header or emit is None or header["final"]:
                     break
-                emit(_tensors(header["tensors"], payload), False)
+                emit(received.take(), False)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
             await connection.aclose()
             raise PeerLostError(
@@ -255,10 +267,10 @@ class UnixPeers:
             with anyio.CancelScope(shield=True):
                 await connection.aclose()
             raise
-        idle.append(connection)
+        self._idle[owner].append(connection)
         if "error" in header:
             raise _error(header["error"])
-        outputs = _tensors(header["tensors"], payload)
+        outputs = received.take()
         if emit is not None:
             emit(None if header.get("bare") else outputs, True)
             return None
@@ -307,6 +319,15 @@ class UnixPeers:
         return [answers[i] for i in others if i in answers]
 
 
+def _idle_connection(idle: list[Connection]) -> Connection | None:
+    """An idle connection, preferring one whose last answer nothing views any more (its
+    buffer is reused; another's is replaced: see :mod:`dagserve.forwarding`)."""
+    for i in range(len(idle) - 1, -1, -1):
+        if not idle[i].reading_in_use():
+            return idle.pop(i)
+    return idle.pop() if idle else None
+
+
 async def _ask(path: Path, op: str, args: dict[str, Any]) -> Any:
     limit = None if op in _CONTROL_OPS else _QUERY_TIMEOUT
     with anyio.fail_after(limit):
@@ -327,14 +348,7 @@ def _error(error: dict[str, str]) -> errors.DagserveError:
     return kind(error["message"])
 
 
-# -- forwarding: requests for a model another worker serves ------------------------------------
-# A frame is a 4-byte little-endian header length, a JSON header, then the tensors' wire bytes
-# back to back (the KServe binary layout: tensor_bytes); the header lists each tensor as
-# [name, datatype, shape, byte count].
-_LENGTH = struct.Struct("<I")
-_MAX_FRAME = 2**31 - 1
-
-
+# -- forwarding: requests for a model another worker serves (the frames: dagserve.forwarding) --
 def _shared_counts(path: Path, count: int) -> MutableSequence[int]:
     """``count`` integers in a file every worker maps (the first to come creates it; a
     worker writes only its own one, which readers see whole: aligned 8-byte words)."""
@@ -348,63 +362,6 @@ def _shared_counts(path: Path, count: int) -> MutableSequence[int]:
     return cast("MutableSequence[int]", memoryview(memory).cast("q"))
 
 
-class _Connection:
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
-        self._buffer = BufferedByteReceiveStream(stream)
-        self.closed = False
-
-    async def wait_closed(self) -> None:
-        """Return once the other side closes (or sends anything, which it must not)."""
-        await self._buffer.receive(1)
-
-    async def send(self, frame: bytes) -> None:
-        await self._stream.send(frame)
-
-    async def receive(self) -> tuple[dict[str, Any], memoryview]:
-        (length,) = _LENGTH.unpack(await self._buffer.receive_exactly(_LENGTH.size))
-        header = json.loads(await self._buffer.receive_exactly(length))
-        size = sum(t[3] for t in header.get("tensors", ()))
-        if size > _MAX_FRAME:
-            raise errors.InternalError(f"a forwarded frame of {size} bytes is over the limit")
-        payload = await self._buffer.receive_exactly(size) if size else b""
-        return header, memoryview(payload)
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._stream.aclose()
-
-
-def _frame(header: dict[str, Any], tensors: list[tuple[str, DataType, np.ndarray]]) -> bytes:
-    parts: list[bytes | memoryview] = []
-    specs = []
-    for name, datatype, array in tensors:
-        data = tensor_bytes.encode(to_host(array), datatype, name=name)
-        parts.append(data)
-        specs.append([name, datatype.value, list(array.shape), len(data)])
-    text = json.dumps({**header, "tensors": specs}).encode()
-    return b"".join((_LENGTH.pack(len(text)), text, *parts))  # one send: one copy of the tensors
-
-
-def _request_frame(model: str, version: str, request: InferRequest, *, stream: bool) -> bytes:
-    return _frame(
-        {"model": model, "version": version, "id": request.id, "parameters": request.parameters, "stream": stream},
-        [(name, request.datatype(name), array) for name, array in request.inputs.items()],
-    )
-
-
-def _tensors(specs: list[list[Any]], payload: memoryview) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    offset = 0
-    for name, datatype, shape, size in specs:
-        data = payload[offset:offset + size]
-        offset += size
-        count = int(np.prod(shape, dtype=np.int64))
-        dtype = DataType(datatype)
-        out[name] = tensor_bytes.decode(data, dtype, tuple(shape), count, name=name, limits=_NO_LIMITS)
-    return out
-
-
 async def serve_forwarding(
     server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
@@ -414,13 +371,14 @@ async def serve_forwarding(
     is cancelled here too."""
     path = role.forward_path(role.index)
     path.unlink(missing_ok=True)
+    remove_buffers(role.directory, role.index)  # left by this worker's previous run, if it was killed
 
     async def answer(stream: anyio.abc.SocketStream) -> None:
-        connection = _Connection(stream)
-        async with stream:
+        connection = role.connection(stream)
+        try:
             while True:
                 try:
-                    header, payload = await connection.receive()
+                    received = await connection.receive()
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return  # the peer closed it (or died)
                 async with anyio.create_task_group() as tg:
@@ -428,12 +386,15 @@ async def serve_forwarding(
                     # read that ends means it went away.
                     tg.start_soon(_cancel_on_close, connection, tg.cancel_scope)
                     try:
-                        await _run(server, header, payload, connection)
+                        await _run(server, received, connection)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return
                     tg.cancel_scope.cancel()
                 if tg.cancel_scope.cancelled_caught and connection.closed:
                     return
+        finally:
+            with anyio.CancelScope(shield=True):
+                await connection.aclose()
 
     listener = await anyio.create_unix_listener(path)
     async with listener:
@@ -441,45 +402,67 @@ async def serve_forwarding(
         await listener.serve(answer)
 
 
-async def _cancel_on_close(connection: _Connection, scope: anyio.CancelScope) -> None:
+async def _cancel_on_close(connection: Connection, scope: anyio.CancelScope) -> None:
     with contextlib.suppress(Exception):
         await connection.wait_closed()
     connection.closed = True
     scope.cancel()
 
 
-async def _run(server: Server, header: dict[str, Any], payload: memoryview, connection: _Connection) -> None:
+async def _run(server: Server, received: Received, connection: Connection) -> None:
     """Run one forwarded request and send its answer (or answers, for a stream)."""
     with server.spread.running() if server.spread is not None else contextlib.nullcontext():
-        await _run_here(server, header, payload, connection)
+        if received.header.get("stream"):
+            await _run_stream(server, received, connection)
+        else:
+            # Made in a call of its own, so that nothing of the request is referenced here any
+            # more when the answer is sent: it tells the caller whether its buffer is free.
+            await connection.send(await _answer(server, received, connection))
 
 
-async def _run_here(server: Server, header: dict[str, Any], payload: memoryview, connection: _Connection) -> None:
+async def _answer(server: Server, received: Received, connection: Connection) -> Frame:
+    header = received.header
     try:
-        request = InferRequest(
-            inputs=_tensors(header["tensors"], payload), id=header["id"], parameters=header["parameters"],
-            datatypes={t[0]: DataType(t[1]) for t in header["tensors"] if t[1] == "BF16"},
-        )
-        if header.get("stream"):
-            async def emit(response: InferResponse) -> None:
-                await connection.send(_response_frame(response))
-
-            await server.infer_stream(header["model"], header["version"], request, emit)
-            return
-        frame = _response_frame(await server.infer(header["model"], header["version"], request))
+        request = _request(received)
+        response = await server.infer(header["model"], header["version"], request)
+        return connection.pack({"id": response.id, "final": response.final, "bare": not response.outputs},
+                               _outputs(response))
     except errors.DagserveError as exc:
-        frame = _frame({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
+        return connection.pack({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
     except Exception as exc:  # a bug: the caller gets an error, this worker goes on
         log.exception("forwarded request failed")
-        frame = _frame({"error": {"type": "InternalError", "message": f"{exc!r}"}}, [])
+        return connection.pack({"error": {"type": "InternalError", "message": f"{exc!r}"}}, [])
+
+
+async def _run_stream(server: Server, received: Received, connection: Connection) -> None:
+    header = received.header
+
+    async def emit(response: InferResponse) -> None:
+        frame = connection.pack({"id": response.id, "final": response.final, "bare": not response.outputs},
+                                _outputs(response), inline=True)
+        await connection.send(frame)
+
+    try:
+        await server.infer_stream(header["model"], header["version"], _request(received), emit)
+        return
+    except errors.DagserveError as exc:
+        frame = connection.pack({"error": {"type": type(exc).__name__, "message": str(exc)}}, [])
+    except Exception as exc:  # a bug: the caller gets an error, this worker goes on
+        log.exception("forwarded request failed")
+        frame = connection.pack({"error": {"type": "InternalError", "message": f"{exc!r}"}}, [])
     await connection.send(frame)
 
 
-def _response_frame(response: InferResponse) -> bytes:
-    return _frame(
-        {"id": response.id, "final": response.final, "bare": not response.outputs},
-        [(n, response.datatypes[n], a) for n, a in response.outputs.items()],
+def _request(received: Received) -> InferRequest:
+    specs = received.header["tensors"]
+    return InferRequest(
+        inputs=received.take(), id=received.header["id"], parameters=received.header["parameters"],
+        datatypes={t[0]: DataType(t[1]) for t in specs if t[1] == "BF16"},
     )
+
+
+def _outputs(response: InferResponse) -> list[Tensor]:
+    return [(name, response.datatypes[name], array) for name, array in response.outputs.items()]
 
 
 def _encode(value: Any) -> Any:

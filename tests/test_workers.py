@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -678,3 +679,100 @@ def test_auto_workers_never_exceed_the_cpu_quota(monkeypatch: pytest.MonkeyPatch
     assert workers.auto_workers() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(workers, "cpu_quota", lambda: 64.0)
     assert workers.auto_workers() == len(os.sched_getaffinity(0))
+
+
+def large_request(module: Any, seed: int) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """Inputs of ``large_one`` (4 MB of FP32, 4 MB of INT64, 3,000 BYTES elements) and the
+    outputs it must answer."""
+    rng = np.random.default_rng(seed)
+    a = rng.random(1_000_000, dtype=np.float32)
+    b = rng.integers(-(2**40), 2**40, (500, 1000))
+    s = np.array([rng.bytes(int(n)) for n in rng.integers(0, 200, 3000)], dtype=object)
+    inputs = []
+    for name, array, datatype in (("A", a, "FP32"), ("B", b, "INT64"), ("S", s, "BYTES")):
+        inp = module.InferInput(name, list(array.shape), datatype)
+        inp.set_data_from_numpy(array)
+        inputs.append(inp)
+    return inputs, {"A_SAME": a, "A2": a * 2, "B_NEG": -b, "S_REV": np.array([x[::-1] for x in s], dtype=object)}
+
+
+def answer_large(client: Any, module: Any, seed: int) -> int:
+    """One request to ``large_one`` whose outputs are checked; the pid that answered."""
+    inputs, expected = large_request(module, seed)
+    result = client.infer("large_one", inputs, **({"client_timeout": DEADLINE} if module is grpcclient else {}))
+    for name, array in expected.items():
+        got = result.as_numpy(name)
+        assert got.shape == array.shape, name
+        assert (got.tolist() == array.tolist()) if array.dtype == object else np.array_equal(got, array), name
+    return int(result.as_numpy("PID")[0])
+
+
+def client_of_the_other_worker(module: Any, url: str, owner: int) -> Any:
+    """A client whose connection reached a worker other than ``owner`` (fresh ones until one does)."""
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        client = (httpclient.InferenceServerClient(url, concurrency=1, network_timeout=DEADLINE)
+                  if module is httpclient else grpcclient.InferenceServerClient(url))
+        try:
+            inp = module.InferInput("X", [1], "FP32")
+            inp.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+            pid = int(client.infer("whoami", [inp]).as_numpy("PID")[0])
+        except InferenceServerException:
+            pid = owner  # that worker is not ready yet
+        if pid != owner:
+            return client
+        client.close()
+    raise AssertionError("no connection reached a worker other than worker 0")
+
+
+def until_answered(call: Callable[[], int]) -> int:
+    """``call()`` until it succeeds (a killed worker is being started again meanwhile)."""
+    end = time.monotonic() + DEADLINE
+    while True:
+        try:
+            return call()
+        except InferenceServerException:
+            if time.monotonic() > end:
+                raise
+
+
+def test_large_tensors_cross_to_a_model_placed_one_and_back(serve: Callable[..., Served]) -> None:
+    """Tensors of several MB in several datatypes, sent over HTTP and gRPC to the worker that
+    does not serve ``large_one``, reach worker 0 and come back exact, request after request
+    (one output is a view of its input); no buffer file stays in the workers' directory, also
+    after worker 0 and then the other worker were killed and started again."""
+    scratch = Path(tempfile.mkdtemp(prefix="ds-"))  # short: Unix socket paths are limited
+    try:
+        served = serve("workers", "--workers", "2", env={"TMPDIR": str(scratch)})
+        (directory,) = scratch.glob("dagserve-workers-*")
+        http_url, grpc_url = served.addresses["HTTP"], served.addresses["gRPC"]
+
+        def owner() -> int:
+            with grpcclient.InferenceServerClient(grpc_url) as client:
+                return until_answered(lambda: answer_large(client, grpcclient, 0))
+
+        def through_the_other_worker(rounds: int) -> None:
+            pid = owner()
+            for module, url in ((httpclient, http_url), (grpcclient, grpc_url)):
+                client = client_of_the_other_worker(module, url, pid)
+                try:
+                    for seed in range(rounds):
+                        call = functools.partial(answer_large, client, module, seed)
+                        assert until_answered(call) == pid
+                finally:
+                    client.close()
+
+        def buffer_files() -> list[str]:
+            return [p.name for p in directory.iterdir() if p.name.startswith("forward-")]
+
+        through_the_other_worker(4)
+        assert buffer_files() == []
+        for index in (0, 1):
+            victim = int(re.search(r"worker processes \(pids (\d+), (\d+)\)", served.output()).group(1 + index))  # type: ignore[union-attr]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda victim=victim: f"(pid {victim}) was killed by SIGKILL" in served.output(), "the restart")
+            through_the_other_worker(2)
+            assert buffer_files() == []
+        assert "resource_tracker" not in served.output()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -157,12 +157,23 @@ class InstanceThread:
         jobs = self._jobs
         while (job := jobs.get()) is not None:
             func, args, context, future, loop = job
+            del job
             try:
-                result = context.run(func, *args)
+                outcome: list[Any] = [_succeed, context.run(func, *args)]
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-                _call_soon(loop, _fail, future, exc)
-            else:
-                _call_soon(loop, _succeed, future, result)
+                outcome = [_fail, exc]
+            # The thread holds nothing of a call while it waits for the next: the call's
+            # tensors are free once the caller drops them (a forwarded request's shared buffer
+            # is reused only then), and the loop empties ``outcome`` as it hands it over.
+            del func, args, context
+            _call_soon(loop, _settle, future, outcome)
+            del future, loop, outcome
+
+
+def _settle(future: asyncio.Future[Any], outcome: list[Any]) -> None:
+    settle, value = outcome
+    outcome.clear()
+    settle(future, value)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
