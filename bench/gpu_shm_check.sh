@@ -10,8 +10,10 @@ set -uo pipefail
 OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# (and, when the carry also holds prepare_carry.sh's wheels/, those: whl/ may then keep only
+# tritonclient and its HTTP client's dependencies, to stay under the 64 MiB a run carries)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .device-carry/whl/*.whl || exit 1
+    $(compgen -G ".device-carry/wheels/*.whl") .device-carry/whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 - <<'PY'
