@@ -9,6 +9,7 @@ is reached from every worker."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import os
 import re
@@ -776,3 +777,94 @@ def test_large_tensors_cross_to_a_model_placed_one_and_back(serve: Callable[...,
         assert "resource_tracker" not in served.output()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+HELD_ONE_CONFIG = """\
+# Y = X + 1, served by worker 0 only, one request at a time
+backend: python
+parameters: {placement: one}
+instance_group: [{count: 1, kind: KIND_CPU}]
+inputs: [{name: X, datatype: FP32, shape: [-1]}]
+outputs: [{name: Y, datatype: FP32, shape: [-1]}]
+"""
+
+HELD_ONE_MODEL = '''\
+"""Each request's id is appended to $DAGSERVE_TEST_GATE/calls as it starts; one whose X[0] is
+negative creates .../started and is held until .../release exists."""
+import os
+import time
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        gate = Path(os.environ["DAGSERVE_TEST_GATE"])
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            with open(gate / "calls", "a") as calls:
+                calls.write(request.request_id() + "\\n")
+            if x[0] < 0:
+                (gate / "started").touch()
+                while not (gate / "release").exists():
+                    time.sleep(0.01)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]))
+        return responses
+'''
+
+
+def test_request_ids_and_deadlines_cross_to_the_worker_that_owns_a_model(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """A request for a model placed ``one`` that reaches another worker keeps its id in worker
+    0 (the model records it, the answer carries it); and when its gRPC deadline passes while it
+    waits in worker 0 behind a held request, worker 0 drops it unrun: the cancellation crosses
+    too."""
+    from dagserve.testing import FileGate
+
+    repo = tmp_path / "repo"
+    for name in ("whoami", "whoami_one"):
+        shutil.copytree(REPOS / "workers" / name, repo / name)
+    (repo / "held_one" / "1").mkdir(parents=True)
+    (repo / "held_one" / "config.yaml").write_text(HELD_ONE_CONFIG)
+    (repo / "held_one" / "1" / "model.py").write_text(HELD_ONE_MODEL)
+    gate = FileGate(tmp_path / "gate")
+    served = serve(repo, "--workers", "2", env={"DAGSERVE_TEST_GATE": str(gate.path)})
+    grpc_url, metrics_url = served.addresses["gRPC"], served.addresses["metrics"]
+
+    def x(value: float) -> list[Any]:
+        tensor = grpcclient.InferInput("X", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+        return [tensor]
+
+    def held_one(client: Any, value: float, request_id: str, timeout: float = DEADLINE) -> Any:
+        return client.infer("held_one", x(value), request_id=request_id, client_timeout=timeout)
+
+    def pending() -> float:
+        return metric(metrics_url, "nv_inference_pending_request_count", "held_one")
+
+    with grpcclient.InferenceServerClient(grpc_url) as first:
+        owner = until_answered(lambda: int(first.infer("whoami_one", x(1.0)).as_numpy("PID")[0]))
+    other = client_of_the_other_worker(grpcclient, grpc_url, owner)
+    holder = grpcclient.InferenceServerClient(grpc_url)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        try:
+            held = pool.submit(held_one, holder, -1.0, "held-A")
+            gate.wait_started(DEADLINE)  # worker 0's one instance is busy with it
+            late = pool.submit(held_one, other, 5.0, "late-B", 10.0)
+            wait_for(lambda: pending() >= 1, "the late request to wait in worker 0")
+            with pytest.raises(InferenceServerException, match="(?i)deadline"):
+                late.result(DEADLINE)
+            wait_for(lambda: pending() == 0, "worker 0 to drop the late request")
+            gate.release()
+            np.testing.assert_array_equal(held.result(DEADLINE).as_numpy("Y"), [0.0])
+            after = held_one(other, 2.0, "after-C")
+        finally:
+            gate.release()
+            holder.close()
+            other.close()
+    np.testing.assert_array_equal(after.as_numpy("Y"), [3.0])
+    assert after.get_response().id == "after-C"
+    assert gate.calls() == ["held-A", "after-C"], "the late request must not run; ids as sent"
