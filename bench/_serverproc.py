@@ -24,8 +24,9 @@ class ServerProcess:
     lines: list[str] = field(default_factory=list)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (Linux /proc)."""
-        return process_cpu_seconds(self.proc.pid)
+        """User + system CPU time the server has used so far (Linux /proc): its process and
+        the worker processes under it (``--workers``, ``auto`` by default)."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def tree_cpu_seconds(self) -> float:
         """The same for the server and every process under it (``--workers N``)."""

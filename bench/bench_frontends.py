@@ -159,7 +159,7 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 def _own_server(grpc: bool) -> subprocess.Popen[bytes]:
     return _start([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO), "--http-port",
                    str(HTTP), "--grpc-port", str(GRPC) if grpc else "-1", "--metrics-port", "-1",
-                   "--log-level", "warning"])
+                   "--log-level", "warning", "--workers", "1"])  # one process: its frontends vs in-process calls
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -504,6 +504,9 @@ async def serve_channel(
         async with stream:
             try:
                 line = await BufferedByteReceiveStream(stream).receive_until(b"\n", _MAX_ANSWER)
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                return  # the caller left before asking (it gave up, or its process is stopping)
+            try:
                 call = json.loads(line)
                 reply: dict[str, Any] = {"answer": await handlers[call["op"]](**_decode(call["args"]))}
             except errors.DagserveError as exc:

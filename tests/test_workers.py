@@ -868,3 +868,27 @@ def test_request_ids_and_deadlines_cross_to_the_worker_that_owns_a_model(
     np.testing.assert_array_equal(after.as_numpy("Y"), [3.0])
     assert after.get_response().id == "after-C"
     assert gate.calls() == ["held-A", "after-C"], "the late request must not run; ids as sent"
+
+
+def test_a_channel_caller_that_leaves_before_asking_is_not_an_error(serve: Callable[..., Served]) -> None:
+    """A connection to a worker's channel that closes before a whole call (a peer that gave
+    up, or is stopping) is dropped quietly: no traceback in the log, and the channel still
+    answers the next call (statistics gathered from both workers)."""
+    import socket as socket_module
+
+    scratch = Path(tempfile.mkdtemp(prefix="ds-"))  # short: Unix socket paths are limited
+    try:
+        served = serve("workers", "--workers", "2", env={"TMPDIR": str(scratch)})
+        (directory,) = scratch.glob("dagserve-workers-*")
+        until_every_worker(lambda: whoami_http(served.addresses["HTTP"]), 2)
+        for index in (0, 1):
+            for sent in (b"", b'{"op": "statis'):
+                with socket_module.socket(socket_module.AF_UNIX) as peer:
+                    peer.connect(str(directory / f"worker-{index}.sock"))
+                    peer.sendall(sent)
+        with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client:
+            stats = client.get_inference_statistics("whoami", as_json=True)["model_stats"]
+        assert int(stats[0]["inference_stats"]["success"]["count"]) >= 2
+        assert "Traceback" not in served.output() and "call failed" not in served.output()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
