@@ -452,7 +452,11 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully (:func:`serve`); a second signal
     exits the process at once with status 128 + the signal's number. As a worker process
-    (``role``) it also answers its channel, and leaves what to print to the supervisor."""
+    (``role``) it also answers its channel, and leaves what to print to the supervisor; a
+    worker ignores a second signal: it may get one from the supervisor and one from whoever
+    signalled the whole group (systemd stops a service by signalling every process of its
+    cgroup), and an operator's second signal reaches the supervisor, which then kills the
+    workers."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
             serving = anyio.CancelScope()
@@ -461,6 +465,8 @@ async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | No
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if serving.cancel_called:
+                        if role is not None:
+                            continue  # already draining (see above)
                         print(f"dagserve: {name} received again, exiting now", flush=True)
                         os._exit(128 + signum)
                     if role is None:

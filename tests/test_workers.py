@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -393,6 +394,58 @@ def test_sigterm_stops_every_worker_and_exits_0(serve: Callable[..., Served]) ->
     for pid in pids:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), f"worker {pid} to end")
     assert "dagserve: stopped" in served.output()
+
+
+def test_sigterm_to_every_process_at_once_still_drains(serve: Callable[..., Served], tmp_path: Path) -> None:
+    """systemd stops a service by sending SIGTERM to every process of its cgroup: each worker
+    then gets one signal from systemd and one from the supervisor, which must not count as an
+    operator's second signal (exit at once). Requests held in both workers when the signals
+    come are all answered once the gate opens, and the server exits 0."""
+    gate = tmp_path / "gate"
+    served = serve("shutdown", "--workers", "2", env={"DAGSERVE_TEST_GATE": str(gate)})
+    workers = [int(p) for p in re.search(r"worker processes \(pids (\d+), (\d+)\)", served.output()).groups()]  # type: ignore[union-attr]
+    url = served.addresses["HTTP"]
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            with httpclient.InferenceServerClient(url, network_timeout=DEADLINE) as client:
+                x = httpclient.InferInput("X", [1], "FP32")
+                x.set_data_from_numpy(np.array([i], dtype=np.float32))
+                results[i] = float(client.infer("gate", [x]).as_numpy("Y")[0])
+        except Exception as exc:  # noqa: BLE001 - asserted on below
+            results[i] = exc
+
+    def held_in() -> set[int]:
+        return {int(f.name.split("-")[0]) for f in (gate / "arrived").iterdir()} if (gate / "arrived").exists() else set()
+
+    threads: list[threading.Thread] = []
+    end = time.monotonic() + DEADLINE
+    while held_in() != set(workers):  # fresh connections until both workers hold some
+        assert time.monotonic() < end, f"requests reached only {held_in()} of {workers}"
+        thread = threading.Thread(target=call, args=(len(threads),))
+        threads.append(thread)
+        thread.start()
+        wait_for(lambda: sum(1 for _ in (gate / "arrived").iterdir()) >= len(threads), "the request to arrive")
+    for pid in workers:  # systemd's signal to every process; the supervisor's comes after
+        os.kill(pid, signal.SIGTERM)
+
+    def refused() -> bool:  # both workers draining: neither listens any more
+        try:
+            socket.create_connection(tuple(url.rsplit(":", 1)), timeout=DEADLINE).close()  # type: ignore[arg-type]
+        except ConnectionError:
+            return True
+        return False
+
+    wait_for(refused, "both workers to stop listening")
+    served.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping 2 workers" in served.output(), "the supervisor's stop to begin")
+    (gate / "open").touch()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert served.proc.wait(DEADLINE) == 0, served.output()
+    assert "exiting now" not in served.output()
+    assert results == {i: i + 1.0 for i in range(len(threads))}, results
 
 
 def test_worker_0_serves_forwarded_models_until_the_other_workers_have_drained(
