@@ -827,11 +827,6 @@ async def _serve(
             finally:
                 listener.close()  # new connections are refused from here on
                 sock.close()
-                # A connection the loop accepted just before the close gets its transport
-                # (connection_made) a few loop turns later: let those turns run, so that the
-                # drain counts it and answers what its client sent rather than aborting it.
-                for _ in range(3):
-                    await anyio.lowlevel.checkpoint()
                 with anyio.move_on_after(shutdown_timeout) as expired:
                     await state.drain()
                 if expired.cancelled_caught:
