@@ -31,7 +31,9 @@ from .frontends.limits import GrpcKeepalive, HttpLimits
 from .frontends.runner import (
     DEFAULT_EXIT_TIMEOUT_SECS,
     DEFAULT_GRPC_MAX_MESSAGE_SIZE,
+    DEFAULT_GRPC_SERVER,
     DEFAULT_HTTP_MAX_BODY_SIZE,
+    GRPC_SERVERS,
     Addresses,
     FrontendOptions,
     serve,
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-max-message-size", type=int,
                    default=int(_env("grpc-max-message-size", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE)) or 0),
                    help=f"largest gRPC message in bytes (default {DEFAULT_GRPC_MAX_MESSAGE_SIZE})")
+    s.add_argument("--grpc-server", choices=GRPC_SERVERS, default=_env("grpc-server", DEFAULT_GRPC_SERVER),
+                   help=f"the gRPC server: grpcio (grpc.aio) or native (dagserve's own HTTP/2 server, "
+                        f"faster; docs/performance.md); default {DEFAULT_GRPC_SERVER} (env DAGSERVE_GRPC_SERVER)")
     s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
     s.add_argument("--trace-config", action="append", default=None, metavar="[MODE,]SETTING=VALUE",
@@ -360,6 +365,7 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
         metrics_port=cli_metrics.metrics_port(args),
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
+        grpc_server=args.grpc_server,
         **cli_security.serve_options(args),
         **cli_metrics.serve_options(args),
         exit_timeout_secs=args.exit_timeout_secs,

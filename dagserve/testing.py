@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -145,8 +146,12 @@ def serve_in_thread(
     Keyword ``options`` go to :class:`ServerOptions` (e.g. ``model_control_mode``) or, when
     they name a :class:`FrontendOptions` field (e.g. ``http_max_body_size``), to that. On exit the
     frontends stop, then every model unloads; an error while shutting down is raised (after
-    the body's own exception, if any).
+    the body's own exception, if any). ``DAGSERVE_GRPC_SERVER``, when set, is the default of
+    the ``grpc_server`` option, as it is of ``dagserve serve --grpc-server``.
     """
+    if "grpc_server" not in options and os.environ.get("DAGSERVE_GRPC_SERVER"):
+        # The test suite's switch to run every gRPC test against the other gRPC server.
+        options["grpc_server"] = os.environ["DAGSERVE_GRPC_SERVER"]
     serve_fields = set(FrontendOptions.__dataclass_fields__)
     serve_kwargs = {k: v for k, v in options.items() if k in serve_fields}
     server_kwargs = {k: v for k, v in options.items() if k not in serve_fields}

@@ -30,6 +30,7 @@ __all__ = [
     "GRPC_HEADER_PREFIX",
     "RestrictedASGI",
     "Restrictions",
+    "grpc_denied",
     "grpc_interceptor",
     "http_category",
 ]
@@ -199,6 +200,14 @@ _GRPC_CATEGORIES = {
     "CudaSharedMemoryRegister": "shared-memory", "CudaSharedMemoryUnregister": "shared-memory",
     "TraceSetting": "trace", "LogSettings": "logging",
 }
+
+
+def grpc_denied(restrictions: Restrictions, method: str, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The PERMISSION_DENIED message for a call of ``method`` (its bare name) whose metadata
+    is ``headers`` (lower-case names, as HTTP/2 sends them), or ``None`` when it may proceed:
+    the native gRPC server's form of :func:`grpc_interceptor`."""
+    header = restrictions.denied_http(_GRPC_CATEGORIES.get(method), headers)
+    return None if header is None else f"This protocol is restricted, expecting header '{header}'"
 
 
 def grpc_interceptor(restrictions: Restrictions) -> grpc.aio.ServerInterceptor:

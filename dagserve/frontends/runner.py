@@ -36,6 +36,10 @@ log = logging.getLogger("dagserve.frontends")
 DEFAULT_HTTP_MAX_BODY_SIZE = 256 * 1024 * 1024
 DEFAULT_GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
 DEFAULT_EXIT_TIMEOUT_SECS = 30.0
+GRPC_SERVERS = ("grpcio", "native")
+"""The gRPC servers to choose from (``grpc_server``): grpcio's grpc.aio, or dagserve's own HTTP/2
+server (:mod:`.grpc_native`); the same services and options on either."""
+DEFAULT_GRPC_SERVER = "grpcio"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +54,8 @@ class FrontendOptions:
     (Triton's ``--allow-client-shm``; off by default, as Triton's). ``allow_cpu_metrics`` /
     ``allow_gpu_metrics`` add CPU and GPU gauges to ``/metrics``, polled every
     ``metrics_interval_ms`` (Triton's flags of those names). ``reuse_port`` shares the ports
-    with the server's other worker processes (``dagserve serve --workers N``)."""
+    with the server's other worker processes (``dagserve serve --workers N``). ``grpc_server``
+    picks the gRPC server (:data:`GRPC_SERVERS`: ``grpcio`` or ``native``)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -72,8 +77,11 @@ class FrontendOptions:
     allow_gpu_metrics: bool = True
     metrics_interval_ms: float = 2000.0
     reuse_port: bool = False
+    grpc_server: str = DEFAULT_GRPC_SERVER
 
     def __post_init__(self) -> None:
+        if self.grpc_server not in GRPC_SERVERS:
+            raise ValueError(f"--grpc-server must be one of {', '.join(GRPC_SERVERS)}, got {self.grpc_server!r}")
         if self.exit_timeout_secs < 0:
             raise ValueError(f"exit timeout must not be negative, got {self.exit_timeout_secs}")
         if not self.metrics_interval_ms > 0:
@@ -165,7 +173,10 @@ async def _start_frontends(
         ))
         http = format_address(options.host, port)
     if options.grpc_port is not None:
-        from .grpc import serve_grpc
+        if options.grpc_server == "native":
+            from .grpc_native import serve_grpc_native as serve_grpc
+        else:
+            from .grpc import serve_grpc
 
         port = await tg.start(functools.partial(
             serve_grpc, server, host=options.host, port=options.grpc_port,
