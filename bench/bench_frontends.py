@@ -11,7 +11,9 @@ against uvicorn (httptools parser, uvloop) serving the same starlette app with `
 a plain ASGI endpoint over the same :class:`~dagserve.frontends.http.infer.InferCore`, in
 alternating rounds (``--rounds``); docs/performance.md ("HTTP server choice") has the figures.
 ``--http-only`` skips gRPC (e.g. to compare two trees' HTTP servers: run it with
-``PYTHONPATH`` at each tree, alternately).
+``PYTHONPATH`` at each tree, alternately). gRPC is measured on both gRPC servers:
+``grpc`` (grpcio's grpc.aio) and ``grpc-native`` (``--grpc-server native``), in the same
+alternating rounds, each with the server's CPU per request.
 
 Run: python bench/bench_frontends.py [--seconds 3] [--servers] [--rounds 3] [--http-only]
 """
@@ -156,9 +158,10 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
     server.wait(timeout=30)
 
 
-def _own_server(grpc: bool) -> subprocess.Popen[bytes]:
+def _own_server(grpc: bool, grpc_server: str = "grpcio") -> subprocess.Popen[bytes]:
     return _start([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(REPO), "--http-port",
                    str(HTTP), "--grpc-port", str(GRPC) if grpc else "-1", "--metrics-port", "-1",
+                   "--grpc-server", grpc_server,
                    "--log-level", "warning", "--workers", "1"])  # one process: its frontends vs in-process calls
 
 
@@ -189,30 +192,29 @@ def main() -> int:
     results: dict[str, dict[int, float]] = {"in-process": asyncio.run(in_process(args.seconds))}
     runs: dict[str, list[dict[int, float]]] = {}
     cpu: dict[str, list[float]] = {}  # server CPU µs per request, each round
-    servers: list[tuple[str, Callable[[], subprocess.Popen[bytes]]]] = [("http", lambda: _own_server(False))]
+    Drive = Callable[[float], Any]
+    servers: list[tuple[str, Callable[[], subprocess.Popen[bytes]], Drive]] = [
+        ("http", lambda: _own_server(False), over_http)]
     if args.servers:
-        servers.append(("uvicorn", lambda: _start([sys.executable, __file__, "--serve-uvicorn", str(HTTP)])))
+        servers.append(("uvicorn", lambda: _start([sys.executable, __file__, "--serve-uvicorn", str(HTTP)]), over_http))
+    if not args.http_only:
+        servers.append(("grpc", lambda: _own_server(True, "grpcio"), over_grpc))
+        servers.append(("grpc-native", lambda: _own_server(True, "native"), over_grpc))
     for round_ in range(args.rounds):
-        for name, start in servers:
+        for name, start, drive in servers:
             server = start()
             try:
                 before = _cpu_seconds(server.pid)
-                rates = asyncio.run(over_http(args.seconds))
+                rates = asyncio.run(drive(args.seconds))
                 used = _cpu_seconds(server.pid) - before
             finally:
                 _stop(server)
             runs.setdefault(name, []).append(rates)
             cpu.setdefault(name, []).append(1e6 * used / sum(r * args.seconds for r in rates.values()))
-            print(f"round {round_ + 1} {name:8s} " + "  ".join(f"c={c:<2d} {r:8.0f} req/s" for c, r in rates.items())
+            print(f"round {round_ + 1} {name:11s} " + "  ".join(f"c={c:<2d} {r:8.0f} req/s" for c, r in rates.items())
                   + f"  server CPU {cpu[name][-1]:5.0f} µs/request", flush=True)
     for name, rounds in runs.items():  # the median of the rounds
         results[name] = {c: statistics.median(r[c] for r in rounds) for c in rounds[0]}
-    if not args.http_only:
-        server = _own_server(grpc=True)
-        try:
-            results["grpc"] = asyncio.run(over_grpc(args.seconds))
-        finally:
-            _stop(server)
     _print(results)
     for name, values in cpu.items():
         print(f"{name:10s} server CPU per request: median {statistics.median(values):.0f} µs "
