@@ -124,6 +124,8 @@ async def _serve(
                 tg.start_soon(_sweep, calls, keepalive)
             bound = sock.getsockname()[1]
             log.info("gRPC (native) listening on %s:%d", sock.getsockname()[0], bound)
+            log.debug("gRPC (native): max message %d bytes, TLS %s, restricted %s, keepalive %s",
+                      max_message_size, "on" if ssl is not None else "off", "yes" if restricted else "no", keepalive)
             task_status.started(bound)
             try:
                 await stop.wait()
