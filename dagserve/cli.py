@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=int(_env("grpc-max-message-size", str(DEFAULT_GRPC_MAX_MESSAGE_SIZE)) or 0),
                    help=f"largest gRPC message in bytes (default {DEFAULT_GRPC_MAX_MESSAGE_SIZE})")
     s.add_argument("--grpc-server", choices=GRPC_SERVERS, default=_env("grpc-server", DEFAULT_GRPC_SERVER),
-                   help=f"the gRPC server: grpcio (grpc.aio) or native (dagserve's own HTTP/2 server, "
-                        f"faster; docs/performance.md); default {DEFAULT_GRPC_SERVER} (env DAGSERVE_GRPC_SERVER)")
+                   help=f"the gRPC server: native (dagserve's own HTTP/2 server) or grpcio (grpc.aio, ~3x the CPU "
+                        f"per call; docs/performance.md); default {DEFAULT_GRPC_SERVER} (env DAGSERVE_GRPC_SERVER)")
     s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
     s.add_argument("--trace-config", action="append", default=None, metavar="[MODE,]SETTING=VALUE",

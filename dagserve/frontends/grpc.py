@@ -1,7 +1,9 @@
 """The gRPC frontend: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``.
 
-It runs on grpc.aio inside the server's own asyncio event loop (the anyio asyncio backend),
-beside the HTTP frontend, and stays thin: decode the message (``grpc_codec``), call the
+The servicers run on one of two servers inside the server's own asyncio event loop (the anyio
+asyncio backend), beside the HTTP frontend: dagserve's own HTTP/2 server
+(:func:`~.grpc_native.serve_grpc_native`, the default) or grpc.aio (:func:`serve_grpc`,
+``--grpc-server grpcio``). They stay thin: decode the message (``grpc_codec``), call the
 :class:`~dagserve.engine.Server`, encode the answer. Errors become gRPC statuses through the
 one table in :mod:`dagserve.frontends.status`.
 

@@ -36,10 +36,11 @@ log = logging.getLogger("dagserve.frontends")
 DEFAULT_HTTP_MAX_BODY_SIZE = 256 * 1024 * 1024
 DEFAULT_GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
 DEFAULT_EXIT_TIMEOUT_SECS = 30.0
-GRPC_SERVERS = ("grpcio", "native")
-"""The gRPC servers to choose from (``grpc_server``): grpcio's grpc.aio, or dagserve's own HTTP/2
-server (:mod:`.grpc_native`); the same services and options on either."""
-DEFAULT_GRPC_SERVER = "grpcio"
+GRPC_SERVERS = ("native", "grpcio")
+"""The gRPC servers to choose from (``grpc_server``): dagserve's own HTTP/2 server
+(:mod:`.grpc_native`, the default: a third of grpc.aio's CPU per call), or grpcio's grpc.aio;
+the same services and options on either."""
+DEFAULT_GRPC_SERVER = "native"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +56,7 @@ class FrontendOptions:
     ``allow_gpu_metrics`` add CPU and GPU gauges to ``/metrics``, polled every
     ``metrics_interval_ms`` (Triton's flags of those names). ``reuse_port`` shares the ports
     with the server's other worker processes (``dagserve serve --workers N``). ``grpc_server``
-    picks the gRPC server (:data:`GRPC_SERVERS`: ``grpcio`` or ``native``)."""
+    picks the gRPC server (:data:`GRPC_SERVERS`: ``native``, the default, or ``grpcio``)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
