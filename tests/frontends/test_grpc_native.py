@@ -538,3 +538,43 @@ def test_stop_releases_the_port_and_port_in_use_is_an_error(running: RunningServ
                 await serve_grpc_native(server, host="127.0.0.1", port=taken)
 
     anyio.run(main)
+
+
+def test_random_frames_never_break_the_server(running: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Random frame sequences (any type, flags, stream, payload) after the preface end in an
+    answer, a GOAWAY or nothing, never in a failure of the server's own; it serves on."""
+    import random
+
+    rng = random.Random(20261203)
+    kinds = [h2.DATA, h2.HEADERS, h2.PRIORITY, h2.RST_STREAM, h2.SETTINGS, h2.PUSH_PROMISE, h2.PING, h2.GOAWAY,
+             h2.WINDOW_UPDATE, h2.CONTINUATION, 0x42]
+    for _ in range(60):
+        client = RawClient(running.grpc_url)
+        try:
+            for _ in range(rng.randint(1, 6)):
+                kind = rng.choice(kinds)
+                stream_id = rng.choice([0, 1, 2, 3, 5, 2**31 - 1])
+                if kind == h2.HEADERS and rng.random() < 0.5:
+                    payload = request_block(rng.choice([INFER, b"/inference.GRPCInferenceService/ServerLive", b"/x"]))
+                    payload = payload[:rng.randint(0, len(payload))]
+                else:
+                    payload = rng.randbytes(rng.choice([0, 1, 4, 5, 6, 8, 13, 100]))
+                try:
+                    client.send(kind, rng.randint(0, 255), stream_id, payload)
+                except OSError:
+                    break  # the server closed it (GOAWAY) already
+            try:
+                client.send(h2.PING, 0, 0, b"lastping")
+            except OSError:
+                continue
+            while (got := client.frame()) is not None:
+                if got[0] == h2.PING and got[1] & h2.ACK and got[3] == b"lastping":
+                    break
+        finally:
+            client.close()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    other = grpcclient.InferenceServerClient(running.grpc_url)
+    try:
+        assert other.is_server_live()
+    finally:
+        other.close()

@@ -258,6 +258,10 @@ class Connection(asyncio.Protocol):
         except ConnectionProtocolError as exc:
             self._fail(exc.code, str(exc))
             return
+        except Exception:  # our bug, not the client's: this connection ends, the server goes on
+            log.exception("gRPC: failed to handle a frame")
+            self._fail(INTERNAL_ERROR, "internal error")
+            return
         if position < end:
             self._rest = data[position:]
 
