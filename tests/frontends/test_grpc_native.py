@@ -578,3 +578,21 @@ def test_random_frames_never_break_the_server(running: RunningServer, caplog: py
         assert other.is_server_live()
     finally:
         other.close()
+
+
+def test_too_many_pings_without_data_get_goaway(running: RunningServer) -> None:
+    """gRPC's ping policing, grpcio's defaults: PINGs with no call open and nothing sent in
+    between are strikes, the third ends the connection with GOAWAY ENHANCE_YOUR_CALM; PINGs
+    each after an answer are not."""
+    client = RawClient(running.grpc_url)
+    try:
+        for stream_id in (1, 3, 5, 7):
+            client.send(h2.PING, 0, 0, b"pingpong")
+            client.request(stream_id, b"/inference.GRPCInferenceService/ServerLive", b"")
+            assert client.response(stream_id)[2][b"grpc-status"] == b"0"
+        for _ in range(4):
+            client.send(h2.PING, 0, 0, b"pingpong")
+        last, code = client.goaway()
+        assert code == h2.ENHANCE_YOUR_CALM and last == 7
+    finally:
+        client.close()

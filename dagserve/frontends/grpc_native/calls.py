@@ -36,7 +36,7 @@ from .hpack import encode_literal
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["Calls", "Context", "Method", "method_table"]
+__all__ = ["Calls", "Context", "Method", "PingPolicy", "method_table"]
 
 log = logging.getLogger("dagserve.frontends.grpc")
 
@@ -220,15 +220,31 @@ class Context:
                 await stream.wait()
 
 
+class PingPolicy:
+    """When a client's PINGs are too many (gRPC's ping policing, grpcio's defaults): a PING
+    sooner than ``min_interval`` seconds after the previous one, with no HEADERS or DATA
+    sent in between, is a strike (sooner than 2 h when no call is open, unless
+    ``permit_without_calls``); more than ``max_strikes`` (0: no limit) end the connection with
+    GOAWAY ENHANCE_YOUR_CALM, "too_many_pings"."""
+
+    __slots__ = ("max_strikes", "min_interval", "permit_without_calls")
+
+    def __init__(self, *, min_interval: float = 300.0, max_strikes: int = 2, permit_without_calls: bool = False) -> None:
+        self.min_interval = min_interval
+        self.max_strikes = max_strikes
+        self.permit_without_calls = permit_without_calls
+
+
 class Calls:
     """The server's calls: the method table, the task group the handlers run in, the limits,
     and the open connections (for keepalive and the graceful stop)."""
 
     def __init__(
         self, table: dict[bytes, Method], tg: TaskGroup, *, max_message_size: int,
-        restricted: Restrictions | None = None,
+        restricted: Restrictions | None = None, ping_policy: PingPolicy | None = None,
     ) -> None:
         self.table = table
+        self.ping_policy = ping_policy or PingPolicy()
         self.max_message_size = max_message_size
         self.restricted = restricted if restricted else None
         self.connections: set[Connection] = set()
@@ -473,9 +489,6 @@ class Calls:
         self.open_transports.discard(transport)
         if self._transports_gone is not None and not self.open_transports:
             self._transports_gone.set()
-
-    def connection_idle(self, connection: Connection) -> None:
-        """The connection's last stream ended (hook for the stop; nothing to do otherwise)."""
 
     async def drained(self) -> None:
         """Until every connection is closed."""

@@ -180,6 +180,8 @@ class Connection(asyncio.Protocol):
         self.idle_since = now  # when the last stream ended (or the connection began)
         self.last_read = now
         self.ping_sent_at: float | None = None  # a keepalive PING awaiting its ack
+        self._ping_received_at = float("-inf")  # the client's last PING since we last sent HEADERS/DATA
+        self._ping_strikes = 0
         self.aged = False  # max connection age reached: GOAWAY sent, closing after the grace
 
     # ----------------------------------------------------------------- asyncio protocol
@@ -464,7 +466,7 @@ class Connection(asyncio.Protocol):
                     if stream.send_window > MAX_WINDOW:
                         raise ConnectionProtocolError(FLOW_CONTROL_ERROR, "stream window past 2^31-1")
                 if delta > 0:
-                    self._flush_blocked(all_streams=True)
+                    self._flush_blocked()
             elif key == MAX_FRAME_SIZE:
                 if not 16384 <= value <= 2**24 - 1:
                     raise ConnectionProtocolError(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value} out of range")
@@ -486,7 +488,20 @@ class Connection(asyncio.Protocol):
             elif payload == _PING_KEEPALIVE:
                 self.ping_sent_at = None
             return
+        policy = self._calls.ping_policy
+        now = self._loop.time()
+        interval = policy.min_interval if self.streams or policy.permit_without_calls else 7200.0
+        if now - self._ping_received_at < interval:
+            self._ping_strikes += 1
+            if policy.max_strikes and self._ping_strikes > policy.max_strikes:
+                raise ConnectionProtocolError(ENHANCE_YOUR_CALM, "too_many_pings")
+        self._ping_received_at = now
         self._write(frame(PING, ACK, 0, payload))
+
+    def _sent_data(self) -> None:
+        """HEADERS or DATA went out: the client's PINGs are welcome again (ping policing)."""
+        self._ping_received_at = float("-inf")
+        self._ping_strikes = 0
 
     # -------------------------------------------------------------------- frames out
 
@@ -500,6 +515,7 @@ class Connection(asyncio.Protocol):
         client's windows allow."""
         if stream.local_ended or self.closed:
             return
+        self._ping_received_at, self._ping_strikes = float("-inf"), 0  # _sent_data(), inlined
         size = len(data)
         if (
             not stream.headers_sent and size <= self.send_window and size <= stream.send_window
@@ -524,6 +540,7 @@ class Connection(asyncio.Protocol):
     def send_headers(self, stream: Stream, head: bytes) -> None:
         if not stream.headers_sent and not stream.local_ended:
             stream.headers_sent = True
+            self._sent_data()
             self._write(frame(HEADERS, END_HEADERS, stream.id, head))
 
     def send_data(self, stream: Stream, data: bytes) -> None:
@@ -574,9 +591,10 @@ class Connection(asyncio.Protocol):
                 return
             stream.wake()  # a writer waiting for its DATA to go out
         if parts and not self.closed:
+            self._sent_data()
             self._transport.writelines(parts)
 
-    def _flush_blocked(self, all_streams: bool = False) -> None:
+    def _flush_blocked(self) -> None:
         for stream in list(self._blocked.values()):
             if self.send_window <= 0:
                 break
@@ -614,7 +632,6 @@ class Connection(asyncio.Protocol):
             self.idle_since = self._loop.time()
             if self.goaway_sent or self._peer_goaway:
                 self._transport.close()
-            self._calls.connection_idle(self)
 
     async def writable(self, stream: Stream) -> None:
         """Wait until ``stream``'s queued DATA is sent and the transport takes more (a

@@ -25,7 +25,7 @@ from ..http.server import bind
 from ..limits import GrpcKeepalive
 from ..restricted import Restrictions
 from ..tls import TLSConfig
-from .calls import Calls, method_table
+from .calls import Calls, PingPolicy, method_table
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -59,8 +59,11 @@ async def serve_grpc_native(
     Keepalive: ``max_connection_idle``, ``max_connection_age`` (GOAWAY, then the connection
     is closed ``max_connection_age_grace`` later if calls are still open) and
     ``keepalive_time`` / ``keepalive_timeout`` (a PING after that long without input; no ack
-    in time closes the connection) are enforced; the ping-policing options
-    (``http2_max_ping_strikes`` ...) are accepted and not enforced: every PING is answered.
+    in time closes the connection) are enforced, and so is gRPC's ping policing
+    (``http2_min_recv_ping_interval_without_data``, ``http2_max_ping_strikes``,
+    ``keepalive_permit_without_calls``: :class:`~.calls.PingPolicy`), with grpcio's defaults;
+    ``http2_max_pings_without_data`` bounds the server's own pings, and this server sends one
+    only after ``keepalive_time`` without input, so it needs no bound.
 
     On cancellation it stops accepting connections, sends every connection GOAWAY (the calls
     the client had sent are answered, later ones refused), ends health watches and idle
@@ -117,7 +120,8 @@ async def _serve(
     # Shielded: cancelling serve_grpc_native must become a graceful stop.
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
-            calls = Calls(table, tg, max_message_size=max_message_size, restricted=restricted)
+            calls = Calls(table, tg, max_message_size=max_message_size, restricted=restricted,
+                          ping_policy=_ping_policy(keepalive))
             loop = asyncio.get_running_loop()
             listener = await loop.create_server(calls.protocol, sock=sock, backlog=2048, ssl=ssl)
             if keepalive is not None and _enforced(keepalive):
@@ -153,6 +157,19 @@ async def _serve(
             transport.abort()
         for _ in range(3):
             await anyio.lowlevel.checkpoint()
+
+
+def _ping_policy(keepalive: GrpcKeepalive | None) -> PingPolicy:
+    """gRPC's ping policing with the flags given, grpcio's defaults for the others."""
+    policy = PingPolicy()
+    if keepalive is not None:
+        if keepalive.http2_min_recv_ping_interval_without_data is not None:
+            policy.min_interval = keepalive.http2_min_recv_ping_interval_without_data / 1000
+        if keepalive.http2_max_ping_strikes is not None:
+            policy.max_strikes = keepalive.http2_max_ping_strikes
+        if keepalive.keepalive_permit_without_calls is not None:
+            policy.permit_without_calls = bool(keepalive.keepalive_permit_without_calls)
+    return policy
 
 
 def _enforced(keepalive: GrpcKeepalive) -> bool:
