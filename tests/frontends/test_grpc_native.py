@@ -28,9 +28,15 @@ from tritonclient.utils import InferenceServerException
 
 from dagserve._proto import grpc_service_pb2 as pb
 from dagserve.engine import Server, ServerOptions
-from dagserve.frontends.grpc_native import serve_grpc_native
 from dagserve.frontends.grpc_native import connection as h2
-from dagserve.frontends.grpc_native.hpack import Decoder, HPACKError, encode_literal, huffman_decode, huffman_encode
+from dagserve.frontends.grpc_native import serve_grpc_native
+from dagserve.frontends.grpc_native.hpack import (
+    Decoder,
+    HPACKError,
+    encode_literal,
+    huffman_decode,
+    huffman_encode,
+)
 from dagserve.testing import FileGate, RunningServer, serve_in_thread, wait_until
 
 REPOS = Path(__file__).resolve().parents[1] / "repos"
@@ -278,7 +284,7 @@ def test_large_request_in_many_frames_and_a_small_connection_window(running: Run
             client.send(h2.DATA, end, 1, body[start:start + 1000])
         data = b""
         while True:
-            kind, flags, sid, payload = client.frame() or (None, 0, 0, b"")
+            kind, flags, _, payload = client.frame() or (None, 0, 0, b"")
             assert kind is not None
             if kind == h2.DATA:
                 data += payload

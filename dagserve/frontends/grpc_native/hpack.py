@@ -15,7 +15,7 @@ the blocks it decoded without changing its table and answers a repeat with one d
 
 from __future__ import annotations
 
-__all__ = ["Decoder", "HPACKError", "encode_integer", "encode_literal", "huffman_decode"]
+__all__ = ["Decoder", "HPACKError", "encode_integer", "encode_literal", "huffman_decode", "huffman_encode"]
 
 Header = tuple[bytes, bytes]
 
