@@ -311,8 +311,8 @@ class Calls:
 
     def request_data(self, connection: Connection, stream: Stream, payload: bytes) -> None:
         """DATA of ``stream``: split it into messages, for the call."""
-        if stream.method is None or stream.local_ended:
-            return  # refused already: discarded
+        if stream.method is None or stream.local_ended or stream.error is not None:
+            return  # refused or failing already: discarded
         buffer = stream.rbuf
         if not buffer and payload[0] == 0 and len(payload) >= 5 and int.from_bytes(payload[1:5], "big") == len(payload) - 5:
             self._message(connection, stream, payload[5:], False, len(payload))  # one whole message: the usual case
