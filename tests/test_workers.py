@@ -182,6 +182,22 @@ def test_connections_spread_over_workers_and_statistics_are_summed(serve: Callab
         client.get_inference_statistics("nope")
 
 
+@pytest.mark.parametrize(("args", "env", "listening"), [
+    (("--grpc-server", "native"), {}, "gRPC (native) listening"),
+    (("--grpc-server", "grpcio"), {}, "grpc.py:"),
+    ((), {"DAGSERVE_GRPC_SERVER": "grpcio"}, "grpc.py:"),
+])
+def test_every_worker_runs_the_chosen_grpc_server(
+    serve: Callable[..., Served], args: tuple[str, ...], env: dict[str, str], listening: str
+) -> None:
+    """--grpc-server (or DAGSERVE_GRPC_SERVER) reaches every worker: each one logs that it
+    listens with that server, and gRPC answers through every worker."""
+    served = serve("workers", "--workers", "2", *args, env={"DAGSERVE_GRPC_SERVER": "native", **env})
+    until_every_worker(lambda: whoami_grpc(served.addresses["gRPC"]), 2)
+    lines = [line for line in served.output().splitlines() if "listening on" in line and listening in line]
+    assert len(lines) == 2, served.output()
+
+
 def test_log_and_trace_settings_change_in_every_worker(serve: Callable[..., Served]) -> None:
     served = serve("workers", "--workers", "2")
     url = served.addresses["HTTP"]

@@ -602,3 +602,20 @@ def test_too_many_pings_without_data_get_goaway(running: RunningServer) -> None:
         assert code == h2.ENHANCE_YOUR_CALM and last == 7
     finally:
         client.close()
+
+
+def test_native_is_the_default_and_the_flag_and_variable_choose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dagserve serve`` uses the native gRPC server unless --grpc-server or
+    DAGSERVE_GRPC_SERVER says grpcio; FrontendOptions refuses any other name."""
+    from dagserve.cli import build_parser
+    from dagserve.frontends.runner import FrontendOptions
+
+    monkeypatch.delenv("DAGSERVE_GRPC_SERVER", raising=False)
+    base = ["serve", "--model-repository", "repo"]
+    assert build_parser().parse_args(base).grpc_server == "native"
+    assert FrontendOptions().grpc_server == "native"
+    assert build_parser().parse_args([*base, "--grpc-server", "grpcio"]).grpc_server == "grpcio"
+    monkeypatch.setenv("DAGSERVE_GRPC_SERVER", "grpcio")
+    assert build_parser().parse_args(base).grpc_server == "grpcio"
+    with pytest.raises(ValueError, match="grpc-server"):
+        FrontendOptions(grpc_server="h2")
