@@ -413,7 +413,11 @@ class Calls:
         job: tuple[Connection, Stream] | None = (connection, stream)
         del connection, stream
         while job is not None:
-            await self._run(*job)
+            try:
+                await self._run(*job)
+            except Exception:  # our bug: it ends that call's connection, not the server's task group
+                log.exception("gRPC: a call failed outside its handler")
+                job[0].abort()
             if len(idle) >= MAX_IDLE_WORKERS:
                 return
             waiter: asyncio.Future[tuple[Connection, Stream]] = loop.create_future()
