@@ -619,3 +619,44 @@ def test_native_is_the_default_and_the_flag_and_variable_choose(monkeypatch: pyt
     assert build_parser().parse_args(base).grpc_server == "grpcio"
     with pytest.raises(ValueError, match="grpc-server"):
         FrontendOptions(grpc_server="h2")
+
+
+def test_stop_answers_the_calls_sent_before_it_and_refuses_later_ones(slow_gate: FileGate) -> None:
+    """A graceful stop sends GOAWAY(2^31-1) and a PING; once the client acks it, GOAWAY with
+    the last stream id: the call in flight is answered, a stream sent after is ignored
+    (refused), and the connection closes after the last answer."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    running = stack.enter_context(serve_in_thread(REPOS / "slow", http=False, metrics=False, grpc_server="native"))
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    stopping: concurrent.futures.Future[None] | None = None
+    client = RawClient(running.grpc_url)
+    try:
+        client.request(1, INFER, slow_request(-1))
+        slow_gate.wait_started()
+        stopping = pool.submit(stack.close)
+        goaways = []
+        while len(goaways) < 2:
+            got = client.frame()
+            assert got is not None, "closed before the final GOAWAY"
+            kind, flags, _, payload = got
+            if kind == h2.GOAWAY:
+                goaways.append(struct.unpack(">II", payload[:8]))
+            elif kind == h2.PING and not flags & h2.ACK:
+                client.send(h2.PING, h2.ACK, 0, payload)
+        assert goaways == [(2**31 - 1, h2.NO_ERROR), (1, h2.NO_ERROR)]
+        client.request(3, b"/inference.GRPCInferenceService/ServerLive", b"")  # after the GOAWAY: refused
+        slow_gate.release()
+        _, _, trailers = client.response(1)
+        assert trailers[b"grpc-status"] == b"0", trailers
+        while (got := client.frame()) is not None:
+            assert got[2] != 3, "a stream past the GOAWAY's last id was answered"
+        stopping.result(timeout=DEADLINE)
+    finally:
+        slow_gate.release()
+        client.close()
+        if stopping is not None:
+            stopping.result(timeout=DEADLINE)
+        stack.close()
+        pool.shutdown()
