@@ -28,7 +28,7 @@ fi
 
 if [[ " $STEPS " == *" tests "* ]]; then
   echo "== gpu tests"
-  PYTHONPATH="/tmp/site:$PWD" timeout 150 python3 -m pytest -m gpu tests/backends/test_gpu.py tests/test_workers.py \
+  PYTHONPATH="/tmp/site:$PWD" timeout 150 python3 -m pytest -m gpu tests/backends/test_gpu.py tests/backends/test_gpu_workers.py tests/test_workers.py \
       -q -p no:cacheprovider 2>&1 | tail -8 | tee "$OUT/gpu_tests.txt"
 fi
 

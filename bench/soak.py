@@ -1,7 +1,7 @@
 """A bounded soak: sustained mixed traffic with reloads, ended by SIGTERM under load.
 
     python bench/soak.py [--duration 600] [--concurrency 16] [--reload-every 10] [--window 10]
-        [--dagserve-args "--workers 4"]
+        [--warmup 0] [--dagserve-args "--workers 4"]
 
 Serves ``bench/repos/triton_ensemble`` (preprocess -> classifier -> postprocess, Triton-style
 Python models, ``classify`` as a Triton ensemble) with ``dagserve serve --model-control-mode
@@ -16,7 +16,8 @@ Then, with traffic still flowing, the server gets SIGTERM; no new request is sta
 and the ones in flight must still be answered. Prints the throughput of every window, the
 worst/best window ratio (goal >= 0.8), the invalid-request outcomes, ``lost = N`` — valid
 requests sent before the signal that did not get a correct answer (goal 0) — and the server's
-exit code and exit time.
+exit code and exit time. An HTTP request that failed in transport is listed with the times
+(from the signal) at which it took a new or reused connection and sent its head and body.
 """
 
 from __future__ import annotations
@@ -68,13 +69,15 @@ class Tally:
     lost: int = 0
     lost_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     invalid: collections.Counter[str] = field(default_factory=collections.Counter)
+    failed_http: list[dict[str, Any]] = field(default_factory=list)  # see Traffic._trace_http
 
 
 @dataclass
 class Shared:
     """What the parent and the client processes share while traffic flows."""
 
-    started: float  # time.monotonic(): one clock for every process on Linux
+    started: float  # time.monotonic() of the first window: one clock for every process on Linux
+    traffic_start: float  # when the clients begin (``--warmup`` seconds before ``started``)
     window: float
     windows: int
     clients: int
@@ -114,6 +117,38 @@ class Traffic:
         }
         self.tally = tally
         self.kinds = kinds
+        self._trace_http()
+
+    def _trace_http(self) -> None:
+        """Record, for every HTTP request that fails in transport, when (time.monotonic()) it
+        started, took its connection (a new one or a reused one) and sent its head and body,
+        and how it failed: the evidence to tell a request lost by the server from one the
+        client had not yet sent when the server stopped."""
+        import aiohttp
+
+        async def begin(session: Any, ctx: Any, params: Any) -> None:
+            ctx.marks = {"start": time.monotonic()}
+
+        def mark(name: str) -> Any:
+            async def record(session: Any, ctx: Any, params: Any) -> None:
+                ctx.marks[name] = time.monotonic()
+            return record
+
+        async def failed(session: Any, ctx: Any, params: Any) -> None:
+            ctx.marks["failed"] = time.monotonic()
+            ctx.marks["error"] = repr(params.exception)[:100]
+            self.tally.failed_http.append(ctx.marks)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(begin)
+        trace.on_connection_create_end.append(mark("new connection"))
+        trace.on_connection_reuseconn.append(mark("reused connection"))
+        trace.on_request_headers_sent.append(mark("head sent"))
+        trace.on_request_chunk_sent.append(mark("body sent"))
+        trace.on_request_exception.append(failed)
+        trace.freeze()
+        # tritonclient builds its aiohttp session itself and takes no trace configs
+        self.clients["http"]._stub._trace_configs.append(trace)
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -192,7 +227,7 @@ def client_process(index: int, tasks: list[int], http: str, grpc: str, kinds: tu
                 shared.lost[index] = tally.lost
                 shared.finished(index)
 
-        await asyncio.sleep(max(0.0, shared.started - time.monotonic()))  # the first window's start
+        await asyncio.sleep(max(0.0, shared.traffic_start - time.monotonic()))
         running = [asyncio.ensure_future(task(n)) for n in tasks]
         while not shared.stop.is_set():
             await asyncio.sleep(0.005)
@@ -212,7 +247,7 @@ async def soak(args: argparse.Namespace) -> int:
     clients = max(1, min(args.clients, args.concurrency))
     windows = int(args.duration // args.window)
     mp = multiprocessing.get_context("spawn")
-    shared = Shared(started=0.0, window=args.window, windows=windows, clients=clients,
+    shared = Shared(started=0.0, traffic_start=0.0, window=args.window, windows=windows, clients=clients,
                     done=mp.Array("q", clients * windows, lock=False), lost=mp.Array("q", clients, lock=False),
                     stop=mp.Event(), stopped=[mp.Event() for _ in range(clients)])
     results = mp.Queue()
@@ -257,8 +292,9 @@ async def soak(args: argparse.Namespace) -> int:
                   f"clients CPU {client_cpu[-1]:4.2f}  other processes {other_cpu[-1]:4.2f}  "
                   f"steal {steal_cpu[-1]:4.2f}  (lost so far {sum(shared.lost)})", flush=True)
 
-    # Every client process starts at one instant, and the windows count from it.
-    shared.started = time.monotonic() + 3.0 + clients
+    # Every client process starts at one instant; the windows count from the end of the warm-up.
+    shared.traffic_start = time.monotonic() + 3.0 + clients
+    shared.started = shared.traffic_start + args.warmup
     procs = [mp.Process(target=client_process, daemon=True,
                         args=(i, list(range(i, args.concurrency, clients)), server.http, server.grpc, kinds, shared, results))
              for i in range(clients)]
@@ -286,6 +322,7 @@ async def soak(args: argparse.Namespace) -> int:
         code = f"none: still running {args.exit_timeout:.0f} s after SIGTERM, killed"
         print("server output (last 30 lines):\n  " + "\n  ".join(server.lines[-30:]))
     exit_s = time.monotonic() - signalled
+    failed_http = [marks for _, part in tallies for marks in part.failed_http]
     await control.close()
     for proc in procs:
         proc.join(30)
@@ -313,6 +350,9 @@ async def soak(args: argparse.Namespace) -> int:
           + (f" (first: {reloads_failed[0]})" if reloads_failed else ""))
     for reason, n in tally.lost_reasons.most_common(5):
         print(f"  lost {n} x {reason}")
+    for marks in failed_http[:20]:  # times in ms from SIGTERM: negative is before it
+        print("  failed HTTP request: " + ", ".join(
+            f"{k} {(v - signalled) * 1000:+.1f} ms" if isinstance(v, float) else f"{k}: {v}" for k, v in marks.items()))
     print(f"lost = {tally.lost}")
     print(f"exit code = {code}, exit took {exit_s:.1f} s after SIGTERM")
     if code != 0:
@@ -330,6 +370,8 @@ def main() -> int:
                         help="a copy of bench/repos/triton_ensemble (e.g. with other execution parameters)")
     parser.add_argument("--reload-every", type=float, default=10.0, help="seconds between reloads of classifier")
     parser.add_argument("--window", type=float, default=10.0, help="seconds per throughput window")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="seconds of traffic before the first window (its requests count for lost, not for windows)")
     parser.add_argument("--dagserve-args", default="", help="extra `dagserve serve` flags, e.g. \"--workers 4\"")
     parser.add_argument("--exit-timeout", type=float, default=60.0, help="seconds to wait for the exit after SIGTERM")
     parser.add_argument("--invalid", default=",".join(INVALID_KINDS),
