@@ -174,6 +174,11 @@ def _integer(block: bytes, position: int, prefix_bits: int) -> tuple[int, int]:
         raise HPACKError("header block truncated") from None
 
 
+_CACHED_BLOCK_MAX = 1024
+"""Longest header block kept for reuse (a warmed-up gRPC client's blocks are tens of bytes):
+64 blocks of at most this bound the cache."""
+
+
 class Decoder:
     """One connection's HPACK decoder: its dynamic table and the cache of repeated blocks.
 
@@ -204,7 +209,7 @@ class Decoder:
             return cached[1]
         generation = self._generation
         headers = self._decode(block)
-        if self._generation == generation:  # the block did not change the table: reusable
+        if self._generation == generation and len(block) <= _CACHED_BLOCK_MAX:  # did not change the table: reusable
             if len(self._cache) >= 64:
                 self._cache.clear()
             self._cache[block] = (generation, headers)
