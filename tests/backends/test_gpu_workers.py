@@ -2,8 +2,8 @@
 loads it, the other worker forwards its requests, and the model's CUDA outputs come back by
 CUDA IPC (``dagserve.forwarding``), not through the host.
 
-Marked ``gpu``: skipped where CUDA is absent (conftest.py). NOT YET RUN ON A GPU: written on a
-machine without one; ``bench/gpu_check.sh`` runs it on the device machine.
+Marked ``gpu``: skipped where CUDA is absent (conftest.py). Written on a machine without a GPU;
+passed on an H200 (docs/gpu.md); ``bench/device_every_core.sh`` runs it on the device machine.
 """
 
 from __future__ import annotations
