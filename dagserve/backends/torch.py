@@ -38,11 +38,12 @@ Parameters (strings, Triton's names where Triton has them):
   copies each batch's outputs to pinned host memory in one DMA before ``execute`` returns —
   cheaper for a model whose answers go straight to clients (one copy per batch, off the event
   loop, instead of one per response at the edge);
-* ``batches_in_flight`` (default 2 on a GPU, 1 on the CPU): how many batches one instance
+* ``batches_in_flight`` (default 3 on a GPU, 1 on the CPU): how many batches one instance
   runs at once, each from its own thread on its own CUDA stream, over the one copy of the
-  weights. With 2, the next batch is staged (host inputs into pinned memory, the copy to the
+  weights. The next batches are staged (host inputs into pinned memory, the copy to the
   device) while the current one computes, so the GPU does not wait for the host between
-  batches (ResNet-50 with one instance: docs/gpu.md). Set it to 1 for a module whose
+  batches (ResNet-50 with one instance: 3 served more than 2 at batch 32 and 64, 4 no more
+  than 3; docs/gpu.md). Set it to 1 for a module whose
   ``forward`` keeps state between calls and so must not run on two threads at once.
 
 A batching model (``max_batch_size > 0``) runs a batch of requests as one ``forward`` over
@@ -267,7 +268,7 @@ class TorchModel:
         self._model = model
         self._call = self._input_plan(arg_names)
         self._take_outputs = self._output_plan()
-        self.concurrency = integer(params, "batches_in_flight", 2 if self._cuda else 1, owner)
+        self.concurrency = integer(params, "batches_in_flight", 3 if self._cuda else 1, owner)
         """Batches run at once (``backends.base``): each on a thread of its own."""
         if self.concurrency < 1:
             raise ConfigError(f"{owner}: parameter batches_in_flight must be 1 or more, not {self.concurrency}")

@@ -152,7 +152,7 @@ def create_model():
 
 async def test_one_gpu_instance_runs_two_batches_on_two_streams(repo: Path, add_model: ModelWriter) -> None:
     """By default one KIND_GPU torch instance takes a second batch while the first runs
-    (``batches_in_flight`` 2), on a CUDA stream of its own: both forwards are inside at once
+    (``batches_in_flight`` 3), on a CUDA stream of its own: both forwards are inside at once
     (a barrier of two) and saw two streams."""
     import anyio
 
