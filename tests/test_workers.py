@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -274,6 +275,49 @@ def test_connections_are_placed_evenly_whatever_the_kernel_hash(
     finally:
         kept.close()
     assert "Traceback" not in served.output()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_a_tls_connection_handed_to_another_worker_completes_its_handshake_there(
+    serve: Callable[..., Served], short_tmp: Path
+) -> None:
+    """Over HTTPS and gRPC with TLS, a connection is handed over before its handshake: four of
+    each, opened one after another, are served two by each worker and answer."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem",
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        cwd=short_tmp, check=True, capture_output=True, timeout=DEADLINE,
+    )
+    cert, key = str(short_tmp / "cert.pem"), str(short_tmp / "key.pem")
+    served = serve("workers", "--workers", "2", "--http-use-ssl", "--http-server-cert", cert, "--http-server-key", key,
+                   "--grpc-use-ssl", "--grpc-server-cert", cert, "--grpc-server-key", key,
+                   env={"TMPDIR": str(short_tmp)})
+    http_url = served.addresses["HTTP"].removeprefix("https://")
+    clients: list[Any] = []
+    try:
+        http, grpc = [], []
+        for _ in range(4):
+            client = httpclient.InferenceServerClient(
+                http_url, ssl=True, ssl_context_factory=lambda: ssl.create_default_context(cafile=cert),
+                network_timeout=DEADLINE)
+            clients.append(client)
+            inp = httpclient.InferInput("X", [1], "FP32")
+            inp.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+            http.append(int(client.infer("whoami", [inp]).as_numpy("PID")[0]))
+        for _ in range(4):
+            gclient = grpcclient.InferenceServerClient(
+                served.addresses["gRPC"], ssl=True, root_certificates=cert,
+                channel_args=[("grpc.use_local_subchannel_pool", 1)])
+            clients.append(gclient)
+            ginp = grpcclient.InferInput("X", [1], "FP32")
+            ginp.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+            grpc.append(int(gclient.infer("whoami", [ginp], client_timeout=DEADLINE).as_numpy("PID")[0]))
+    finally:
+        for each in clients:
+            each.close()
+    workers = set(_worker_pids(served))
+    assert sorted(collections.Counter(http).values()) == [2, 2] and set(http) == workers, http
+    assert sorted(collections.Counter(grpc).values()) == [2, 2] and set(grpc) == workers, grpc
 
 
 @pytest.mark.parametrize(("args", "env", "listening"), [
