@@ -107,6 +107,7 @@ class ConnectionBalance:
             return False
         finally:
             self._pending[target][port] -= 1
+        log.debug("%s: a connection handed to worker %d: %s", port, target, "taken" if answer == _TAKEN else "refused")
         return answer == _TAKEN
 
     def take(self, port: str, adopt: Callable[[socket.socket], None] | None) -> None:
