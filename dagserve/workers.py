@@ -6,8 +6,10 @@ becomes a supervisor: it reserves the ports, starts N worker processes (each a w
 stops them all gracefully on SIGTERM / SIGINT.
 
 * **One set of ports.** Every worker listens on the same HTTP, gRPC and metrics ports with
-  ``SO_REUSEPORT``; the kernel spreads new connections over them (a connection, and so a gRPC
-  channel, stays with one worker).
+  ``SO_REUSEPORT``; the kernel spreads new connections over them, and a worker that serves
+  more HTTP or gRPC connections than another hands a new one to the one serving the fewest
+  (``--worker-balance``, :mod:`dagserve.balance`). A connection, and so a gRPC channel, stays
+  with one worker.
 * **One answer.** Each worker answers on a Unix socket of its own, in a directory only this
   user can enter (the *channel*, one JSON line per call). A statistics or ``/metrics`` request,
   whichever worker it reaches, is answered with every worker's counts summed; a model load or
