@@ -60,7 +60,10 @@ class ConnectionBalance:
         self._shared = shared_counts(directory / "connections", count * self._slots)
         self._held = dict.fromkeys(PORTS, 0)
         self._adopters: dict[str, Callable[[socket.socket], None]] = {}
-        self._pending = [dict.fromkeys(PORTS, 0) for _ in range(count)]  # handed, not yet answered
+        # Per worker and port: handoffs not yet answered, and the count the receiver will have
+        # once it has taken them (its slot may show them already, or not yet).
+        self._pending = [dict.fromkeys(PORTS, 0) for _ in range(count)]
+        self._floor = [dict.fromkeys(PORTS, 0) for _ in range(count)]
         for port in PORTS:
             self._publish(port)  # a restarted worker: its predecessor's connections are gone
 
@@ -83,9 +86,17 @@ class ConnectionBalance:
             value = self._shared[worker * self._slots + slot]
             if value == 0:
                 continue  # not taking connections
-            held = value - 1 + self._pending[worker][port]
+            held = value - 1
+            if self._pending[worker][port]:
+                held = max(held, self._floor[worker][port])
             if held < fewest:
                 best, fewest = worker, held
+        if best is not None:
+            # Until hand_off's answer, the target counts as holding this connection too: the
+            # next accept must see it whether or not the target's slot shows it yet (adding
+            # the pending handoffs to the slot would count it twice once it does).
+            self._floor[best][port] = fewest + 1
+            self._pending[best][port] += 1
         return best
 
     def opened(self, port: str) -> None:
@@ -97,7 +108,6 @@ class ConnectionBalance:
         self._publish(port)
 
     async def hand_off(self, target: int, port: str, sock: socket.socket) -> bool:
-        self._pending[target][port] += 1
         try:
             async with await anyio.connect_unix(self.handoff_path(target)) as stream:
                 await stream.send_fds(port.encode(), [sock.fileno()])

@@ -43,7 +43,9 @@ class Balance(Protocol):
     frontends; ``port`` names the frontend: ``"http"``, ``"grpc"``)."""
 
     def target(self, port: str) -> int | None:
-        """The worker to hand a connection just accepted here to, or None to serve it here."""
+        """The worker to hand a connection just accepted here to, or None to serve it here.
+        A worker returned counts as holding the connection until :meth:`hand_off` for it
+        returns, which the caller must call."""
 
     def opened(self, port: str) -> None:
         """A connection of ``port`` is served here from now on (accepted or adopted)."""
