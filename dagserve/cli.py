@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --workers: a worker busier than another hands new requests for replicated models to it "
                         "(for clients that send everything over one connection, as gRPC does); default false: on 2 "
                         "cores it cost throughput (docs/operations.md)")
+    s.add_argument("--worker-balance", type=_bool, default=_bool(_env("worker-balance", "true") or "true"),
+                   help="with --workers: a worker that accepts an HTTP or gRPC connection while it serves more of that "
+                        "port's connections than another worker passes it to the one serving the fewest, so that a "
+                        "few connections (gRPC channels) spread evenly (default true; docs/operations.md)")
     s.add_argument("--worker-shm-min-bytes", type=int,
                    default=int(_env("worker-shm-min-bytes", str(SHM_MIN_BYTES)) or SHM_MIN_BYTES),
                    help="with --workers: a tensor of a forwarded request (a model placed 'one', spreading) of at least "
@@ -318,7 +322,8 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
             return supervise(argv, options, args.workers, announce=_announce)
     else:  # the supervisor checked and holds the ports
         options = dataclasses.replace(options, reuse_port=True)
-        role = dataclasses.replace(role, spread=args.worker_spread, shm_min_bytes=args.worker_shm_min_bytes)
+        role = dataclasses.replace(role, spread=args.worker_spread, shm_min_bytes=args.worker_shm_min_bytes,
+                                   balance=args.worker_balance)
         role.end_with_supervisor()
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
@@ -485,7 +490,11 @@ async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | No
                     if role is None:
                         await serve(options, task_status=task_status)
                     else:
-                        await serve(options, setup=role.catch_up, peers=role.peers(), task_status=task_status)
+                        balance = role.connection_balance()
+                        if balance is not None:  # before the frontends: they hand connections to it
+                            await tg.start(balance.serve)
+                        await serve(options, setup=role.catch_up, peers=role.peers(), balance=balance,
+                                    task_status=task_status)
                 tg.cancel_scope.cancel()  # stopped: the signal watcher too
 
             tg.start_soon(watch)

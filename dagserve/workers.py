@@ -6,8 +6,10 @@ becomes a supervisor: it reserves the ports, starts N worker processes (each a w
 stops them all gracefully on SIGTERM / SIGINT.
 
 * **One set of ports.** Every worker listens on the same HTTP, gRPC and metrics ports with
-  ``SO_REUSEPORT``; the kernel spreads new connections over them (a connection, and so a gRPC
-  channel, stays with one worker).
+  ``SO_REUSEPORT``; the kernel spreads new connections over them, and a worker that serves
+  more HTTP or gRPC connections than another hands a new one to the one serving the fewest
+  (``--worker-balance``, :mod:`dagserve.balance`). A connection, and so a gRPC channel, stays
+  with one worker.
 * **One answer.** Each worker answers on a Unix socket of its own, in a directory only this
   user can enter (the *channel*, one JSON line per call). A statistics or ``/metrics`` request,
   whichever worker it reaches, is answered with every worker's counts summed; a model load or
@@ -42,7 +44,6 @@ import contextlib
 import json
 import logging
 import math
-import mmap
 import os
 import shutil
 import signal
@@ -53,13 +54,14 @@ import tempfile
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import errors
+from .balance import ConnectionBalance, shared_counts
 from .engine import Server
 from .engine.peers import Emit, PeerLostError, PeerUnreachableError
 from .forwarding import SHM_MIN_BYTES, Connection, Frame, Received, Tensor, remove_buffers
@@ -163,6 +165,8 @@ class WorkerRole:
     shm_min_bytes: int = SHM_MIN_BYTES
     """A forwarded host tensor of at least this many bytes crosses in shared memory
     (``--worker-shm-min-bytes``; :mod:`dagserve.forwarding`)."""
+    balance: bool = False
+    """Place connections evenly over the workers (``--worker-balance``; :mod:`dagserve.balance`)."""
 
     @classmethod
     def from_environment(cls) -> WorkerRole | None:
@@ -180,6 +184,10 @@ class WorkerRole:
 
     def forward_path(self, index: int) -> Path:
         return self.directory / f"worker-{index}.forward.sock"
+
+    def connection_balance(self) -> ConnectionBalance | None:
+        """This worker's side of the connection placement, if ``balance`` is on."""
+        return ConnectionBalance(self.directory, self.index, self.count) if self.balance and self.count > 1 else None
 
     def peers(self) -> UnixPeers:
         return UnixPeers(self)
@@ -222,7 +230,7 @@ class UnixPeers:
         self.index = role.index
         self._idle: dict[int, list[Connection]] = {}
         self.loads: MutableSequence[int] | None = (
-            _shared_counts(role.directory / "loads", role.count) if role.spread else None
+            shared_counts(role.directory / "loads", role.count) if role.spread else None
         )
 
     async def forward(
@@ -349,19 +357,6 @@ def _error(error: dict[str, str]) -> errors.DagserveError:
 
 
 # -- forwarding: requests for a model another worker serves (the frames: dagserve.forwarding) --
-def _shared_counts(path: Path, count: int) -> MutableSequence[int]:
-    """``count`` integers in a file every worker maps (the first to come creates it; a
-    worker writes only its own one, which readers see whole: aligned 8-byte words)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.fstat(fd).st_size < 8 * count:
-            os.ftruncate(fd, 8 * count)
-        memory = mmap.mmap(fd, 8 * count)
-    finally:
-        os.close(fd)
-    return cast("MutableSequence[int]", memoryview(memory).cast("q"))
-
-
 async def serve_forwarding(
     server: Server, role: WorkerRole, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:

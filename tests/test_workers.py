@@ -16,6 +16,8 @@ import re
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -180,6 +182,144 @@ def test_connections_spread_over_workers_and_statistics_are_summed(serve: Callab
         InferenceServerException, match="unknown model 'nope'"
     ):
         client.get_inference_statistics("nope")
+
+
+def _worker_pids(served: Served) -> list[int]:
+    """The workers' pids in the order of their indexes, as the supervisor printed them."""
+    match = re.search(r"worker processes \(pids ([\d, ]+)\)", served.output())
+    assert match, served.output()
+    return [int(p) for p in match.group(1).split(", ")]
+
+
+def _held_connections(directory: Path, port: str, workers: int) -> list[int]:
+    """Each worker's connections of ``port`` (http, grpc) as its slot in the shared
+    ``connections`` file says (dagserve/balance.py: connections + 1; 0 while taking none)."""
+    (folder,) = directory.glob("dagserve-workers-*")
+    words = struct.unpack(f"{2 * workers}q", (folder / "connections").read_bytes()[:16 * workers])
+    return [words[2 * w + ("http", "grpc").index(port)] - 1 for w in range(workers)]
+
+
+class _Kept:
+    """Keep-alive connections to the server, each with the pid of the worker that serves it."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.http: list[tuple[httpclient.InferenceServerClient, int]] = []
+        self.grpc: list[tuple[grpcclient.InferenceServerClient, int]] = []
+
+    def open_http(self) -> int:
+        client = httpclient.InferenceServerClient(self.served.addresses["HTTP"], network_timeout=DEADLINE)
+        inp = httpclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+        pid = int(client.infer("whoami", [inp]).as_numpy("PID")[0])
+        self.http.append((client, pid))
+        return pid
+
+    def open_grpc(self) -> int:
+        # A subchannel pool of its own: grpcio shares one TCP connection among channels to the
+        # same target otherwise.
+        client = grpcclient.InferenceServerClient(self.served.addresses["gRPC"],
+                                                  channel_args=[("grpc.use_local_subchannel_pool", 1)])
+        inp = grpcclient.InferInput("X", [1], "FP32")
+        inp.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+        pid = int(client.infer("whoami", [inp], client_timeout=DEADLINE).as_numpy("PID")[0])
+        self.grpc.append((client, pid))
+        return pid
+
+    def close_served_by(self, pid: int) -> None:
+        for kept in (self.http, self.grpc):
+            for client, served_by in [k for k in kept if k[1] == pid]:
+                client.close()
+                kept.remove((client, served_by))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for client, _ in [*self.http, *self.grpc]:
+            client.close()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: the workers' Unix sockets live under it
+    (TMPDIR), and pytest's tmp_path can be longer than a socket path may be."""
+    path = Path(tempfile.mkdtemp(prefix="dgs-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_connections_are_placed_evenly_whatever_the_kernel_hash(
+    serve: Callable[..., Served], short_tmp: Path
+) -> None:
+    """With two workers, four HTTP keep-alive connections and four gRPC channels opened one
+    after another are served two by each worker (a worker that holds more than the other
+    hands the new connection over); once one worker's connections close, the next ones go to
+    it."""
+    served = serve("workers", "--workers", "2", env={"TMPDIR": str(short_tmp)})
+    first, second = _worker_pids(served)
+    kept = _Kept(served)
+    try:
+        http = [kept.open_http() for _ in range(4)]
+        grpc = [kept.open_grpc() for _ in range(4)]
+        assert collections.Counter(http) == {first: 2, second: 2}, http
+        assert collections.Counter(grpc) == {first: 2, second: 2}, grpc
+        assert _held_connections(short_tmp, "http", 2) == [2, 2]
+        assert _held_connections(short_tmp, "grpc", 2) == [2, 2]
+
+        # Worker `first` loses its connections: the next two of each port go to it, whichever
+        # worker the kernel gives them to.
+        kept.close_served_by(first)
+        wait_for(lambda: _held_connections(short_tmp, "http", 2) == [0, 2]
+                 and _held_connections(short_tmp, "grpc", 2) == [0, 2], "the closed connections to be counted")
+        again = [kept.open_http() for _ in range(2)]
+        assert again == [first, first], (again, _held_connections(short_tmp, "http", 2), served.output())
+        again = [kept.open_grpc() for _ in range(2)]
+        assert again == [first, first], (again, _held_connections(short_tmp, "grpc", 2), served.output())
+        assert kept.open_http() in (first, second)  # 3:2 either way
+    finally:
+        kept.close()
+    assert "Traceback" not in served.output()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_a_tls_connection_handed_to_another_worker_completes_its_handshake_there(
+    serve: Callable[..., Served], short_tmp: Path
+) -> None:
+    """Over HTTPS and gRPC with TLS, a connection is handed over before its handshake: four of
+    each, opened one after another, are served two by each worker and answer."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem",
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        cwd=short_tmp, check=True, capture_output=True, timeout=DEADLINE,
+    )
+    cert, key = str(short_tmp / "cert.pem"), str(short_tmp / "key.pem")
+    served = serve("workers", "--workers", "2", "--http-use-ssl", "--http-server-cert", cert, "--http-server-key", key,
+                   "--grpc-use-ssl", "--grpc-server-cert", cert, "--grpc-server-key", key,
+                   env={"TMPDIR": str(short_tmp)})
+    http_url = served.addresses["HTTP"].removeprefix("https://")
+    clients: list[Any] = []
+    try:
+        http, grpc = [], []
+        for _ in range(4):
+            client = httpclient.InferenceServerClient(
+                http_url, ssl=True, ssl_context_factory=lambda: ssl.create_default_context(cafile=cert),
+                network_timeout=DEADLINE)
+            clients.append(client)
+            inp = httpclient.InferInput("X", [1], "FP32")
+            inp.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+            http.append(int(client.infer("whoami", [inp]).as_numpy("PID")[0]))
+        for _ in range(4):
+            gclient = grpcclient.InferenceServerClient(
+                served.addresses["gRPC"], ssl=True, root_certificates=cert,
+                channel_args=[("grpc.use_local_subchannel_pool", 1)])
+            clients.append(gclient)
+            ginp = grpcclient.InferInput("X", [1], "FP32")
+            ginp.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+            grpc.append(int(gclient.infer("whoami", [ginp], client_timeout=DEADLINE).as_numpy("PID")[0]))
+    finally:
+        for each in clients:
+            each.close()
+    workers = set(_worker_pids(served))
+    assert sorted(collections.Counter(http).values()) == [2, 2] and set(http) == workers, http
+    assert sorted(collections.Counter(grpc).values()) == [2, 2] and set(grpc) == workers, grpc
 
 
 @pytest.mark.parametrize(("args", "env", "listening"), [

@@ -25,6 +25,7 @@ from .._deprecation import renamed
 from ..engine import Server, ServerOptions
 from ..engine.peers import Peers
 from ..shared_memory import SharedMemoryRegistry
+from .accept import Balance
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
@@ -103,20 +104,22 @@ async def serve(
     *,
     setup: Callable[[Server], Any] | None = None,
     peers: Peers | None = None,
+    balance: Balance | None = None,
     task_status: TaskStatus[tuple[Server, Addresses]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Load the models, start the frontends, report ``(server, addresses)``, serve until
     cancelled; then stop gracefully (see the module docstring) and return.
 
     ``setup`` is called with the server before the frontends start (to register in-process
-    models). ``peers`` are the server's other worker processes (:attr:`Server.peers`). Cancelled while starting, it stops at once. Once started, cancellation only
+    models). ``peers`` are the server's other worker processes (:attr:`Server.peers`);
+    ``balance`` places the HTTP and native gRPC connections evenly over them (:mod:`.accept`). Cancelled while starting, it stops at once. Once started, cancellation only
     begins the graceful stop, which runs shielded for up to ``exit_timeout_secs`` plus the
     models' unloading; a caller that must stop sooner exits the process.
     """
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         try:
-            started = await tg.start(_serve, options, setup, peers, stop)
+            started = await tg.start(_serve, options, setup, peers, balance, stop)
             task_status.started(started)
             await anyio.sleep_forever()
         finally:
@@ -127,6 +130,7 @@ async def _serve(
     options: FrontendOptions,
     setup: Callable[[Server], Any] | None,
     peers: Peers | None,
+    balance: Balance | None,
     stop: anyio.Event,
     *,
     task_status: TaskStatus[tuple[Server, Addresses]],
@@ -142,7 +146,7 @@ async def _serve(
             shared_memory = SharedMemoryRegistry(allow_client_shm=options.allow_client_shm)
             try:
                 async with anyio.create_task_group() as frontends:
-                    addresses = await _start_frontends(frontends, server, options, shared_memory)
+                    addresses = await _start_frontends(frontends, server, options, shared_memory, balance)
                     # From here the stop is ours to run: the caller's cancellation only sets `stop`.
                     scope.shield = True
                     task_status.started((server, addresses))
@@ -159,7 +163,8 @@ async def _serve(
 
 
 async def _start_frontends(
-    tg: TaskGroup, server: Server, options: FrontendOptions, shared_memory: SharedMemoryRegistry
+    tg: TaskGroup, server: Server, options: FrontendOptions, shared_memory: SharedMemoryRegistry,
+    balance: Balance | None = None,
 ) -> Addresses:
     timeout = options.exit_timeout_secs
     http = grpc = metrics = None
@@ -170,20 +175,27 @@ async def _start_frontends(
             serve_http, server, host=options.host, port=options.http_port,
             max_body_size=options.http_max_body_size, shutdown_timeout=timeout, limits=options.http_limits,
             restricted=options.http_restricted, tls=options.http_tls, shared_memory=shared_memory,
-            reuse_port=options.reuse_port,
+            reuse_port=options.reuse_port, balance=balance,
         ))
         http = format_address(options.host, port)
     if options.grpc_port is not None:
+        grpc_args: dict[str, Any] = {}
+        serve_grpc: Callable[..., Any]
         if options.grpc_server == "native":
-            from .grpc_native import serve_grpc_native as serve_grpc
+            from .grpc_native import serve_grpc_native
+
+            serve_grpc = serve_grpc_native
+            grpc_args["balance"] = balance  # grpcio accepts in its C core: its connections stay
         else:
-            from .grpc import serve_grpc
+            from .grpc import serve_grpc as serve_grpcio
+
+            serve_grpc = serve_grpcio
 
         port = await tg.start(functools.partial(
             serve_grpc, server, host=options.host, port=options.grpc_port,
             max_message_size=options.grpc_max_message_size, keepalive=options.grpc_keepalive,
             shutdown_timeout=timeout, restricted=options.grpc_restricted, tls=options.grpc_tls,
-            shared_memory=shared_memory, reuse_port=options.reuse_port,
+            shared_memory=shared_memory, reuse_port=options.reuse_port, **grpc_args,
         ))
         grpc = format_address(options.host, port)
     if options.metrics_port is not None:

@@ -254,6 +254,7 @@ class Calls:
         self._idle: list[asyncio.Future[tuple[Connection, Stream]]] = []  # idle workers, waiting for a call
         self._emptied: anyio.Event | None = None
         self._transports_gone: anyio.Event | None = None
+        self.on_transport_lost: Callable[[], None] | None = None  # counts connections for a Balance
 
     def protocol(self) -> Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -491,6 +492,8 @@ class Calls:
 
     def transport_lost(self, transport: asyncio.Transport) -> None:
         self.open_transports.discard(transport)
+        if self.on_transport_lost is not None:
+            self.on_transport_lost()
         if self._transports_gone is not None and not self.open_transports:
             self._transports_gone.set()
 

@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 from ..._proto import grpc_service_pb2_grpc as pb_grpc
 from ..._proto import health_pb2_grpc
 from ...shared_memory import SharedMemoryRegistry
+from ..accept import Acceptor, Balance
 from ..grpc import DEFAULT_MAX_MESSAGE_SIZE, HealthServicer, InferenceServicer
 from ..http.server import bind
 from ..limits import GrpcKeepalive
@@ -51,6 +52,7 @@ async def serve_grpc_native(
     shutdown_timeout: float = 30,
     shared_memory: SharedMemoryRegistry | None = None,
     reuse_port: bool = False,
+    balance: Balance | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled, on dagserve's own HTTP/2
@@ -68,7 +70,9 @@ async def serve_grpc_native(
     On cancellation it stops accepting connections, sends every connection GOAWAY (the calls
     the client had sent are answered, later ones refused), ends health watches and idle
     inference streams, lets calls in flight finish for at most ``shutdown_timeout`` seconds,
-    then cancels them, and returns once the sockets are closed.
+    then cancels them, and returns once the sockets are closed. ``balance`` (a worker of
+    ``--workers N``) places each connection on the worker that serves the fewest
+    (:mod:`..accept`).
 
     Raises:
         OSError: the address could not be bound (e.g. the port is in use).
@@ -88,7 +92,7 @@ async def serve_grpc_native(
             try:
                 bound = await tg.start(
                     _serve, server, sock, stop, max_message_size, restricted, ssl, keepalive, shutdown_timeout,
-                    shared_memory,
+                    shared_memory, balance,
                 )
                 task_status.started(bound)
                 await anyio.sleep_forever()
@@ -108,6 +112,7 @@ async def _serve(
     keepalive: GrpcKeepalive | None,
     shutdown_timeout: float,
     shared_memory: SharedMemoryRegistry | None,
+    balance: Balance | None,
     *,
     task_status: TaskStatus[int],
 ) -> None:
@@ -123,7 +128,13 @@ async def _serve(
             calls = Calls(table, tg, max_message_size=max_message_size, restricted=restricted,
                           ping_policy=_ping_policy(keepalive))
             loop = asyncio.get_running_loop()
-            listener = await loop.create_server(calls.protocol, sock=sock, backlog=2048, ssl=ssl)
+            listener: asyncio.Server | Acceptor
+            if balance is None:
+                listener = await loop.create_server(calls.protocol, sock=sock, backlog=2048, ssl=ssl)
+            else:
+                listener = Acceptor(sock, calls.protocol, ssl, tg, balance, "grpc")
+                calls.on_transport_lost = lambda: balance.closed("grpc")
+                listener.start()
             if keepalive is not None and _enforced(keepalive):
                 tg.start_soon(_sweep, calls, keepalive)
             bound = sock.getsockname()[1]
@@ -136,11 +147,14 @@ async def _serve(
             finally:
                 stopping.set()  # health watches end; inference streams end once idle
                 calls.stopping = True
-                listener.close()  # new connections are refused from here on
-                sock.close()
-                for connection in list(calls.connections):
-                    connection.begin_stop()
                 with anyio.move_on_after(shutdown_timeout) as expired:
+                    if isinstance(listener, Acceptor):
+                        await listener.stop()  # handoffs in flight come back here if refused
+                    else:
+                        listener.close()  # new connections are refused from here on
+                    sock.close()
+                    for connection in list(calls.connections):
+                        connection.begin_stop()
                     await calls.drained()
                 if expired.cancelled_caught:
                     log.warning("gRPC: %d connections still busy after %gs: closing them",

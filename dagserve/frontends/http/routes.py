@@ -28,6 +28,7 @@ from ...limits import Limits
 from ...log_settings import log_control
 from ...shared_memory import SharedMemoryRegistry
 from ...types import InferResponse
+from ..accept import Balance
 from ..generate import SSEResponse, generate_request, generate_response
 from ..http_codec import decompress_body
 from ..limits import HttpLimits
@@ -297,6 +298,7 @@ async def serve_http(
     limits: HttpLimits | None = None,
     shared_memory: SharedMemoryRegistry | None = None,
     reuse_port: bool = False,
+    balance: Balance | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over HTTP on ``host:port`` until cancelled.
@@ -314,7 +316,8 @@ async def serve_http(
     (:mod:`..restricted`); ``tls`` serves HTTPS (:mod:`..tls`); ``shared_memory`` is the
     registry of shared-memory regions, shared with the gRPC frontend (default: a registry of
     its own that allows none). ``reuse_port`` shares the port with the server's other worker
-    processes (``--workers``).
+    processes (``--workers``), and ``balance`` places its connections evenly over them
+    (:mod:`..accept`).
 
     Raises:
         OSError: the address cannot be bound.
@@ -328,5 +331,5 @@ async def serve_http(
         create_app(server, max_body_size=max_body_size, restricted=restricted, shared_memory=shared_memory),
         InferCore(server, max_body_size, restricted, shared_memory),
         host=host, port=port, shutdown_timeout=shutdown_timeout, limits=limits, max_body_size=max_body_size,
-        ssl=ssl_context, reuse_port=reuse_port, task_status=task_status,
+        ssl=ssl_context, reuse_port=reuse_port, balance=balance, task_status=task_status,
     )

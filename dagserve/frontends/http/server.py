@@ -38,6 +38,7 @@ import ssl as ssl_module
 import struct
 import termios
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote
 
@@ -46,6 +47,7 @@ import httptools
 from anyio.abc import TaskGroup, TaskStatus
 
 from ...errors import InvalidInputError
+from ..accept import Acceptor, Balance
 from ..http_codec import BodyTooLargeError
 from ..limits import HttpLimits
 from .bridge import CONTINUE, HIGH_WATER, Exchange, Request
@@ -101,7 +103,8 @@ class _State:
 
     __slots__ = (
         "_emptied", "_refused", "_refused_logged", "_tg", "_transports_gone", "aborting", "app", "connections",
-        "grace_until", "infer", "limits", "max_body_size", "open_transports", "stop_grace", "stopped_at", "stopping",
+        "grace_until", "infer", "limits", "max_body_size", "on_transport_lost", "open_transports", "stop_grace",
+        "stopped_at", "stopping",
     )
 
     def __init__(
@@ -125,6 +128,7 @@ class _State:
         # returns only once their sockets are closed (a close is finished by a later loop turn).
         self.open_transports: set[asyncio.Transport] = set()
         self._transports_gone: anyio.Event | None = None
+        self.on_transport_lost: Callable[[], None] | None = None  # counts connections for a Balance
 
     def protocol(self) -> _Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -163,6 +167,8 @@ class _State:
 
     def transport_lost(self, transport: asyncio.Transport) -> None:
         self.open_transports.discard(transport)
+        if self.on_transport_lost is not None:
+            self.on_transport_lost()
         if self._transports_gone is not None and not self.open_transports:
             self._transports_gone.set()
 
@@ -811,6 +817,7 @@ async def serve_http11(
     keep_alive_timeout: float | None = None,
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
+    balance: Balance | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled: infer routes by ``infer``, the rest by
@@ -822,6 +829,8 @@ async def serve_http11(
     ``shutdown_timeout`` seconds, then aborts them), then the cancellation propagates.
     ``limits`` bounds request heads and slow clients (``keep_alive_timeout``, when given,
     overrides its keep-alive timeout); ``max_body_size`` bounds every request body, in bytes.
+    ``balance`` (a worker of ``--workers N``) places each connection on the worker that
+    serves the fewest (:mod:`..accept`).
 
     Raises:
         OSError: the address cannot be bound.
@@ -837,7 +846,9 @@ async def serve_http11(
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             try:
-                bound = await tg.start(_serve, app, infer, sock, stop, shutdown_timeout, limits, max_body_size, ssl)
+                bound = await tg.start(
+                    _serve, app, infer, sock, stop, shutdown_timeout, limits, max_body_size, ssl, balance,
+                )
                 task_status.started(bound)
                 await anyio.sleep_forever()
             finally:
@@ -855,6 +866,7 @@ async def _serve(
     limits: HttpLimits,
     max_body_size: int,
     ssl: ssl_module.SSLContext | None,
+    balance: Balance | None,
     *,
     task_status: TaskStatus[int],
 ) -> None:
@@ -864,15 +876,24 @@ async def _serve(
         async with anyio.create_task_group() as tg:
             state = _State(app, infer, tg, limits, max_body_size)
             loop = asyncio.get_running_loop()
-            listener = await loop.create_server(state.protocol, sock=sock, backlog=2048, ssl=ssl)
+            listener: asyncio.Server | Acceptor
+            if balance is None:
+                listener = await loop.create_server(state.protocol, sock=sock, backlog=2048, ssl=ssl)
+            else:
+                listener = Acceptor(sock, state.protocol, ssl, tg, balance, "http")
+                state.on_transport_lost = lambda: balance.closed("http")
+                listener.start()
             tg.start_soon(state.sweep)
             task_status.started(sock.getsockname()[1])
             try:
                 await stop.wait()
             finally:
-                listener.close()  # new connections are refused from here on
-                sock.close()
                 with anyio.move_on_after(shutdown_timeout) as expired:
+                    if isinstance(listener, Acceptor):
+                        await listener.stop()  # handoffs in flight come back here if refused
+                    else:
+                        listener.close()  # new connections are refused from here on
+                    sock.close()
                     await state.drain()
                 if expired.cancelled_caught:
                     log.warning("HTTP: %d connections still busy after %gs: aborting them",
