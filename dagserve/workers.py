@@ -532,7 +532,7 @@ def supervise(argv: Sequence[str], options: FrontendOptions, count: int, *, anno
     """Run the server as ``count`` worker processes started with ``argv`` (the ``serve``
     arguments), until SIGTERM / SIGINT; the exit status (0 after a graceful stop). Once every
     worker is ready, ``announce`` prints worker 0's models and the addresses."""
-    directory = Path(tempfile.mkdtemp(prefix="dagserve-workers-"))  # mode 0700: only this user
+    directory = private_directory()
     held: list[socket.socket] = []
     try:
         ports = {}
@@ -550,6 +550,35 @@ def supervise(argv: Sequence[str], options: FrontendOptions, count: int, *, anno
         for sock in held:
             sock.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+_SOCKET_PATH_MAX = 107
+"""Longest Unix socket path (``sun_path`` holds 108 bytes, its NUL included)."""
+_LONGEST_SOCKET_NAME = len("worker-9999.forward.sock")
+
+
+def private_directory() -> Path:
+    """A new directory, mode 0700 (only this user), for the workers' Unix sockets and
+    shared buffers: in ``$TMPDIR``, or in ``/tmp`` when ``$TMPDIR``'s path is too long for a
+    Unix socket's address in it.
+
+    Raises:
+        ConfigError: neither gives a short enough path.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="dagserve-workers-"))
+    if len(os.fsencode(directory)) + 1 + _LONGEST_SOCKET_NAME <= _SOCKET_PATH_MAX:
+        return directory
+    directory.rmdir()
+    short = Path(tempfile.mkdtemp(prefix="dagserve-workers-", dir="/tmp"))
+    if len(os.fsencode(short)) + 1 + _LONGEST_SOCKET_NAME <= _SOCKET_PATH_MAX:
+        log.info("workers: $TMPDIR (%s) is too long a path for Unix sockets; using %s", directory.parent, short)
+        return short
+    short.rmdir()
+    raise errors.ConfigError(
+        f"--workers: the workers' Unix sockets need a directory path of at most "
+        f"{_SOCKET_PATH_MAX - 1 - _LONGEST_SOCKET_NAME} bytes; $TMPDIR ({directory.parent}) and /tmp are longer: "
+        "set TMPDIR to a shorter directory"
+    )
 
 
 def _hold(host: str, port: int) -> socket.socket:

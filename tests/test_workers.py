@@ -322,6 +322,21 @@ def test_a_tls_connection_handed_to_another_worker_completes_its_handshake_there
     assert sorted(collections.Counter(grpc).values()) == [2, 2] and set(grpc) == workers, grpc
 
 
+def test_workers_start_when_tmpdir_is_too_long_a_path_for_unix_sockets(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """A Unix socket's path holds at most 107 bytes; with a ``$TMPDIR`` longer than that
+    leaves room for, the workers' private directory goes to /tmp instead of the start failing
+    (it used to fail, blaming the ports)."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    served = serve("workers", "--workers", "2", env={"TMPDIR": str(deep)})
+    pids = _worker_pids(served)
+    assert len(set(pids)) == 2
+    assert whoami_http(served.addresses["HTTP"]) in pids
+    assert "too long a path for Unix sockets" in served.output()
+
+
 @pytest.mark.parametrize(("args", "env", "listening"), [
     (("--grpc-server", "native"), {}, "gRPC (native) listening"),
     (("--grpc-server", "grpcio"), {}, "grpc.py:"),
