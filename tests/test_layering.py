@@ -36,6 +36,7 @@ LAYERS = {
     "dagserve.classification": 1,
     "dagserve.shared_memory": 1,  # Triton's shared-memory regions, used by both frontends' codecs
     "dagserve.forwarding": 1,  # how a forwarded request's tensors cross between workers (shared buffers, CUDA IPC)
+    "dagserve.balance": 1,  # which worker serves a new connection (shared counts, sockets passed by SCM_RIGHTS)
     "dagserve.cuda_ipc": 1,  # CUDA IPC memory of CUDA shared-memory regions (CuPy, imported lazily)
     "dagserve.log_settings": 1,  # the process's log settings: the CLI and the frontends read them
     "dagserve.errors": 0,

@@ -780,7 +780,18 @@ def test_decoupled_streams_are_answered_by_their_worker(serve: Callable[..., Ser
             stats = hclient.get_inference_statistics("repeat")["model_stats"]
             return [s["inference_stats"]["success"]["count"] for s in stats]
 
-        wait_for(lambda: successes() == [streams], f"{streams} successes in the statistics")
+        seen: list[list[int]] = []
+
+        def all_counted() -> bool:
+            seen.append(successes())
+            return seen[-1] == [streams]
+
+        try:
+            wait_for(all_counted, f"{streams} successes in the statistics")
+        except AssertionError as exc:  # say what was counted, and what the server said
+            stats = hclient.get_inference_statistics("repeat")["model_stats"]
+            raise AssertionError(f"{exc}; counted {seen[-1]} last (first {seen[0]}), statistics {stats}; "
+                                 f"server output:\n{served.output()[-4000:]}") from None
 
 
 def test_a_decoupled_model_placed_one_streams_through_the_worker_that_forwards(serve: Callable[..., Served]) -> None:
