@@ -472,7 +472,10 @@ class ModelVersion:
                         # the task group waits for a model running in a thread to return.
                         sender.cancel()
                         raise
-                tg.cancel_scope.cancel()
+                # After the final response the model's call is left to return, not cancelled:
+                # a model that sends its final flag from ``execute`` returns just after, and
+                # cancelling it then counted the request CANCELED although the client had every
+                # response (seen under load). A model running in a thread is waited for anyway.
         except BaseExceptionGroup as group:
             # One request, one error: report it as itself, not wrapped in a group.
             raise group.exceptions[0] if len(group.exceptions) == 1 else group from None

@@ -121,3 +121,61 @@ async def test_ordinary_model_streams_one_final_response(triton_repo: Path) -> N
         request = InferRequest(inputs={"INPUT0": np.ones(4, np.float32), "INPUT1": np.ones(4, np.float32)})
         await server.infer_stream("add_sub", "", request, emit)
     assert len(got) == 1 and got[0].final
+
+
+LINGERING = '''
+import os
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+GATE = os.environ["DAGSERVE_TEST_LINGER_GATE"]
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))]),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        # Still inside execute after the final response: hold until the test lets go.
+        open(os.path.join(GATE, "started"), "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(GATE, "release")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return None
+'''
+
+
+async def test_a_model_that_returns_after_its_final_response_counts_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model may send its final response from ``execute`` and return a moment later (under
+    load, after the client has every response): the request counts as a success, not as
+    CANCELED (it was cancelled once the final response was out)."""
+    from dagserve.testing import FileGate, wait_until_async
+
+    gate = FileGate(tmp_path / "gate")
+    monkeypatch.setenv("DAGSERVE_TEST_LINGER_GATE", str(gate.path))
+    (tmp_path / "repo" / "linger" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "linger" / "1" / "model.py").write_text(LINGERING)
+    (tmp_path / "repo" / "linger" / "config.yaml").write_text(CONFIG)
+    async with Server(model_repository=tmp_path / "repo") as server:
+        responses: list[InferResponse] = []
+
+        async def emit(response: InferResponse) -> None:
+            responses.append(response)
+            if response.final:
+                await gate.wait_started_async()
+                gate.release()
+
+        await server.infer_stream("linger", "", InferRequest(inputs={"N": np.array([1], np.int32)}), emit)
+        assert [r.final for r in responses] == [True]
+
+        def counted() -> dict[str, int]:
+            stats = server.statistics("linger")["model_stats"][0]
+            return {"success": stats["inference_stats"]["success"]["count"],
+                    "fail": stats["inference_stats"]["fail"]["count"]}
+
+        await wait_until_async(lambda: counted()["success"] + counted()["fail"] >= 1, what="the request counted")
+        assert counted() == {"success": 1, "fail": 0}
