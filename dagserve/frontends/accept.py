@@ -10,7 +10,8 @@ included) or, before anything is read from it, to another worker, which adopts i
 had accepted it. Only per connection: nothing of a request passes through here.
 
 Without a balance (one process, the embedded server, ``--worker-balance false``) the servers
-keep ``loop.create_server``.
+keep ``loop.create_server``: :func:`listen` starts either. Both servers count their connections
+and transports in a :class:`Tracker`, for the balance and for their graceful stop.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import errno
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
-__all__ = ["Acceptor", "Balance"]
+__all__ = ["Acceptor", "Balance", "Tracker", "listen"]
 
 log = logging.getLogger("dagserve.frontends")
 
@@ -36,6 +37,8 @@ same); the listening socket's queue is ``bind``'s ``listen(2048)``."""
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _RETRY_SECS = 1.0  # asyncio's pause after running out of descriptors
+
+_C = TypeVar("_C")
 
 
 class Balance(Protocol):
@@ -69,8 +72,8 @@ class Acceptor:
     tasks of connections being set up or handed off live in ``tg``.
 
     Counting: :meth:`Balance.opened` when a connection is accepted to stay or adopted, and
-    :meth:`Balance.closed` when setting it up fails; the server calls ``closed`` when its
-    transport is lost (its ``on_transport_lost``)."""
+    :meth:`Balance.closed` when setting it up fails; the server's :class:`Tracker` calls
+    ``closed`` when its transport is lost (:func:`listen` sets its ``on_transport_lost``)."""
 
     def __init__(
         self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], ssl: ssl_module.SSLContext | None,
@@ -163,3 +166,87 @@ class Acceptor:
             self._balance.closed(self._port)
             if conn.fileno() != -1:
                 conn.close()
+
+
+class Tracker(Generic[_C]):
+    """The open connections and transports of one server. A connection counts from when the
+    server adds it to :attr:`connections` (refused ones never are) until :meth:`lost`, so a
+    response still being flushed counts; a transport counts from when the server adds it to
+    :attr:`open_transports` in ``connection_made``, refused ones included, until it is lost:
+    the server returns only once their sockets are closed (a close is finished by a later loop
+    turn)."""
+
+    __slots__ = ("_emptied", "_transports_gone", "connections", "on_transport_lost", "open_transports")
+
+    def __init__(self) -> None:
+        self.connections: set[_C] = set()
+        self.open_transports: set[asyncio.Transport] = set()
+        self.on_transport_lost: Callable[[], None] | None = None  # counts connections for a Balance
+        self._emptied: anyio.Event | None = None
+        self._transports_gone: anyio.Event | None = None
+
+    def lost(self, connection: _C, transport: asyncio.Transport) -> None:
+        """``connection``'s transport is lost (its protocol's ``connection_lost``)."""
+        self.connections.discard(connection)
+        if self._emptied is not None and not self.connections:
+            self._emptied.set()
+        self.open_transports.discard(transport)
+        if self.on_transport_lost is not None:
+            self.on_transport_lost()
+        if self._transports_gone is not None and not self.open_transports:
+            self._transports_gone.set()
+
+    async def connections_gone(self) -> None:
+        """Until no connection is open."""
+        while self.connections:
+            self._emptied = anyio.Event()
+            await self._emptied.wait()
+
+    async def close_transports(self, name: str) -> None:
+        """Wait until every transport made so far is lost, for at most 5 s, then abort those
+        left (still flushing to a client that does not read), and let their sockets close.
+        ``name`` names the server in the log.
+
+        Bounded: a transport the loop never finishes must not hang the stop. Connections
+        accepted just before the listener closed get their transport (and ``connection_made``)
+        a few loop turns later: those turns run first, so that they are counted."""
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        with anyio.move_on_after(5.0):
+            while self.open_transports:
+                self._transports_gone = anyio.Event()
+                await self._transports_gone.wait()
+        if self.open_transports:
+            log.warning("%s: %d connections not closed 5s after the stop: aborting them",
+                        name, len(self.open_transports))
+            for transport in list(self.open_transports):
+                transport.abort()
+            for _ in range(3):  # the aborts close their sockets on the next turn
+                await anyio.lowlevel.checkpoint()
+
+
+async def listen(
+    sock: socket.socket, factory: Callable[[], asyncio.Protocol], ssl: ssl_module.SSLContext | None,
+    tg: TaskGroup, balance: Balance | None, port: str, tracker: Tracker[Any],
+) -> Callable[[], Awaitable[None]]:
+    """Serve connections on ``sock`` with ``factory`` (and ``ssl``): by ``loop.create_server``,
+    or with a ``balance`` by an :class:`Acceptor` whose tasks live in ``tg`` and which counts a
+    connection gone when ``tracker`` loses its transport.
+
+    Returns the stop: accept no more (handoffs in flight come back here if refused: they are
+    served) and close ``sock``."""
+    if balance is None:
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock, backlog=_BACKLOG, ssl=ssl)
+
+        async def stop() -> None:
+            server.close()  # new connections are refused from here on
+            sock.close()
+    else:
+        acceptor = Acceptor(sock, factory, ssl, tg, balance, port)
+        tracker.on_transport_lost = lambda: balance.closed(port)
+        acceptor.start()
+
+        async def stop() -> None:
+            await acceptor.stop()
+            sock.close()
+    return stop

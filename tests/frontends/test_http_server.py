@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -654,6 +654,25 @@ async def _answered(loop: asyncio.AbstractEventLoop, client: socket.socket, path
     return answer
 
 
+@contextlib.asynccontextmanager
+async def _used_connection(
+    stop_grace: float,
+) -> AsyncIterator[tuple[_State, asyncio.BaseTransport, socket.socket, bytes]]:
+    """A server's state with ``stop_grace`` and one connection to it that has just been used:
+    ``(state, the server's transport, the client's socket, the answer to GET /first)``."""
+    loop = asyncio.get_running_loop()
+    server_end, client = _tcp_pair()
+    try:
+        async with anyio.create_task_group() as tg:
+            state = _State(_echo_scope, _NoInfer(), tg)
+            state.stop_grace = stop_grace
+            connection = _Connection(state)
+            transport, _ = await loop.connect_accepted_socket(lambda: connection, server_end)
+            yield state, transport, client, await _answered(loop, client, "/first")
+    finally:
+        client.close()
+
+
 @pytest.mark.anyio
 async def test_a_request_sent_just_after_the_stop_on_a_recently_used_connection_is_answered() -> None:
     """A client may send on its keep-alive connection just after the server began to stop
@@ -661,48 +680,35 @@ async def test_a_request_sent_just_after_the_stop_on_a_recently_used_connection_
     load). A connection used just before the stop stays open for the stop's grace, and the
     request is answered with ``connection: close``; then the drain ends."""
     loop = asyncio.get_running_loop()
-    server_end, client = _tcp_pair()
-    async with anyio.create_task_group() as tg:
-        state = _State(_echo_scope, _NoInfer(), tg)
-        state.stop_grace = 120.0  # ample: the request comes long before, and the drain ends with it
-        connection = _Connection(state)
-        transport, _ = await loop.connect_accepted_socket(lambda: connection, server_end)
-        assert b"connection: close" not in await _answered(loop, client, "/first")
-
+    # The grace is ample: the request comes long before, and the drain ends with it.
+    async with _used_connection(stop_grace=120.0) as (state, transport, client, first):
+        assert b"connection: close" not in first
         drained = anyio.Event()
 
         async def drain() -> None:
             await state.drain()
             drained.set()
 
-        tg.start_soon(drain)
-        await wait_until_async(lambda: state.stopping)
-        assert not transport.is_closing() and not drained.is_set()
-        second = await _answered(loop, client, "/second")
-        assert second.startswith(b"HTTP/1.1 200") and b"connection: close" in second
-        assert await _receive_until_eof(loop, client) == b""  # then the connection closes
-        with anyio.fail_after(60):
-            await drained.wait()
-    client.close()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await wait_until_async(lambda: state.stopping)
+            assert not transport.is_closing() and not drained.is_set()
+            second = await _answered(loop, client, "/second")
+            assert second.startswith(b"HTTP/1.1 200") and b"connection: close" in second
+            assert await _receive_until_eof(loop, client) == b""  # then the connection closes
+            with anyio.fail_after(60):
+                await drained.wait()
 
 
 @pytest.mark.anyio
 async def test_a_recently_used_idle_connection_closes_when_the_stop_grace_ends() -> None:
     """Nothing comes on the recently used connection: it closes when the grace is over, and
     the drain returns."""
-    loop = asyncio.get_running_loop()
-    server_end, client = _tcp_pair()
-    async with anyio.create_task_group() as tg:
-        state = _State(_echo_scope, _NoInfer(), tg)
-        state.stop_grace = 1.0
-        connection = _Connection(state)
-        transport, _ = await loop.connect_accepted_socket(lambda: connection, server_end)
-        await _answered(loop, client, "/first")
+    async with _used_connection(stop_grace=1.0) as (state, transport, client, _):
         with anyio.fail_after(60):
             await state.drain()
         assert transport.is_closing()
-        assert await _receive_until_eof(loop, client) == b""
-    client.close()
+        assert await _receive_until_eof(asyncio.get_running_loop(), client) == b""
 
 
 @pytest.mark.anyio
@@ -712,18 +718,11 @@ async def test_a_connection_idle_since_before_the_recent_past_closes_at_once_in_
     """An idle server stops at once: a connection last used before the recent past gets no
     grace (here "recent" is shrunk to nothing, instead of waiting a second)."""
     monkeypatch.setattr(http_server, "STOP_RECENT", 0.0)
-    loop = asyncio.get_running_loop()
-    server_end, client = _tcp_pair()
-    async with anyio.create_task_group() as tg:
-        state = _State(_echo_scope, _NoInfer(), tg)
-        state.stop_grace = 120.0  # a grace it must not get: the drain would wait for it
-        connection = _Connection(state)
-        transport, _ = await loop.connect_accepted_socket(lambda: connection, server_end)
-        await _answered(loop, client, "/first")
+    # A grace it must not get: the drain would wait for it.
+    async with _used_connection(stop_grace=120.0) as (state, transport, _, _):
         with anyio.fail_after(60):
             await state.drain()
         assert transport.is_closing()
-    client.close()
 
 
 @pytest.mark.anyio

@@ -29,6 +29,7 @@ import anyio
 from anyio.abc import TaskGroup
 from google.protobuf.message import DecodeError
 
+from ..accept import Tracker
 from ..restricted import Restrictions, grpc_denied
 from .connection import Connection, Stream
 from .hpack import encode_literal
@@ -235,26 +236,23 @@ class PingPolicy:
         self.permit_without_calls = permit_without_calls
 
 
-class Calls:
+class Calls(Tracker[Connection]):
     """The server's calls: the method table, the task group the handlers run in, the limits,
-    and the open connections (for keepalive and the graceful stop)."""
+    and the open connections and transports (a :class:`~..accept.Tracker`: for keepalive and
+    the graceful stop)."""
 
     def __init__(
         self, table: dict[bytes, Method], tg: TaskGroup, *, max_message_size: int,
         restricted: Restrictions | None = None, ping_policy: PingPolicy | None = None,
     ) -> None:
+        super().__init__()
         self.table = table
         self.ping_policy = ping_policy or PingPolicy()
         self.max_message_size = max_message_size
         self.restricted = restricted if restricted else None
-        self.connections: set[Connection] = set()
-        self.open_transports: set[asyncio.Transport] = set()
         self.stopping = False
         self._tg = tg
         self._idle: list[asyncio.Future[tuple[Connection, Stream]]] = []  # idle workers, waiting for a call
-        self._emptied: anyio.Event | None = None
-        self._transports_gone: anyio.Event | None = None
-        self.on_transport_lost: Callable[[], None] | None = None  # counts connections for a Balance
 
     def protocol(self) -> Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -482,29 +480,3 @@ class Calls:
         else:
             block = status_block(code, message, trailers_only=not stream.headers_sent)
         connection.send_trailers(stream, block)
-
-    # -------------------------------------------------------------------- lifecycle
-
-    def connection_closed(self, connection: Connection) -> None:
-        self.connections.discard(connection)
-        if self._emptied is not None and not self.connections:
-            self._emptied.set()
-
-    def transport_lost(self, transport: asyncio.Transport) -> None:
-        self.open_transports.discard(transport)
-        if self.on_transport_lost is not None:
-            self.on_transport_lost()
-        if self._transports_gone is not None and not self.open_transports:
-            self._transports_gone.set()
-
-    async def drained(self) -> None:
-        """Until every connection is closed."""
-        while self.connections:
-            self._emptied = anyio.Event()
-            await self._emptied.wait()
-
-    async def transports_closed(self) -> None:
-        """Until every transport made so far has been lost (its socket closed)."""
-        while self.open_transports:
-            self._transports_gone = anyio.Event()
-            await self._transports_gone.wait()

@@ -208,8 +208,7 @@ class Connection(asyncio.Protocol):
             self._abandon(stream)
         self.streams.clear()
         self._blocked.clear()
-        self._calls.connection_closed(self)
-        self._calls.transport_lost(self._transport)
+        self._calls.lost(self, self._transport)
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -20,7 +20,7 @@ from anyio.abc import TaskStatus
 from ..._proto import grpc_service_pb2_grpc as pb_grpc
 from ..._proto import health_pb2_grpc
 from ...shared_memory import SharedMemoryRegistry
-from ..accept import Acceptor, Balance
+from ..accept import Balance, listen
 from ..grpc import DEFAULT_MAX_MESSAGE_SIZE, HealthServicer, InferenceServicer
 from ..http.server import bind
 from ..limits import GrpcKeepalive
@@ -127,14 +127,7 @@ async def _serve(
         async with anyio.create_task_group() as tg:
             calls = Calls(table, tg, max_message_size=max_message_size, restricted=restricted,
                           ping_policy=_ping_policy(keepalive))
-            loop = asyncio.get_running_loop()
-            listener: asyncio.Server | Acceptor
-            if balance is None:
-                listener = await loop.create_server(calls.protocol, sock=sock, backlog=2048, ssl=ssl)
-            else:
-                listener = Acceptor(sock, calls.protocol, ssl, tg, balance, "grpc")
-                calls.on_transport_lost = lambda: balance.closed("grpc")
-                listener.start()
+            stop_listening = await listen(sock, calls.protocol, ssl, tg, balance, "grpc", calls)
             if keepalive is not None and _enforced(keepalive):
                 tg.start_soon(_sweep, calls, keepalive)
             bound = sock.getsockname()[1]
@@ -148,14 +141,10 @@ async def _serve(
                 stopping.set()  # health watches end; inference streams end once idle
                 calls.stopping = True
                 with anyio.move_on_after(shutdown_timeout) as expired:
-                    if isinstance(listener, Acceptor):
-                        await listener.stop()  # handoffs in flight come back here if refused
-                    else:
-                        listener.close()  # new connections are refused from here on
-                    sock.close()
+                    await stop_listening()
                     for connection in list(calls.connections):
                         connection.begin_stop()
-                    await calls.drained()
+                    await calls.connections_gone()
                 if expired.cancelled_caught:
                     log.warning("gRPC: %d connections still busy after %gs: closing them",
                                 len(calls.connections), shutdown_timeout)
@@ -163,14 +152,7 @@ async def _serve(
                     connection.abort()
                 tg.cancel_scope.cancel()  # the sweep, and calls past the timeout
         # As the HTTP server: closed transports close their sockets on a later loop turn.
-        for _ in range(3):
-            await anyio.lowlevel.checkpoint()
-        with anyio.move_on_after(5.0):
-            await calls.transports_closed()
-        for transport in list(calls.open_transports):
-            transport.abort()
-        for _ in range(3):
-            await anyio.lowlevel.checkpoint()
+        await calls.close_transports("gRPC")
 
 
 def _ping_policy(keepalive: GrpcKeepalive | None) -> PingPolicy:

@@ -38,7 +38,6 @@ import ssl as ssl_module
 import struct
 import termios
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import unquote
 
@@ -47,7 +46,7 @@ import httptools
 from anyio.abc import TaskGroup, TaskStatus
 
 from ...errors import InvalidInputError
-from ..accept import Acceptor, Balance
+from ..accept import Balance, Tracker, listen
 from ..http_codec import BodyTooLargeError
 from ..limits import HttpLimits
 from .bridge import CONTINUE, HIGH_WATER, Exchange, Request
@@ -95,40 +94,33 @@ STOP_RECENT = 1.0
 "recently used": its client may be sending on it right now."""
 
 
-class _State:
+class _State(Tracker["_Connection"]):
     """What the connections of one server share: the handlers, the task group their tasks
-    live in, its limits (``max_body_size`` bounds every request body), and the set of open connections (for the timeout sweep and graceful
-    shutdown). A connection stays in the set until its transport is gone, so a response still
-    being flushed counts."""
+    live in, its limits (``max_body_size`` bounds every request body), and the open
+    connections and transports (a :class:`~..accept.Tracker`: for the timeout sweep and
+    graceful shutdown)."""
 
     __slots__ = (
-        "_emptied", "_refused", "_refused_logged", "_tg", "_transports_gone", "aborting", "app", "connections",
-        "grace_until", "infer", "limits", "max_body_size", "on_transport_lost", "open_transports", "stop_grace",
-        "stopped_at", "stopping",
+        "_refused", "_refused_logged", "_tg", "aborting", "app", "grace_until", "infer", "limits", "max_body_size",
+        "stop_grace", "stopped_at", "stopping",
     )
 
     def __init__(
         self, app: ASGIApp, infer: InferResponder, tg: TaskGroup, limits: HttpLimits | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
+        super().__init__()
         self.app = app
         self.infer = infer
         self.limits = limits or HttpLimits()
         self.max_body_size = max_body_size
         self._refused = 0  # connections refused at the limit since the last warning
         self._refused_logged = -1e9
-        self.connections: set[_Connection] = set()
         self.stopping = False
         self.aborting = False
         self.stop_grace = STOP_GRACE
         self.stopped_at = self.grace_until = 0.0  # loop.time(): when the stop began; its grace's end
         self._tg = tg
-        self._emptied: anyio.Event | None = None
-        # Every transport made, counted until it is lost, refused ones included: the server
-        # returns only once their sockets are closed (a close is finished by a later loop turn).
-        self.open_transports: set[asyncio.Transport] = set()
-        self._transports_gone: anyio.Event | None = None
-        self.on_transport_lost: Callable[[], None] | None = None  # counts connections for a Balance
 
     def protocol(self) -> _Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -146,11 +138,6 @@ class _State:
                         self.limits.max_connections, self._refused)
             self._refused, self._refused_logged = 0, now
 
-    def closed(self, connection: _Connection) -> None:
-        self.connections.discard(connection)
-        if self._emptied is not None and not self.connections:
-            self._emptied.set()
-
     async def sweep(self) -> None:
         """Enforce the timeouts of :attr:`limits` on every connection, until cancelled.
 
@@ -164,19 +151,6 @@ class _State:
             now = loop.time()
             for connection in list(self.connections):
                 connection.check_timeouts(now, limits)
-
-    def transport_lost(self, transport: asyncio.Transport) -> None:
-        self.open_transports.discard(transport)
-        if self.on_transport_lost is not None:
-            self.on_transport_lost()
-        if self._transports_gone is not None and not self.open_transports:
-            self._transports_gone.set()
-
-    async def transports_closed(self) -> None:
-        """Wait until every transport made so far has been lost (its socket closed)."""
-        while self.open_transports:
-            self._transports_gone = anyio.Event()
-            await self._transports_gone.wait()
 
     async def drain(self) -> None:
         """Close idle connections, let busy ones finish their request, wait until all are
@@ -199,16 +173,11 @@ class _State:
             connection.shutdown()
         if self.connections and self.stop_grace > 0:
             with anyio.move_on_after(self.stop_grace):
-                await self._connections_gone()
+                await self.connections_gone()
             self.grace_until = 0.0
             for connection in list(self.connections):
                 connection.shutdown()  # the grace is over: the idle ones close now
-        await self._connections_gone()
-
-    async def _connections_gone(self) -> None:
-        while self.connections:
-            self._emptied = anyio.Event()
-            await self._emptied.wait()
+        await self.connections_gone()
 
     def in_grace(self, idle_since: float) -> bool:
         """Whether a connection idle since ``idle_since`` (loop time) stays open for now in a
@@ -327,8 +296,7 @@ class _Connection(asyncio.Protocol):
         if self._in_infer and self._scope is not None:
             self._scope.cancel()  # the client left: take its request off the queue
         self._wake()
-        self._state.closed(self)
-        self._state.transport_lost(self._transport)
+        self._state.lost(self, self._transport)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -875,25 +843,14 @@ async def _serve(
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
             state = _State(app, infer, tg, limits, max_body_size)
-            loop = asyncio.get_running_loop()
-            listener: asyncio.Server | Acceptor
-            if balance is None:
-                listener = await loop.create_server(state.protocol, sock=sock, backlog=2048, ssl=ssl)
-            else:
-                listener = Acceptor(sock, state.protocol, ssl, tg, balance, "http")
-                state.on_transport_lost = lambda: balance.closed("http")
-                listener.start()
+            stop_listening = await listen(sock, state.protocol, ssl, tg, balance, "http", state)
             tg.start_soon(state.sweep)
             task_status.started(sock.getsockname()[1])
             try:
                 await stop.wait()
             finally:
                 with anyio.move_on_after(shutdown_timeout) as expired:
-                    if isinstance(listener, Acceptor):
-                        await listener.stop()  # handoffs in flight come back here if refused
-                    else:
-                        listener.close()  # new connections are refused from here on
-                    sock.close()
+                    await stop_listening()
                     await state.drain()
                 if expired.cancelled_caught:
                     log.warning("HTTP: %d connections still busy after %gs: aborting them",
@@ -904,20 +861,8 @@ async def _serve(
                 tg.cancel_scope.cancel()  # the idle sweep, and requests past the timeout
         # Closed and aborted transports close their sockets on a later loop turn; without this
         # wait an embedding program (or a test) that ends its loop right after this returns
-        # leaves them open. Bounded: a transport the loop never finishes must not hang the stop.
-        # Connections accepted just before the listener closed get their transport (and
-        # connection_made) a few loop turns later: let those turns run so they are counted.
-        # Shielded: a stop is usually a cancellation, in which an unshielded wait would end at
-        # once (it did: the late-GC ResourceWarning of an unclosed server-side transport).
+        # leaves them open. Shielded: a stop is usually a cancellation, in which an unshielded
+        # wait would end at once (it did: the late-GC ResourceWarning of an unclosed server-side
+        # transport).
         with anyio.CancelScope(shield=True):
-            for _ in range(3):
-                await anyio.lowlevel.checkpoint()
-            with anyio.move_on_after(5.0):
-                await state.transports_closed()
-            if state.open_transports:  # still flushing to a client that does not read
-                log.warning("HTTP: %d connections not closed 5s after the stop: aborting them",
-                            len(state.open_transports))
-                for transport in list(state.open_transports):
-                    transport.abort()
-                for _ in range(3):  # the aborts close their sockets on the next turn
-                    await anyio.lowlevel.checkpoint()
+            await state.close_transports("HTTP")
