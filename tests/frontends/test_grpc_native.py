@@ -546,6 +546,32 @@ def test_stop_releases_the_port_and_port_in_use_is_an_error(running: RunningServ
     anyio.run(main)
 
 
+def test_a_stop_by_cancellation_closes_the_sockets_before_it_returns() -> None:
+    """Cancelling serve_grpc_native ends with every connection's socket closed: a transport
+    closes its socket on a later loop turn, and the wait for that must survive the
+    cancellation (an embedding program that ends its loop at once would otherwise leave the
+    socket open)."""
+
+    async def main() -> None:
+        async with Server(ServerOptions()) as server:
+            async with anyio.create_task_group() as tg:
+                port = await tg.start(functools.partial(
+                    serve_grpc_native, server, host="127.0.0.1", port=0, shutdown_timeout=0.1))
+                client = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+                client.sendall(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0))
+                received = await anyio.to_thread.run_sync(client.recv, 65536)  # the server's SETTINGS
+                tg.cancel_scope.cancel()  # the client never acks the stop's PING: aborted
+            try:
+                client.setblocking(False)
+                while chunk := client.recv(65536):  # raises BlockingIOError if still open
+                    received += chunk
+                assert received, "the server sent nothing"
+            finally:
+                client.close()
+
+    anyio.run(main)
+
+
 def test_random_frames_never_break_the_server(running: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
     """Random frame sequences (any type, flags, stream, payload) after the preface end in an
     answer, a GOAWAY or nothing, never in a failure of the server's own; it serves on."""

@@ -151,8 +151,10 @@ async def _serve(
                 for connection in list(calls.connections):
                     connection.abort()
                 tg.cancel_scope.cancel()  # the sweep, and calls past the timeout
-        # As the HTTP server: closed transports close their sockets on a later loop turn.
-        await calls.close_transports("gRPC")
+        # As the HTTP server: closed transports close their sockets on a later loop turn; shielded,
+        # since a stop is usually a cancellation, in which an unshielded wait ends at once.
+        with anyio.CancelScope(shield=True):
+            await calls.close_transports("gRPC")
 
 
 def _ping_policy(keepalive: GrpcKeepalive | None) -> PingPolicy:
