@@ -493,7 +493,7 @@ async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | No
                         balance = role.connection_balance()
                         if balance is not None:  # before the frontends: they hand connections to it
                             await tg.start(balance.serve)
-                        await serve(options, setup=role.catch_up, peers=role.peers(), balance=balance,
+                        await serve(options, setup=role.before_serving, peers=role.peers(), balance=balance,
                                     task_status=task_status)
                 tg.cancel_scope.cancel()  # stopped: the signal watcher too
 

@@ -207,6 +207,36 @@ class WorkerRole:
         if os.getppid() == 1:  # the supervisor died before that took hold
             os.kill(os.getpid(), signal.SIGTERM)
 
+    async def before_serving(self, server: Server) -> None:
+        """Run once this worker has loaded its models, before its frontends start: a
+        restarted worker catches up with the others' loads (:meth:`catch_up`); at the
+        server's start every worker waits for the others (:meth:`start_together`)."""
+        if self.restarted:
+            await self.catch_up(server)
+        else:
+            await self.start_together()
+
+    async def start_together(self) -> None:
+        """Wait until every worker has loaded its models, so that they all start listening
+        at once.
+
+        A worker that listened as soon as it had loaded would answer health checks for the
+        whole server and take every connection opened meanwhile, and a connection stays on
+        the worker it lands on (placement acts at accept, among the workers listening then).
+        Measured on 16 cores: workers that became ready over a second or more left 5 of the
+        16 serving a perf_analyzer run started when the first answered ready (9,800 req/s,
+        against 17,558 with all 16). A restarted worker does not wait: the others serve.
+        Each worker sets its slot of a file all workers map (``loaded`` in the private
+        directory) and polls the others' every 10 ms while it waits.
+        """
+        loaded = shared_counts(self.directory / "loaded", self.count)
+        loaded[self.index] = 1
+        if not all(loaded):
+            log.info("worker %d: models loaded; waiting for the other workers to load theirs before listening",
+                     self.index)
+            while not all(loaded):
+                await anyio.sleep(0.01)
+
     async def catch_up(self, server: Server) -> None:
         """A restarted worker in explicit mode loads what the others have loaded since the
         start (loads made with config or file overrides load from the repository here)."""

@@ -1105,6 +1105,77 @@ def test_request_ids_and_deadlines_cross_to_the_worker_that_owns_a_model(
     assert gate.calls() == ["held-A", "after-C"], "the late request must not run; ids as sent"
 
 
+SLOW_LOAD_MODEL = '''\
+"""whoami, whose load worker 1 holds until $DAGSERVE_TEST_GATE/release exists."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Model:
+    def __init__(self, context):
+        if os.environ.get("DAGSERVE_WORKER_INDEX") == "1":
+            gate = Path(os.environ["DAGSERVE_TEST_GATE"])
+            (gate / "started").touch()
+            while not (gate / "release").exists():
+                time.sleep(0.01)
+
+    def infer(self, inputs):
+        return {"Y": inputs["X"] + 1, "PID": np.array([os.getpid()], dtype=np.int64)}
+'''
+
+
+def test_no_worker_listens_until_every_worker_has_loaded(tmp_path: Path) -> None:
+    """At the start a worker that has loaded its models waits for the others before it
+    listens: while worker 1 is still loading, worker 0 (loaded) refuses connections instead
+    of answering health checks for the whole server and keeping every connection a client
+    opens meanwhile; once worker 1 has loaded, both serve."""
+    from dagserve.testing import FileGate
+
+    repo = tmp_path / "repo"
+    (repo / "whoami" / "1").mkdir(parents=True)
+    shutil.copy(REPOS / "workers" / "whoami" / "config.yaml", repo / "whoami" / "config.yaml")
+    (repo / "whoami" / "1" / "model.py").write_text(SLOW_LOAD_MODEL)
+    gate = FileGate(tmp_path / "gate")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(repo), "--workers", "2",
+         "--http-port", str(port), "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "DAGSERVE_TEST_GATE": str(gate.path)},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("waiting for the other workers" in line for line in lines) or proc.poll() is not None,
+                 "worker 0 to wait for worker 1")
+        assert proc.poll() is None, "".join(lines)
+        wait_for(lambda: gate.started, "worker 1 to be loading")  # (it may start after worker 0 waits)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=DEADLINE).close()
+        gate.release()
+        wait_for(lambda: any("HTTP service listening" in line for line in lines) or proc.poll() is not None,
+                 "the server to start")
+        pids, _ = until_every_worker(lambda: whoami_http(f"127.0.0.1:{port}"), 2)
+        assert len(pids) == 2
+    finally:
+        gate.release()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(DEADLINE) == 0, "".join(lines)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            reader.join(DEADLINE)
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
 def test_a_channel_caller_that_leaves_before_asking_is_not_an_error(serve: Callable[..., Served]) -> None:
     """A connection to a worker's channel that closes before a whole call (a peer that gave
     up, or is stopping) is dropped quietly: no traceback in the log, and the channel still
