@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --workers: a worker that accepts an HTTP or gRPC connection while it serves more of that "
                         "port's connections than another worker passes it to the one serving the fewest, so that a "
                         "few connections (gRPC channels) spread evenly (default true; docs/operations.md)")
+    s.add_argument("--worker-relay", type=_bool, default=_bool(_env("worker-relay", "true") or "true"),
+                   help="with --workers and --grpc-server native: a worker running at least 2 more gRPC ModelInfer "
+                        "calls than another hands the next call of its connections to it, as it came off the wire, "
+                        "so that the few connections of a gRPC client use every worker (default true; "
+                        "docs/operations.md)")
     s.add_argument("--worker-shm-min-bytes", type=int,
                    default=int(_env("worker-shm-min-bytes", str(SHM_MIN_BYTES)) or SHM_MIN_BYTES),
                    help="with --workers: a tensor of a forwarded request (a model placed 'one', spreading) of at least "
@@ -323,7 +328,7 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     else:  # the supervisor checked and holds the ports
         options = dataclasses.replace(options, reuse_port=True)
         role = dataclasses.replace(role, spread=args.worker_spread, shm_min_bytes=args.worker_shm_min_bytes,
-                                   balance=args.worker_balance)
+                                   balance=args.worker_balance, relay=args.worker_relay)
         role.end_with_supervisor()
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:
@@ -494,6 +499,7 @@ async def _serve_until_signalled(options: FrontendOptions, role: WorkerRole | No
                         if balance is not None:  # before the frontends: they hand connections to it
                             await tg.start(balance.serve)
                         await serve(options, setup=role.before_serving, peers=role.peers(), balance=balance,
+                                    relay=role.grpc_relay() if options.grpc_server == "native" else None,
                                     task_status=task_status)
                 tg.cancel_scope.cancel()  # stopped: the signal watcher too
 

@@ -54,7 +54,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -70,6 +70,9 @@ from .frontends.runner import Addresses, FrontendOptions, format_address
 from .frontends.tracing import trace_setting
 from .log_settings import log_control
 from .types import DataType, InferRequest, InferResponse
+
+if TYPE_CHECKING:
+    from .frontends.grpc_native.relay import Relay
 
 __all__ = ["WorkerRole", "auto_workers", "cpu_quota", "serve_channel", "serve_forwarding", "supervise"]
 
@@ -167,6 +170,9 @@ class WorkerRole:
     (``--worker-shm-min-bytes``; :mod:`dagserve.forwarding`)."""
     balance: bool = False
     """Place connections evenly over the workers (``--worker-balance``; :mod:`dagserve.balance`)."""
+    relay: bool = False
+    """Spread the native gRPC server's calls over the workers (``--worker-relay``;
+    :mod:`dagserve.frontends.grpc_native.relay`)."""
 
     @classmethod
     def from_environment(cls) -> WorkerRole | None:
@@ -188,6 +194,14 @@ class WorkerRole:
     def connection_balance(self) -> ConnectionBalance | None:
         """This worker's side of the connection placement, if ``balance`` is on."""
         return ConnectionBalance(self.directory, self.index, self.count) if self.balance and self.count > 1 else None
+
+    def grpc_relay(self) -> Relay | None:
+        """This worker's side of the gRPC relay, if ``relay`` is on."""
+        if not self.relay or self.count < 2:
+            return None
+        from .frontends.grpc_native.relay import Relay
+
+        return Relay(self.directory, self.index, self.count, shared_counts(self.directory / "relay", self.count))
 
     def peers(self) -> UnixPeers:
         return UnixPeers(self)

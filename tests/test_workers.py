@@ -525,11 +525,11 @@ def test_a_busy_worker_hands_requests_of_one_connection_to_an_idle_one(
     """Eight calls at once on one gRPC channel (one connection, so one worker) to a replicated
     model that holds each call at a gate: with ``--worker-spread true`` the busy worker hands
     some to the idle one, so calls wait in both processes; without it (the default) all wait in
-    one. Once the gate opens every call is answered with its own result, and the statistics
+    one (with ``--worker-relay false``: the relay would hand calls on too). Once the gate opens every call is answered with its own result, and the statistics
     count each once."""
     gate = tmp_path / "gate"
-    served = serve("shutdown", "--workers", "2", *(["--worker-spread", "true"] if spread else []),
-                   env={"DAGSERVE_TEST_GATE": str(gate)})
+    served = serve("shutdown", "--workers", "2", "--worker-relay", "false",  # (the relay spreads calls too)
+                   *(["--worker-spread", "true"] if spread else []), env={"DAGSERVE_TEST_GATE": str(gate)})
     pids = {int(p) for p in re.search(r"worker processes \(pids ([\d, ]+)\)", served.output()).group(1).split(", ")}  # type: ignore[union-attr]
     results: dict[int, object] = {}
     done = threading.Event()
@@ -1174,6 +1174,87 @@ def test_no_worker_listens_until_every_worker_has_loaded(tmp_path: Path) -> None
             reader.join(DEADLINE)
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+HELD_PID_MODEL = '''\
+"""Y = X + 1 and PID = this worker's pid; a request whose X[0] is negative appends a line to
+$DAGSERVE_TEST_GATE/held and is held until .../release exists."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Model:
+    def __init__(self, context):
+        pass
+
+    def infer(self, inputs):
+        x = inputs["X"]
+        if x[0] < 0:
+            gate = Path(os.environ["DAGSERVE_TEST_GATE"])
+            with open(gate / "held", "a") as held:
+                held.write("%d\\n" % os.getpid())
+            while not (gate / "release").exists():
+                time.sleep(0.01)
+        return {"Y": x + 1, "PID": np.array([os.getpid()], dtype=np.int64)}
+'''
+
+
+@pytest.mark.parametrize("relay", [True, False])
+def test_calls_of_one_grpc_connection_are_relayed_to_an_idle_worker(
+    serve: Callable[..., Served], tmp_path: Path, relay: bool
+) -> None:
+    """A worker that runs a call of a gRPC connection while another runs none hands the next
+    call, as it came, to that one (``--worker-relay``, the default): the answer comes back
+    through the connection's worker, from the other worker's pid. A relayed call whose
+    deadline passes while it runs there ends DEADLINE_EXCEEDED. With ``--worker-relay false``
+    every call runs where its connection is."""
+    from dagserve.testing import FileGate
+
+    repo = tmp_path / "repo"
+    (repo / "held_pid" / "1").mkdir(parents=True)
+    (repo / "held_pid" / "config.yaml").write_text(
+        (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
+    (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
+    gate = FileGate(tmp_path / "gate")
+    served = serve(repo, "--workers", "2", "--worker-relay", str(relay).lower(), "--grpc-server", "native",
+                   env={"DAGSERVE_TEST_GATE": str(gate.path)})
+
+    def x(value: float) -> list[Any]:
+        tensor = grpcclient.InferInput("X", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+        return [tensor]
+
+    def held() -> list[int]:
+        path = gate.path / "held"
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+    def pid(result: Any) -> int:
+        return int(result.as_numpy("PID")[0])
+
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        here = until_answered(lambda: pid(client.infer("held_pid", x(1.0))))  # the connection's worker
+        try:
+            first = pool.submit(client.infer, "held_pid", x(-1.0), client_timeout=DEADLINE)
+            wait_for(lambda: len(held()) == 1, "the held call")
+            assert held() == [here], "a call runs where its connection is while that worker is idle"
+            second = client.infer("held_pid", x(5.0), client_timeout=DEADLINE)
+            np.testing.assert_array_equal(second.as_numpy("Y"), [6.0])
+            if not relay:
+                assert pid(second) == here
+                return
+            other = pid(second)
+            assert other != here, "the second call must run on the idle worker"
+            with pytest.raises(InferenceServerException, match="(?i)deadline"):
+                client.infer("held_pid", x(-3.0), client_timeout=1.0)
+            assert held() == [here, other], "the held relayed call ran on the other worker"
+        finally:
+            gate.release()
+        assert pid(first.result(DEADLINE)) == here
+        assert pid(client.infer("held_pid", x(7.0))) in (here, other)
 
 
 def test_a_channel_caller_that_leaves_before_asking_is_not_an_error(serve: Callable[..., Served]) -> None:

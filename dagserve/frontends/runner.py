@@ -16,7 +16,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -29,6 +29,9 @@ from .accept import Balance
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
+
+if TYPE_CHECKING:
+    from .grpc_native.relay import Relay
 
 __all__ = ["Addresses", "FrontendOptions", "format_address", "serve"]
 
@@ -105,6 +108,7 @@ async def serve(
     setup: Callable[[Server], Any] | None = None,
     peers: Peers | None = None,
     balance: Balance | None = None,
+    relay: Relay | None = None,
     task_status: TaskStatus[tuple[Server, Addresses]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Load the models, start the frontends, report ``(server, addresses)``, serve until
@@ -112,14 +116,15 @@ async def serve(
 
     ``setup`` is called with the server before the frontends start (to register in-process
     models). ``peers`` are the server's other worker processes (:attr:`Server.peers`);
-    ``balance`` places the HTTP and native gRPC connections evenly over them (:mod:`.accept`). Cancelled while starting, it stops at once. Once started, cancellation only
+    ``balance`` places the HTTP and native gRPC connections evenly over them (:mod:`.accept`);
+    ``relay`` spreads the native gRPC server's calls over them (:mod:`.grpc_native.relay`). Cancelled while starting, it stops at once. Once started, cancellation only
     begins the graceful stop, which runs shielded for up to ``exit_timeout_secs`` plus the
     models' unloading; a caller that must stop sooner exits the process.
     """
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         try:
-            started = await tg.start(_serve, options, setup, peers, balance, stop)
+            started = await tg.start(_serve, options, setup, peers, balance, relay, stop)
             task_status.started(started)
             await anyio.sleep_forever()
         finally:
@@ -131,6 +136,7 @@ async def _serve(
     setup: Callable[[Server], Any] | None,
     peers: Peers | None,
     balance: Balance | None,
+    relay: Relay | None,
     stop: anyio.Event,
     *,
     task_status: TaskStatus[tuple[Server, Addresses]],
@@ -146,7 +152,7 @@ async def _serve(
             shared_memory = SharedMemoryRegistry(allow_client_shm=options.allow_client_shm)
             try:
                 async with anyio.create_task_group() as frontends:
-                    addresses = await _start_frontends(frontends, server, options, shared_memory, balance)
+                    addresses = await _start_frontends(frontends, server, options, shared_memory, balance, relay)
                     # From here the stop is ours to run: the caller's cancellation only sets `stop`.
                     scope.shield = True
                     task_status.started((server, addresses))
@@ -164,7 +170,7 @@ async def _serve(
 
 async def _start_frontends(
     tg: TaskGroup, server: Server, options: FrontendOptions, shared_memory: SharedMemoryRegistry,
-    balance: Balance | None = None,
+    balance: Balance | None = None, relay: Relay | None = None,
 ) -> Addresses:
     timeout = options.exit_timeout_secs
     http = grpc = metrics = None
@@ -186,6 +192,7 @@ async def _start_frontends(
 
             serve_grpc = serve_grpc_native
             grpc_args["balance"] = balance  # grpcio accepts in its C core: its connections stay
+            grpc_args["relay"] = relay
         else:
             from .grpc import serve_grpc as serve_grpcio
 

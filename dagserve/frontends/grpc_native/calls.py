@@ -33,6 +33,7 @@ from ..accept import Tracker
 from ..restricted import Restrictions, grpc_denied
 from .connection import Connection, Stream
 from .hpack import encode_literal
+from .relay import TRAILERS, Relay, RelayLostError
 
 if TYPE_CHECKING:
     import grpc
@@ -43,7 +44,7 @@ log = logging.getLogger("dagserve.frontends.grpc")
 
 # gRPC status codes (grpc.StatusCode values), by the names this module uses.
 OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, PERMISSION_DENIED = 0, 1, 2, 4, 7
-RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 8, 12, 13
+RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 8, 12, 13, 14
 
 RESPONSE_HEAD = b"\x88" + encode_literal(b"content-type", b"application/grpc")
 """:status 200 (static index 8) and content-type: the response HEADERS of every call."""
@@ -253,6 +254,7 @@ class Calls(Tracker[Connection]):
         self.stopping = False
         self._tg = tg
         self._idle: list[asyncio.Future[tuple[Connection, Stream]]] = []  # idle workers, waiting for a call
+        self.relay: Relay | None = None  # spreads ModelInfer calls over the workers (:mod:`.relay`)
 
     def protocol(self) -> Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -304,7 +306,7 @@ class Calls(Tracker[Connection]):
         stream.method = method
         if method.request_streaming:
             stream.inbox = deque()
-            self._start(connection, stream)
+            self.start(connection, stream)
         elif stream.remote_ended:
             self.request_end(connection, stream)
 
@@ -373,7 +375,7 @@ class Calls(Tracker[Connection]):
         elif stream.message is None:
             self._refuse(connection, stream, UNIMPLEMENTED, "a unary call without a request message")
         else:
-            self._start(connection, stream)
+            self.start(connection, stream)
 
     def _refuse(self, connection: Connection, stream: Stream, code: int, message: str) -> None:
         connection.send_trailers(stream, status_block(code, message, trailers_only=not stream.headers_sent))
@@ -388,8 +390,9 @@ class Calls(Tracker[Connection]):
         else:
             self._refuse(connection, stream, code, message)
 
-    def _start(self, connection: Connection, stream: Stream) -> None:
-        """Run the call in an idle worker task, or in a new one."""
+    def start(self, connection: Connection, stream: Stream) -> None:
+        """Run the call in an idle worker task, or in a new one (also a call another worker
+        relayed here: :mod:`.relay`)."""
         stream.call_started = True
         idle = self._idle
         while idle:
@@ -427,6 +430,54 @@ class Calls(Tracker[Connection]):
     # ---------------------------------------------------------------------- the call
 
     async def _run(self, connection: Connection, stream: Stream) -> None:
+        relay = self.relay
+        if relay is None or stream.method is not relay.method:
+            await self._run_here(connection, stream)
+            return
+        if not connection.relayed and not self.stopping:
+            peer = relay.peer(stream.message or b"")
+            if peer is not None and await self._relayed(relay, peer, connection, stream):
+                return
+        with relay.running():
+            await self._run_here(connection, stream)
+
+    async def _relayed(self, relay: Relay, peer: int, connection: Connection, stream: Stream) -> bool:
+        """Have worker ``peer`` run the call and answer with what it answered; False if it
+        refused it unrun (it is stopping, or cannot be reached): then it runs here."""
+        answer = None
+        with anyio.CancelScope(deadline=stream.deadline) as scope:
+            stream.scope = scope
+            if stream.reset or stream.error is not None:
+                scope.cancel()
+            try:
+                answer = await relay.call(peer, stream)
+            except RelayLostError:
+                answer = (TRAILERS, b"", b"", status_block(
+                    UNAVAILABLE, f"worker {peer}, which ran this call, closed the connection (it may have "
+                    "died; retry once it is started again)", trailers_only=True))
+            if answer is None:
+                return False
+        if stream.reset or connection.closed:
+            return True
+        if scope.cancelled_caught or answer is None:
+            code, message = self._cancelled(stream)
+            connection.send_trailers(stream, status_block(code, message, trailers_only=not stream.headers_sent))
+        elif answer[0] == TRAILERS:
+            connection.send_trailers(stream, answer[3])
+        else:
+            connection.respond(stream, *answer[1:])
+        return True
+
+    def _cancelled(self, stream: Stream) -> tuple[int, str]:
+        """The status of a call whose scope was cancelled: an error set on the stream, its
+        deadline, or the client's cancellation."""
+        if stream.error is not None:
+            return stream.error
+        if anyio.current_time() >= stream.deadline:
+            return DEADLINE_EXCEEDED, "Deadline Exceeded"
+        return CANCELLED, "Cancelled"
+
+    async def _run_here(self, connection: Connection, stream: Stream) -> None:
         method = stream.method
         assert method is not None
         context = Context(self, connection, stream, method)
@@ -463,12 +514,7 @@ class Calls(Tracker[Connection]):
             return  # the client is gone: nobody to answer
         if scope.cancelled_caught:
             payload = None
-            if stream.error is not None:
-                code, message = stream.error
-            elif anyio.current_time() >= stream.deadline:
-                code, message = DEADLINE_EXCEEDED, "Deadline Exceeded"
-            else:
-                code, message = CANCELLED, "Cancelled"
+            code, message = self._cancelled(stream)
         if payload is not None:
             if len(payload) > self.max_message_size:
                 code, message = RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(payload)} vs. {self.max_message_size})"

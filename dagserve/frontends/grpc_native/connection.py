@@ -153,6 +153,9 @@ class Stream:
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection of the native gRPC server (see the module docstring)."""
 
+    relayed = False
+    """Whether its calls come from another worker (:mod:`.relay`): they are not relayed again."""
+
     def __init__(self, calls: Calls) -> None:
         self._calls = calls
         self._loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from ..restricted import Restrictions
 from ..tls import TLSConfig
 from .calls import Calls, PingPolicy, method_table
 from .connection import Connection
+from .relay import Relay
 
 if TYPE_CHECKING:
     from ...engine import Server
@@ -53,6 +54,7 @@ async def serve_grpc_native(
     shared_memory: SharedMemoryRegistry | None = None,
     reuse_port: bool = False,
     balance: Balance | None = None,
+    relay: Relay | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled, on dagserve's own HTTP/2
@@ -72,7 +74,8 @@ async def serve_grpc_native(
     inference streams, lets calls in flight finish for at most ``shutdown_timeout`` seconds,
     then cancels them, and returns once the sockets are closed. ``balance`` (a worker of
     ``--workers N``) places each connection on the worker that serves the fewest
-    (:mod:`..accept`).
+    (:mod:`..accept`); ``relay`` (also a worker's) spreads the ``ModelInfer`` calls of its
+    connections over the workers, and runs those the others relay here (:mod:`.relay`).
 
     Raises:
         OSError: the address could not be bound (e.g. the port is in use).
@@ -92,7 +95,7 @@ async def serve_grpc_native(
             try:
                 bound = await tg.start(
                     _serve, server, sock, stop, max_message_size, restricted, ssl, keepalive, shutdown_timeout,
-                    shared_memory, balance,
+                    shared_memory, balance, relay,
                 )
                 task_status.started(bound)
                 await anyio.sleep_forever()
@@ -113,6 +116,7 @@ async def _serve(
     shutdown_timeout: float,
     shared_memory: SharedMemoryRegistry | None,
     balance: Balance | None,
+    relay: Relay | None,
     *,
     task_status: TaskStatus[int],
 ) -> None:
@@ -127,6 +131,9 @@ async def _serve(
         async with anyio.create_task_group() as tg:
             calls = Calls(table, tg, max_message_size=max_message_size, restricted=restricted,
                           ping_policy=_ping_policy(keepalive))
+            if relay is not None:
+                calls.relay = relay
+                await tg.start(relay.serve, calls, table[b"/inference.GRPCInferenceService/ModelInfer"])
             stop_listening = await listen(sock, calls.protocol, ssl, tg, balance, "grpc", calls)
             if keepalive is not None and _enforced(keepalive):
                 tg.start_soon(_sweep, calls, keepalive)
@@ -145,6 +152,8 @@ async def _serve(
                     for connection in list(calls.connections):
                         connection.begin_stop()
                     await calls.connections_gone()
+                    if relay is not None:
+                        await relay.drained()  # calls other workers relayed here (new ones are refused)
                 if expired.cancelled_caught:
                     log.warning("gRPC: %d connections still busy after %gs: closing them",
                                 len(calls.connections), shutdown_timeout)
