@@ -27,6 +27,7 @@ from .engine import ServerOptions
 from .engine.aliases import parse_aliases
 from .errors import ConfigError, DagserveError
 from .forwarding import SHM_MIN_BYTES
+from .frontends.grpc_compression import COMPRESSION_LEVELS
 from .frontends.limits import GrpcKeepalive, HttpLimits
 from .frontends.runner import (
     DEFAULT_EXIT_TIMEOUT_SECS,
@@ -160,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-server", choices=GRPC_SERVERS, default=_env("grpc-server", DEFAULT_GRPC_SERVER),
                    help=f"the gRPC server: native (dagserve's own HTTP/2 server) or grpcio (grpc.aio, ~3x the CPU "
                         f"per call; docs/performance.md); default {DEFAULT_GRPC_SERVER} (env DAGSERVE_GRPC_SERVER)")
+    s.add_argument("--grpc-infer-response-compression-level", type=str.lower, choices=COMPRESSION_LEVELS,
+                   default=(_env("grpc-infer-response-compression-level", "none") or "none").lower(),
+                   help="compress gRPC inference responses (ModelInfer, ModelStreamInfer) with gzip or deflate, as "
+                        "the client accepts: none (default), low, medium, high (docs/operations.md)")
     s.add_argument("--cache-config", action="append", default=[], type=_cache_config,
                    help="response cache, Triton's form: local,size=BYTES (models opt in with response_cache)")
     s.add_argument("--trace-config", action="append", default=None, metavar="[MODE,]SETTING=VALUE",
@@ -376,6 +381,7 @@ def _serve_options(args: argparse.Namespace) -> FrontendOptions:
         http_max_body_size=args.http_max_body_size,
         grpc_max_message_size=args.grpc_max_message_size,
         grpc_server=args.grpc_server,
+        grpc_infer_response_compression_level=args.grpc_infer_response_compression_level,
         **cli_security.serve_options(args),
         **cli_metrics.serve_options(args),
         exit_timeout_secs=args.exit_timeout_secs,

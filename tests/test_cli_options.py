@@ -1,6 +1,7 @@
 """`dagserve serve` options as a user passes them, each checked through the wire: --version,
-port -1, --host, --log-level, --load-model (and an unknown name), the size limits, and
---cache-config end to end with the nv_cache_* metrics."""
+port -1, --host, --log-level, --load-model (and an unknown name), the size limits,
+--cache-config end to end with the nv_cache_* metrics, and
+--grpc-infer-response-compression-level (the bytes of a response)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,3 +249,72 @@ def test_python_execution_refuses_an_unknown_mode(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(tmp_path),
                            "--python-execution", "fast"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--python-execution" in proc.stderr and "'fast'" in proc.stderr
+
+
+def _infer_on_the_wire(url: str, x: np.ndarray) -> tuple[bytes | None, np.ndarray]:
+    """A ModelInfer of ``echo`` over a bare HTTP/2 connection whose client accepts gzip and
+    deflate: the response's ``grpc-encoding`` and its Y, decompressed when the flag says so."""
+    from dagserve._proto import grpc_service_pb2 as pb
+    from dagserve.frontends.grpc_native import connection as h2
+    from dagserve.frontends.grpc_native.hpack import Decoder, encode_literal
+
+    request = pb.ModelInferRequest(model_name="echo")
+    request.inputs.add(name="X", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    body = request.SerializeToString()
+    fields = ((b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+              (b":authority", b"test"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+              (b"grpc-accept-encoding", b"identity, deflate, gzip"))
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0)
+                     + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, b"".join(encode_literal(n, v) for n, v in fields))
+                     + h2.frame(h2.DATA, h2.END_STREAM, 1, b"\0" + len(body).to_bytes(4, "big") + body))
+        buffer, data, decoder, headers = b"", b"", Decoder(), {}
+        while True:
+            while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3], "big"):
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed the connection"
+                buffer += chunk
+            size, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+            payload, buffer = buffer[9:9 + size], buffer[9 + size:]
+            if kind == h2.DATA:
+                data += payload
+            elif kind == h2.HEADERS and flags & h2.END_STREAM:
+                assert dict(decoder.decode(payload))[b"grpc-status"] == b"0"
+                break
+            elif kind == h2.HEADERS:
+                headers = dict(decoder.decode(payload))
+    encoding = headers.get(b"grpc-encoding")
+    message = data[5:]
+    if data[0] == 1:
+        assert encoding is not None, "a compressed message without grpc-encoding"
+        message = zlib.decompress(message, {b"gzip": 31, b"deflate": 15}[encoding])
+    response = pb.ModelInferResponse.FromString(message)
+    return encoding, np.frombuffer(response.raw_output_contents[0], np.float32)
+
+
+@pytest.mark.parametrize("level, encoding", [(None, None), ("LOW", b"gzip"), ("high", b"deflate")])
+def test_grpc_infer_response_compression_level_compresses_responses(
+    repo: Path, level: str | None, encoding: bytes | None
+) -> None:
+    """--grpc-infer-response-compression-level (any case, as Triton takes it): ModelInfer
+    responses to a client that accepts gzip and deflate come compressed with gRPC's choice
+    for the level (low: gzip, high: deflate), and tritonclient reads them; without it, plain."""
+    args = ("--grpc-infer-response-compression-level", level) if level is not None else ()
+    with serve("--model-repository", str(repo), *PORTS, *args) as served:
+        x = np.arange(4096, dtype=np.float32) % 7
+        got, y = _infer_on_the_wire(served.addresses["gRPC"], x)
+        assert got == encoding
+        np.testing.assert_array_equal(y, x)
+        np.testing.assert_array_equal(_infer_grpc(served.addresses["gRPC"], "echo", x), x)
+
+
+def test_grpc_infer_response_compression_level_refuses_an_unknown_level(tmp_path: Path) -> None:
+    """An unknown level stops `dagserve serve` with status 2, naming the flag and the levels."""
+    proc = subprocess.run([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", str(tmp_path),
+                           "--grpc-infer-response-compression-level", "max"], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--grpc-infer-response-compression-level" in proc.stderr and "'max'" in proc.stderr
+    assert "'none', 'low', 'medium', 'high'" in proc.stderr

@@ -32,6 +32,7 @@ from ..log_settings import log_control
 from ..shared_memory import OutputTarget, SharedMemoryRegistry
 from ..types import InferResponse
 from .grpc_codec import decode_infer_request, decode_parameters, encode_infer_response
+from .grpc_compression import grpc_level
 from .grpc_shared_memory import SharedMemoryRPCs
 from .limits import GrpcKeepalive
 from .restricted import Restrictions, grpc_interceptor
@@ -430,6 +431,7 @@ async def serve_grpc(
     shutdown_timeout: float = 30,
     shared_memory: SharedMemoryRegistry | None = None,
     reuse_port: bool = False,
+    infer_compression_level: str = "none",
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled. ``reuse_port`` shares the
@@ -448,6 +450,12 @@ async def serve_grpc(
     ``keepalive`` sets gRPC's keepalive and connection-age channel arguments (Triton's
     ``--grpc-keepalive-*`` flags).
 
+    ``infer_compression_level`` (``none``, ``low``, ``medium``, ``high``: Triton's
+    ``--grpc-infer-response-compression-level``) is gRPC's compression level for responses,
+    the algorithm chosen by gRPC's core from what the client accepts
+    (:mod:`.grpc_compression`). grpcio sets a level for the whole server only, so here it
+    applies to every method's responses, not only to inference as on Triton.
+
     Must run on the asyncio backend (grpc.aio). On cancellation it stops accepting
     connections and calls (the listening socket closes), ends health watches and idle
     inference streams, lets the calls in flight finish for at most ``shutdown_timeout``
@@ -455,11 +463,13 @@ async def serve_grpc(
 
     Raises:
         OSError: the address could not be bound (e.g. the port is in use).
-        ValueError: ``max_message_size`` is not within 1 .. 2**31-1 (gRPC's limit).
+        ValueError: ``max_message_size`` is not within 1 .. 2**31-1 (gRPC's limit), or
+            ``infer_compression_level`` is not a level.
         ConfigError: a TLS file is unusable.
     """
     if not 0 < max_message_size <= DEFAULT_MAX_MESSAGE_SIZE:
         raise ValueError(f"max_message_size must be 1..{DEFAULT_MAX_MESSAGE_SIZE}, got {max_message_size}")
+    compression_level = grpc_level(infer_compression_level)
     options = [
         ("grpc.max_receive_message_length", max_message_size),
         ("grpc.max_send_message_length", max_message_size),
@@ -467,6 +477,8 @@ async def serve_grpc(
         # (unless the other processes are this server's own workers).
         ("grpc.so_reuseport", int(reuse_port)),
         *(keepalive.channel_options() if keepalive is not None else ()),
+        # gRPC's core picks gzip or deflate per call from the client's grpc-accept-encoding.
+        *((("grpc.default_compression_level", compression_level),) if compression_level else ()),
     ]
     credentials = tls.grpc_credentials() if tls is not None else None  # security: TLS
     # security: restricted APIs; no interceptor (and no per-call cost) when nothing is restricted

@@ -26,6 +26,7 @@ from ..engine import Server, ServerOptions
 from ..engine.peers import Peers
 from ..shared_memory import SharedMemoryRegistry
 from .accept import Balance
+from .grpc_compression import COMPRESSION_LEVELS
 from .limits import GrpcKeepalive, HttpLimits
 from .restricted import Restrictions
 from .tls import TLSConfig
@@ -60,7 +61,10 @@ class FrontendOptions:
     ``allow_gpu_metrics`` add CPU and GPU gauges to ``/metrics``, polled every
     ``metrics_interval_ms`` (Triton's flags of those names). ``reuse_port`` shares the ports
     with the server's other worker processes (``dagserve serve --workers N``). ``grpc_server``
-    picks the gRPC server (:data:`GRPC_SERVERS`: ``native``, the default, or ``grpcio``)."""
+    picks the gRPC server (:data:`GRPC_SERVERS`: ``native``, the default, or ``grpcio``).
+    ``grpc_infer_response_compression_level`` (``none``, the default, ``low``, ``medium``,
+    ``high``) compresses gRPC inference responses, as Triton's flag of that name
+    (:mod:`.grpc_compression`)."""
 
     server: ServerOptions = field(default_factory=ServerOptions)
     host: str = "127.0.0.1"
@@ -83,10 +87,14 @@ class FrontendOptions:
     metrics_interval_ms: float = 2000.0
     reuse_port: bool = False
     grpc_server: str = DEFAULT_GRPC_SERVER
+    grpc_infer_response_compression_level: str = "none"
 
     def __post_init__(self) -> None:
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"--grpc-server must be one of {', '.join(GRPC_SERVERS)}, got {self.grpc_server!r}")
+        if self.grpc_infer_response_compression_level not in COMPRESSION_LEVELS:
+            raise ValueError(f"--grpc-infer-response-compression-level must be one of {', '.join(COMPRESSION_LEVELS)}, "
+                             f"got {self.grpc_infer_response_compression_level!r}")
         if self.exit_timeout_secs < 0:
             raise ValueError(f"exit timeout must not be negative, got {self.exit_timeout_secs}")
         if not self.metrics_interval_ms > 0:
@@ -202,7 +210,8 @@ async def _start_frontends(
             serve_grpc, server, host=options.host, port=options.grpc_port,
             max_message_size=options.grpc_max_message_size, keepalive=options.grpc_keepalive,
             shutdown_timeout=timeout, restricted=options.grpc_restricted, tls=options.grpc_tls,
-            shared_memory=shared_memory, reuse_port=options.reuse_port, **grpc_args,
+            shared_memory=shared_memory, reuse_port=options.reuse_port,
+            infer_compression_level=options.grpc_infer_response_compression_level, **grpc_args,
         ))
         grpc = format_address(options.host, port)
     if options.metrics_port is not None:

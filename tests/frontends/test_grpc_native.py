@@ -15,6 +15,7 @@ import os
 import queue
 import socket
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -686,3 +687,149 @@ def test_stop_answers_the_calls_sent_before_it_and_refuses_later_ones(slow_gate:
             stopping.result(timeout=DEADLINE)
         stack.close()
         pool.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# Compressed responses (--grpc-infer-response-compression-level), on either server
+
+_WBITS = {b"gzip": 31, b"deflate": 15}
+
+
+def _expected_encoding(level: str, accept: bytes | None) -> bytes | None:
+    """What Triton's gRPC answers with: of gzip and deflate, those the client accepts; low
+    takes the first, medium the middle one, high the last."""
+    accepted = [name for name in (b"gzip", b"deflate") if accept is not None and name in accept]
+    if level == "none" or not accepted:
+        return None
+    return accepted[{"low": 0, "medium": len(accepted) // 2, "high": -1}[level]]
+
+
+def _text_request(n: int, request_id: str = "") -> bytes:
+    request = pb.ModelInferRequest(model_name="string_case", id=request_id)
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"ab" * n)
+    return request.SerializeToString()
+
+
+def _send(raw: RawClient, stream_id: int, path: bytes, body: bytes, accept: bytes | None) -> None:
+    """A whole request: its HEADERS (with ``grpc-accept-encoding: accept`` unless ``None``),
+    then ``body`` in DATA frames of at most 16384 bytes (HTTP/2's default largest frame)."""
+    extra = ((b"grpc-accept-encoding", accept),) if accept is not None else ()
+    raw.send(h2.HEADERS, h2.END_HEADERS, stream_id, request_block(path, extra))
+    for start in range(0, len(body), 16384):
+        raw.send(h2.DATA, h2.END_STREAM if start + 16384 >= len(body) else 0, stream_id, body[start:start + 16384])
+
+
+def _received(data: bytes, encoding: bytes | None) -> list[bytes]:
+    """The messages of ``data``, each checked to be compressed with ``encoding`` (flag 1) or,
+    with none, sent as it is (flag 0), and decompressed."""
+    found = []
+    while data:
+        flag, size = data[0], int.from_bytes(data[1:5], "big")
+        message, data = data[5:5 + size], data[5 + size:]
+        assert flag == (0 if encoding is None else 1)
+        found.append(message if encoding is None else zlib.decompress(message, _WBITS[encoding]))
+    return found
+
+
+@pytest.mark.parametrize("level", ["none", "low", "medium", "high"])
+@pytest.mark.parametrize("grpc_server", ["native", "grpcio"])
+def test_infer_responses_are_compressed_as_triton_compresses_them(grpc_server: str, level: str) -> None:
+    """At each level tritonclient gets right answers (unary and streaming), and on the wire a
+    ModelInfer response is compressed with the algorithm gRPC's core picks from the client's
+    grpc-accept-encoding (grpc-encoding header, flag byte 1, zlib data), small (on the event
+    loop) and large (in a thread); with no algorithm accepted, or level none, it is not."""
+    with serve_in_thread(REPOS / "triton_python", http=False, metrics=False, grpc_server=grpc_server,
+                         grpc_infer_response_compression_level=level) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        answers: queue.Queue[object] = queue.Queue()
+        try:
+            assert client.infer("string_case", [_text(30_000)]).as_numpy("UPPER")[0, 0] == b"AB" * 30_000
+            client.start_stream(callback=lambda result, error: answers.put(error or result))
+            for i in (1, 20_000):
+                client.async_stream_infer("string_case", [_text(i)], request_id=str(i))
+            got = {}
+            for _ in range(2):
+                result = answers.get(timeout=DEADLINE)
+                assert not isinstance(result, Exception), result
+                got[result.get_response().id] = result.as_numpy("UPPER")[0, 0]  # type: ignore[attr-defined]
+            assert got == {"1": b"AB", "20000": b"AB" * 20_000}
+            client.stop_stream()
+        finally:
+            client.close()
+
+        raw = RawClient(running.grpc_url, window=1 << 24, connection_window=1 << 30)
+        try:
+            stream_id = 1
+            for accept in (None, b"identity, deflate, gzip", b"gzip", b"deflate", b"identity"):
+                encoding = _expected_encoding(level, accept)
+                for n in (1000, 20_000):  # 2 kB and 40 kB answers: compressed on the loop, in a thread
+                    _send(raw, stream_id, INFER, grpc_message(_text_request(n)), accept)
+                    headers, data, trailers = raw.response(stream_id)
+                    assert trailers[b"grpc-status"] == b"0", trailers
+                    assert headers.get(b"grpc-encoding") == encoding, (accept, n)
+                    (message,) = _received(data, encoding)
+                    assert pb.ModelInferResponse.FromString(message).raw_output_contents[0][4:] == b"AB" * n
+                    stream_id += 2
+        finally:
+            raw.close()
+
+
+@pytest.mark.parametrize("grpc_server", ["native", "grpcio"])
+def test_stream_responses_are_compressed_one_by_one(grpc_server: str) -> None:
+    """ModelStreamInfer: each response message of the stream is compressed on its own, with the
+    algorithm the stream's HEADERS name."""
+    with serve_in_thread(REPOS / "triton_python", http=False, metrics=False, grpc_server=grpc_server,
+                         grpc_infer_response_compression_level="high") as running:
+        raw = RawClient(running.grpc_url, window=1 << 24, connection_window=1 << 30)
+        try:
+            path = b"/inference.GRPCInferenceService/ModelStreamInfer"
+            _send(raw, 1, path, b"".join(grpc_message(_text_request(n, str(n))) for n in (10, 20_000)), b"gzip")
+            headers, data, trailers = raw.response(1)
+            assert trailers[b"grpc-status"] == b"0", trailers
+            assert headers[b"grpc-encoding"] == b"gzip"
+            answers = {}
+            for message in _received(data, b"gzip"):
+                response = pb.ModelStreamInferResponse.FromString(message)
+                assert not response.error_message
+                answers[response.infer_response.id] = response.infer_response.raw_output_contents[0][4:]
+            assert answers == {"10": b"AB" * 10, "20000": b"AB" * 20_000}
+        finally:
+            raw.close()
+
+
+def test_only_inference_responses_are_compressed() -> None:
+    """On the native server, as on Triton, the level applies to ModelInfer and ModelStreamInfer
+    only: a ModelConfig answer to a client that accepts gzip stays uncompressed."""
+    with serve_in_thread(REPOS / "triton_python", http=False, metrics=False, grpc_server="native",
+                         grpc_infer_response_compression_level="low") as running:
+        raw = RawClient(running.grpc_url)
+        try:
+            raw.request(1, b"/inference.GRPCInferenceService/ModelConfig",
+                        pb.ModelConfigRequest(name="string_case").SerializeToString(),
+                        extra=((b"grpc-accept-encoding", b"gzip"),))
+            headers, data, trailers = raw.response(1)
+            assert trailers[b"grpc-status"] == b"0" and b"grpc-encoding" not in headers
+            (message,) = _received(data, None)
+            assert pb.ModelConfigResponse.FromString(message).config.name == "string_case"
+        finally:
+            raw.close()
+
+
+def test_compression_level_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dagserve serve --grpc-infer-response-compression-level` (any case, as Triton takes it)
+    and DAGSERVE_GRPC_INFER_RESPONSE_COMPRESSION_LEVEL set the level, default none; an unknown
+    level is refused by the parser and by FrontendOptions."""
+    from dagserve.cli import build_parser
+    from dagserve.frontends.runner import FrontendOptions
+
+    monkeypatch.delenv("DAGSERVE_GRPC_INFER_RESPONSE_COMPRESSION_LEVEL", raising=False)
+    base = ["serve", "--model-repository", "repo"]
+    flag = "--grpc-infer-response-compression-level"
+    assert build_parser().parse_args(base).grpc_infer_response_compression_level == "none"
+    assert build_parser().parse_args([*base, flag, "HIGH"]).grpc_infer_response_compression_level == "high"
+    monkeypatch.setenv("DAGSERVE_GRPC_INFER_RESPONSE_COMPRESSION_LEVEL", "medium")
+    assert build_parser().parse_args(base).grpc_infer_response_compression_level == "medium"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, flag, "max"])
+    with pytest.raises(ValueError, match="compression-level"):
+        FrontendOptions(grpc_infer_response_compression_level="max")

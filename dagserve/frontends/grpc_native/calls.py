@@ -13,6 +13,10 @@ they use. A unary call starts once its request has arrived whole; a streaming on
 headers. Each call runs in a worker task of the server's task group (:meth:`Calls._worker`), in
 a cancel scope of its own, cancelled when the client resets the stream or leaves, and carrying
 the ``grpc-timeout`` deadline.
+
+With ``--grpc-infer-response-compression-level``, the inference methods' responses are
+compressed as gRPC's core compresses them on Triton (:mod:`..grpc_compression`); a method
+knows its level (:attr:`Method.compression`), so every other call pays one attribute check.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from anyio.abc import TaskGroup
 from google.protobuf.message import DecodeError
 
 from ..accept import Tracker
+from ..grpc_compression import (
+    COMPRESSED_METHODS,
+    ZLIB_LEVELS,
+    compressed_message,
+    grpc_level,
+    response_encoding,
+)
 from ..restricted import Restrictions, grpc_denied
 from .connection import Connection, Stream
 from .hpack import encode_literal
@@ -55,15 +66,23 @@ MAX_IDLE_WORKERS = 128
 """Call-running tasks kept waiting for calls (more calls at once start more tasks)."""
 _ENCODINGS = {b"": 0, b"identity": 0, b"gzip": 31, b"deflate": 15}
 """``grpc-encoding`` -> zlib's ``wbits`` (0: not compressed)."""
+_ENCODED_HEADS = {name: RESPONSE_HEAD + encode_literal(b"grpc-encoding", name) for name in (b"gzip", b"deflate")}
+"""The response HEADERS of a call whose messages are compressed, by algorithm."""
+COMPRESS_ON_LOOP_MAX = 32 * 1024
+"""Largest response compressed on the event loop; a larger one is compressed in a worker
+thread. zlib takes ~10 ms for 256 KiB of random float32 (measured, any level), so a large
+tensor would stall every other call for that long."""
 
 
 class Method:
     """One RPC: its handler, (de)serializers and kind, from a ``grpc.RpcMethodHandler``."""
 
-    __slots__ = ("deserialize", "handler", "name", "request_streaming", "response_streaming", "serialize")
+    __slots__ = ("compression", "deserialize", "handler", "name", "request_streaming", "response_streaming", "serialize")
 
     def __init__(self, name: str, handler: Any) -> None:
         self.name = name
+        self.compression = ""
+        """Its responses' compression level (``low`` .. ``high``); empty: none."""
         self.request_streaming = bool(handler.request_streaming)
         self.response_streaming = bool(handler.response_streaming)
         self.deserialize: Callable[[bytes], Any] = handler.request_deserializer
@@ -109,6 +128,12 @@ def percent_encode(message: str) -> bytes:
     if all(0x20 <= b <= 0x7E and b != 0x25 for b in data):
         return data
     return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in data)
+
+
+def accept_encoding(stream: Stream) -> bytes:
+    """The client's ``grpc-accept-encoding`` on ``stream`` (repeated fields joined), ``b""``
+    if none."""
+    return b",".join(value for name, value in stream.headers if name == b"grpc-accept-encoding")
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -167,8 +192,13 @@ class Context:
         limit = self._calls.max_message_size
         if len(payload) > limit:
             raise _Abort(RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(payload)} vs. {limit})")
-        connection.send_headers(stream, RESPONSE_HEAD)
-        connection.send_data(stream, b"\0" + len(payload).to_bytes(4, "big") + payload)
+        if self._method.compression:
+            head, data = await self._calls.compress(stream, self._method.compression, payload)
+            connection.send_headers(stream, head)
+            connection.send_data(stream, data)
+        else:
+            connection.send_headers(stream, RESPONSE_HEAD)
+            connection.send_data(stream, b"\0" + len(payload).to_bytes(4, "big") + payload)
         if stream.outbox or connection.write_paused:
             await connection.writable(stream)
 
@@ -198,7 +228,11 @@ class Context:
         pass
 
     async def send_initial_metadata(self, metadata: Any) -> None:
-        self._connection.send_headers(self._stream, RESPONSE_HEAD)
+        head = RESPONSE_HEAD
+        if self._method.compression:  # the HEADERS name the encoding of the messages to come
+            encoding = response_encoding(self._method.compression, accept_encoding(self._stream))
+            head = _ENCODED_HEADS[encoding[0]] if encoding is not None else RESPONSE_HEAD
+        self._connection.send_headers(self._stream, head)
 
     async def requests(self) -> AsyncIterator[Any]:
         """A streaming call's request messages, as they arrive; ends at the client's
@@ -240,13 +274,25 @@ class PingPolicy:
 class Calls(Tracker[Connection]):
     """The server's calls: the method table, the task group the handlers run in, the limits,
     and the open connections and transports (a :class:`~..accept.Tracker`: for keepalive and
-    the graceful stop)."""
+    the graceful stop).
+
+    ``infer_compression_level`` (:data:`~..grpc_compression.COMPRESSION_LEVELS`) compresses the
+    responses of the table's inference methods (:data:`~..grpc_compression.COMPRESSED_METHODS`).
+
+    Raises:
+        ValueError: ``infer_compression_level`` is not a level.
+    """
 
     def __init__(
         self, table: dict[bytes, Method], tg: TaskGroup, *, max_message_size: int,
         restricted: Restrictions | None = None, ping_policy: PingPolicy | None = None,
+        infer_compression_level: str = "none",
     ) -> None:
         super().__init__()
+        if grpc_level(infer_compression_level):
+            for method in table.values():
+                if method.name in COMPRESSED_METHODS:
+                    method.compression = infer_compression_level
         self.table = table
         self.ping_policy = ping_policy or PingPolicy()
         self.max_message_size = max_message_size
@@ -429,6 +475,21 @@ class Calls(Tracker[Connection]):
 
     # ---------------------------------------------------------------------- the call
 
+    async def compress(self, stream: Stream, level: str, payload: bytes) -> tuple[bytes, bytes]:
+        """The response HEADERS and the message (5-byte prefix and all) carrying ``payload``
+        on ``stream``, compressed at ``level`` with the algorithm gRPC's core would choose for
+        the client's ``grpc-accept-encoding`` (uncompressed if it accepts neither gzip nor
+        deflate). A response over :data:`COMPRESS_ON_LOOP_MAX` bytes is compressed in a worker
+        thread; cancelled meanwhile, it waits for that thread."""
+        encoding = response_encoding(level, accept_encoding(stream))
+        if encoding is None:
+            return RESPONSE_HEAD, b"\0" + len(payload).to_bytes(4, "big") + payload
+        name, wbits = encoding
+        if len(payload) <= COMPRESS_ON_LOOP_MAX:
+            return _ENCODED_HEADS[name], compressed_message(payload, wbits, ZLIB_LEVELS[level])
+        data = await anyio.to_thread.run_sync(compressed_message, payload, wbits, ZLIB_LEVELS[level])
+        return _ENCODED_HEADS[name], data
+
     async def _run(self, connection: Connection, stream: Stream) -> None:
         relay = self.relay
         if relay is None or stream.method is not relay.method:
@@ -518,6 +579,11 @@ class Calls(Tracker[Connection]):
         if payload is not None:
             if len(payload) > self.max_message_size:
                 code, message = RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(payload)} vs. {self.max_message_size})"
+            elif method.compression:
+                head, data = await self.compress(stream, method.compression, payload)
+                if not (stream.reset or connection.closed):
+                    connection.respond(stream, head, data, OK_TRAILERS)
+                return
             else:
                 connection.respond(stream, RESPONSE_HEAD, b"\0" + len(payload).to_bytes(4, "big") + payload, OK_TRAILERS)
                 return

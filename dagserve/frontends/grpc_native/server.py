@@ -22,6 +22,7 @@ from ..._proto import health_pb2_grpc
 from ...shared_memory import SharedMemoryRegistry
 from ..accept import Balance, listen
 from ..grpc import DEFAULT_MAX_MESSAGE_SIZE, HealthServicer, InferenceServicer
+from ..grpc_compression import grpc_level
 from ..http.server import bind
 from ..limits import GrpcKeepalive
 from ..restricted import Restrictions
@@ -55,10 +56,14 @@ async def serve_grpc_native(
     reuse_port: bool = False,
     balance: Balance | None = None,
     relay: Relay | None = None,
+    infer_compression_level: str = "none",
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server`` over gRPC on ``host:port`` until cancelled, on dagserve's own HTTP/2
     server; the arguments and the contract are :func:`~..grpc.serve_grpc`'s.
+
+    ``infer_compression_level`` compresses ModelInfer and ModelStreamInfer responses only, as
+    Triton does, with zlib's effort following the level (:mod:`..grpc_compression`).
 
     Keepalive: ``max_connection_idle``, ``max_connection_age`` (GOAWAY, then the connection
     is closed ``max_connection_age_grace`` later if calls are still open) and
@@ -79,11 +84,13 @@ async def serve_grpc_native(
 
     Raises:
         OSError: the address could not be bound (e.g. the port is in use).
-        ValueError: ``max_message_size`` is not within 1 .. 2**31-1.
+        ValueError: ``max_message_size`` is not within 1 .. 2**31-1, or
+            ``infer_compression_level`` is not a level.
         ConfigError: a TLS file is unusable.
     """
     if not 0 < max_message_size <= DEFAULT_MAX_MESSAGE_SIZE:
         raise ValueError(f"max_message_size must be 1..{DEFAULT_MAX_MESSAGE_SIZE}, got {max_message_size}")
+    grpc_level(infer_compression_level)
     ssl = None
     if tls is not None:  # security: TLS, ALPN h2 (gRPC clients insist on it)
         ssl = tls.ssl_context()
@@ -95,7 +102,7 @@ async def serve_grpc_native(
             try:
                 bound = await tg.start(
                     _serve, server, sock, stop, max_message_size, restricted, ssl, keepalive, shutdown_timeout,
-                    shared_memory, balance, relay,
+                    shared_memory, balance, relay, infer_compression_level,
                 )
                 task_status.started(bound)
                 await anyio.sleep_forever()
@@ -117,6 +124,7 @@ async def _serve(
     shared_memory: SharedMemoryRegistry | None,
     balance: Balance | None,
     relay: Relay | None,
+    infer_compression_level: str,
     *,
     task_status: TaskStatus[int],
 ) -> None:
@@ -130,7 +138,7 @@ async def _serve(
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
             calls = Calls(table, tg, max_message_size=max_message_size, restricted=restricted,
-                          ping_policy=_ping_policy(keepalive))
+                          ping_policy=_ping_policy(keepalive), infer_compression_level=infer_compression_level)
             if relay is not None:
                 calls.relay = relay
                 await tg.start(relay.serve, calls, table[b"/inference.GRPCInferenceService/ModelInfer"])
