@@ -1257,6 +1257,56 @@ def test_calls_of_one_grpc_connection_are_relayed_to_an_idle_worker(
         assert pid(client.infer("held_pid", x(7.0))) in (here, other)
 
 
+def test_a_relayed_call_in_flight_at_sigterm_is_answered(serve: Callable[..., Served], tmp_path: Path) -> None:
+    """At SIGTERM the worker running a relayed call lets it finish before it stops (it has no
+    connection of its own to wait for), and the connection's worker passes its answer on: a
+    call held in each worker when the signal comes, one of them relayed, both answered once
+    released, and the server exits 0."""
+    from dagserve.testing import FileGate
+
+    repo = tmp_path / "repo"
+    (repo / "held_pid" / "1").mkdir(parents=True)
+    (repo / "held_pid" / "config.yaml").write_text(
+        (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
+    (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
+    gate = FileGate(tmp_path / "gate")
+    served = serve(repo, "--workers", "2", "--grpc-server", "native", env={"DAGSERVE_TEST_GATE": str(gate.path)})
+    url = served.addresses["gRPC"]
+
+    def x(value: float) -> list[Any]:
+        tensor = grpcclient.InferInput("X", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+        return [tensor]
+
+    def held() -> list[int]:
+        path = gate.path / "held"
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+    def refused() -> bool:  # both workers stopping: neither listens any more
+        try:
+            socket.create_connection(tuple(url.rsplit(":", 1)), timeout=DEADLINE).close()  # type: ignore[arg-type]
+        except ConnectionError:
+            return True
+        return False
+
+    with grpcclient.InferenceServerClient(url) as client, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        until_answered(lambda: int(client.infer("held_pid", x(1.0)).as_numpy("PID")[0]))
+        try:
+            calls = [pool.submit(client.infer, "held_pid", x(-1.0), client_timeout=DEADLINE)]
+            wait_for(lambda: len(held()) == 1, "the first held call")
+            calls.append(pool.submit(client.infer, "held_pid", x(-2.0), client_timeout=DEADLINE))
+            wait_for(lambda: len(held()) == 2, "the second held call")
+            assert len(set(held())) == 2, "the second call is relayed to the other worker"
+            served.proc.send_signal(signal.SIGTERM)
+            wait_for(refused, "both workers to stop listening")
+        finally:
+            gate.release()
+        answers = [call.result(DEADLINE) for call in calls]
+    assert [float(a.as_numpy("Y")[0]) for a in answers] == [0.0, -1.0]
+    assert [int(a.as_numpy("PID")[0]) for a in answers] == held()
+    assert served.proc.wait(DEADLINE) == 0, served.output()
+
+
 def test_a_channel_caller_that_leaves_before_asking_is_not_an_error(serve: Callable[..., Served]) -> None:
     """A connection to a worker's channel that closes before a whole call (a peer that gave
     up, or is stopping) is dropped quietly: no traceback in the log, and the channel still
