@@ -1307,6 +1307,52 @@ def test_a_relayed_call_in_flight_at_sigterm_is_answered(serve: Callable[..., Se
     assert served.proc.wait(DEADLINE) == 0, served.output()
 
 
+def test_a_relayed_call_whose_worker_dies_fails_unavailable_and_others_go_on(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """The worker running a relayed call is killed: that call fails UNAVAILABLE naming the
+    worker (it may have run), the connection's own call is answered, the worker is started
+    again, and later calls are answered."""
+    from dagserve.testing import FileGate
+
+    repo = tmp_path / "repo"
+    (repo / "held_pid" / "1").mkdir(parents=True)
+    (repo / "held_pid" / "config.yaml").write_text(
+        (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
+    (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
+    gate = FileGate(tmp_path / "gate")
+    served = serve(repo, "--workers", "2", "--grpc-server", "native", env={"DAGSERVE_TEST_GATE": str(gate.path)})
+
+    def x(value: float) -> list[Any]:
+        tensor = grpcclient.InferInput("X", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+        return [tensor]
+
+    def held() -> list[int]:
+        path = gate.path / "held"
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+    with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        here = until_answered(lambda: int(client.infer("held_pid", x(1.0)).as_numpy("PID")[0]))
+        try:
+            own = pool.submit(client.infer, "held_pid", x(-1.0), client_timeout=DEADLINE)
+            wait_for(lambda: len(held()) == 1, "the connection's worker to hold a call")
+            relayed = pool.submit(client.infer, "held_pid", x(-2.0), client_timeout=DEADLINE)
+            wait_for(lambda: len(held()) == 2, "the relayed call to be held")
+            other = held()[1]
+            assert other != here
+            os.kill(other, signal.SIGKILL)
+            with pytest.raises(InferenceServerException, match=r"(?s)UNAVAILABLE.*worker \d+, which ran this call"):
+                relayed.result(DEADLINE)
+        finally:
+            gate.release()
+        assert int(own.result(DEADLINE).as_numpy("PID")[0]) == here
+        wait_for(lambda: "starting it again" in served.output(), "the supervisor to restart the worker")
+        answer = until_answered(lambda: float(client.infer("held_pid", x(3.0)).as_numpy("Y")[0]))
+    assert answer == 4.0
+
+
 def test_a_channel_caller_that_leaves_before_asking_is_not_an_error(serve: Callable[..., Served]) -> None:
     """A connection to a worker's channel that closes before a whole call (a peer that gave
     up, or is stopping) is dropped quietly: no traceback in the log, and the channel still
