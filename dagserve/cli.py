@@ -40,7 +40,7 @@ from .frontends.runner import (
     serve,
 )
 from .tracing import parse_trace_config
-from .workers import WorkerRole, auto_workers, serve_channel, serve_forwarding, supervise
+from .workers import WorkerRole, auto_workers, relay_by_default, serve_channel, serve_forwarding, supervise
 
 __all__ = ["main"]
 
@@ -143,11 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --workers: a worker that accepts an HTTP or gRPC connection while it serves more of that "
                         "port's connections than another worker passes it to the one serving the fewest, so that a "
                         "few connections (gRPC channels) spread evenly (default true; docs/operations.md)")
-    s.add_argument("--worker-relay", type=_bool, default=_bool(_env("worker-relay", "true") or "true"),
-                   help="with --workers and --grpc-server native: a worker running at least 2 more gRPC ModelInfer "
-                        "calls than another hands the next call of its connections to it, as it came off the wire, "
-                        "so that the few connections of a gRPC client use every worker (default true; "
-                        "docs/operations.md)")
+    s.add_argument("--worker-relay", type=_bool_or_auto, default=_bool_or_auto(_env("worker-relay", "auto") or "auto"),
+                   help="with --workers and --grpc-server native: a worker that runs a gRPC ModelInfer call hands the "
+                        "next call of its connections, as it came off the wire, to a worker that runs none, so that "
+                        "the few connections of a gRPC client use every worker (default auto: on unless the workers "
+                        "outnumber the cores this process may use; docs/operations.md)")
     s.add_argument("--worker-shm-min-bytes", type=int,
                    default=int(_env("worker-shm-min-bytes", str(SHM_MIN_BYTES)) or SHM_MIN_BYTES),
                    help="with --workers: a tensor of a forwarded request (a model placed 'one', spreading) of at least "
@@ -227,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "graph":
         return _graph(args.repository, args.pipeline, args.format, args.output)
     raise AssertionError(args.command)
+
+
+def _bool_or_auto(text: str) -> bool | None:
+    """A boolean flag's value, or None for ``auto`` (decided where the facts are known)."""
+    return None if text.strip().lower() == "auto" else _bool(text)
 
 
 def _workers(text: str) -> int:
@@ -333,7 +338,8 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     else:  # the supervisor checked and holds the ports
         options = dataclasses.replace(options, reuse_port=True)
         role = dataclasses.replace(role, spread=args.worker_spread, shm_min_bytes=args.worker_shm_min_bytes,
-                                   balance=args.worker_balance, relay=args.worker_relay)
+                                   balance=args.worker_balance,
+                                   relay=relay_by_default(role.count) if args.worker_relay is None else args.worker_relay)
         role.end_with_supervisor()
     uvloop = os.environ.get("DAGSERVE_UVLOOP", "1") == "1"
     try:

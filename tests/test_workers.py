@@ -710,6 +710,24 @@ def test_workers_default_to_one_per_core_of_the_affinity(monkeypatch: pytest.Mon
     assert build_parser().parse_args(["serve", "--model-repository", ".", "--workers", "1"]).workers == 1
 
 
+def test_the_relay_is_on_by_default_unless_the_workers_outnumber_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--worker-relay auto`` (the default): on for as many workers as usable cores or fewer,
+    off for more; ``true`` / ``false`` (flag or DAGSERVE_WORKER_RELAY) decide alone."""
+    from dagserve.cli import build_parser
+    from dagserve.workers import relay_by_default
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr("dagserve.workers.cpu_quota", lambda: None)
+    assert [relay_by_default(n) for n in (2, 4, 5, 16)] == [True, True, False, False]
+    monkeypatch.delenv("DAGSERVE_WORKER_RELAY", raising=False)
+    parse = build_parser().parse_args
+    assert parse(["serve", "--model-repository", "."]).worker_relay is None
+    assert parse(["serve", "--model-repository", ".", "--worker-relay", "false"]).worker_relay is False
+    assert parse(["serve", "--model-repository", ".", "--worker-relay", "AUTO"]).worker_relay is None
+    monkeypatch.setenv("DAGSERVE_WORKER_RELAY", "true")
+    assert build_parser().parse_args(["serve", "--model-repository", "."]).worker_relay is True
+
+
 def test_by_default_a_one_core_server_is_one_process(
     serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1270,7 +1288,8 @@ def test_a_relayed_call_in_flight_at_sigterm_is_answered(serve: Callable[..., Se
         (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
     (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
     gate = FileGate(tmp_path / "gate")
-    served = serve(repo, "--workers", "2", "--grpc-server", "native", env={"DAGSERVE_TEST_GATE": str(gate.path)})
+    served = serve(repo, "--workers", "2", "--grpc-server", "native", "--worker-relay", "true",
+                   env={"DAGSERVE_TEST_GATE": str(gate.path)})
     url = served.addresses["gRPC"]
 
     def x(value: float) -> list[Any]:
@@ -1321,7 +1340,8 @@ def test_a_relayed_call_whose_worker_dies_fails_unavailable_and_others_go_on(
         (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
     (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
     gate = FileGate(tmp_path / "gate")
-    served = serve(repo, "--workers", "2", "--grpc-server", "native", env={"DAGSERVE_TEST_GATE": str(gate.path)})
+    served = serve(repo, "--workers", "2", "--grpc-server", "native", "--worker-relay", "true",
+                   env={"DAGSERVE_TEST_GATE": str(gate.path)})
 
     def x(value: float) -> list[Any]:
         tensor = grpcclient.InferInput("X", [1], "FP32")
