@@ -123,17 +123,18 @@ class Relay:
             if not candidate.closed:
                 client = candidate
                 break
-        if client is None:
-            try:
-                _, client = await asyncio.get_running_loop().create_unix_connection(_Client, str(self.path(peer)))
-            except OSError:
-                return None  # not running (restarting) or not started: run it here
-        self._sent[peer] += 1
+        self._sent[peer] += 1  # before any wait: a call chosen meanwhile sees this one
         try:
-            answer = await client.call(_encode_call(stream))
-        except BaseException:
-            client.close()
-            raise
+            if client is None:
+                try:
+                    _, client = await asyncio.get_running_loop().create_unix_connection(_Client, str(self.path(peer)))
+                except OSError:
+                    return None  # not running (restarting) or not started: run it here
+            try:
+                answer = await client.call(_encode_call(stream))
+            except BaseException:
+                client.close()
+                raise
         finally:
             self._sent[peer] -= 1
         self._idle[peer].append(client)
