@@ -1266,6 +1266,8 @@ def test_calls_of_one_grpc_connection_are_relayed_to_an_idle_worker(
                 return
             other = pid(second)
             assert other != here, "the second call must run on the idle worker"
+            stats = client.get_inference_statistics("held_pid", as_json=True)["model_stats"][0]["inference_stats"]
+            assert int(stats["success"]["count"]) == 2, "summed over the workers, the relayed call counted once"
             with pytest.raises(InferenceServerException, match="(?i)deadline"):
                 client.infer("held_pid", x(-3.0), client_timeout=1.0)
             assert held() == [here, other], "the held relayed call ran on the other worker"
