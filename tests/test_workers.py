@@ -1220,6 +1220,34 @@ class Model:
 '''
 
 
+class _HeldPid:
+    """A ``--workers 2`` server of ``held_pid`` (two instances of :data:`HELD_PID_MODEL`) and
+    its gate, for the tests of the gRPC relay."""
+
+    def __init__(self, serve: Callable[..., Served], tmp_path: Path, relay: bool = True) -> None:
+        from dagserve.testing import FileGate
+
+        repo = tmp_path / "repo"
+        (repo / "held_pid" / "1").mkdir(parents=True)
+        (repo / "held_pid" / "config.yaml").write_text(
+            (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
+        (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
+        self.gate = FileGate(tmp_path / "gate")
+        self.served = serve(repo, "--workers", "2", "--grpc-server", "native", "--worker-relay", str(relay).lower(),
+                            env={"DAGSERVE_TEST_GATE": str(self.gate.path)})
+
+    @staticmethod
+    def x(value: float) -> list[Any]:
+        tensor = grpcclient.InferInput("X", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
+        return [tensor]
+
+    def held(self) -> list[int]:
+        """The pids of the workers that took the held calls, in order."""
+        path = self.gate.path / "held"
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
 @pytest.mark.parametrize("relay", [True, False])
 def test_calls_of_one_grpc_connection_are_relayed_to_an_idle_worker(
     serve: Callable[..., Served], tmp_path: Path, relay: bool
@@ -1229,25 +1257,8 @@ def test_calls_of_one_grpc_connection_are_relayed_to_an_idle_worker(
     through the connection's worker, from the other worker's pid. A relayed call whose
     deadline passes while it runs there ends DEADLINE_EXCEEDED. With ``--worker-relay false``
     every call runs where its connection is."""
-    from dagserve.testing import FileGate
-
-    repo = tmp_path / "repo"
-    (repo / "held_pid" / "1").mkdir(parents=True)
-    (repo / "held_pid" / "config.yaml").write_text(
-        (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
-    (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
-    gate = FileGate(tmp_path / "gate")
-    served = serve(repo, "--workers", "2", "--worker-relay", str(relay).lower(), "--grpc-server", "native",
-                   env={"DAGSERVE_TEST_GATE": str(gate.path)})
-
-    def x(value: float) -> list[Any]:
-        tensor = grpcclient.InferInput("X", [1], "FP32")
-        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
-        return [tensor]
-
-    def held() -> list[int]:
-        path = gate.path / "held"
-        return [int(line) for line in path.read_text().split()] if path.exists() else []
+    server = _HeldPid(serve, tmp_path, relay)
+    served, gate, x, held = server.served, server.gate, server.x, server.held
 
     def pid(result: Any) -> int:
         return int(result.as_numpy("PID")[0])
@@ -1282,26 +1293,9 @@ def test_a_relayed_call_in_flight_at_sigterm_is_answered(serve: Callable[..., Se
     connection of its own to wait for), and the connection's worker passes its answer on: a
     call held in each worker when the signal comes, one of them relayed, both answered once
     released, and the server exits 0."""
-    from dagserve.testing import FileGate
-
-    repo = tmp_path / "repo"
-    (repo / "held_pid" / "1").mkdir(parents=True)
-    (repo / "held_pid" / "config.yaml").write_text(
-        (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
-    (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
-    gate = FileGate(tmp_path / "gate")
-    served = serve(repo, "--workers", "2", "--grpc-server", "native", "--worker-relay", "true",
-                   env={"DAGSERVE_TEST_GATE": str(gate.path)})
+    server = _HeldPid(serve, tmp_path)
+    served, gate, x, held = server.served, server.gate, server.x, server.held
     url = served.addresses["gRPC"]
-
-    def x(value: float) -> list[Any]:
-        tensor = grpcclient.InferInput("X", [1], "FP32")
-        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
-        return [tensor]
-
-    def held() -> list[int]:
-        path = gate.path / "held"
-        return [int(line) for line in path.read_text().split()] if path.exists() else []
 
     def refused() -> bool:  # both workers stopping: neither listens any more
         try:
@@ -1334,25 +1328,8 @@ def test_a_relayed_call_whose_worker_dies_fails_unavailable_and_others_go_on(
     """The worker running a relayed call is killed: that call fails UNAVAILABLE naming the
     worker (it may have run), the connection's own call is answered, the worker is started
     again, and later calls are answered."""
-    from dagserve.testing import FileGate
-
-    repo = tmp_path / "repo"
-    (repo / "held_pid" / "1").mkdir(parents=True)
-    (repo / "held_pid" / "config.yaml").write_text(
-        (REPOS / "workers" / "whoami" / "config.yaml").read_text() + "instance_group: [{count: 2, kind: KIND_CPU}]\n")
-    (repo / "held_pid" / "1" / "model.py").write_text(HELD_PID_MODEL)
-    gate = FileGate(tmp_path / "gate")
-    served = serve(repo, "--workers", "2", "--grpc-server", "native", "--worker-relay", "true",
-                   env={"DAGSERVE_TEST_GATE": str(gate.path)})
-
-    def x(value: float) -> list[Any]:
-        tensor = grpcclient.InferInput("X", [1], "FP32")
-        tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
-        return [tensor]
-
-    def held() -> list[int]:
-        path = gate.path / "held"
-        return [int(line) for line in path.read_text().split()] if path.exists() else []
+    server = _HeldPid(serve, tmp_path)
+    served, gate, x, held = server.served, server.gate, server.x, server.held
 
     with grpcclient.InferenceServerClient(served.addresses["gRPC"]) as client, \
             concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -520,7 +520,7 @@ class Calls(Tracker[Connection]):
                 return False
         if stream.reset or connection.closed:
             return True
-        if scope.cancelled_caught or answer is None:
+        if answer is None:  # cancelled: the client reset the stream, or the deadline passed
             code, message = self._cancelled(stream)
             connection.send_trailers(stream, status_block(code, message, trailers_only=not stream.headers_sent))
         elif answer[0] == TRAILERS:
