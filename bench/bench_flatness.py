@@ -66,7 +66,8 @@ def main() -> int:
         "dagserve": ([sys.executable, "-m", "dagserve.cli", "serve", "--model-repository", repo,
                       "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2],
                       "--log-level", "warning", *shlex.split(args.dagserve_args)],
-                     dict(os.environ) | {"PYTHONPATH": str(vs.ROOT)}),
+                     dict(os.environ) | {"PYTHONPATH": os.pathsep.join(
+                         [str(vs.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}),
     }
     rates: dict[str, list[float]] = {name: [] for name in servers}
     for r in range(args.rounds):

@@ -710,6 +710,30 @@ def test_workers_default_to_one_per_core_of_the_affinity(monkeypatch: pytest.Mon
     assert build_parser().parse_args(["serve", "--model-repository", ".", "--workers", "1"]).workers == 1
 
 
+@pytest.mark.parametrize(("loads", "chosen"), [
+    ([1, 0], 1),              # two workers: a call runs here, none there
+    ([0, 0], None),           # nothing runs here: the call stays
+    ([3, 1, 1, 1], None),     # busier, but no worker is idle
+    ([1, 1, 0, 1], 2),        # the idle one
+    ([4] * 15 + [0], 15),     # c64 on 16: an idle worker takes it even when all others are busy
+    ([2, 0, 0, 0], 1),        # the first idle one from the next worker on, so that calls spread
+])
+def test_the_relay_hands_a_call_on_only_from_a_busy_worker_to_an_idle_one(
+    tmp_path: Path, loads: list[int], chosen: int | None
+) -> None:
+    """:meth:`Relay.peer`: worker 0's choice, given the calls each worker runs (a call it has
+    handed to a worker and not seen answered counts there too)."""
+    from dagserve.frontends.grpc_native.relay import Relay
+
+    relay = Relay(tmp_path, 0, len(loads), loads.copy())
+    relay._loads[0] = loads[0]  # the constructor zeroes its own slot (a restarted worker's)
+    assert relay.peer(b"request") == chosen
+    assert relay.peer(b"... shared_memory_region ...") is None, "a shared-memory call stays"
+    if chosen is not None:
+        relay._sent[chosen] += 1
+        assert relay.peer(b"request") != chosen, "a worker sent a call is no longer idle"
+
+
 def test_the_relay_is_on_by_default_unless_the_workers_outnumber_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--worker-relay auto`` (the default): on for as many workers as usable cores or fewer,
     off for more; ``true`` / ``false`` (flag or DAGSERVE_WORKER_RELAY) decide alone."""
